@@ -1,0 +1,204 @@
+"""The narrow contract every backend system implements.
+
+Connectors know nothing of Dramatiq, the ledger or the bundle: they take the identities
+known so far and answer in these plain types, so every path runs in-process in a test.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class IdentityType(enum.StrEnum):
+    """Identifier types through which systems link one person."""
+
+    EMAIL = "email"
+    PHONE = "phone"
+    ACCOUNT_ID = "account_id"
+    FRESHCHAT_USER_ID = "freshchat_user_id"
+    MAUTIC_CONTACT_ID = "mautic_contact_id"
+    SALESMANAGO_CONTACT_ID = "salesmanago_contact_id"
+    MATOMO_VISITOR_ID = "matomo_visitor_id"
+    MATOMO_USER_ID = "matomo_user_id"
+
+
+@dataclass(frozen=True, order=True)
+class Identity:
+    type: IdentityType
+    value: str
+    source: str = field(default="request", compare=False)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": str(self.type), "value": self.value, "source": self.source}
+
+
+class Identities:
+    """A set of identities, searchable by type. Values are compared as given (already normalised)."""
+
+    def __init__(self, items: Iterable[Identity] = ()) -> None:
+        self._items: dict[tuple[IdentityType, str], Identity] = {}
+        for item in items:
+            self.add(item)
+
+    def add(self, item: Identity) -> bool:
+        key = (item.type, item.value)
+        if key in self._items:
+            return False
+        self._items[key] = item
+        return True
+
+    def of(self, type_: IdentityType) -> list[str]:
+        return sorted(v for (t, v) in self._items if t == type_)
+
+    def types(self) -> set[IdentityType]:
+        return {t for (t, _) in self._items}
+
+    def __iter__(self) -> Iterator[Identity]:
+        return iter(sorted(self._items.values()))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, Identity) and (item.type, item.value) in self._items
+
+
+@dataclass
+class Hits:
+    """Where a person was found in one system, and what new identifiers that taught us."""
+
+    system: str
+    found: bool
+    counts: dict[str, int] = field(default_factory=dict)  # entity -> matching records
+    learned: list[Identity] = field(default_factory=list)
+
+
+@dataclass
+class Record:
+    """One exported record; `fields` must be JSON-serialisable."""
+
+    entity: str
+    record_id: str
+    fields: Mapping[str, Any]
+
+
+@dataclass
+class Receipt:
+    """What an erase/restrict/lift changed in one system: the proof a DPO keeps."""
+
+    system: str
+    action: str
+    changed: dict[str, int] = field(default_factory=dict)  # entity -> records changed
+    details: list[str] = field(default_factory=list)  # human-readable lines, no personal data
+    vendor_refs: list[str] = field(default_factory=list)  # vendor job ids, deletion references
+    manual_steps: list[str] = field(default_factory=list)  # what a person must still do by hand
+    held: list[dict[str, Any]] = field(default_factory=list)  # kept under a legal hold, with until
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "system": self.system,
+            "action": self.action,
+            "changed": self.changed,
+            "details": self.details,
+            "vendor_refs": self.vendor_refs,
+            "manual_steps": self.manual_steps,
+            "held": self.held,
+        }
+
+
+@dataclass
+class Health:
+    system: str
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class ConnectorError(Exception):
+    """A failure that names the system and the call, with no personal data or secrets in it."""
+
+    transient = False
+
+    def __init__(self, system: str, message: str) -> None:
+        super().__init__(f"{system}: {message}")
+        self.system = system
+        self.message = message
+
+
+class TransientError(ConnectorError):
+    """Worth retrying: a timeout, a 5xx, a 429, a database that is briefly down."""
+
+    transient = True
+
+
+class PermanentError(ConnectorError):
+    """Retrying will not help: bad credentials, a 4xx, a data-map mismatch."""
+
+
+class UnsupportedAction(PermanentError):
+    """The system has no way to do this (e.g. Matomo has no per-person restriction)."""
+
+
+class Connector(abc.ABC):
+    """One backend system. `scope` limits erase/restrict to a subset (e.g. rows past a hold)."""
+
+    name: str
+    entities: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def locate(self, identities: Identities) -> Hits: ...
+
+    @abc.abstractmethod
+    def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]: ...
+
+    @abc.abstractmethod
+    def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt: ...
+
+    @abc.abstractmethod
+    def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt: ...
+
+    @abc.abstractmethod
+    def lift_restriction(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt: ...
+
+    @abc.abstractmethod
+    def check(self) -> Health: ...
+
+    def accepts(self) -> set[IdentityType]:
+        """Identifier types this system can search by; discovery re-asks it when one is learned."""
+        return {IdentityType.EMAIL}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default has nothing to release."""
+
+
+@dataclass
+class ConnectorContext:
+    """What a connector may use from its surroundings, handed in so tests can replace it.
+
+    `env` is where secrets come from (settings name the variable, never hold the value);
+    `redis_url` makes rate limits shared across worker processes; `secret_key` keys hashes
+    used for masking; `now` is the clock (holds and retention are tested with a fake one).
+    """
+
+    env: Mapping[str, str]
+    redis_url: str | None = None
+    secret_key: bytes = b""
+    now: Any = None  # Callable[[], datetime]; None means datetime.now(UTC)
+
+    def secret(self, system: str, setting: str, variable: str | None) -> str:
+        """Read a secret from the environment variable a setting names, or fail saying which."""
+        if not variable:
+            raise PermanentError(system, f"setting '{setting}' must name an environment variable")
+        value = self.env.get(variable)
+        if not value:
+            raise PermanentError(system, f"environment variable {variable} (setting '{setting}') is not set")
+        return value
+
+    def clock(self) -> Any:
+        from datetime import UTC, datetime
+
+        return self.now() if self.now else datetime.now(UTC)

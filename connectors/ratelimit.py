@@ -1,0 +1,90 @@
+"""Per-vendor request pacing shared by every worker process.
+
+Requests are spaced at 1/rate seconds: each caller reserves the next free slot atomically
+(in Redis when configured, so many worker processes together never exceed the vendor's limit;
+in-process otherwise) and sleeps until it. Strict spacing means no window of any length sees
+more than the configured rate, which is what the vendors' limits count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+# Reserve a slot using the Redis server's clock, so worker machines with skewed clocks agree.
+_RESERVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local next_free = tonumber(redis.call('GET', KEYS[1]) or '0')
+local slot = math.max(now, next_free)
+redis.call('SET', KEYS[1], tostring(slot + interval), 'PX', math.ceil(interval * 1000) + 60000)
+return {tostring(slot - now)}
+"""
+
+
+class RateLimiter(Protocol):
+    def acquire(self) -> float:
+        """Block until the caller may send one request; return the seconds waited."""
+        ...
+
+
+class NoLimit:
+    def acquire(self) -> float:
+        return 0.0
+
+
+class LocalRateLimiter:
+    """Spacing within one process (embedded runs and tests without Redis)."""
+
+    def __init__(self, rate_per_second: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate_per_second <= 0:
+            raise ValueError("rate_per_second must be positive")
+        self._interval = 1.0 / rate_per_second
+        self._next_free = 0.0
+        self._lock = threading.Lock()
+        self._sleep = sleep
+
+    def acquire(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next_free)
+            self._next_free = slot + self._interval
+        wait = slot - now
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+class RedisRateLimiter:
+    """Spacing across processes and machines through one Redis key per vendor."""
+
+    def __init__(
+        self, redis_client: object, key: str, rate_per_second: float, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        if rate_per_second <= 0:
+            raise ValueError("rate_per_second must be positive")
+        self._key = f"dsar:rate:{key}"
+        self._interval = 1.0 / rate_per_second
+        self._script = redis_client.register_script(_RESERVE_LUA)  # type: ignore[attr-defined]
+        self._sleep = sleep
+
+    def acquire(self) -> float:
+        (wait_s,) = self._script(keys=[self._key], args=[repr(self._interval)])
+        wait = float(wait_s)
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+def make_rate_limiter(key: str, rate_per_second: float | None, redis_url: str | None) -> RateLimiter:
+    """Redis-shared when a Redis URL is configured, in-process otherwise, none without a rate."""
+    if not rate_per_second:
+        return NoLimit()
+    if redis_url:
+        import redis
+
+        return RedisRateLimiter(redis.Redis.from_url(redis_url), key, rate_per_second)
+    return LocalRateLimiter(rate_per_second)

@@ -44,7 +44,8 @@ class Throttle:
                     self._window.popleft()
                 if len(self._window) >= self.rate:
                     self.stats.throttled += 1
-                    start_response("429 Too Many Requests", [("Content-Type", "application/json"), ("Retry-After", "1")])
+                    headers = [("Content-Type", "application/json"), ("Retry-After", "1")]
+                    start_response("429 Too Many Requests", headers)
                     return [b'{"code":429,"status":"TOO_MANY_REQUESTS","message":"rate limit exceeded"}']
                 self._window.append(now)
         if self.latency_s:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,18 @@ class Hits:
     learned: list[Identity] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file a system holds about the person (an invoice PDF, a vendor export file).
+
+    `open` returns an iterator of byte chunks, so a large file streams into the bundle.
+    """
+
+    name: str  # a relative file name, unique within the record's entity
+    content_type: str
+    open: Callable[[], Iterator[bytes]]
+
+
 @dataclass
 class Record:
     """One exported record; `fields` must be JSON-serialisable."""
@@ -84,6 +96,7 @@ class Record:
     entity: str
     record_id: str
     fields: Mapping[str, Any]
+    attachments: list[Attachment] = field(default_factory=list)
 
 
 @dataclass
@@ -116,6 +129,26 @@ class Health:
     ok: bool
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Records kept for a legal reason for `years` after the date in `from_field`."""
+
+    years: int
+    from_field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EntityPolicy:
+    """What the planner needs to know about one entity of a system, for any kind of system."""
+
+    erase: str = "erase"  # a short description of how erasure is done (delete, mask fields ...)
+    restrict: str | None = "restrict"  # None: no restriction is possible or mapped
+    hold: Hold | None = None
+    categories: tuple[str, ...] = ()
+    provided_by_subject: bool = True  # Art. 20: part of a portability export
 
 
 class ConnectorError(Exception):
@@ -166,6 +199,10 @@ class Connector(abc.ABC):
 
     @abc.abstractmethod
     def check(self) -> Health: ...
+
+    def policies(self) -> dict[str, EntityPolicy]:
+        """Per-entity policy for the planner; vendor systems use the defaults."""
+        return {entity: EntityPolicy() for entity in self.entities}
 
     def accepts(self) -> set[IdentityType]:
         """Identifier types this system can search by; discovery re-asks it when one is learned."""

@@ -11,7 +11,8 @@ _SECRET_PARAM = re.compile(
     r"(?i)((?:token_auth|access_token|api_?key|apisecret|api_secret|password|secret|sha|client_secret)"
     r"[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+"
 )
-_PHONE = re.compile(r"\+?\d[\d ()-]{7,}\d")
+# International form only: bare digit runs are ids and timestamps far more often than phones.
+_PHONE = re.compile(r"(?<![\w+])\+\d[\d ()-]{6,}\d")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -53,11 +53,18 @@ class Throttle:
         return self.app(environ, start_response)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: request lines carry e-mails in query strings."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 class Served:
     """A running server; `url` is its base, `stop()` shuts it down."""
 
     def __init__(self, app: WSGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = make_server(host, port, app, threaded=True)
+        self.server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
         self.server.daemon_threads = True
         self.port = self.server.server_port
         self.url = f"http://{host}:{self.port}"

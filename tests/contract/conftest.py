@@ -1,8 +1,8 @@
 """Contract tests: vendor HTTP mocked with `responses`, strict in both directions.
 
-`vendor` fails a test on any call nobody registered (responses raises ConnectionError, and the
-connector's retries are disabled here so it surfaces at once) and on any registered call that
-never fired.
+`vendor` fails a test on any call nobody registered (responses raises ConnectionError, which
+the client retries a few times under FAST_RETRY and then reports) and on any registered call
+that never fired.
 """
 
 from __future__ import annotations

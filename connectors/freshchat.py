@@ -1,0 +1,490 @@
+"""FreshChat (Freshworks) REST API v2: chat contacts ("users"), their conversations and messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import orjson
+import requests
+import structlog
+
+from connectors.base import (
+    Connector,
+    ConnectorContext,
+    EntityPolicy,
+    Health,
+    Hits,
+    Identities,
+    Identity,
+    IdentityType,
+    PermanentError,
+    Receipt,
+    Record,
+    TransientError,
+    UnsupportedAction,
+)
+from connectors.emails import InvalidEmail, email_forms, normalise_email
+from connectors.http import HttpClient, NotFound, RetryPolicy, paginate
+from connectors.ratelimit import make_rate_limiter
+from connectors.redact import redact
+
+log = structlog.get_logger(__name__)
+
+ENTITIES = ("user", "conversations", "messages")
+# A reserved, non-personal address (RFC 2606 .invalid): the health check must not search for anyone real.
+PROBE_EMAIL = "dsar-healthcheck@invalid"
+FORGET_STEP = "Forget the contact in FreshChat (Contacts > Forget)"
+_SETTINGS = {
+    "base_url", "token_env", "rate_per_second", "timeout_s", "supports_user_delete",
+    "reference_id_identity", "items_per_page", "restricted_property",
+}
+_IGNORED_SETTINGS = {"kind"}  # the data map may pass the system's kind along with its settings
+
+
+@dataclass
+class _User:
+    id: str
+    data: dict[str, Any]
+    full: bool  # True when `data` came from GET /users/{id}, not from a search listing
+
+
+class FreshchatConnector(Connector):
+    """Locate, export, erase and restrict a person's FreshChat contact, conversations and messages.
+
+    Behaviours resting on unverified ([U]) vendor facts, and what switches them:
+    - `DELETE /users/{id}` (async, 202) is not confirmed to exist: setting `supports_user_delete`
+      (default true). When it answers 404/405 the connector falls back to blanking the profile with
+      `PUT /users/{id}` (blanking semantics [U] too) and always adds the manual "Forget" step then.
+    - `reference_id` holding our account id is an integrator convention [L]: setting
+      `reference_id_identity` (default "account_id"; null switches reference-id look-ups off).
+    - Search semantics of `?email=` / `?reference_id=` (exact or prefix) are unknown: every hit is
+      checked against the returned field (e-mail case-insensitively) and dropped when it differs.
+      A 404 from a search is read as "no match".
+    - Message page size (max 50 per one client): setting `items_per_page` (default 50). Paging stops on
+      `pagination.total_pages`, on a `links` object without `next_page`, or on a short page.
+    - `GET /users/{id}/conversations` is read as one unpaginated list, as the Airbyte connector does [L].
+    - No restriction flag exists: restrict resolves open conversations and sets a user property named by
+      setting `restricted_property` (default "gdpr_restricted"); the property is written with the
+      user's other properties kept, in case PUT replaces the whole list [U].
+    - 429 `Retry-After` is honoured when sent [U], else exponential backoff (connectors.http).
+    """
+
+    entities = ENTITIES
+
+    def __init__(
+        self,
+        name: str,
+        http: HttpClient,
+        *,
+        supports_user_delete: bool = True,
+        reference_id_identity: IdentityType | None = IdentityType.ACCOUNT_ID,
+        items_per_page: int = 50,
+        restricted_property: str = "gdpr_restricted",
+    ) -> None:
+        self.name = name
+        self.http = http
+        self.supports_user_delete = supports_user_delete
+        self.reference_id_identity = reference_id_identity
+        self.items_per_page = items_per_page
+        self.restricted_property = restricted_property
+
+    # ------------------------------------------------------------------ settings
+
+    @classmethod
+    def from_settings(
+        cls,
+        name: str,
+        settings: Mapping[str, Any],
+        ctx: ConnectorContext,
+        *,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+    ) -> FreshchatConnector:
+        unknown = sorted(set(settings) - _SETTINGS - _IGNORED_SETTINGS)
+        if unknown:
+            known = ", ".join(sorted(_SETTINGS))
+            raise PermanentError(name, f"unknown setting(s) {', '.join(unknown)}; known: {known}")
+        base_url = settings.get("base_url")
+        parts = urlsplit(base_url) if isinstance(base_url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PermanentError(name, "setting 'base_url' must be an http(s) URL such as https://acme.freshchat.com/v2")
+        token = ctx.secret(name, "token_env", settings.get("token_env"))
+        rate = settings.get("rate_per_second")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
+            raise PermanentError(name, "setting 'rate_per_second' must be a positive number")
+        timeout_s = settings.get("timeout_s", 30)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
+            raise PermanentError(name, "setting 'timeout_s' must be a positive number of seconds")
+        supports_delete = settings.get("supports_user_delete", True)
+        if not isinstance(supports_delete, bool):
+            raise PermanentError(name, "setting 'supports_user_delete' must be true or false")
+        ref_setting = settings.get("reference_id_identity", IdentityType.ACCOUNT_ID.value)
+        ref_type: IdentityType | None = None
+        if ref_setting is not None:
+            try:
+                ref_type = IdentityType(ref_setting)
+            except ValueError:
+                known = ", ".join(t.value for t in IdentityType)
+                raise PermanentError(
+                    name, f"setting 'reference_id_identity' must be null or one of: {known}"
+                ) from None
+        per_page = settings.get("items_per_page", 50)
+        if isinstance(per_page, bool) or not isinstance(per_page, int) or not 1 <= per_page <= 100:
+            raise PermanentError(name, "setting 'items_per_page' must be an integer from 1 to 100")
+        prop = settings.get("restricted_property", "gdpr_restricted")
+        if not isinstance(prop, str) or not prop.strip():
+            raise PermanentError(name, "setting 'restricted_property' must be a non-empty property name")
+        host = parts.hostname
+        http = HttpClient(
+            name,
+            str(base_url),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=(min(5.0, float(timeout_s)), float(timeout_s)),
+            retry=retry,
+            rate_limiter=make_rate_limiter(f"freshchat:{host}", rate, ctx.redis_url),
+            session=session,
+        )
+        return cls(
+            name, http, supports_user_delete=supports_delete, reference_id_identity=ref_type,
+            items_per_page=per_page, restricted_property=prop.strip(),
+        )
+
+    def accepts(self) -> set[IdentityType]:
+        types = {IdentityType.EMAIL, IdentityType.FRESHCHAT_USER_ID}
+        if self.reference_id_identity is not None:
+            types.add(self.reference_id_identity)
+        return types
+
+    def close(self) -> None:
+        self.http.close()
+
+    def policies(self) -> dict[str, EntityPolicy]:
+        with_contact = ("deleted with the contact; where the API cannot delete users, forgotten by hand "
+                        "(Contacts > Forget)")
+        return {
+            "user": EntityPolicy(
+                erase="DELETE the FreshChat user; where unsupported, blank the profile and forget the contact by hand",
+                restrict=f"user property '{self.restricted_property}' set to true",
+            ),
+            "conversations": EntityPolicy(erase=with_contact, restrict="open conversations resolved"),
+            # No per-message restriction exists; the user property and resolved conversations cover them.
+            "messages": EntityPolicy(erase=with_contact, restrict=None),
+        }
+
+    # ------------------------------------------------------------------ actions
+
+    def locate(self, identities: Identities) -> Hits:
+        users = self._resolve(identities)
+        if not users:
+            return Hits(self.name, found=False)
+        conversations = sum(len(self._conversation_ids(u.id)) for u in users.values())
+        return Hits(
+            self.name,
+            found=True,
+            counts={"user": len(users), "conversations": conversations},
+            learned=self._learned(users.values(), identities),
+        )
+
+    def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
+        wanted = self._wanted(entities)
+        for user in self._resolve(identities).values():
+            if "user" in wanted:
+                profile = self._profile(user)
+                if profile is None:
+                    continue  # deleted between the search and now
+                yield Record("user", user.id, profile)
+            if not wanted & {"conversations", "messages"}:
+                continue
+            for cid in self._conversation_ids(user.id):
+                if "conversations" in wanted:
+                    conversation = self._get_or_none(f"conversations/{_seg(cid)}")
+                    if conversation is not None:
+                        yield Record("conversations", cid, conversation)
+                if "messages" in wanted:
+                    for index, message in enumerate(self._messages(cid)):
+                        message_id = str(message.get("id") or f"{cid}:{index}")
+                        yield Record("messages", message_id, {**message, "conversation_id": cid})
+
+    def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
+        if "user" not in self._wanted(entities):
+            raise UnsupportedAction(
+                self.name, "FreshChat erases whole contacts; conversations or messages alone cannot be deleted"
+            )
+        receipt = Receipt(self.name, "erase")
+        for user in self._resolve(identities).values():
+            path = f"users/{_seg(user.id)}"
+            if self.supports_user_delete:
+                resp = self.http.request("DELETE", path, ok=(200, 202, 204, 404, 405))
+                if resp.status_code != 404 and resp.status_code != 405:
+                    _count(receipt, "user")
+                    state = "requested" if resp.status_code == 202 else "done"
+                    receipt.vendor_refs.append(f"user {user.id}: deletion {state} (HTTP {resp.status_code}"
+                                               f"{_envelope_text(resp)})")
+                    receipt.details.append(f"DELETE /users/{{id}}: deletion {state}"
+                                           + (", carried out asynchronously by FreshChat" if state == "requested"
+                                              else ""))
+                    continue
+                receipt.details.append(
+                    f"DELETE /users/{{id}} answered HTTP {resp.status_code}: user deletion is not available; "
+                    "blanking the profile instead"
+                )
+            self._blank(user, receipt)
+        return receipt
+
+    def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
+        wanted = self._wanted(entities)
+        if not wanted & {"user", "conversations"}:
+            raise UnsupportedAction(self.name, "restriction applies to the user and its conversations, not messages")
+        receipt = Receipt(self.name, "restrict")
+        for user in self._resolve(identities).values():
+            if "conversations" in wanted:
+                resolved = self._resolve_open_conversations(user.id)
+                if resolved:
+                    _count(receipt, "conversations", resolved)
+                receipt.details.append(f"resolved {resolved} open conversation(s)")
+            if "user" in wanted and self._set_restricted(user, "true"):
+                _count(receipt, "user")
+                receipt.details.append(f"user property '{self.restricted_property}' set to true")
+        return receipt
+
+    def lift_restriction(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
+        if "user" not in self._wanted(entities):
+            raise UnsupportedAction(self.name, "lifting a restriction changes the user property only")
+        receipt = Receipt(self.name, "lift_restriction")
+        for user in self._resolve(identities).values():
+            if self._set_restricted(user, "false"):
+                _count(receipt, "user")
+                receipt.details.append(
+                    f"user property '{self.restricted_property}' set to false; resolved conversations stay resolved"
+                )
+        return receipt
+
+    def check(self) -> Health:
+        health = Health(self.name, ok=True)
+        try:
+            body = self.http.json("GET", "users", params={"email": PROBE_EMAIL})
+        except NotFound:
+            health.warnings.append("GET /users answered 404 for the probe search; check that base_url ends in /v2")
+            return health
+        except (PermanentError, TransientError) as exc:
+            health.ok = False
+            health.problems.append(exc.message)
+            return health
+        if not isinstance(body, dict) or not isinstance(body.get("users"), list):
+            health.ok = False
+            health.problems.append("GET /users did not answer with a 'users' list; is base_url the FreshChat v2 API?")
+        return health
+
+    # ------------------------------------------------------------------ finding users
+
+    def _resolve(self, identities: Identities) -> dict[str, _User]:
+        """Every FreshChat user the identities point at, each checked against the field searched by."""
+        users: dict[str, _User] = {}
+
+        def add(data: Any, full: bool) -> None:
+            if isinstance(data, dict) and data.get("id") and str(data["id"]) not in users:
+                users[str(data["id"])] = _User(str(data["id"]), data, full)
+
+        for email in identities.of(IdentityType.EMAIL):
+            for form in email_forms(email):
+                for candidate in self._search("email", form):
+                    if _same_email(candidate.get("email"), email):
+                        add(candidate, full=False)
+        if self.reference_id_identity is not None:
+            for ref in identities.of(self.reference_id_identity):
+                for candidate in self._search("reference_id", ref):
+                    # The search may not be exact; trust only a user whose reference_id is ours.
+                    if str(candidate.get("reference_id") or "") == ref:
+                        add(candidate, full=False)
+        for uid in identities.of(IdentityType.FRESHCHAT_USER_ID):
+            data = self._get_or_none(f"users/{_seg(uid)}")
+            if isinstance(data, dict) and str(data.get("id") or "") == uid:
+                add(data, full=True)
+        return users
+
+    def _search(self, field: str, value: str) -> list[dict[str, Any]]:
+        try:
+            body = self.http.json("GET", "users", params={field: value})
+        except NotFound:
+            return []
+        users = body.get("users") if isinstance(body, dict) else None
+        if not isinstance(users, list):
+            raise PermanentError(self.name, f"GET /users?{field}= answered without a 'users' list")
+        return [u for u in users if isinstance(u, dict)]
+
+    def _learned(self, users: Iterable[_User], identities: Identities) -> list[Identity]:
+        learned: list[Identity] = []
+
+        def learn(type_: IdentityType, value: str) -> None:
+            identity = Identity(type_, value, source=self.name)
+            if identity not in identities and identity not in learned:
+                learned.append(identity)
+
+        for user in users:
+            learn(IdentityType.FRESHCHAT_USER_ID, user.id)
+            phone = str(user.data.get("phone") or "").strip()
+            if phone:
+                learn(IdentityType.PHONE, phone)
+            raw_email = str(user.data.get("email") or "").strip()
+            if raw_email:
+                try:
+                    learn(IdentityType.EMAIL, normalise_email(raw_email))
+                except InvalidEmail:
+                    log.info("freshchat.unusable_email", system=self.name)
+        return learned
+
+    # ------------------------------------------------------------------ reading
+
+    def _get_or_none(self, path: str) -> Any:
+        try:
+            return self.http.json("GET", path)
+        except NotFound:
+            return None
+
+    def _profile(self, user: _User) -> dict[str, Any] | None:
+        """The full profile; search listings may carry fewer fields than GET /users/{id}."""
+        if user.full:
+            return user.data
+        data = self._get_or_none(f"users/{_seg(user.id)}")
+        if not isinstance(data, dict):
+            return None
+        user.data, user.full = data, True
+        return data
+
+    def _conversation_ids(self, uid: str) -> list[str]:
+        body = self._get_or_none(f"users/{_seg(uid)}/conversations")
+        if body is None:
+            return []
+        items = body.get("conversations") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise PermanentError(self.name, "GET /users/{id}/conversations answered without a 'conversations' list")
+        ids: list[str] = []
+        for item in items:
+            cid = str(item.get("id") or item.get("conversation_id") or "") if isinstance(item, dict) else ""
+            if cid and cid not in ids:
+                ids.append(cid)
+        return ids
+
+    def _messages(self, cid: str) -> Iterator[dict[str, Any]]:
+        path = f"conversations/{_seg(cid)}/messages"
+
+        def fetch(page: int) -> tuple[list[Any], bool]:
+            try:
+                body = self.http.json("GET", path, params={"page": page, "items_per_page": self.items_per_page})
+            except NotFound:
+                return [], False
+            items = body.get("messages") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise PermanentError(self.name, "GET /conversations/{id}/messages answered without a 'messages' list")
+            more = len(items) >= self.items_per_page  # a short page is the last one
+            pagination = body.get("pagination")
+            if isinstance(pagination, dict) and isinstance(pagination.get("total_pages"), int):
+                more = more and page < pagination["total_pages"]
+            links = body.get("links")
+            if isinstance(links, dict):
+                more = more and bool(links.get("next_page"))
+            return [m for m in items if isinstance(m, dict)], more
+
+        yield from paginate(fetch)
+
+    # ------------------------------------------------------------------ writing
+
+    def _blank(self, user: _User, receipt: Receipt) -> None:
+        profile = self._profile(user)
+        if profile is None:
+            receipt.details.append("user no longer exists; nothing to blank")
+            return
+        properties = [
+            {"name": p["name"], "value": ""} for p in profile.get("properties") or []
+            if isinstance(p, dict) and p.get("name")
+        ]
+        body = {"first_name": "", "last_name": "", "email": "", "phone": "", "reference_id": "",
+                "properties": properties}
+        try:
+            self.http.request("PUT", f"users/{_seg(user.id)}", json=body)
+        except NotFound:
+            receipt.details.append("user no longer exists; nothing to blank")
+            return
+        _count(receipt, "user")
+        receipt.details.append(
+            f"profile blanked (names, e-mail, phone, reference id, {len(properties)} propert(y/ies)); "
+            "conversations and messages remain until the contact is forgotten"
+        )
+        receipt.manual_steps.append(f"{FORGET_STEP}: user id {user.id} (removes its conversations and messages)")
+
+    def _resolve_open_conversations(self, uid: str) -> int:
+        resolved = 0
+        for cid in self._conversation_ids(uid):
+            conversation = self._get_or_none(f"conversations/{_seg(cid)}")
+            if not isinstance(conversation, dict) or str(conversation.get("status") or "").lower() == "resolved":
+                continue
+            try:
+                self.http.request("PUT", f"conversations/{_seg(cid)}", json={"status": "resolved"})
+            except NotFound:
+                continue
+            resolved += 1
+        return resolved
+
+    def _set_restricted(self, user: _User, value: str) -> bool:
+        profile = self._profile(user)
+        if profile is None:
+            return False
+        properties: list[dict[str, Any]] = []
+        replaced = False
+        for prop in profile.get("properties") or []:
+            if not isinstance(prop, dict) or not prop.get("name"):
+                continue
+            if prop["name"] == self.restricted_property:
+                properties.append({"name": self.restricted_property, "value": value})
+                replaced = True
+            else:
+                properties.append({"name": prop["name"], "value": prop.get("value")})
+        if not replaced:
+            properties.append({"name": self.restricted_property, "value": value})
+        try:
+            self.http.request("PUT", f"users/{_seg(user.id)}", json={"properties": properties})
+        except NotFound:
+            return False
+        return True
+
+    def _wanted(self, entities: Iterable[str] | None) -> set[str]:
+        if entities is None:
+            return set(ENTITIES)
+        wanted = set(entities)
+        unknown = sorted(wanted - set(ENTITIES))
+        if unknown:
+            raise PermanentError(self.name, f"unknown entity {', '.join(unknown)}; known: {', '.join(ENTITIES)}")
+        return wanted
+
+
+def _seg(value: str) -> str:
+    """One path segment: ids come from the vendor or the request, never let them change the path."""
+    return quote(value, safe="")
+
+
+def _same_email(stored: Any, wanted: str) -> bool:
+    if not isinstance(stored, str) or not stored.strip():
+        return False
+    try:
+        return normalise_email(stored) == wanted
+    except InvalidEmail:
+        return stored.strip().casefold() == wanted.casefold()
+
+
+def _count(receipt: Receipt, entity: str, n: int = 1) -> None:
+    receipt.changed[entity] = receipt.changed.get(entity, 0) + n
+
+
+def _envelope_text(resp: requests.Response) -> str:
+    """`status: message` from FreshChat's {code, status, message} envelope, scrubbed of personal data."""
+    try:
+        body = orjson.loads(resp.content) if resp.content else None
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    text = ": ".join(str(body[k]) for k in ("status", "message") if body.get(k))
+    return f", {redact(text)[:200]}" if text else ""

@@ -1,0 +1,166 @@
+"""The ledger: requests, their tasks, what discovery learned, and the audit trail.
+
+The ledger, not the broker, is the source of truth: every state change is a row update here,
+and the broker only carries wake-ups. SQLite (embedded) and PostgreSQL (production) both work;
+the schema is managed by Alembic (discovery/migrations).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware datetimes on both SQLite (which drops the zone) and PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime stored in the ledger")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class RequestType(enum.StrEnum):
+    ACCESS = "access"
+    PORTABILITY = "portability"
+    ERASURE = "erasure"
+    RESTRICTION = "restriction"
+    LIFT_RESTRICTION = "lift_restriction"
+
+
+class RequestStatus(enum.StrEnum):
+    RECEIVED = "received"
+    DISCOVERING = "discovering"
+    RUNNING = "running"
+    AWAITING_MANUAL = "awaiting_manual"
+    MERGING = "merging"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+
+
+OPEN_STATUSES = frozenset({
+    RequestStatus.RECEIVED, RequestStatus.DISCOVERING, RequestStatus.RUNNING,
+    RequestStatus.AWAITING_MANUAL, RequestStatus.MERGING,
+})
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    AWAITING_MANUAL = "awaiting_manual"
+    UNSUPPORTED = "unsupported"  # the system has no way to do it; reported with the reason
+
+
+TERMINAL_TASK = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.UNSUPPORTED})
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: sa.JSON, list[Any]: sa.JSON}
+
+
+class Request(Base):
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    type: Mapped[str] = mapped_column(sa.String(24))
+    subject_email: Mapped[str] = mapped_column(sa.String(320))
+    subject_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    ticket_ref: Mapped[str | None] = mapped_column(sa.String(128))
+    status: Mapped[str] = mapped_column(sa.String(24), index=True)
+    # "type:subject_hash" while the request is open, NULL after: a unique index makes a second
+    # open request for the same subject and type impossible, even under concurrent intake.
+    open_key: Mapped[str | None] = mapped_column(sa.String(100), unique=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    due_at: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    completed_at: Mapped[datetime | None]
+    plan: Mapped[list[Any] | None]
+    bundle_path: Mapped[str | None] = mapped_column(sa.String(1024))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+    tasks: Mapped[list[Task]] = relationship(back_populates="request", order_by="Task.id")
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (sa.UniqueConstraint("request_id", "system", "action", name="uq_task_system_action"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(sa.ForeignKey("requests.id", ondelete="CASCADE"), index=True)
+    system: Mapped[str] = mapped_column(sa.String(64))
+    action: Mapped[str] = mapped_column(sa.String(24))
+    entities: Mapped[list[Any]]
+    status: Mapped[str] = mapped_column(sa.String(24), index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_until: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    result: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    request: Mapped[Request] = relationship(back_populates="tasks")
+
+
+class SubjectIdentity(Base):
+    """An identifier the request used, and where it came from (the request, or a system's hit)."""
+
+    __tablename__ = "identities"
+    __table_args__ = (sa.UniqueConstraint("request_id", "type", "value", name="uq_identity"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(sa.ForeignKey("requests.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(sa.String(32))
+    value: Mapped[str] = mapped_column(sa.String(512))
+    source: Mapped[str] = mapped_column(sa.String(64))
+    round: Mapped[int] = mapped_column(default=0)
+
+
+class SystemHit(Base):
+    """Where discovery looked, whether the person was there, and how many records per entity."""
+
+    __tablename__ = "system_hits"
+    __table_args__ = (sa.UniqueConstraint("request_id", "system", name="uq_hit"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(sa.ForeignKey("requests.id", ondelete="CASCADE"), index=True)
+    system: Mapped[str] = mapped_column(sa.String(64))
+    found: Mapped[bool]
+    counts: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class AuditEvent(Base):
+    """Who did what, when. Holds a keyed hash of the subject, never the e-mail."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    request_id: Mapped[str | None] = mapped_column(sa.String(36), index=True)
+    event: Mapped[str] = mapped_column(sa.String(64))
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    subject_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,437 @@
+"""One request's life: intake -> discover -> plan -> execute (one task per system and action) -> merge.
+
+Every step is a plain function over the ledger, safe to run twice: the Dramatiq actors in
+workers/ are thin wrappers, and tests call these directly. Steps hand work on through a
+`Wakeups` object (the actors' `.send`, or a synchronous stand-in), never by calling each other.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from connectors.base import (
+    ConnectorError,
+    Identities,
+    Identity,
+    IdentityType,
+    TransientError,
+    UnsupportedAction,
+)
+from connectors.emails import normalise_email
+from connectors.redact import redact
+from discovery.bundle import BuiltBundle, SystemPart, build_bundle
+from discovery.discover import Discovery, discover
+from discovery.ledger import (
+    OPEN_STATUSES,
+    TERMINAL_TASK,
+    AuditEvent,
+    Request,
+    RequestStatus,
+    RequestType,
+    SubjectIdentity,
+    SystemHit,
+    Task,
+    TaskStatus,
+)
+from discovery.planner import PlanStep, SystemView, plan, tasks_of
+from discovery.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+class Wakeups(Protocol):
+    def discover(self, request_id: str) -> None: ...
+    def execute(self, task_id: int) -> None: ...
+    def merge(self, request_id: str) -> None: ...
+
+
+class RetryLater(Exception):
+    """A transient failure; the task is back to pending and the broker should retry with backoff."""
+
+
+class NotFoundError(LookupError):
+    pass
+
+
+class InvalidInput(ValueError):
+    pass
+
+
+def audit(session: Session, event: str, actor: str, request: Request | None = None, **details: Any) -> None:
+    session.add(AuditEvent(event=event, actor=actor, request_id=request.id if request else None,
+                           subject_hash=request.subject_hash if request else None, details=details))
+
+
+def _now(rt: Runtime) -> datetime:
+    return rt.clock()
+
+
+# -- intake ----------------------------------------------------------------------------------
+
+@dataclass
+class Submitted:
+    request: Request
+    created: bool
+
+
+def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: str | None = None,
+           actor: str = "cli") -> Submitted:
+    """Create a request, or return the open one for the same subject and type."""
+    try:
+        rtype = RequestType(request_type)
+    except ValueError:
+        raise InvalidInput(f"unknown request type '{request_type}' "
+                           f"(one of: {', '.join(t.value for t in RequestType)})") from None
+    subject = normalise_email(email)
+    subject_hash = rt.subject_hash(subject)
+    open_key = f"{rtype.value}:{subject_hash}"
+    now = _now(rt)
+    request = Request(
+        id=str(uuid.uuid4()), type=rtype.value, subject_email=subject, subject_hash=subject_hash,
+        ticket_ref=ticket, status=RequestStatus.RECEIVED, open_key=open_key, received_at=now,
+        updated_at=now, due_at=now + timedelta(days=rt.settings.requests.due_days),
+    )
+    try:
+        with rt.sessions.begin() as s:
+            s.add(request)
+            s.flush()
+            s.add(SubjectIdentity(request_id=request.id, type=IdentityType.EMAIL.value, value=subject,
+                                  source="request", round=0))
+            audit(s, "request.received", actor, request, type=rtype.value, ticket=ticket)
+    except IntegrityError:
+        with rt.sessions() as s:
+            existing = s.scalars(sa.select(Request).where(Request.open_key == open_key)).first()
+        if existing is None:  # closed between our insert and this read: try once more
+            return submit(rt, wake, request_type, email, ticket, actor)
+        log.info("request.duplicate", request_id=existing.id)
+        return Submitted(existing, created=False)
+    log.info("request.received", request_id=request.id, type=rtype.value)
+    wake.discover(request.id)
+    return Submitted(request, created=True)
+
+
+# -- discover and plan -----------------------------------------------------------------------
+
+def known_identities(s: Session, request_id: str) -> Identities:
+    rows = s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id))
+    return Identities(Identity(IdentityType(r.type), r.value, r.source) for r in rows)
+
+
+def system_views(rt: Runtime, found: Discovery) -> list[SystemView]:
+    views = []
+    for name, conn in rt.connectors().items():
+        hits = found.hits.get(name)
+        state = None if name in found.errors else bool(hits and hits.found)
+        views.append(SystemView(name, state, conn.policies(), found.errors.get(name)))
+    return views
+
+
+def dry_run(rt: Runtime, request_type: str, email: str) -> tuple[Discovery, list[PlanStep]]:
+    """Discover and plan without writing anything anywhere."""
+    rtype = RequestType(request_type)
+    subject = normalise_email(email)
+    seed = Identities([Identity(IdentityType.EMAIL, subject, "request")])
+    found = discover(rt.connectors(), seed, rt.settings.worker.discovery_max_rounds)
+    return found, plan(rtype, system_views(rt, found))
+
+
+def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
+    with rt.sessions.begin() as s:
+        req = s.get(Request, request_id)
+        if req is None:
+            raise NotFoundError(f"unknown request {request_id}")
+        if req.status not in (RequestStatus.RECEIVED, RequestStatus.DISCOVERING):
+            pending = [t.id for t in req.tasks if t.status == TaskStatus.PENDING]
+            status = req.status
+        else:
+            req.status = RequestStatus.DISCOVERING
+            pending, status = [], None
+        seed = known_identities(s, request_id)
+        rtype = RequestType(req.type)
+    if status is not None:  # already planned: a redelivered message only re-wakes pending tasks
+        for task_id in pending:
+            wake.execute(task_id)
+        return
+
+    found = discover(rt.connectors(), seed, rt.settings.worker.discovery_max_rounds)
+    steps = plan(rtype, system_views(rt, found))
+    wanted = tasks_of(steps)
+
+    with rt.sessions.begin() as s:
+        req = s.get(Request, request_id, with_for_update=True)
+        assert req is not None
+        if req.status != RequestStatus.DISCOVERING:
+            return  # another delivery of this message got here first
+        have = {(i.type, i.value) for i in known_identities(s, request_id)}
+        for ident in found.identities:
+            if (ident.type.value, ident.value) not in have:
+                s.add(SubjectIdentity(request_id=request_id, type=ident.type.value, value=ident.value,
+                                      source=ident.source, round=found.learned_in_round.get((ident.type, ident.value),
+                                                                                            0)))
+        for name in rt.connectors():
+            hits = found.hits.get(name)
+            s.add(SystemHit(request_id=request_id, system=name, found=bool(hits and hits.found),
+                            counts=dict(hits.counts) if hits else {}, error=found.errors.get(name)))
+        req.plan = [step.to_dict() for step in steps]
+        for (system, action), entities in wanted.items():
+            s.add(Task(request_id=request_id, system=system, action=action, entities=entities,
+                       status=TaskStatus.PENDING))
+        req.status = RequestStatus.RUNNING if wanted else RequestStatus.MERGING
+        audit(s, "request.planned", "worker", req, systems_found=sorted(n for n, h in found.hits.items() if h.found),
+              tasks=len(wanted), rounds=found.rounds, locate_errors=sorted(found.errors))
+        s.flush()
+        task_ids = [t.id for t in s.scalars(sa.select(Task).where(Task.request_id == request_id))]
+    log.info("request.planned", request_id=request_id, tasks=len(task_ids), rounds=found.rounds)
+    if task_ids:
+        for task_id in task_ids:
+            wake.execute(task_id)
+    else:
+        wake.merge(request_id)
+
+
+# -- execute ---------------------------------------------------------------------------------
+
+def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
+    now = _now(rt)
+    lease = timedelta(seconds=rt.settings.worker.task_lease_seconds)
+    with rt.sessions.begin() as s:
+        # Claim: only a pending task, or a running one whose worker stopped renewing its lease.
+        claimed = s.execute(
+            sa.update(Task)
+            .where(Task.id == task_id)
+            .where(sa.or_(Task.status == TaskStatus.PENDING,
+                          sa.and_(Task.status == TaskStatus.RUNNING, Task.lease_until < now)))
+            .values(status=TaskStatus.RUNNING, attempts=Task.attempts + 1, lease_until=now + lease,
+                    started_at=now, updated_at=now)
+        ).rowcount
+        task = s.get(Task, task_id)
+        if not claimed or task is None:
+            return  # done already, or another worker holds it
+        request_id, system, action, entities, attempts = (task.request_id, task.system, task.action,
+                                                          list(task.entities), task.attempts)
+        identities = known_identities(s, request_id)
+    log.info("task.start", request_id=request_id, task_id=task_id, system=system, action=action, attempt=attempts)
+
+    status, error, result = TaskStatus.DONE, None, None
+    keeper = LeaseKeeper(rt, task_id, lease)
+    try:
+        conn = rt.connector(system)
+        if action == "export":
+            result = rt.staging.write(request_id, system, conn.export(identities, entities))
+        else:
+            receipt = {"erase": conn.erase, "restrict": conn.restrict,
+                       "lift_restriction": conn.lift_restriction}[action](identities, entities)
+            result = receipt.to_dict()
+            if receipt.manual_steps:
+                status = TaskStatus.AWAITING_MANUAL
+    except UnsupportedAction as exc:
+        status, error = TaskStatus.UNSUPPORTED, exc.message
+    except TransientError as exc:
+        if attempts < rt.settings.worker.max_attempts:
+            _release(rt, task_id, redact(exc.message))
+            log.warning("task.retry", request_id=request_id, task_id=task_id, system=system, error=redact(exc.message))
+            raise RetryLater(f"{system} {action}: {redact(exc.message)}") from None
+        status, error = TaskStatus.FAILED, f"gave up after {attempts} attempts: {redact(exc.message)}"
+    except ConnectorError as exc:
+        status, error = TaskStatus.FAILED, redact(exc.message)
+    except Exception as exc:  # a bug or an unexpected library error: fail the task, keep the worker
+        log.exception("task.crash", request_id=request_id, task_id=task_id, system=system)
+        status, error = TaskStatus.FAILED, f"internal error: {type(exc).__name__}: {redact(str(exc))[:300]}"
+    finally:
+        keeper.stop()
+    finish_task(rt, wake, task_id, status, error, result)
+
+
+class LeaseKeeper:
+    """Renews a running task's lease while it works, so only a dead worker's task is taken over."""
+
+    def __init__(self, rt: Runtime, task_id: int, lease: timedelta) -> None:
+        self.rt, self.task_id, self.lease = rt, task_id, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease:{task_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease.total_seconds() / 3):
+            try:
+                with self.rt.sessions.begin() as s:
+                    s.execute(sa.update(Task).where(Task.id == self.task_id, Task.status == TaskStatus.RUNNING)
+                              .values(lease_until=_now(self.rt) + self.lease))
+            except Exception:  # the ledger is briefly away: the next beat tries again
+                log.warning("task.lease_renew_failed", task_id=self.task_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _release(rt: Runtime, task_id: int, error: str) -> None:
+    with rt.sessions.begin() as s:
+        s.execute(sa.update(Task).where(Task.id == task_id, Task.status == TaskStatus.RUNNING)
+                  .values(status=TaskStatus.PENDING, error=error, lease_until=None, updated_at=_now(rt)))
+
+
+def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, error: str | None,
+                result: dict[str, Any] | None, actor: str = "worker", note: str | None = None) -> None:
+    """Record a task's outcome; the one call that sees every task terminal moves the request on."""
+    now = _now(rt)
+    with rt.sessions.begin() as s:
+        task = s.get(Task, task_id)
+        assert task is not None
+        # Lock the request row first: concurrent finishers of one request serialise here, so
+        # exactly one of them sees all tasks terminal (under READ COMMITTED both could miss it).
+        req = s.get(Request, task.request_id, with_for_update=True, populate_existing=True)
+        assert req is not None
+        s.refresh(task)
+        task.status, task.error, task.finished_at, task.lease_until, task.updated_at = status, error, now, None, now
+        if result is not None:
+            task.result = result
+        audit(s, f"task.{status}", actor, req, system=task.system, action=task.action, note=note,
+              changed=(result or {}).get("changed"))
+        merge_now = _advance(req, s)
+        request_id = req.id
+    log.info("task.finish", request_id=request_id, task_id=task_id, status=str(status))
+    if merge_now:
+        wake.merge(request_id)
+
+
+def _advance(req: Request, s: Session) -> bool:
+    statuses = [t.status for t in s.scalars(sa.select(Task).where(Task.request_id == req.id))]
+    if req.status not in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL):
+        return False
+    if all(st in TERMINAL_TASK for st in statuses):
+        req.status = RequestStatus.MERGING
+        return True
+    if all(st in TERMINAL_TASK or st == TaskStatus.AWAITING_MANUAL for st in statuses):
+        req.status = RequestStatus.AWAITING_MANUAL
+    return False
+
+
+def confirm_manual(rt: Runtime, wake: Wakeups, request_id: str, system: str, note: str, actor: str) -> int:
+    """A person did the manual step for `system`: complete its awaiting tasks, audited."""
+    if not note.strip():
+        raise InvalidInput("a note saying what was done is required")
+    with rt.sessions() as s:
+        if s.get(Request, request_id) is None:
+            raise NotFoundError(f"unknown request {request_id}")
+        ids = list(s.scalars(sa.select(Task.id).where(Task.request_id == request_id, Task.system == system,
+                                                       Task.status == TaskStatus.AWAITING_MANUAL)))
+    if not ids:
+        raise InvalidInput(f"request {request_id} has no task awaiting a manual step in system '{system}'")
+    for task_id in ids:
+        finish_task(rt, wake, task_id, TaskStatus.DONE, None, None, actor=actor, note=note.strip()[:500])
+    return len(ids)
+
+
+# -- merge -----------------------------------------------------------------------------------
+
+def bundle_path(rt: Runtime, request_id: str) -> Path:
+    return rt.settings.archive.path / f"{request_id}.zip"
+
+
+def merge_request(rt: Runtime, request_id: str,
+                  progress: Callable[[str, str, int], None] | None = None) -> BuiltBundle | None:
+    with rt.sessions.begin() as s:
+        req = s.get(Request, request_id, with_for_update=True)
+        if req is None:
+            raise NotFoundError(f"unknown request {request_id}")
+        if req.status != RequestStatus.MERGING:
+            return None  # not ready, or merged already by an earlier delivery
+        identities = [{"type": i.type, "value": i.value, "source": i.source, "round": i.round}
+                      for i in s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id)
+                                         .order_by(SubjectIdentity.id))]
+        hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}
+        tasks = list(req.tasks)
+        header = {
+            "format": "dsar-bundle/1",
+            "request": {"id": req.id, "type": req.type, "ticket": req.ticket_ref,
+                        "received_at": req.received_at.isoformat(), "due_at": req.due_at.isoformat()},
+            "subject": {"identifiers": identities},
+            "generated_at": _now(rt).isoformat(),
+            "plan": req.plan or [],
+        }
+        parts: list[SystemPart] = []
+        for system, hit in sorted(hits.items()):
+            if not hit.found and not hit.error and not any(t.system == system for t in tasks):
+                parts.append(SystemPart(system, "skipped", reason="the person was not found in this system"))
+        for t in tasks:
+            staged = t.result if t.action == "export" and t.status == TaskStatus.DONE else None
+            receipt = t.result if t.action != "export" and t.result else None
+            parts.append(SystemPart(t.system, str(t.status), t.action, staged=staged, receipt=receipt,
+                                    reason=t.error))
+        failed = [t for t in tasks if t.status == TaskStatus.FAILED]
+    built = build_bundle(bundle_path(rt, request_id), header, parts, rt.staging, progress)
+    with rt.sessions.begin() as s:
+        req = s.get(Request, request_id, with_for_update=True)
+        assert req is not None
+        if req.status != RequestStatus.MERGING:
+            return None
+        req.status = RequestStatus.COMPLETED_WITH_ERRORS if failed else RequestStatus.COMPLETED
+        req.error = "; ".join(f"{t.system} {t.action}: {t.error}" for t in failed)[:2000] or None
+        req.completed_at = _now(rt)
+        req.bundle_path = str(built.path)
+        req.open_key = None
+        audit(s, "request.completed", "worker", req, status=req.status, bundle_sha256=built.sha256,
+              records=sum(built.counts.values()))
+    rt.staging.discard(request_id)
+    log.info("request.completed", request_id=request_id, status=str(req.status), records=sum(built.counts.values()))
+    return built
+
+
+# -- sweeper ---------------------------------------------------------------------------------
+
+def sweep(rt: Runtime, wake: Wakeups, stale_after: timedelta | None = None) -> dict[str, int]:
+    """Re-wake work whose message was lost (broker restart, worker killed). Safe to run anywhere, any time."""
+    now = _now(rt)
+    stale = now - (stale_after or timedelta(seconds=max(30.0, rt.settings.worker.sweep_interval_seconds)))
+    counts = {"expired_leases": 0, "pending_tasks": 0, "discover": 0, "merge": 0}
+    with rt.sessions.begin() as s:
+        expired = list(s.scalars(sa.select(Task.id).where(Task.status == TaskStatus.RUNNING,
+                                                           Task.lease_until < now)))
+        if expired:
+            s.execute(sa.update(Task).where(Task.id.in_(expired), Task.status == TaskStatus.RUNNING,
+                                            Task.lease_until < now)
+                      .values(status=TaskStatus.PENDING, lease_until=None, updated_at=now,
+                              error="worker stopped before finishing; retried"))
+        pending = list(s.scalars(sa.select(Task.id).where(Task.status == TaskStatus.PENDING,
+                                                           Task.updated_at < stale)))
+        to_discover = list(s.scalars(sa.select(Request.id).where(
+            Request.status.in_([RequestStatus.RECEIVED, RequestStatus.DISCOVERING]), Request.updated_at < stale)))
+        merging = list(s.scalars(sa.select(Request.id).where(Request.status == RequestStatus.MERGING,
+                                                              Request.updated_at < stale)))
+        # A lost "last task done" wake-up: all terminal but the request never moved on.
+        running = s.scalars(sa.select(Request).where(Request.status.in_(
+            [RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL]), Request.updated_at < stale)).all()
+        for req in running:
+            if _advance(req, s):
+                merging.append(req.id)
+        if to_discover:
+            # A discovery whose worker died restarts from scratch (it wrote nothing yet).
+            s.execute(sa.update(Request).where(Request.id.in_(to_discover)).values(
+                status=RequestStatus.RECEIVED, updated_at=now))
+    for task_id in expired + pending:
+        wake.execute(task_id)
+    for request_id in to_discover:
+        wake.discover(request_id)
+    for request_id in merging:
+        wake.merge(request_id)
+    counts.update(expired_leases=len(expired), pending_tasks=len(pending), discover=len(to_discover),
+                  merge=len(merging))
+    if any(counts.values()):
+        log.info("sweep", **counts)
+    return counts
+
+
+def is_open(status: str) -> bool:
+    return status in OPEN_STATUSES

@@ -1,0 +1,160 @@
+"""Settings: a TOML file, each key overridable by an environment variable, validated at start-up.
+
+The file is `--config`, else `$DSAR_CONFIG`, else `config/dsar.toml` of this checkout. A key
+`section.name` is overridden by `DSAR_SECTION_NAME`. Secrets never live in the file: the
+file names the environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "dsar.toml"
+
+
+class ConfigError(Exception):
+    """A one-line message naming the file and key that is wrong."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LedgerSettings(_Section):
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_file(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+
+class BrokerSettings(_Section):
+    url: str  # redis://host:port/db, or stub:// for the in-process broker
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "stub://")):
+            raise ValueError("must be redis://..., rediss://... or stub:// (in-process)")
+        return value
+
+
+class ArchiveSettings(_Section):
+    path: Path
+    staging_path: Path
+
+
+class DataMapSettings(_Section):
+    path: Path
+
+
+class RequestSettings(_Section):
+    due_days: int = Field(30, ge=1, le=30)  # Art. 12(3): one month
+
+
+class WorkerSettings(_Section):
+    processes: int = Field(1, ge=1, le=64)
+    threads: int = Field(4, ge=1, le=64)
+    task_lease_seconds: int = Field(300, ge=5)
+    max_attempts: int = Field(5, ge=1, le=50)
+    retry_backoff_seconds: float = Field(5.0, ge=0)
+    sweep_interval_seconds: float = Field(30.0, gt=0)
+    discovery_max_rounds: int = Field(5, ge=1, le=20)
+
+
+class SecretSettings(_Section):
+    # HMAC key for audit hashes and masking; the file names the variable, never the value
+    secret_key_env: str = "DSAR_SECRET_KEY"
+
+
+class Settings(_Section):
+    ledger: LedgerSettings
+    broker: BrokerSettings
+    archive: ArchiveSettings
+    data_map: DataMapSettings
+    requests: RequestSettings = Field(default_factory=RequestSettings)  # type: ignore[arg-type]
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+    secrets: SecretSettings = Field(default_factory=SecretSettings)
+    log_format: Literal["console", "json"] = "console"
+    source: Path = DEFAULT_CONFIG
+    secret_key: bytes = b""
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.broker.url if self.broker.url.startswith("redis") else None
+
+
+def config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
+    return Path(explicit or env.get("DSAR_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    source = config_path(path, env)
+    try:
+        raw: dict[str, Any] = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {source}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {source}: not valid TOML: {exc}") from None
+
+    _apply_env_overrides(raw, env)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        message = "missing key" if err["type"] == "missing" else (
+            "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, "))
+        env_name = "DSAR_" + "_".join(str(p) for p in err["loc"]).upper()
+        raise ConfigError(f"config {source}: {message}: '{key}' (set it in the file or as {env_name})") from None
+
+    if urlsplit(raw["ledger"]["url"]).password and "DSAR_LEDGER_URL" not in env:
+        raise ConfigError(f"config {source}: ledger.url holds a password; set it in DSAR_LEDGER_URL instead")
+    base = source.resolve().parent
+    settings.source = source.resolve()
+    settings.data_map.path = (base / settings.data_map.path).resolve()
+    settings.archive.path = Path(settings.archive.path).resolve()
+    settings.archive.staging_path = Path(settings.archive.staging_path).resolve()
+    key = env.get(settings.secrets.secret_key_env, "")
+    if len(key) < 16:
+        raise ConfigError(
+            f"environment variable {settings.secrets.secret_key_env} must hold a secret key of 16+ characters "
+            "(it keys the hashes in the audit log and masked columns)"
+        )
+    settings.secret_key = key.encode()
+    return settings
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """DSAR_SECTION_KEY=value overrides [section] key; values are parsed as TOML scalars when they can be."""
+    sections = {
+        "ledger": LedgerSettings, "broker": BrokerSettings, "archive": ArchiveSettings,
+        "data_map": DataMapSettings, "requests": RequestSettings, "worker": WorkerSettings,
+        "secrets": SecretSettings,
+    }
+    for section, model in sections.items():
+        for key in model.model_fields:
+            name = f"DSAR_{section}_{key}".upper()
+            if name in env:
+                raw.setdefault(section, {})[key] = _scalar(env[name])
+    if "DSAR_LOG_FORMAT" in env:
+        raw["log_format"] = env["DSAR_LOG_FORMAT"]
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text

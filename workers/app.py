@@ -1,0 +1,82 @@
+"""Process-wide wiring: settings -> broker -> runtime. Actors and commands get both from here.
+
+The broker must exist before the actors are declared, so `workers.actors` calls
+`ensure_broker()` at import; a command that wants another config calls `setup()` first.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from discovery import db
+from discovery.runtime import Runtime
+from discovery.settings import Settings, load_settings
+from workers.logs import configure_logging
+
+_lock = threading.RLock()
+_settings: Settings | None = None
+_runtime: Runtime | None = None
+_broker: dramatiq.Broker | None = None
+
+
+def setup(settings: Settings, runtime: Runtime | None = None) -> Runtime:
+    """Install settings, broker and runtime for this process; idempotent for the same settings."""
+    global _settings, _runtime, _broker
+    with _lock:
+        configure_logging(settings.log_format)
+        if _broker is None:
+            _broker = make_broker(settings)
+            dramatiq.set_broker(_broker)
+        _settings = settings
+        if _runtime is not None and runtime is not _runtime:
+            _runtime.close()
+        _runtime = runtime or Runtime(settings)
+        db.upgrade(_runtime.engine)
+        return _runtime
+
+
+def make_broker(settings: Settings) -> dramatiq.Broker:
+    if settings.broker.url.startswith("stub://"):
+        return StubBroker()
+    # A dead worker's unacked messages return to the queue after the heartbeat timeout.
+    heartbeat_ms = max(15_000, settings.worker.task_lease_seconds * 1000)
+    return RedisBroker(url=settings.broker.url, heartbeat_timeout=heartbeat_ms)
+
+
+def ensure_broker() -> dramatiq.Broker:
+    global _broker
+    with _lock:
+        if _broker is None:
+            settings = _settings or load_settings()
+            _broker = make_broker(settings)
+            dramatiq.set_broker(_broker)
+        return _broker
+
+
+def settings() -> Settings:
+    global _settings
+    with _lock:
+        if _settings is None:
+            _settings = load_settings()
+        return _settings
+
+
+def runtime() -> Runtime:
+    with _lock:
+        if _runtime is None:
+            return setup(settings())
+        return _runtime
+
+
+def is_embedded() -> bool:
+    return isinstance(ensure_broker(), StubBroker)
+
+
+def os_env_flag(name: str) -> bool:
+    import os
+
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

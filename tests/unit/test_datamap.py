@@ -1,0 +1,60 @@
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from connectors.base import PermanentError
+from connectors.sql_map import parse_system
+from discovery.datamap import DataMapError, load_data_map
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT_MAP = yaml.safe_load((ROOT / "config" / "datamap.yaml").read_text())
+
+
+def accounts() -> dict[str, Any]:
+    return copy.deepcopy(PROJECT_MAP["systems"]["accounts"])
+
+
+def test_project_data_map_is_valid() -> None:
+    dm = load_data_map(ROOT / "config" / "datamap.yaml")
+    assert "accounts" in dm.systems
+    spec = parse_system("accounts", dm.systems["accounts"].settings)
+    assert spec.entities["orders"].hold is not None and spec.entities["orders"].hold.years == 5
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda s: s["entities"]["servers"]["references"].update(user_id="people.id"),
+     "entities.servers: Value error|unknown entity 'people'"),
+    (lambda s: s["entities"]["users"]["erase"].update(strategy="shred"), "entities.users.erase.strategy"),
+    (lambda s: s["entities"]["users"]["erase"].pop("mask"), "needs a 'mask' mapping"),
+    (lambda s: s["entities"]["orders"].pop("restrict"), "'hold' needs 'restrict'"),
+    (lambda s: s["entities"]["orders"]["hold"].update(years=0), "entities.orders.hold.years"),
+    (lambda s: s["entities"]["users"]["erase"].update(strategy="delete", mask={}),
+     "users is erased by delete, but"),
+    (lambda s: s["entities"]["servers"].pop("references"), "needs 'identities' or 'references'"),
+    (lambda s: s["entities"]["users"].update(references={"id": "login_log.id"}), "reference cycle"),
+    (lambda s: s["entities"]["users"]["identities"].update(fax="fax"), "entities.users.identities.fax"),
+    (lambda s: s["entities"]["users"].update(colour="blue"), "entities.users.colour"),
+])
+def test_invalid_entries_name_the_key(mutate: Any, message: str) -> None:
+    spec = accounts()
+    mutate(spec)
+    with pytest.raises(PermanentError) as err:
+        parse_system("accounts", spec)
+    assert err.value.system == "accounts"
+    import re
+    assert re.search(message, str(err.value)), str(err.value)
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    path = tmp_path / "dm.yaml"
+    path.write_text("systems: {x: {kind: ftp}}\ncontroller: {name: A, contact: b}\n")
+    with pytest.raises(DataMapError, match="systems.x.kind: unknown kind 'ftp'"):
+        load_data_map(path)
+    path.write_text("systems: [\n")
+    with pytest.raises(DataMapError, match="not valid YAML"):
+        load_data_map(path)
+    with pytest.raises(DataMapError, match="data map not found"):
+        load_data_map(tmp_path / "missing.yaml")

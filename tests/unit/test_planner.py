@@ -1,0 +1,42 @@
+from connectors.base import EntityPolicy, Hold
+from discovery.planner import SystemView, plan, tasks_of
+
+HOLD = Hold(years=5, from_field="ordered_at", reason="Bookkeeping Act")
+POLICIES = {
+    "users": EntityPolicy(erase="mask email (hash)", restrict="set processing_restricted=True"),
+    "orders": EntityPolicy(erase="delete rows", restrict="set processing_restricted=True", hold=HOLD),
+    "login_log": EntityPolicy(erase="delete rows", restrict=None, provided_by_subject=False),
+}
+
+
+def test_hold_turns_erasure_into_restriction_of_held_records() -> None:
+    steps = plan("erasure", [SystemView("accounts", True, POLICIES)])
+    orders = [(s.action, s.task) for s in steps if s.entity == "orders"]
+    assert orders == [("restrict", "erase"), ("erase", "erase")]
+    restrict = next(s for s in steps if s.entity == "orders" and s.action == "restrict")
+    assert "Bookkeeping Act" in restrict.reason and "5 years" in restrict.reason
+    assert [s.action for s in steps if s.entity == "users"] == ["erase"]
+    assert tasks_of(steps) == {("accounts", "erase"): ["users", "orders", "login_log"]}
+
+
+def test_access_exports_everything_portability_only_what_the_person_provided() -> None:
+    access = plan("access", [SystemView("accounts", True, POLICIES)])
+    assert {s.entity for s in access if s.action == "export"} == {"users", "orders", "login_log"}
+    port = plan("portability", [SystemView("accounts", True, POLICIES)])
+    assert {s.entity for s in port if s.action == "export"} == {"users", "orders"}
+    assert next(s for s in port if s.entity == "login_log").action == "skip"
+
+
+def test_restriction_skips_entities_without_a_mapped_restriction() -> None:
+    steps = plan("restriction", [SystemView("accounts", True, POLICIES)])
+    assert {s.entity: s.action for s in steps} == {"users": "restrict", "orders": "restrict", "login_log": "skip"}
+    lift = plan("lift_restriction", [SystemView("accounts", True, POLICIES)])
+    assert tasks_of(lift) == {("accounts", "lift_restriction"): ["users", "orders"]}
+
+
+def test_systems_where_the_person_is_absent_are_skipped_and_unknown_ones_still_acted_on() -> None:
+    steps = plan("erasure", [SystemView("crm", False, {"contact": EntityPolicy()}),
+                             SystemView("chat", None, {"user": EntityPolicy()}, locate_error="HTTP 503")])
+    assert [(s.system, s.action) for s in steps] == [("crm", "skip"), ("chat", "erase")]
+    assert "locate failed (HTTP 503)" in steps[1].reason
+    assert tasks_of(steps) == {("chat", "erase"): ["user"]}

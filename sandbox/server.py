@@ -68,7 +68,8 @@ class Served:
         self.server.daemon_threads = True
         self.port = self.server.server_port
         self.url = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name=f"sandbox:{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"sandbox:{self.port}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

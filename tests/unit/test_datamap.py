@@ -51,10 +51,10 @@ def test_invalid_entries_name_the_key(mutate: Any, message: str) -> None:
 def test_file_level_errors(tmp_path: Path) -> None:
     path = tmp_path / "dm.yaml"
     path.write_text("systems: {x: {kind: ftp}}\ncontroller: {name: A, contact: b}\n")
-    with pytest.raises(DataMapError, match="systems.x.kind: unknown kind 'ftp'"):
+    with pytest.raises(DataMapError, match=r"systems.x.kind: unknown kind 'ftp'"):
         load_data_map(path)
     path.write_text("systems: [\n")
-    with pytest.raises(DataMapError, match="not valid YAML"):
+    with pytest.raises(DataMapError, match=r"not valid YAML"):
         load_data_map(path)
-    with pytest.raises(DataMapError, match="data map not found"):
+    with pytest.raises(DataMapError, match=r"data map not found"):
         load_data_map(tmp_path / "missing.yaml")

@@ -38,25 +38,25 @@ def test_missing_key_is_named_with_its_variable(tmp_path: Path) -> None:
 
 
 def test_unknown_key_and_bad_values_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown key: 'worker.thredas'"):
+    with pytest.raises(ConfigError, match=r"unknown key: 'worker.thredas'"):
         load_settings(write(tmp_path, BASE + "[worker]\nthredas = 3\n"), ENV)
-    with pytest.raises(ConfigError, match="'broker.url'"):
+    with pytest.raises(ConfigError, match=r"'broker.url'"):
         load_settings(write(tmp_path, BASE.replace("stub://", "amqp://x")), ENV)
-    with pytest.raises(ConfigError, match="'requests.due_days'"):
+    with pytest.raises(ConfigError, match=r"'requests.due_days'"):
         load_settings(write(tmp_path, BASE + "[requests]\ndue_days = 90\n"), ENV)
 
 
 def test_secrets_come_only_from_the_environment(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="DSAR_SECRET_KEY"):
+    with pytest.raises(ConfigError, match=r"DSAR_SECRET_KEY"):
         load_settings(write(tmp_path, BASE), {})
     with_password = BASE.replace("sqlite:///var/x.db", "postgresql+psycopg://app:hunter2@db/dsar")
-    with pytest.raises(ConfigError, match="holds a password; set it in DSAR_LEDGER_URL") as err:
+    with pytest.raises(ConfigError, match=r"holds a password; set it in DSAR_LEDGER_URL") as err:
         load_settings(write(tmp_path, with_password), ENV)
     assert "hunter2" not in str(err.value)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match=r"config file not found"):
         load_settings(tmp_path / "nope.toml", ENV)
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(ConfigError, match=r"not valid TOML"):
         load_settings(write(tmp_path, "[ledger\n"), ENV)

@@ -1,0 +1,588 @@
+"""Mautic REST API (4.x / 5.x) connector.
+
+Facts from shared/vendor-apis.md section 2. A person is one or more Mautic contacts (e-mail is
+not unique in Mautic), found by an exact `where[...]` e-mail filter or by contact id; every
+action covers all of them.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import requests
+import structlog
+
+from connectors.base import (
+    Connector,
+    ConnectorContext,
+    ConnectorError,
+    EntityPolicy,
+    Health,
+    Hits,
+    Identities,
+    Identity,
+    IdentityType,
+    PermanentError,
+    Receipt,
+    Record,
+    UnsupportedAction,
+)
+from connectors.emails import InvalidEmail, email_forms, normalise_email
+from connectors.http import HttpClient, NotFound, RetryPolicy, paginate
+from connectors.ratelimit import make_rate_limiter
+from connectors.redact import redact, safe_url
+
+log = structlog.get_logger(__name__)
+
+ENTITIES: tuple[str, ...] = ("contact", "activity", "notes", "segments", "campaigns", "companies", "devices")
+DNC_MANUAL = 3  # Mautic DoNotContact::MANUAL
+TOKEN_PATH = "oauth/v2/token"
+TOKEN_MARGIN_S = 60.0  # renew a little before expiry so a token never dies mid-request
+DEFAULT_TOKEN_LIFETIME_S = 3600.0  # Mautic's default api_oauth2_access_token_lifetime (60 min)
+
+# Rows Mautic keeps with lead_id set to NULL when a contact is deleted (ON DELETE SET NULL), and
+# form results for which the API has no delete call (vendor-apis.md 2.4).
+RESIDUE_STEP = (
+    "Mautic keeps rows about the deleted contact(s) {ids} with lead_id set to NULL, which the API cannot "
+    "remove: e-mail send stats (table email_stats, column email_address still holds the address), page hits "
+    "(table page_hits, with IP addresses) and form submissions (table form_submissions plus the per-form "
+    "results tables form_results_*). Delete or anonymise them in the Mautic database, or delete the form "
+    "results in the UI (Forms > Results), e.g. matching email_stats.email_address and the form e-mail field."
+)
+
+
+@dataclass(frozen=True)
+class MauticSettings:
+    base_url: str
+    auth: str  # "basic" | "oauth2"
+    rate_per_second: float | None
+    timeout_s: float
+    activity_page_size: int
+    page_size: int
+    dnc_channels: tuple[str, ...]
+    dnc_comment: str
+
+
+def _number(name: str, settings: Mapping[str, Any], key: str, default: float, *, integer: bool = False,
+            allow_zero: bool = False) -> Any:
+    """A positive number setting (whole when `integer`), or a PermanentError naming the key."""
+    value = settings.get(key, default)
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool):
+        raise PermanentError(name, f"setting '{key}' must be {kind}")
+    try:
+        number = int(str(value).strip()) if integer else float(value)
+    except (TypeError, ValueError):
+        raise PermanentError(name, f"setting '{key}' must be {kind}") from None
+    if number < 0 or (number == 0 and not allow_zero):
+        raise PermanentError(name, f"setting '{key}' must be {'>= 0' if allow_zero else '> 0'}")
+    return number
+
+
+def parse_settings(name: str, settings: Mapping[str, Any]) -> MauticSettings:
+    base_url = str(settings.get("base_url") or "").strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", base_url):
+        raise PermanentError(name, "setting 'base_url' must be the Mautic site URL, e.g. https://mautic.example.com")
+    if base_url.endswith("/api"):
+        raise PermanentError(name, "setting 'base_url' is the Mautic site URL without the trailing /api")
+    auth = str(settings.get("auth", "basic")).strip().lower()
+    if auth not in ("basic", "oauth2"):
+        raise PermanentError(name, "setting 'auth' must be 'basic' or 'oauth2'")
+    rate = settings.get("rate_per_second", 10.0)
+    rate_value = None if rate is None else _number(name, settings, "rate_per_second", 10.0, allow_zero=True)
+    channels = settings.get("dnc_channels", ["email"])
+    if isinstance(channels, str) or not isinstance(channels, Iterable):
+        raise PermanentError(name, "setting 'dnc_channels' must be a list of channel names, e.g. [email]")
+    channel_list = tuple(str(c).strip() for c in channels)
+    if not channel_list or not all(re.fullmatch(r"[a-z_]+", c) for c in channel_list):
+        raise PermanentError(name, "setting 'dnc_channels' must list channel names such as email, sms")
+    comment = str(settings.get("dnc_comment", "dsar restriction")).strip()
+    if not comment or redact(comment) != comment:
+        raise PermanentError(name, "setting 'dnc_comment' must be a short text without personal data")
+    return MauticSettings(
+        base_url=base_url,
+        auth=auth,
+        rate_per_second=rate_value or None,
+        timeout_s=_number(name, settings, "timeout_s", 30.0),
+        activity_page_size=_number(name, settings, "activity_page_size", 100, integer=True),
+        page_size=_number(name, settings, "page_size", 100, integer=True),
+        dnc_channels=channel_list,
+        dnc_comment=comment,
+    )
+
+
+class MauticConnector(Connector):
+    """Mautic contacts: locate, export, erase (hard delete), restrict/lift (do-not-contact).
+
+    Settings (defaults): base_url (required, the site URL without /api); auth ("basic") with
+    user_env/password_env, or "oauth2" (client credentials) with client_id_env/client_secret_env;
+    rate_per_second (10; 0 or null = no pacing); timeout_s (30); activity_page_size (100);
+    page_size (100; contact search, notes, devices); dnc_channels ([email]); dnc_comment
+    ("dsar restriction"; the request id is appended when given as `request_id` to
+    from_settings or found as `ctx.request_id`, which ConnectorContext does not have yet).
+
+    Behaviours resting on [U] or inferred facts:
+    - 429 carries no Retry-After; the wait comes from X-RateLimit-Reset (HttpClient); a wait
+      longer than RetryPolicy.max_retry_after becomes a TransientError.
+    - No documented upper bound on `limit`: paging advances by the items actually returned
+      and by the vendor's `maxPages`/`total`, so a server-side cap only costs extra calls;
+      `activity_page_size` / `page_size` tune it.
+    - The delete response's `contact.id` is expected to be null; success is read from the
+      HTTP status only, never from that body.
+    - Contacts in a search result whose stored e-mail differs from the searched one (a
+      server ignoring `where`) are dropped; ones without an e-mail in the payload are kept,
+      trusting the server's exact filter.
+    """
+
+    entities = ENTITIES
+
+    def __init__(
+        self,
+        name: str,
+        config: MauticSettings,
+        ctx: ConnectorContext,
+        *,
+        basic: tuple[str, str] | None = None,
+        client: tuple[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        request_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._client_credentials = client
+        self._clock = clock
+        self._request_id = request_id or getattr(ctx, "request_id", None)
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._token_lock = threading.Lock()
+        self.http = HttpClient(
+            name,
+            config.base_url,
+            auth=basic if config.auth == "basic" else None,
+            timeout=(min(5.0, config.timeout_s), config.timeout_s),
+            retry=retry,
+            rate_limiter=make_rate_limiter(f"mautic:{name}", config.rate_per_second, ctx.redis_url),
+            session=session,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        name: str,
+        settings: Mapping[str, Any],
+        ctx: ConnectorContext,
+        *,
+        retry: RetryPolicy | None = None,
+        request_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> MauticConnector:
+        config = parse_settings(name, settings)
+        basic = client = None
+        if config.auth == "basic":
+            basic = (
+                ctx.secret(name, "user_env", settings.get("user_env")),
+                ctx.secret(name, "password_env", settings.get("password_env")),
+            )
+        else:
+            client = (
+                ctx.secret(name, "client_id_env", settings.get("client_id_env")),
+                ctx.secret(name, "client_secret_env", settings.get("client_secret_env")),
+            )
+        return cls(name, config, ctx, basic=basic, client=client, retry=retry, request_id=request_id, clock=clock)
+
+    # -- contract -------------------------------------------------------------------------
+
+    def accepts(self) -> set[IdentityType]:
+        return {IdentityType.EMAIL, IdentityType.MAUTIC_CONTACT_ID}
+
+    def policies(self) -> dict[str, EntityPolicy]:
+        with_contact = "deleted with the contact (DELETE /api/contacts/{id}/delete)"
+        return {
+            "contact": EntityPolicy(erase="delete the contact (DELETE /api/contacts/{id}/delete)",
+                                    restrict="do-not-contact on " + ", ".join(self.config.dnc_channels)),
+            "activity": EntityPolicy(erase=with_contact + "; e-mail stats, page hits, form results stay (manual)",
+                                     restrict=None),
+            "notes": EntityPolicy(erase=with_contact, restrict=None, provided_by_subject=False),
+            "segments": EntityPolicy(erase=with_contact, restrict=None, provided_by_subject=False),
+            "campaigns": EntityPolicy(erase=with_contact, restrict=None, provided_by_subject=False),
+            "companies": EntityPolicy(erase=with_contact, restrict=None),
+            "devices": EntityPolicy(erase=with_contact, restrict=None),
+        }
+
+    def locate(self, identities: Identities) -> Hits:
+        contacts = self._contacts(identities)
+        learned: list[Identity] = []
+        for contact_id, contact in contacts.items():
+            learned.append(Identity(IdentityType.MAUTIC_CONTACT_ID, str(contact_id), source=self.name))
+            values = _field_values(contact)
+            email = values.get("email")
+            if isinstance(email, str) and email.strip():
+                try:
+                    learned.append(Identity(IdentityType.EMAIL, normalise_email(email), source=self.name))
+                except InvalidEmail:
+                    log.warning("mautic.unusable_email", system=self.name, contact_id=contact_id)
+            for key in ("phone", "mobile"):
+                phone = _normalise_phone(values.get(key))
+                if phone:
+                    learned.append(Identity(IdentityType.PHONE, phone, source=self.name))
+        new = [i for i in dict.fromkeys(learned) if i not in identities]
+        return Hits(system=self.name, found=bool(contacts), counts={"contact": len(contacts)} if contacts else {},
+                    learned=new)
+
+    def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
+        wanted = self._entities(entities)
+        for contact_id, contact in self._contacts(identities).items():
+            if "contact" in wanted:
+                yield Record("contact", str(contact_id), contact)
+            if "activity" in wanted:
+                yield from self._activity(contact_id)
+            if "notes" in wanted:
+                yield from self._offset_list(contact_id, "notes", "notes")
+            if "segments" in wanted:
+                body = self._get(f"api/contacts/{contact_id}/segments")
+                # The code answers with root key `lists`; the docs sample shows `segments`.
+                items = body["lists"] if "lists" in body else body.get("segments")
+                yield from self._records("segments", contact_id, _collection(items))
+            if "campaigns" in wanted:
+                body = self._get(f"api/contacts/{contact_id}/campaigns")
+                yield from self._records("campaigns", contact_id, _collection(body.get("campaigns")))
+            if "companies" in wanted:
+                body = self._get(f"api/contacts/{contact_id}/companies")
+                yield from self._records("companies", contact_id, _collection(body.get("companies")))
+            if "devices" in wanted:
+                yield from self._offset_list(contact_id, "devices", "devices")
+
+    def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
+        wanted = self._entities(entities)
+        if "contact" not in wanted:
+            raise UnsupportedAction(self.name, "Mautic erases whole contacts (everything linked goes with them); "
+                                               "include entity 'contact'")
+        receipt = Receipt(system=self.name, action="erase")
+        deleted: list[int] = []
+        for contact_id in self._contacts(identities):
+            try:
+                self._request("DELETE", f"api/contacts/{contact_id}/delete")
+            except NotFound:
+                receipt.details.append(f"contact {contact_id} was already gone (HTTP 404)")
+                continue
+            deleted.append(contact_id)
+            receipt.vendor_refs.append(f"mautic contact {contact_id} deleted")
+        if deleted:
+            receipt.changed["contact"] = len(deleted)
+            receipt.details.append(f"deleted {len(deleted)} contact(s) with their notes, segment and campaign "
+                                   "memberships, company links, devices, do-not-contact entries and timeline")
+            receipt.manual_steps.append(RESIDUE_STEP.format(ids=", ".join(map(str, deleted))))
+        else:
+            receipt.details.append("no Mautic contact matched; nothing deleted")
+        return receipt
+
+    def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
+        self._entities(entities)
+        receipt = Receipt(system=self.name, action="restrict")
+        body = {"reason": DNC_MANUAL, "comments": self._dnc_comment()}
+        count = 0
+        for contact_id in self._contacts(identities):
+            for channel in self.config.dnc_channels:
+                self._request("POST", f"api/contacts/{contact_id}/dnc/{channel}/add", json=body)
+                receipt.vendor_refs.append(f"mautic contact {contact_id} do-not-contact {channel} added")
+            count += 1
+        if count:
+            receipt.changed["contact"] = count
+            channels = ", ".join(self.config.dnc_channels)
+            receipt.details.append(f"do-not-contact ({channels}, reason manual) set on {count} contact(s); "
+                                   "tracking and segment/campaign membership are unchanged")
+        else:
+            receipt.details.append("no Mautic contact matched; nothing restricted")
+        return receipt
+
+    def lift_restriction(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
+        self._entities(entities)
+        receipt = Receipt(system=self.name, action="lift_restriction")
+        count = 0
+        contacts = self._contacts(identities)
+        for contact_id in contacts:
+            removed = False
+            for channel in self.config.dnc_channels:
+                body = self._get_json("POST", f"api/contacts/{contact_id}/dnc/{channel}/remove")
+                if body.get("recordFound") is True:
+                    removed = True
+                    receipt.vendor_refs.append(f"mautic contact {contact_id} do-not-contact {channel} removed")
+            count += removed
+        if count:
+            receipt.changed["contact"] = count
+        receipt.details.append(f"do-not-contact removed from {count} of {len(contacts)} matched contact(s)")
+        return receipt
+
+    def check(self) -> Health:
+        health = Health(system=self.name, ok=False)
+        try:
+            resp = self._request("GET", "api/contacts", params={"limit": "1"}, ok=(200, 401, 403))
+        except ConnectorError as exc:
+            health.problems.append(exc.message)
+            return health
+        if resp.status_code == 200:
+            health.ok = True
+            if "Mautic-Version" not in resp.headers:
+                health.warnings.append("no Mautic-Version header in the answer: is base_url the Mautic site?")
+            return health
+        health.problems.append(self._auth_problem(resp))
+        return health
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- contacts -------------------------------------------------------------------------
+
+    def _contacts(self, identities: Identities) -> dict[int, dict[str, Any]]:
+        """Every contact of the person, by id: exact e-mail matches and the given contact ids."""
+        found: dict[int, dict[str, Any]] = {}
+        for email in identities.of(IdentityType.EMAIL):
+            for form in email_forms(email):
+                found.update(self._search_email(form))
+        for raw_id in identities.of(IdentityType.MAUTIC_CONTACT_ID):
+            if not raw_id.strip().isdigit():
+                continue  # a Mautic contact id is an integer; anything else cannot match
+            contact_id = int(raw_id)
+            if contact_id in found:
+                continue
+            try:
+                body = self._get(f"api/contacts/{contact_id}")
+            except NotFound:
+                continue
+            contact = body.get("contact")
+            if isinstance(contact, dict):
+                found[contact_id] = contact
+        return dict(sorted(found.items()))
+
+    def _search_email(self, email: str) -> dict[int, dict[str, Any]]:
+        # `where ... eq` is an exact match; `search=email:` would be a prefix match (the decoy).
+        found: dict[int, dict[str, Any]] = {}
+        start = 0
+        while True:
+            params = {
+                "where[0][col]": "email",
+                "where[0][expr]": "eq",
+                "where[0][val]": email,
+                "start": str(start),
+                "limit": str(self.config.page_size),
+            }
+            body = self._get("api/contacts", params=params)
+            items = _collection(body.get("contacts"))
+            for contact in items:
+                contact_id = _int_id(contact)
+                if contact_id is None:
+                    continue
+                stored = _field_values(contact).get("email")
+                if isinstance(stored, str) and stored.strip().lower() != email:
+                    log.warning("mautic.search_mismatch_dropped", system=self.name, contact_id=contact_id)
+                    continue
+                found[contact_id] = contact
+            start += len(items)
+            if not items or start >= _int(body.get("total"), default=0):
+                return found
+
+    # -- export helpers -------------------------------------------------------------------
+
+    def _activity(self, contact_id: int) -> Iterator[Record]:
+        size = self.config.activity_page_size
+
+        def fetch(page: int) -> tuple[list[Any], bool]:
+            params = {"page": str(page), "limit": str(size), "order[0]": "timestamp", "order[1]": "ASC"}
+            body = self._get(f"api/contacts/{contact_id}/activity", params=params)
+            events = _collection(body.get("events"))
+            max_pages = _int(body.get("maxPages"), default=None)
+            if max_pages is not None:
+                return events, page < max_pages
+            return events, page * size < _int(body.get("total"), default=0)
+
+        for seen, event in enumerate(paginate(fetch), start=1):
+            event_id = event.get("eventId") if isinstance(event, dict) else None
+            record_id = f"{contact_id}:{event_id}" if event_id else f"{contact_id}:#{seen}"
+            yield Record("activity", record_id, {"contact_id": contact_id, **_as_dict(event)})
+
+    def _offset_list(self, contact_id: int, path: str, key: str) -> Iterator[Record]:
+        start = 0
+        while True:
+            params = {"start": str(start), "limit": str(self.config.page_size)}
+            body = self._get(f"api/contacts/{contact_id}/{path}", params=params)
+            items = _collection(body.get(key))
+            yield from self._records(key, contact_id, items, offset=start)
+            start += len(items)
+            if not items or start >= _int(body.get("total"), default=0):
+                return
+
+    def _records(self, entity: str, contact_id: int, items: list[Any], offset: int = 0) -> Iterator[Record]:
+        for n, item in enumerate(items, start=offset + 1):
+            fields = _as_dict(item)
+            item_id = fields.get("id") or fields.get("company_id") or f"#{n}"
+            yield Record(entity, f"{contact_id}:{item_id}", {"contact_id": contact_id, **fields})
+
+    def _entities(self, entities: Iterable[str] | None) -> set[str]:
+        if entities is None:
+            return set(ENTITIES)
+        wanted = set(entities)
+        unknown = wanted - set(ENTITIES)
+        if unknown:
+            raise PermanentError(self.name, f"unknown entities {sorted(unknown)}; Mautic has {list(ENTITIES)}")
+        return wanted
+
+    def _dnc_comment(self) -> str:
+        if self._request_id:
+            return f"{self.config.dnc_comment} {redact(str(self._request_id))}"[:255]
+        return self.config.dnc_comment
+
+    # -- HTTP and auth --------------------------------------------------------------------
+
+    def _get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return self._get_json("GET", path, params=params)
+
+    def _get_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        resp = self._request(method, path, **kwargs)
+        try:
+            body = orjson.loads(resp.content) if resp.content else {}
+        except orjson.JSONDecodeError:
+            raise PermanentError(self.name, f"{method} {safe_url(self.http.url(path))} returned a body "
+                                            "that is not JSON") from None
+        if not isinstance(body, dict):
+            raise PermanentError(self.name, f"{method} {safe_url(self.http.url(path))} returned JSON that "
+                                            "is not an object")
+        return body
+
+    def _request(self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: Any = None,
+                 ok: tuple[int, ...] = (200,)) -> requests.Response:
+        if self.config.auth == "basic":
+            return self.http.request(method, path, params=params, json=json, ok=ok)
+        token = self._access_token()
+        resp = self.http.request(method, path, params=params, json=json, headers=_bearer(token), ok=(*ok, 401))
+        if resp.status_code != 401:
+            return resp
+        # An expired or revoked token: fetch a new one once, then let a second 401 count.
+        self._drop_token(token)
+        return self.http.request(method, path, params=params, json=json, headers=_bearer(self._access_token()),
+                                 ok=ok)
+
+    def _access_token(self) -> str:
+        with self._token_lock:
+            if self._token and self._clock() < self._token_expires - TOKEN_MARGIN_S:
+                return self._token
+            assert self._client_credentials is not None
+            client_id, client_secret = self._client_credentials
+            data = {"client_id": client_id, "client_secret": client_secret, "grant_type": "client_credentials"}
+            resp = self.http.request("POST", TOKEN_PATH, data=data, ok=(200,))
+            try:
+                body = orjson.loads(resp.content)
+            except orjson.JSONDecodeError:
+                body = None
+            token = body.get("access_token") if isinstance(body, dict) else None
+            if not isinstance(token, str) or not token:
+                raise PermanentError(self.name, f"POST {safe_url(self.http.url(TOKEN_PATH))} answered without "
+                                                "an access_token")
+            lifetime = _int(body.get("expires_in"), default=None) if isinstance(body, dict) else None
+            self._token = token
+            self._token_expires = self._clock() + float(lifetime or DEFAULT_TOKEN_LIFETIME_S)
+            return token
+
+    def _drop_token(self, token: str) -> None:
+        with self._token_lock:
+            if self._token == token:
+                self._token = None
+
+    def _auth_problem(self, resp: requests.Response) -> str:
+        error_type, message = _error_info(resp)
+        where = f"GET {safe_url(self.http.url('api/contacts'))}"
+        if resp.status_code == 403 and error_type == "api_disabled":
+            return f"{where}: the Mautic API is disabled (Configuration > API Settings > API enabled) (HTTP 403)"
+        if resp.status_code == 403 and self.config.auth == "basic" and error_type == "access_denied":
+            return (f"{where}: HTTP basic auth is disabled in Mautic (Configuration > API Settings > "
+                    "Enable HTTP basic auth) (HTTP 403)")
+        if resp.status_code == 403:
+            return f"{where}: the API user may not view contacts (HTTP 403{message})"
+        if self.config.auth == "basic":
+            return f"{where}: Mautic rejected the API user name or password (HTTP 401{message})"
+        return f"{where}: Mautic rejected a freshly issued OAuth2 access token (HTTP 401{message})"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _collection(value: Any) -> list[Any]:
+    """Mautic collections are arrays or objects keyed by id (and `[]` when empty)."""
+    if isinstance(value, dict):
+        return list(value.values())
+    if isinstance(value, list):
+        return value
+    return []
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {"value": value}
+
+
+def _int(value: Any, *, default: int | None) -> Any:
+    """Mautic sends counts as numbers or numeric strings ("total": "1")."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _int_id(contact: Any) -> int | None:
+    return _int(contact.get("id"), default=None) if isinstance(contact, dict) else None
+
+
+def _field_values(contact: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat alias -> value map: `fields.all`, else the grouped `fields.<group>.<alias>.value`."""
+    fields = contact.get("fields")
+    if not isinstance(fields, dict):
+        return {}
+    flat = fields.get("all")
+    if isinstance(flat, dict):
+        return flat
+    values: dict[str, Any] = {}
+    for group in fields.values():
+        if isinstance(group, dict):
+            for alias, field in group.items():
+                if isinstance(field, dict) and "value" in field:
+                    values[alias] = field["value"]
+    return values
+
+
+def _normalise_phone(value: Any) -> str | None:
+    """Digits with an optional leading +; the separators people type are dropped."""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    digits = re.sub(r"[\s().-]", "", text)
+    return digits if re.fullmatch(r"\+?\d{6,20}", digits) else None
+
+
+def _error_info(resp: requests.Response) -> tuple[str | None, str]:
+    """The Mautic error `type` and a short scrubbed message from an error envelope."""
+    try:
+        body = orjson.loads(resp.content) if resp.content else None
+    except orjson.JSONDecodeError:
+        return None, ""
+    if not isinstance(body, dict):
+        return None, ""
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        kind = errors[0].get("type")
+        text = errors[0].get("message")
+    else:
+        kind = body.get("error")
+        text = body.get("error_description")
+    message = f": {redact(str(text))[:200]}" if text else ""
+    return (str(kind) if kind else None), message
+

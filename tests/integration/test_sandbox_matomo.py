@@ -1,0 +1,145 @@
+"""The Matomo connector against MatomoSim over a real socket."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from connectors.base import ConnectorContext, Identities, Identity, IdentityType, PermanentError, UnsupportedAction
+from connectors.matomo import MatomoConnector
+from sandbox.matomo import MSG_TOKEN_INSECURE, MatomoSim
+from sandbox.people import DECOY_EMAIL, JANE, JOHN
+from sandbox.server import Served
+
+
+@pytest.fixture
+def sim() -> MatomoSim:
+    sim = MatomoSim()
+    sim.seed_demo()
+    return sim
+
+
+@pytest.fixture
+def served(sim: MatomoSim) -> Iterator[Served]:
+    with Served(sim.app) as served:
+        yield served
+
+
+def connect(sim: MatomoSim, served: Served, env: dict[str, str] | None = None, **overrides: Any) -> MatomoConnector:
+    settings = {**sim.settings(served.url), **overrides}
+    return MatomoConnector.from_settings("matomo", settings, ConnectorContext(env=env or sim.env()))
+
+
+def jane() -> Identities:
+    return Identities([
+        Identity(IdentityType.EMAIL, JANE.email),
+        Identity(IdentityType.MATOMO_VISITOR_ID, JANE.matomo_visitor_id, source="accounts"),
+    ])
+
+
+def visitor_ids(person_email: str, prelogin: str | None) -> set[str]:
+    ids = {hashlib.sha1(person_email.encode()).hexdigest()[:16]}
+    return ids | ({prelogin} if prelogin else set())
+
+
+def test_locate_finds_all_of_janes_visits_and_none_of_johns(sim: MatomoSim, served: Served) -> None:
+    connector = connect(sim, served)
+
+    hits = connector.locate(jane())
+    records = [r for r in connector.export(jane()) if r.entity == "log_visit"]
+
+    assert hits.found and hits.counts == {"visits": sim.holdings(JANE.email)["visits"]} == {"visits": 4}
+    assert {r.fields["idvisitor"] for r in records} == visitor_ids(JANE.email, JANE.matomo_visitor_id)
+    assert {r.fields.get("user_id") for r in records} == {JANE.email, None}
+    assert not {r.fields["idvisitor"] for r in records} & visitor_ids(JOHN.email, JOHN.matomo_visitor_id)
+    assert not {r.fields["idvisitor"] for r in records} & visitor_ids(DECOY_EMAIL, None)
+    hashed = hashlib.sha1(JANE.email.encode()).hexdigest()[:16]
+    assert [(i.type, i.value) for i in hits.learned] == [(IdentityType.MATOMO_VISITOR_ID, hashed)]
+
+
+def test_email_alone_misses_the_prelogin_visits(sim: MatomoSim, served: Served) -> None:
+    hits = connect(sim, served).locate(Identities([Identity(IdentityType.EMAIL, JANE.email)]))
+    assert hits.counts == {"visits": 2}  # the anonymous ones need the visitor id the account DB stores
+
+
+def test_truncated_find_is_completed_through_live_paging(sim: MatomoSim, served: Served) -> None:
+    hits = connect(sim, served, filter_limit=2, page_size=1).locate(jane())
+
+    assert hits.counts == {"visits": 4}
+    assert sim.calls[:2] == ["PrivacyManager.findDataSubjects", "SitesManager.getSitesIdWithAdminAccess"]
+    assert sim.calls.count("Live.getLastVisitsDetails") >= 3
+
+
+def test_export_holds_every_log_table_of_her_visits(sim: MatomoSim, served: Served) -> None:
+    held = sim.holdings(JANE.email)
+
+    records = list(connect(sim, served, chunk_size=3).export(jane()))
+
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.entity] = counts.get(record.entity, 0) + 1
+    assert counts["log_visit"] == held["visits"]
+    assert counts["log_link_visit_action"] == held["actions"]
+    assert counts["log_conversion"] == held["conversions"]
+    assert counts["log_action_log_link_visit_action_idaction_url"] >= 1
+    assert sim.calls.count("PrivacyManager.exportDataSubjects") == 2  # 4 visits in chunks of 3
+
+
+def test_erase_leaves_nothing_of_jane_and_everything_of_the_others(sim: MatomoSim, served: Served) -> None:
+    held, john, decoy = sim.holdings(JANE.email), sim.holdings(JOHN.email), sim.holdings(DECOY_EMAIL)
+
+    receipt = connect(sim, served).erase(jane())
+
+    assert sim.holdings(JANE.email) == {}
+    assert receipt.changed["log_visit"] == held["visits"]
+    assert receipt.changed["log_link_visit_action"] == held["actions"]
+    assert receipt.changed["log_conversion"] == held["conversions"]
+    assert sim.holdings(JOHN.email) == john and sim.holdings(DECOY_EMAIL) == decoy
+    assert len(receipt.manual_steps) == 1 and "core:invalidate-report-data" in receipt.manual_steps[0]
+    assert not connect(sim, served).locate(jane()).found
+
+
+def test_token_in_the_url_is_rejected_like_a_secure_only_token(sim: MatomoSim, served: Served) -> None:
+    url = f"{served.url}/index.php"
+    query = {"module": "API", "method": "API.getMatomoVersion", "format": "JSON"}
+
+    in_url = requests.post(url, params={**query, "token_auth": sim.TOKEN}, timeout=5)
+    in_body = requests.post(url, params=query, data={"token_auth": sim.TOKEN}, timeout=5)
+
+    assert in_url.status_code == 401
+    assert in_url.json() == {"result": "error", "message": MSG_TOKEN_INSECURE}
+    assert in_body.status_code == 200 and in_body.json() == {"value": MatomoSim.VERSION}
+
+
+def test_check_passes_with_the_admin_token(sim: MatomoSim, served: Served) -> None:
+    assert connect(sim, served).check().ok
+
+
+def test_wrong_token_is_a_permanent_error(sim: MatomoSim, served: Served) -> None:
+    connector = connect(sim, served, env={MatomoSim.TOKEN_ENV: "not-a-token"})
+
+    health = connector.check()
+    with pytest.raises(PermanentError, match=r"PrivacyManager\.findDataSubjects.*HTTP 401"):
+        connector.locate(jane())
+
+    assert not health.ok and "401" in health.problems[0]
+
+
+def test_view_only_token_fails_the_check_and_the_gdpr_calls(sim: MatomoSim, served: Served) -> None:
+    connector = connect(sim, served, env={MatomoSim.TOKEN_ENV: MatomoSim.VIEW_TOKEN})
+
+    health = connector.check()
+    with pytest.raises(PermanentError, match="admin"):
+        connector.locate(jane())
+
+    assert not health.ok and "admin access to no site" in health.problems[0]
+
+
+def test_restrict_is_unsupported(sim: MatomoSim, served: Served) -> None:
+    with pytest.raises(UnsupportedAction):
+        connect(sim, served).restrict(jane())
+    assert sim.calls == []

@@ -1,0 +1,137 @@
+"""The Mautic connector against MauticSim over a real socket."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.base import ConnectorContext, Identities, Identity, IdentityType
+from connectors.mautic import MauticConnector
+from sandbox.mautic import MauticSim
+from sandbox.people import DECOY_EMAIL, JANE, JOHN, OLA
+from sandbox.server import Served
+
+RESIDUE = ("email_stats", "page_hits", "form_submissions")
+
+
+@pytest.fixture
+def sim() -> MauticSim:
+    sim = MauticSim()
+    sim.seed_demo()
+    return sim
+
+
+@pytest.fixture
+def served(sim: MauticSim) -> Iterator[Served]:
+    with Served(sim.app) as server:
+        yield server
+
+
+def make(sim: MauticSim, served: Served, auth: str = "oauth2", **extra: Any) -> MauticConnector:
+    settings = {**sim.settings(served.url, auth=auth), "activity_page_size": 2, "page_size": 2, **extra}
+    return MauticConnector.from_settings("mautic", settings, ConnectorContext(env=sim.env()),
+                                         request_id="REQ-1")
+
+
+def email(value: str) -> Identities:
+    return Identities([Identity(IdentityType.EMAIL, value)])
+
+
+@pytest.mark.parametrize("auth", ["oauth2", "basic"])
+def test_locate_and_export_both_of_janes_contacts_and_nobody_else(sim: MauticSim, served: Served, auth: str) -> None:
+    conn = make(sim, served, auth)
+    jane_ids = sim.contact_ids(JANE.email)
+    assert len(jane_ids) == 2
+
+    hits = conn.locate(email(JANE.email))
+    assert hits.found and hits.counts == {"contact": 2}
+    learned = {(i.type, i.value) for i in hits.learned}
+    assert {v for t, v in learned if t == IdentityType.MAUTIC_CONTACT_ID} == {str(i) for i in jane_ids}
+    assert (IdentityType.PHONE, JANE.phone) in learned
+
+    held = sim.holdings(JANE.email)
+    records = list(conn.export(email(JANE.email)))
+    counts = Counter(r.entity for r in records)
+    assert counts["contact"] == 2
+    # every timeline source of hers, over several pages of two
+    assert counts["activity"] == held["activity"] + held["email_stats"] + held["page_hits"] + held["form_submissions"]
+    assert counts["activity"] > 4
+    for entity in ("notes", "segments", "campaigns", "companies", "devices"):
+        assert counts[entity] == held[entity] > 0, entity
+    assert {r.fields["contact_id"] for r in records if r.entity != "contact"} == set(jane_ids)
+    assert len({(r.entity, r.record_id) for r in records}) == len(records)
+
+    dump = orjson.dumps([r.fields for r in records]).decode().lower()
+    for other in (JOHN.email, OLA.email, DECOY_EMAIL, "janet", JOHN.last_name.lower()):
+        assert other not in dump
+
+
+def test_decoy_finds_only_the_decoy(sim: MauticSim, served: Served) -> None:
+    hits = make(sim, served).locate(email(DECOY_EMAIL))
+    found = {i.value for i in hits.learned if i.type == IdentityType.MAUTIC_CONTACT_ID}
+    assert found == {str(i) for i in sim.contact_ids(DECOY_EMAIL)}
+    assert not found & {str(i) for i in sim.contact_ids(JANE.email)}
+
+
+def test_erase_leaves_only_the_residue_the_manual_step_names(sim: MauticSim, served: Served) -> None:
+    others = {p: sim.holdings(p) for p in (JOHN.email, OLA.email, DECOY_EMAIL)}
+    conn = make(sim, served, "basic")
+    receipt = conn.erase(email(JANE.email))
+    assert receipt.changed == {"contact": 2}
+
+    left = sim.holdings(JANE.email)
+    assert {kind: n for kind, n in left.items() if n} == {kind: left[kind] for kind in RESIDUE}
+    assert all(left[kind] > 0 for kind in RESIDUE)
+    step = " ".join(receipt.manual_steps)
+    assert all(kind in step for kind in RESIDUE)
+
+    assert conn.locate(email(JANE.email)).found is False
+    assert {p: sim.holdings(p) for p in others} == others
+
+
+def test_restrict_then_lift(sim: MauticSim, served: Served) -> None:
+    conn = make(sim, served)
+    jane_ids = sim.contact_ids(JANE.email)
+    john_ids = sim.contact_ids(JOHN.email)
+
+    assert conn.restrict(email(JANE.email)).changed == {"contact": 2}
+    for cid in jane_ids:
+        (entry,) = sim.dnc_entries(cid)
+        assert entry["reason"] == 3 and entry["comments"] == "dsar restriction REQ-1"
+    assert all(sim.dnc_entries(cid) == [] for cid in john_ids)
+
+    assert conn.lift_restriction(email(JANE.email)).changed == {"contact": 2}
+    assert all(sim.dnc_entries(cid) == [] for cid in jane_ids)
+    assert conn.lift_restriction(email(JANE.email)).changed == {}
+
+
+def test_oauth2_token_is_reused_and_renewed_after_the_vendor_expires_it(sim: MauticSim, served: Served) -> None:
+    conn = make(sim, served)
+    conn.locate(email(JANE.email))
+    conn.locate(email(JOHN.email))
+    assert sim.token_requests == 1
+    sim.expire_tokens()  # our clock still trusts the token: the 401 must trigger one renewal
+    assert conn.locate(email(JANE.email)).found
+    assert sim.token_requests == 2
+
+
+@pytest.mark.parametrize(
+    ("auth", "setup", "expected"),
+    [
+        ("oauth2", lambda s: setattr(s, "api_enabled", False), "API is disabled"),
+        ("basic", lambda s: setattr(s, "basic_auth_enabled", False), "basic auth is disabled"),
+        ("basic", lambda s: setattr(s, "PASSWORD", "changed"), "user name or password"),
+        ("oauth2", lambda s: setattr(s, "CLIENT_SECRET", "changed"), "invalid_client"),
+    ],
+)
+def test_check(sim: MauticSim, served: Served, auth: str, setup: Any, expected: str) -> None:
+    conn = make(sim, served, auth)
+    assert conn.check().ok
+    conn = make(sim, served, auth)  # a fresh connector: no cached token
+    setup(sim)
+    health = conn.check()
+    assert health.ok is False and expected in health.problems[0]

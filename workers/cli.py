@@ -145,7 +145,7 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
                            + f": request {req.id} ({req.type}), due {req.due_at:%Y-%m-%d}", err=True)
             if wait or app.is_embedded():
                 final = wait_for(rt, req.id, timeout, show=not as_json)
-                data = status_data(rt, final)
+                data = status_data(rt, req.id)
                 emit(data, as_json, lambda: _print_status(data))
                 if final not in (RequestStatus.COMPLETED, RequestStatus.AWAITING_MANUAL):
                     sys.exit(EXIT_FAILED)

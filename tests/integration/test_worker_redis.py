@@ -119,7 +119,8 @@ def test_a_request_survives_a_worker_killed_mid_task(stack: dict[str, Any]) -> N
     with ledger.connect() as conn:
         completed = conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE request_id = :r AND "
                                          "event = 'request.completed'"), {"r": request_id}).scalar_one()
-        tasks = conn.execute(sa.text("SELECT count(*) FROM tasks WHERE request_id = :r"), {"r": request_id}).scalar_one()
+        tasks = conn.execute(sa.text("SELECT count(*) FROM tasks WHERE request_id = :r"),
+                             {"r": request_id}).scalar_one()
     assert completed == 1 and tasks == 1
     with stack["accounts"].connect() as conn:
         held = conn.execute(sa.text(f"SELECT count(*) FROM orders WHERE user_id = {JANE.account_id} "

@@ -1,0 +1,38 @@
+# dsar: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint services bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run an access and an erasure request for a sample person on embedded defaults.
+demo: $(STAMP)
+	$(VENV)/bin/dsar demo
+
+## The whole test suite (starts PostgreSQL and Redis if they are down).
+test: $(STAMP) services
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy connectors discovery workers
+
+services:
+	@scripts/services.sh
+
+bench: $(STAMP) services
+	$(PY) bench/seed_accounts.py
+	$(PY) bench/bench_backbone.py
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache .mypy_cache

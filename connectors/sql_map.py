@@ -112,9 +112,9 @@ class SqlSystemSpec(BaseModel):
         for name in order:
             entity = self.entities[name]
             for target in entity.references.values():
-                parent = self.entities[target.split(".")[0]]
+                parent_spec = self.entities[target.split(".")[0]]
                 # Deleting a parent while a child row may stay (masked, or held) breaks the reference.
-                if parent.erase.strategy == "delete" and (entity.erase.strategy != "delete" or entity.hold):
+                if parent_spec.erase.strategy == "delete" and (entity.erase.strategy != "delete" or entity.hold):
                     raise ValueError(
                         f"entity {target.split('.')[0]} is erased by delete, but {name} references it and may "
                         f"keep rows ({'a hold' if entity.hold else 'mask strategy'}); mask the parent instead"

@@ -207,7 +207,7 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
     lease = timedelta(seconds=rt.settings.worker.task_lease_seconds)
     with rt.sessions.begin() as s:
         # Claim: only a pending task, or a running one whose worker stopped renewing its lease.
-        claimed = s.execute(
+        claimed = s.execute(  # type: ignore[attr-defined]
             sa.update(Task)
             .where(Task.id == task_id)
             .where(sa.or_(Task.status == TaskStatus.PENDING,

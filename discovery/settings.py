@@ -139,7 +139,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
 
 def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     """DSAR_SECTION_KEY=value overrides [section] key; values are parsed as TOML scalars when they can be."""
-    sections = {
+    sections: dict[str, type[BaseModel]] = {
         "ledger": LedgerSettings, "broker": BrokerSettings, "archive": ArchiveSettings,
         "data_map": DataMapSettings, "requests": RequestSettings, "worker": WorkerSettings,
         "secrets": SecretSettings,

@@ -19,7 +19,7 @@ from workers import app
 log = structlog.get_logger(__name__)
 app.ensure_broker()
 _cfg = app.settings().worker
-_RETRY = {
+_RETRY: dict[str, Any] = {
     "max_retries": _cfg.max_attempts,
     "min_backoff": int(_cfg.retry_backoff_seconds * 1000),
     "max_backoff": int(max(_cfg.retry_backoff_seconds, 1) * 60_000),
@@ -41,17 +41,17 @@ class ActorWakeups:
 WAKE = ActorWakeups()
 
 
-@dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[misc]
+@dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[call-overload, misc]
 def discover(request_id: str) -> None:
     pipeline.run_discovery(app.runtime(), WAKE, request_id)
 
 
-@dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[misc]
+@dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[call-overload, misc]
 def execute(task_id: int) -> None:
     pipeline.execute_task(app.runtime(), WAKE, task_id)
 
 
-@dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[misc]
+@dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[call-overload, misc]
 def merge(request_id: str) -> None:
     pipeline.merge_request(app.runtime(), request_id)
 

@@ -367,8 +367,8 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
                 results["broker"] = {"ok": True, "problems": [], "warnings": []}
             except redis.RedisError:
                 results["broker"] = {"ok": False, "problems": ["redis broker unreachable"], "warnings": []}
-        for name, conn in rt.connectors().items():
-            health = conn.check()
+        for name, connector in rt.connectors().items():
+            health = connector.check()
             results[name] = {"ok": health.ok, "problems": health.problems, "warnings": health.warnings}
         rt.close()
         ok = all(r["ok"] for r in results.values())

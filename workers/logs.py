@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -12,7 +13,7 @@ import structlog
 from connectors.redact import redact
 
 
-def _scrub(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _scrub(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # Code never logs personal data on purpose; this catches what slips through (an exception text).
     for key, value in list(event.items()):
         if isinstance(value, str):

@@ -47,6 +47,7 @@ class RequestType(enum.StrEnum):
 
 
 class RequestStatus(enum.StrEnum):
+    AWAITING_VERIFICATION = "awaiting_verification"  # the requester is not the subject: an operator confirms
     RECEIVED = "received"
     DISCOVERING = "discovering"
     RUNNING = "running"
@@ -58,7 +59,7 @@ class RequestStatus(enum.StrEnum):
 
 
 OPEN_STATUSES = frozenset({
-    RequestStatus.RECEIVED, RequestStatus.DISCOVERING, RequestStatus.RUNNING,
+    RequestStatus.AWAITING_VERIFICATION, RequestStatus.RECEIVED, RequestStatus.DISCOVERING, RequestStatus.RUNNING,
     RequestStatus.AWAITING_MANUAL, RequestStatus.MERGING,
 })
 
@@ -79,6 +80,10 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: sa.JSON, list[Any]: sa.JSON}
 
 
+# A webhook delivered twice must not open a second request (CLI tickets are free-form notes).
+_WEBHOOK_TICKET = "ticket_ref IS NOT NULL AND source IN ('ticket', 'freshdesk')"
+
+
 class Request(Base):
     __tablename__ = "requests"
 
@@ -87,19 +92,36 @@ class Request(Base):
     subject_email: Mapped[str] = mapped_column(sa.String(320))
     subject_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
     ticket_ref: Mapped[str | None] = mapped_column(sa.String(128))
+    # Where the request came from: cli | api | ticket | freshdesk | schedule | demo. With ticket_ref it
+    # identifies a ticket, so a webhook delivered twice finds the first request (unique index below).
+    source: Mapped[str] = mapped_column(sa.String(24), default="cli", server_default="cli")
+    requester_email: Mapped[str | None] = mapped_column(sa.String(320))  # when not the subject
+    verified_at: Mapped[datetime | None]
+    verified_by: Mapped[str | None] = mapped_column(sa.String(128))
+    callback_url: Mapped[str | None] = mapped_column(sa.String(1024))
     status: Mapped[str] = mapped_column(sa.String(24), index=True)
     # "type:subject_hash" while the request is open, NULL after: a unique index makes a second
     # open request for the same subject and type impossible, even under concurrent intake.
     open_key: Mapped[str | None] = mapped_column(sa.String(100), unique=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     due_at: Mapped[datetime]
+    # Art. 12(3): extendable by two further months, with the reason recorded.
+    original_due_at: Mapped[datetime | None]
+    extension_reason: Mapped[str | None] = mapped_column(sa.Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None]
     plan: Mapped[list[Any] | None]
-    bundle_path: Mapped[str | None] = mapped_column(sa.String(1024))
+    bundle_path: Mapped[str | None] = mapped_column(sa.String(1024))  # a local path or s3://bucket/key
+    bundle_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    bundle_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    bundle_expires_at: Mapped[datetime | None]
+    bundle_deleted_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(sa.Text)
 
     tasks: Mapped[list[Task]] = relationship(back_populates="request", order_by="Task.id")
+
+    __table_args__ = (sa.Index("uq_request_ticket", "source", "ticket_ref", "type", unique=True,
+                               postgresql_where=sa.text(_WEBHOOK_TICKET), sqlite_where=sa.text(_WEBHOOK_TICKET)),)
 
 
 class Task(Base):
@@ -164,3 +186,47 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(sa.String(128))
     subject_hash: Mapped[str | None] = mapped_column(sa.String(64))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ScheduledAction(Base):
+    """A promise kept later: an erasure after a grace period, a notice, the end of a legal hold.
+
+    Long waits live here, never in broker delays; the scheduler claims due rows with
+    SELECT ... FOR UPDATE SKIP LOCKED (PostgreSQL) and turns them into requests.
+    """
+
+    __tablename__ = "scheduled_actions"
+    __table_args__ = (sa.Index("ix_scheduled_due", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))  # erasure | inactivity_erasure | hold_end_erasure | ...
+    subject_email: Mapped[str] = mapped_column(sa.String(320))
+    subject_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    due_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default="scheduled")  # scheduled|claimed|done|cancelled|failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_by: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(128))
+    done_at: Mapped[datetime | None]
+    request_id: Mapped[str | None] = mapped_column(sa.String(36))  # the request it became
+    source_request_id: Mapped[str | None] = mapped_column(sa.String(36))  # e.g. the erasure whose hold this ends
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ApiToken(Base):
+    """An HTTP API token: only its SHA-256 is stored; scopes limit what it may do."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    scopes: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]

@@ -86,21 +86,31 @@ class Submitted:
 
 
 def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: str | None = None,
-           actor: str = "cli") -> Submitted:
-    """Create a request, or return the open one for the same subject and type."""
+           actor: str = "cli", *, source: str = "cli", requester_email: str | None = None,
+           callback_url: str | None = None) -> Submitted:
+    """Create a request, or return the open one for the same subject and type (or the same webhook ticket).
+
+    When the requester is not the subject (a ticket from another address), the request waits in
+    `awaiting_verification` until an operator confirms the identity (`verify_request`).
+    """
     try:
         rtype = RequestType(request_type)
     except ValueError:
         raise InvalidInput(f"unknown request type '{request_type}' "
                            f"(one of: {', '.join(t.value for t in RequestType)})") from None
     subject = normalise_email(email)
+    requester = normalise_email(requester_email) if requester_email else None
+    needs_verification = requester is not None and requester != subject
     subject_hash = rt.subject_hash(subject)
     open_key = f"{rtype.value}:{subject_hash}"
     now = _now(rt)
     request = Request(
         id=str(uuid.uuid4()), type=rtype.value, subject_email=subject, subject_hash=subject_hash,
-        ticket_ref=ticket, status=RequestStatus.RECEIVED, open_key=open_key, received_at=now,
-        updated_at=now, due_at=now + timedelta(days=rt.settings.requests.due_days),
+        ticket_ref=ticket, source=source, requester_email=requester if needs_verification else None,
+        callback_url=callback_url,
+        status=RequestStatus.AWAITING_VERIFICATION if needs_verification else RequestStatus.RECEIVED,
+        open_key=open_key, received_at=now, updated_at=now,
+        due_at=now + timedelta(days=rt.settings.requests.due_days),
     )
     try:
         with rt.sessions.begin() as s:
@@ -108,17 +118,41 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
             s.flush()
             s.add(SubjectIdentity(request_id=request.id, type=IdentityType.EMAIL.value, value=subject,
                                   source="request", round=0))
-            audit(s, "request.received", actor, request, type=rtype.value, ticket=ticket)
+            audit(s, "request.received", actor, request, type=rtype.value, ticket=ticket, source=source,
+                  needs_verification=needs_verification)
     except IntegrityError:
         with rt.sessions() as s:
-            existing = s.scalars(sa.select(Request).where(Request.open_key == open_key)).first()
+            existing = s.scalars(sa.select(Request).where(sa.or_(
+                Request.open_key == open_key,
+                sa.and_(Request.source == source, Request.ticket_ref == ticket, Request.type == rtype.value,
+                        Request.ticket_ref.is_not(None), Request.source.in_(["ticket", "freshdesk"]))),
+            )).first()
         if existing is None:  # closed between our insert and this read: try once more
-            return submit(rt, wake, request_type, email, ticket, actor)
+            return submit(rt, wake, request_type, email, ticket, actor, source=source,
+                          requester_email=requester_email, callback_url=callback_url)
         log.info("request.duplicate", request_id=existing.id)
         return Submitted(existing, created=False)
-    log.info("request.received", request_id=request.id, type=rtype.value)
-    wake.discover(request.id)
+    log.info("request.received", request_id=request.id, type=rtype.value, needs_verification=needs_verification)
+    if not needs_verification:
+        wake.discover(request.id)
     return Submitted(request, created=True)
+
+
+def verify_request(rt: Runtime, wake: Wakeups, request_id: str, actor: str, note: str) -> Request:
+    """An operator confirmed that the requester may act for the subject: the request proceeds."""
+    if not note.strip():
+        raise InvalidInput("a note saying how the identity was verified is required")
+    with rt.sessions.begin() as s:
+        req = s.get(Request, request_id, with_for_update=True)
+        if req is None:
+            raise NotFoundError(f"unknown request {request_id}")
+        if req.status != RequestStatus.AWAITING_VERIFICATION:
+            raise InvalidInput(f"request {request_id} is not awaiting verification (status: {req.status})")
+        req.status = RequestStatus.RECEIVED
+        req.verified_at, req.verified_by = _now(rt), actor
+        audit(s, "request.verified", actor, req, note=note.strip()[:500])
+    wake.discover(request_id)
+    return req
 
 
 # -- discover and plan -----------------------------------------------------------------------
@@ -386,7 +420,21 @@ def merge_request(rt: Runtime, request_id: str,
               records=sum(built.counts.values()))
     rt.staging.discard(request_id)
     log.info("request.completed", request_id=request_id, status=str(req.status), records=sum(built.counts.values()))
+    run_completion_hooks(rt, request_id)
     return built
+
+
+def run_completion_hooks(rt: Runtime, request_id: str) -> None:
+    for hook in rt.completion_hooks:
+        name = getattr(hook, "__qualname__", repr(hook))
+        try:
+            hook(rt, request_id)
+        except Exception as exc:
+            log.exception("request.hook_failed", request_id=request_id, hook=name)
+            with rt.sessions.begin() as s:
+                req = s.get(Request, request_id)
+                audit(s, "request.hook_failed", "worker", req, hook=name,
+                      error=f"{type(exc).__name__}: {redact(str(exc))[:300]}")
 
 
 # -- sweeper ---------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ class Runtime:
         self.ctx = ConnectorContext(env=self.env, redis_url=settings.redis_url,
                                     secret_key=settings.secret_key, now=now)
         self._connectors: dict[str, Connector] | None = None
+        # Called with (runtime, request_id) once a request is completed: ticket notes, callbacks,
+        # scheduling a hold's end. A failing hook is logged and audited; it never undoes the request.
+        self.completion_hooks: list[Callable[[Runtime, str], None]] = []
         self._lock = threading.Lock()
 
     def connectors(self) -> dict[str, Connector]:

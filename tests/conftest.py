@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("DSAR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("DSAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+REDIS_URL = os.environ.get("DSAR_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DBS = range(10, 16)  # each test takes one free database, so parallel test runs do not collide
 SECRET = "test-secret-key-0123456789"
 
 
@@ -64,14 +65,27 @@ def pg_database(pg_admin: sa.Engine) -> Iterator[str]:
 def redis_url() -> Iterator[str]:
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    admin = redis.Redis.from_url(f"{REDIS_URL}/0")
     try:
-        client.ping()
+        admin.ping()
     except redis.RedisError as exc:
         _unavailable("Redis", type(exc).__name__)
+    token = uuid.uuid4().hex
+    for _ in range(600):
+        db = next((n for n in REDIS_DBS if admin.set(f"dsar:test:db:{n}", token, nx=True, ex=900)), None)
+        if db is not None:
+            break
+        import time
+
+        time.sleep(0.5)
+    else:
+        pytest.fail("no free Redis test database (10-15) within 5 minutes")
+    client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
     client.flushdb()
-    yield REDIS_URL
+    yield f"{REDIS_URL}/{db}"
     client.flushdb()
+    if admin.get(f"dsar:test:db:{db}") == token.encode():
+        admin.delete(f"dsar:test:db:{db}")
 
 
 def write_config(tmp_path: Path, ledger_url: str, broker_url: str = "stub://", **worker: object) -> Path:

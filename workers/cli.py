@@ -437,5 +437,8 @@ def demo_cmd(ctx: click.Context) -> None:
         sys.exit(run_demo(ctx))
 
 
+# Commands of the other parts register themselves on `main` when imported.
+from workers import cli_api, cli_bundle, cli_schedule  # noqa: E402, F401
+
 if __name__ == "__main__":
     main()

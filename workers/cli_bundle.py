@@ -1,0 +1,5 @@
+"""`dsar` commands for the bundle part (registered on workers.cli.main)."""
+
+from __future__ import annotations
+
+from workers.cli import main  # noqa: F401  (commands are added to this group)

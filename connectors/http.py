@@ -9,9 +9,10 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import requests
@@ -22,6 +23,7 @@ from connectors.ratelimit import NoLimit, RateLimiter
 from connectors.redact import redact, safe_url
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,22 @@ def _vendor_message(resp: requests.Response) -> str:
     if not message:
         return ""
     return f" ({redact(str(message))[:200]})"
+
+
+def in_parallel(jobs: Sequence[Callable[[], Iterable[T]]], max_workers: int = 4) -> Iterator[T]:
+    """Run independent calls (each may walk its own pages) at once; yield their items in job order.
+
+    Each job's items are held until it is yielded, so use it for bounded lists (a contact's notes,
+    segments ...), not for a stream of unknown size. The Session's connection pool is thread-safe.
+    """
+    if len(jobs) <= 1 or max_workers <= 1:
+        for job in jobs:
+            yield from job()
+        return
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(jobs)), thread_name_prefix="http") as pool:
+        futures = [pool.submit(lambda job=job: list(job())) for job in jobs]
+        for future in futures:
+            yield from future.result()
 
 
 def paginate(fetch_page: Callable[[int], tuple[list[Any], bool]], *, first_page: int = 1,

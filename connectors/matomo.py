@@ -175,7 +175,11 @@ class MatomoConnector(Connector):
 
     def policies(self) -> dict[str, EntityPolicy]:
         whole_visit = "PrivacyManager.deleteDataSubjects (whole visits, synchronous)"
+        # Restriction is planned so that the request reports it as not possible, with the reason,
+        # rather than silently skipping the system (restrict() raises UnsupportedAction).
+        no_restriction = "not possible: Matomo has no per-person restriction (browser-side opt-out only)"
         policies = {entity: EntityPolicy(erase=whole_visit, restrict=None) for entity in self.entities}
+        policies[VISITS] = EntityPolicy(erase=whole_visit, restrict=no_restriction)
         policies["log_action"] = EntityPolicy(erase="removed by Matomo's scheduled task once unused", restrict=None)
         return policies
 

@@ -22,8 +22,9 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local interval = tonumber(ARGV[1])
 local next_free = tonumber(redis.call('GET', KEYS[1]) or '0')
 local slot = math.max(now, next_free)
-redis.call('SET', KEYS[1], tostring(slot + interval), 'PX', math.ceil(interval * 1000) + 60000)
-return {tostring(slot), tostring(now)}
+-- %.6f, not tostring(): epoch seconds need 16 digits to keep microseconds
+redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', math.ceil(interval * 1000) + 60000)
+return {string.format('%.6f', slot), string.format('%.6f', now)}
 """
 
 

@@ -42,7 +42,7 @@ def test_workers_sharing_redis_never_exceed_the_rate(redis_url: str) -> None:
     interval = 1 / (rate * HEADROOM)
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert len(slots) == 40
-    assert min(gaps) >= interval - 1e-6
+    assert min(gaps) >= interval - 2e-6  # microsecond rounding
     # In any one-second window at most `rate` requests start.
     assert max(sum(1 for s in slots if w <= s < w + 1.0) for w in slots) <= rate
 

@@ -1,0 +1,111 @@
+"""The inactivity rule: an account inactive for `schedule.inactivity_months` is erased, after the person was told.
+
+`sweep_inactive` asks every SQL system whose data map names an `inactivity` entity and column for
+the people whose last activity is older than the cut-off, sends each a notice (discovery.notify),
+and only then schedules an `inactivity_erasure` `schedule.notice_days` later. When it falls due the
+scheduler checks the last activity again: someone who logged in since is not erased.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from connectors.sql import SqlConnector
+from discovery import scheduler
+from discovery.ledger import ScheduledAction
+from discovery.notify import Notice, Notifier, NotifyError, make_notice, make_notifier
+from discovery.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class SweepResult:
+    cutoff: datetime
+    due_at: datetime
+    systems: list[str] = field(default_factory=list)
+    inactive: int = 0  # people found inactive
+    notified: int = 0  # told now, erasure scheduled
+    already_scheduled: int = 0  # told in an earlier sweep; the erasure is still pending
+    failed: int = 0  # the notice could not be sent: nothing scheduled, the next sweep tries again
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cutoff": self.cutoff.isoformat(), "erasure_due_at": self.due_at.isoformat(), "systems": self.systems,
+                "inactive": self.inactive, "notified": self.notified, "already_scheduled": self.already_scheduled,
+                "failed": self.failed, "errors": self.errors}
+
+
+def months_before(moment: datetime, months: int) -> datetime:
+    month = moment.month - 1 - months
+    year, month = moment.year + month // 12, month % 12 + 1
+    for day in (moment.day, 30, 29, 28):  # the last day of a shorter month
+        try:
+            return moment.replace(year=year, month=month, day=day)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def sweep_inactive(rt: Runtime, notifier: Notifier | None = None, actor: str = "inactivity-sweep",
+                   progress: Callable[[SweepResult], None] | None = None) -> SweepResult:
+    cfg = rt.settings.schedule
+    now = rt.clock()
+    result = SweepResult(cutoff=months_before(now, cfg.inactivity_months), due_at=now + timedelta(days=cfg.notice_days))
+    notifier = notifier or make_notifier(cfg, rt.data_map.controller.contact, rt.env)
+    for name, conn in rt.connectors().items():
+        if not isinstance(conn, SqlConnector) or conn.spec.inactivity is None:
+            continue
+        result.systems.append(name)
+        for email, last in conn.inactive_subjects(result.cutoff):
+            result.inactive += 1
+            if _pending(rt, email):
+                result.already_scheduled += 1
+                continue
+            try:
+                ref = notifier.send(_notice(rt, email, last, result.due_at))
+            except NotifyError as exc:
+                result.failed += 1
+                if str(exc) not in result.errors:
+                    result.errors.append(str(exc))
+                continue
+            # Scheduled only once the notice is out: an unsent notice never leads to an erasure.
+            scheduler.schedule(
+                rt, scheduler.KIND_INACTIVITY, email, result.due_at,
+                f"inactive since {(last or result.cutoff):%Y-%m-%d} (over {cfg.inactivity_months} months); "
+                f"told on {now:%Y-%m-%d}, erased unless active again", actor,
+                details={"system": name, "last_activity": last.isoformat() if last else None,
+                         "notified_at": now.isoformat(), "notice": ref})
+            result.notified += 1
+            if progress and result.notified % 100 == 0:
+                progress(result)
+    log.info("inactivity.sweep", **{k: v for k, v in result.to_dict().items() if k != "errors"})
+    return result
+
+
+def _pending(rt: Runtime, email: str) -> bool:
+    with rt.sessions() as s:
+        found = s.scalar(sa.select(ScheduledAction.id).where(
+            ScheduledAction.kind == scheduler.KIND_INACTIVITY, ScheduledAction.subject_hash == rt.subject_hash(email),
+            ScheduledAction.status.in_(scheduler.OPEN)).limit(1))
+    return found is not None
+
+
+def _notice(rt: Runtime, email: str, last: datetime | None, due: datetime) -> Notice:
+    controller = rt.data_map.controller
+    months = rt.settings.schedule.inactivity_months
+    since = f"since {last:%d %B %Y}" if last else "for a long time"
+    body = (
+        f"Hello,\n\nyour account with {controller.name} has not been used {since}. As our privacy policy says, "
+        f"accounts inactive for {months} months are deleted with the personal data we hold about you.\n\n"
+        f"Unless you log in before {due:%d %B %Y}, your account and its data will be erased on that day. "
+        "Records the law obliges us to keep (such as invoices) are kept, restricted, until it allows erasure.\n\n"
+        f"Questions: {controller.contact}\n\n{controller.name}\n")
+    return make_notice("inactivity_notice", email, f"Your {controller.name} account will be deleted on "
+                                                  f"{due:%d %B %Y}", body, due)

@@ -1,0 +1,121 @@
+"""Completion hook: tell the ticket's side how a request ended.
+
+Two channels, each used when it applies: a signed POST of the outcome to the request's callback
+URL (or the configured default for webhook tickets), and for Freshdesk tickets a private note on
+the ticket with the outcome and the person's download link. Both are tried; any failure is raised
+afterwards so pipeline.run_completion_hooks logs and audits it. Neither carries the subject's e-mail.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+
+from connectors.freshdesk import FreshdeskClient
+from connectors.http import HttpClient, RetryPolicy
+from connectors.redact import redact, safe_url
+from discovery.download_tokens import download_link
+from discovery.ledger import Request, RequestStatus, Task
+from discovery.pipeline import audit
+from discovery.runtime import Runtime
+from discovery.tickets import SIGNATURE_HEADER, sign
+
+log = structlog.get_logger(__name__)
+
+WEBHOOK_SOURCES = ("ticket", "freshdesk")
+_FINISHED = (RequestStatus.COMPLETED, RequestStatus.COMPLETED_WITH_ERRORS)
+
+
+class ReportBackError(Exception):
+    pass
+
+
+def report_back(rt: Runtime, request_id: str) -> None:
+    with rt.sessions() as s:
+        req = s.get(Request, request_id)
+        if req is None:
+            return
+        tasks = list(req.tasks)
+    api = rt.settings.api
+    callback = req.callback_url or (api.callback_url if req.source in WEBHOOK_SOURCES else "")
+    to_freshdesk = req.source == "freshdesk" and bool(req.ticket_ref) and bool(api.freshdesk_domain)
+    if not callback and not to_freshdesk:
+        return
+    now = rt.clock()
+    link = download_link(rt.settings, req.id, now) if req.bundle_path and req.status in _FINISHED else None
+    outcome = outcome_of(req, tasks, link)
+    done: dict[str, Any] = {}
+    problems: list[str] = []
+    if callback:
+        try:
+            done["callback_status"] = post_callback(rt, callback, outcome, now)
+        except Exception as exc:
+            problems.append(f"callback {safe_url(callback)}: {_why(exc)}")
+    if to_freshdesk:
+        try:
+            client = FreshdeskClient.from_settings(api.freshdesk_domain, api.freshdesk_api_key_env, rt.env)
+            try:
+                done["freshdesk_note"] = client.add_note(str(req.ticket_ref), note_html(outcome))
+            finally:
+                client.close()
+        except Exception as exc:
+            problems.append(f"freshdesk note: {_why(exc)}")
+    with rt.sessions.begin() as s:
+        audit(s, "request.reported", "worker", s.get(Request, request_id), **done,
+              callback=safe_url(callback) if callback else None, problems=problems or None)
+    log.info("request.reported", request_id=request_id, channels=sorted(done), problems=len(problems))
+    if problems:
+        raise ReportBackError("; ".join(problems))
+
+
+def _why(exc: Exception) -> str:
+    return redact(str(exc))[:300] or type(exc).__name__
+
+
+def outcome_of(req: Request, tasks: list[Task], link: tuple[str, datetime] | None) -> dict[str, Any]:
+    return {
+        "event": "request.finished",
+        "request": {"id": req.id, "type": req.type, "status": req.status, "ticket": req.ticket_ref,
+                    "source": req.source, "received_at": req.received_at.isoformat(),
+                    "due_at": req.due_at.isoformat(),
+                    "completed_at": req.completed_at.isoformat() if req.completed_at else None,
+                    "error": req.error},
+        "tasks": [{"system": t.system, "action": t.action, "status": t.status, "error": t.error} for t in tasks],
+        "download": {"url": link[0], "expires_at": link[1].isoformat()} if link else None,
+    }
+
+
+def post_callback(rt: Runtime, url: str, outcome: dict[str, Any], now: datetime) -> int:
+    secret = rt.env.get(rt.settings.api.callback_secret_env, "")
+    if not secret:
+        raise ReportBackError(f"no callback secret in {rt.settings.api.callback_secret_env}; not sending unsigned")
+    body = orjson.dumps(outcome)  # HttpClient serialises `json=` with orjson.dumps too: the signed bytes are sent
+    client = HttpClient("callback", url, retry=RetryPolicy(attempts=4), timeout=(5.0, 15.0))
+    try:
+        resp = client.request("POST", url, json=outcome, ok=(200, 201, 202, 204),
+                              headers={SIGNATURE_HEADER: sign(secret.encode(), body, now)})
+        return resp.status_code
+    finally:
+        client.close()
+
+
+def note_html(outcome: dict[str, Any]) -> str:
+    req = outcome["request"]
+    e = html.escape
+    lines = [f"<p><b>dsar</b>: {e(req['type'])} request <code>{e(req['id'])}</code> finished: "
+             f"<b>{e(req['status'])}</b>.</p>"]
+    if outcome["download"]:
+        d = outcome["download"]
+        lines.append(f"<p>Download link for the person (valid until {e(d['expires_at'][:16])} UTC): "
+                     f"<a href=\"{e(d['url'])}\">{e(d['url'])}</a></p>")
+    items = "".join(f"<li>{e(t['system'])} {e(t['action'])}: {e(t['status'])}"
+                    + (f" ({e(t['error'])})" if t["error"] else "") + "</li>" for t in outcome["tasks"])
+    if items:
+        lines.append(f"<ul>{items}</ul>")
+    if req["error"]:
+        lines.append(f"<p>Errors: {e(req['error'])}</p>")
+    return "".join(lines)

@@ -1,8 +1,11 @@
 """`dsar demo`: the whole pipeline on embedded defaults, on a bare machine.
 
-Seeds a sample account database (SQLite), then runs an access request and an erasure request
-for the sample person through the real pipeline (ledger, broker, workers, bundle) and shows
-what happened. Only the demo fills in its own throwaway secrets when they are not set.
+Seeds a sample account database (SQLite), starts local simulators of the four vendor APIs
+(FreshChat, Mautic, SALESmanago, Matomo: sandbox.launch) and points the run at a data map that
+enables them, then runs an access and an erasure request for the sample person through the real
+pipeline (ledger, broker, workers, bundle) and shows what happened in every system. Manual steps
+the erasure leaves are confirmed by the demo itself, as a person would after doing them. Only the
+demo fills in its own throwaway secrets when they are not set.
 """
 
 from __future__ import annotations
@@ -17,9 +20,18 @@ import orjson
 import sqlalchemy as sa
 
 from sandbox import accounts_db
+from sandbox.launch import Sandbox
 from sandbox.people import JANE
 
 DEMO_KEY = "demo-only-secret-key-not-for-production"
+# What a person would have done for each system's manual step; the demo confirms with these notes.
+MANUAL_NOTES = {
+    "freshchat": "Forgot the contact in FreshChat (Contacts > Forget)",
+    "mautic": "Deleted the email_stats, page_hits and form_submissions rows left with lead_id NULL in the "
+              "Mautic database",
+    "salesmanago": "Deleted the contact permanently in SALESmanago (Contacts > removed contacts)",
+    "matomo": "Invalidated the archived reports for the sites and dates named (core:invalidate-report-data)",
+}
 
 
 def run_demo(ctx: click.Context) -> int:
@@ -40,47 +52,109 @@ def run_demo(ctx: click.Context) -> int:
     seeded = accounts_db.seed(engine)
     engine.dispose()
 
-    rt = cli.runtime(ctx)
-    s = rt.settings
-    click.echo(f"dsar demo: ledger {s.ledger.url}, broker {s.broker.url} (in-process), archive {s.archive.path}")
-    click.echo("Seeded the sample account database: " + ", ".join(f"{n} {t}" for t, n in seeded.items()))
+    with Sandbox(work / "sandbox") as sandbox:
+        # The vendor systems now point at the simulators; their credentials are the simulators' own.
+        os.environ["DSAR_DATA_MAP_PATH"] = str(sandbox.datamap_path)
+        os.environ.update(sandbox.env())
+        rt = cli.runtime(ctx)
+        s = rt.settings
+        click.echo(f"dsar demo: ledger {s.ledger.url}, broker {s.broker.url} (in-process), archive {s.archive.path}")
+        click.echo("Seeded the sample account database: " + ", ".join(f"{n} {t}" for t, n in seeded.items()))
+        click.echo("Started the vendor simulators: " + ", ".join(f"{n} {u}" for n, u in sandbox.urls.items()))
+        click.echo(f"Systems in the data map ({sandbox.datamap_path}): " + ", ".join(rt.connectors()))
 
-    from workers import app
+        from workers import app
 
-    with cli.in_process_worker_if_embedded(app.is_embedded()):
-        click.echo(f"\n1/2  Access request for the sample person ({JANE.email})")
-        access = _run(ctx, "access")
-        _show_access(access)
-        click.echo(f"\n2/2  Erasure request for {JANE.email}")
-        erasure = _run(ctx, "erasure")
-        _show_erasure(erasure)
-    click.echo("\nTry: dsar status " + access["id"] + f"   |   dsar download {access['id']} -o access.zip"
+        with cli.in_process_worker_if_embedded(app.is_embedded()):
+            click.echo(f"\n1/2  Access request for the sample person ({JANE.email})")
+            access = _run(ctx, "access")
+            _show_access(access)
+            click.echo(f"\n2/2  Erasure request for {JANE.email}")
+            erasure = _run(ctx, "erasure")
+            _show_erasure(erasure)
+            _show_left(sandbox)
+            if erasure["status"] == "awaiting_manual":
+                erasure = _confirm_manual_steps(ctx, erasure)
+    click.echo(f"\nAccess: {access['status']}.  Erasure: {erasure['status']}.")
+    click.echo("Try: dsar status " + access["id"] + f"   |   dsar download {access['id']} -o access.zip"
                + "\n(with DSAR_LEDGER_URL and friends as set by the demo; see README)")
     return 0 if access["status"] == "completed" and erasure["status"] == "completed" else 1
 
 
 def _show_access(access: dict[str, Any]) -> None:
     bundle = access["bundle"]
-    with zipfile.ZipFile(bundle) as zf:
+    if not bundle:
+        click.echo(f"     No bundle (status {access['status']}): {access['error'] or ''}")
+        return
+    from discovery.archive import archive_store
+    from workers import app
+
+    with archive_store(app.settings()).open_uri(bundle) as fh, zipfile.ZipFile(fh) as zf:
         manifest = orjson.loads(zf.read("manifest.json"))
-        names = [n for n in zf.namelist() if n.startswith("data/")]
+        names = [n for n in zf.namelist() if n.startswith(("data/", "files/"))]
     click.echo(f"     Bundle: {bundle}")
-    click.echo(f"     {manifest['totals']['records']} records in {len(names)} files: " + ", ".join(names))
+    click.echo(f"     {manifest['totals']['records']} records in {len(names)} files, per system:")
+    for system, entry in manifest["systems"].items():
+        entities = entry["entities"]
+        n = sum(e["records"] for e in entities.values())
+        detail = ", ".join(f"{name} {e['records']}" for name, e in entities.items() if e["records"])
+        reasons = "; ".join(entry.get("reasons") or [])
+        click.echo(f"       {system:<12} {entry['status']:<10} {n:>4} records  ({detail or reasons})")
     learned = [i for i in manifest["subject"]["identifiers"] if i["source"] != "request"]
-    click.echo("     Identifiers learned: " + ", ".join(f"{i['type']} (from {i['source']})" for i in learned))
+    click.echo("     Identifiers learned beyond the e-mail, and from which system (each was then used to search "
+               "every system that accepts it):")
+    by_type: dict[str, list[str]] = {}
+    for i in learned:
+        by_type.setdefault(i["type"], []).append(i["source"])
+    for type_, sources in by_type.items():
+        counts = {src: sources.count(src) for src in sources}
+        click.echo(f"       {type_:<24} from " + ", ".join(f"{src}" + (f" (x{n})" if n > 1 else "")
+                                                      for src, n in counts.items()))
 
 
 def _show_erasure(erasure: dict[str, Any]) -> None:
-    click.echo("     What the erasure changed:")
+    click.echo("     What the erasure did, per system:")
     for task in erasure["tasks"]:
-        for entity, n in (task["changed"] or {}).items():
-            click.echo(f"       {task['system']}.{entity}: {n} records erased")
+        changed = ", ".join(f"{entity} {n}" for entity, n in (task["changed"] or {}).items() if n)
+        outcome = changed or task["error"] or "nothing to change"
+        click.echo(f"       {task['system']:<12} {task['status']:<16} {outcome}")
         for h in task["held"] or []:
-            click.echo(f"       {task['system']}.{h['entity']}: {h['records']} kept and restricted until "
+            click.echo(f"       {'':<12} kept: {h['entity']} {h['records']}, restricted until "
                        f"{(h['until'] or '?')[:10]}: {h['reason']}")
         for step in task["manual_steps"] or []:
-            click.echo(f"       manual step in {task['system']}: {step}")
-    click.echo(f"     Receipts bundle: {erasure['bundle']}")
+            click.echo(f"       {'':<12} manual step: {step}")
+    if erasure["bundle"]:
+        click.echo(f"     Receipts bundle: {erasure['bundle']}")
+
+
+def _show_left(sandbox: Sandbox) -> None:
+    left = {name: kinds for name, kinds in sandbox.holdings(JANE.email).items() if kinds}
+    if not left:
+        click.echo("     Left of the person in the vendor simulators: nothing")
+        return
+    click.echo("     Left of the person in the vendor simulators:")
+    for name, kinds in left.items():
+        click.echo(f"       {name:<12} " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+
+
+def _confirm_manual_steps(ctx: click.Context, erasure: dict[str, Any]) -> dict[str, Any]:
+    from discovery import pipeline
+    from workers import cli
+    from workers.actors import WAKE
+
+    rt = cli.runtime(ctx)
+    systems = [t["system"] for t in erasure["tasks"] if t["status"] == "awaiting_manual"]
+    click.echo("     The request awaits manual steps. A person would do them, then run `dsar confirm`; "
+               "the demo confirms them now:")
+    for system in systems:
+        note = MANUAL_NOTES.get(system, f"Did the manual step in {system}") + " (confirmed by the demo)"
+        pipeline.confirm_manual(rt, WAKE, erasure["id"], system, note, actor="demo")
+        click.echo(f"       dsar confirm {erasure['id']} --system {system} --note \"{note}\"")
+    cli.wait_for(rt, erasure["id"], 120, show=True)
+    done = cli.status_data(rt, erasure["id"])
+    click.echo(f"     Erasure {done['status']} after the manual steps were confirmed (audited, actor 'demo')"
+               + (f"; receipts: {done['bundle']}" if done["bundle"] else ""))
+    return done
 
 
 def _run(ctx: click.Context, request_type: str) -> dict[str, Any]:

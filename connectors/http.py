@@ -195,9 +195,13 @@ def in_parallel(jobs: Sequence[Callable[[], Iterable[T]]], max_workers: int = 4)
             yield from job()
         return
     with ThreadPoolExecutor(max_workers=min(max_workers, len(jobs)), thread_name_prefix="http") as pool:
-        futures = [pool.submit(lambda job=job: list(job())) for job in jobs]
+        futures = [pool.submit(_collect, job) for job in jobs]
         for future in futures:
             yield from future.result()
+
+
+def _collect(job: Callable[[], Iterable[T]]) -> list[T]:
+    return list(job())
 
 
 def paginate(fetch_page: Callable[[int], tuple[list[Any], bool]], *, first_page: int = 1,

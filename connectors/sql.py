@@ -38,6 +38,7 @@ from connectors.base import (
 )
 from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.redact import redact
+from connectors.s3_files import RESTRICTED_TAG, S3Files
 from connectors.sql_map import EntitySpec, Fixed, SqlSystemSpec, parse_system, topological
 
 REDACTED = "[redacted]"
@@ -52,6 +53,7 @@ class SqlConnector(Connector):
         self.order = topological(spec.entities)
         self.entities = tuple(self.order)
         self._tables: dict[str, sa.Table] = {}
+        self.s3 = S3Files(name, spec.s3, ctx) if spec.s3 else None
 
     @classmethod
     def from_settings(cls, name: str, settings: dict[str, Any], ctx: ConnectorContext) -> SqlConnector:
@@ -120,11 +122,19 @@ class SqlConnector(Connector):
                 entity = self.spec.entities[name]
                 table = self._table(name, conn)
                 pk = table.c[entity.primary_key]
-                cols = [pk, *(table.c[c] for c in entity.fields if c != entity.primary_key)]
-                query = sa.select(*cols).where(cond).order_by(pk).execution_options(yield_per=500)
+                shown = [entity.primary_key, *(c for c in entity.fields if c != entity.primary_key)]
+                extra = [c for c in (entity.files.template().fields if entity.files else ()) if c not in shown]
+                query = sa.select(*(table.c[c] for c in (*shown, *extra))).where(cond).order_by(pk) \
+                    .execution_options(yield_per=500)
                 for row in conn.execute(query):
-                    data = {k: _jsonable(v) for k, v in row._mapping.items()}
-                    yield Record(entity=name, record_id=str(data[entity.primary_key]), fields=data)
+                    values = dict(row._mapping)
+                    data = {k: _jsonable(values[k]) for k in shown}
+                    record = Record(entity=name, record_id=str(data[entity.primary_key]), fields=data)
+                    if entity.files and self.s3:
+                        bucket = self._bucket(entity)
+                        record.attachments = [self.s3.attachment(bucket, obj.key, obj.key)
+                                              for obj in self.s3.find(bucket, entity.files.template(), values)]
+                    yield record
 
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         receipt = Receipt(system=self.name, action="erase")
@@ -141,9 +151,14 @@ class SqlConnector(Connector):
                 entity = self.spec.entities[name]
                 table = self._table(name, conn)
                 if entity.hold:
-                    held = self._held(table, entity, now)
+                    held = self._held(name, table, entity, now, conn)
                     self._record_hold(conn, table, entity, sa.and_(cond, held), now, receipt, name)
                     cond = sa.and_(cond, sa.not_(held))
+                # Files go before their rows: once a row is gone, nothing says which files were its.
+                files = self._delete_files(conn, table, entity, cond)
+                if files:
+                    receipt.changed[f"{name}.files"] = files
+                    receipt.details.append(f"{name}: {files} file(s) deleted from S3")
                 changed = self._erase_rows(conn, table, entity, cond)
                 if changed:
                     receipt.changed[name] = changed
@@ -165,8 +180,15 @@ class SqlConnector(Connector):
                 inspector = sa.inspect(conn)
                 for name, entity in self.spec.entities.items():
                     self._check_entity(inspector, name, entity, health)
+                if self.spec.inactivity and inspector.has_table(self.spec.entities[self.spec.inactivity.entity].table):
+                    try:
+                        self._activity(self._table(self.spec.inactivity.entity, conn))
+                    except PermanentError as exc:
+                        health.problems.append(exc.message)
         except OperationalError as exc:
             health.problems.append(f"cannot connect to the database: {_db_reason(exc)}")
+        if self.s3:
+            health.problems += self.s3.problems({self._bucket(e) for e in self.spec.entities.values() if e.files})
         health.ok = not health.problems
         return health
 
@@ -233,36 +255,164 @@ class SqlConnector(Connector):
             conds.append(table.c[column].in_(sa.select(parent.c[parent_col]).where(parent_cond)))
         return sa.or_(*conds) if conds else None
 
-    def _held(self, table: sa.Table, entity: EntitySpec, now: datetime) -> sa.ColumnElement[bool]:
+    def _hold_date(self, name: str, table: sa.Table, entity: EntitySpec,
+                   conn: Connection) -> tuple[sa.ColumnElement[Any], sa.Column[Any]]:
+        """The date a row's hold runs from (its own column, or its referenced parent's), and that column."""
         assert entity.hold is not None
-        col = table.c[entity.hold.from_]
-        cutoff = _years_before(now, entity.hold.years)
-        bound: date | datetime = cutoff
-        python_type = _python_type(col)
-        if python_type is date:
-            bound = cutoff.date()
-        elif python_type is datetime and not getattr(col.type, "timezone", False):
-            bound = cutoff.astimezone(UTC).replace(tzinfo=None)
+        parent = entity.hold.parent()
+        if parent is None:
+            return table.c[entity.hold.from_], table.c[entity.hold.from_]
+        parent_name, parent_col = parent
+        ref_col, target = next((c, t) for c, t in entity.references.items() if t.split(".")[0] == parent_name)
+        parent_table = self._table(parent_name, conn)
+        if parent_col not in parent_table.c:
+            raise PermanentError(self.name, f"entity {name}: hold.from column {parent_col} not in {parent_table.name}")
+        col = parent_table.c[parent_col]
+        expr = sa.select(col).where(parent_table.c[target.split(".")[1]] == table.c[ref_col]).scalar_subquery()
+        return expr, col
+
+    def _held(self, name: str, table: sa.Table, entity: EntitySpec, now: datetime,
+              conn: Connection) -> sa.ColumnElement[bool]:
+        assert entity.hold is not None
+        expr, col = self._hold_date(name, table, entity, conn)
+        bound = _bound_for(col, _years_before(now, entity.hold.years))
         # A row without the date cannot be shown to be past its hold: keep it.
-        return sa.or_(col >= bound, col.is_(None))
+        return sa.or_(expr >= bound, expr.is_(None))
 
     def _record_hold(self, conn: Connection, table: sa.Table, entity: EntitySpec,
                      cond: sa.ColumnElement[bool], now: datetime, receipt: Receipt, name: str) -> None:
         assert entity.hold is not None and entity.restrict is not None
-        col = table.c[entity.hold.from_]
-        count, latest = conn.execute(sa.select(sa.func.count(), sa.func.max(col)).where(cond)).one()
+        expr, _col = self._hold_date(name, table, entity, conn)
+        dated = sa.select(expr.label("d")).where(cond).subquery()
+        groups = conn.execute(sa.select(dated.c.d, sa.func.count()).group_by(dated.c.d)).all()
+        count = sum(int(n) for _, n in groups)
         if not count:
             return
+        # Each day a hold ends is a scheduled erasure later; rows without a date are kept with no end.
+        ends: dict[date, list[Any]] = {}
+        for day, n in groups:
+            if day is None:
+                continue
+            end = _add_years(_as_datetime(day), entity.hold.years)
+            slot = ends.setdefault(end.date(), [end, 0])
+            slot[0], slot[1] = max(slot[0], end), slot[1] + int(n)
+        files = self._restrict_files(conn, table, entity, cond, expr)
         conn.execute(sa.update(table).where(cond).values(**entity.restrict.set))
-        until = _add_years(_as_datetime(latest), entity.hold.years) if latest is not None else None
-        receipt.held.append({
+        until = max((end for end, _ in ends.values()), default=None)
+        entry: dict[str, Any] = {
             "entity": name,
-            "records": int(count),
+            "records": count,
             "until": until.isoformat() if until else None,
             "reason": entity.hold.reason,
             "restricted_with": dict(entity.restrict.set),
-        })
-        receipt.details.append(f"{name}: {count} kept and restricted under hold ({entity.hold.reason})")
+            "ends": [{"until": end.isoformat(), "records": n} for _, (end, n) in sorted(ends.items())],
+        }
+        if entity.files:
+            entry["files"] = files
+            entry["restricted_files_with"] = {"tag": RESTRICTED_TAG, "value": "the date the hold ends"}
+        receipt.held.append(entry)
+        receipt.details.append(f"{name}: {count} kept and restricted under hold ({entity.hold.reason})"
+                               + (f", with {files} file(s) tagged {RESTRICTED_TAG}" if files else ""))
+
+    def _bucket(self, entity: EntitySpec) -> str:
+        assert entity.files is not None and self.spec.s3 is not None
+        return entity.files.bucket or self.spec.s3.bucket
+
+    def _file_rows(self, conn: Connection, table: sa.Table, entity: EntitySpec, cond: sa.ColumnElement[bool],
+                   *extra: sa.ColumnElement[Any]) -> Iterator[dict[str, Any]]:
+        assert entity.files is not None
+        cols = [table.c[c] for c in entity.files.template().fields]
+        for row in conn.execute(sa.select(*cols, *(e.label(f"_x{i}") for i, e in enumerate(extra))).where(cond)):
+            yield dict(row._mapping)
+
+    def _restrict_files(self, conn: Connection, table: sa.Table, entity: EntitySpec,
+                        cond: sa.ColumnElement[bool], hold_date: sa.ColumnElement[Any]) -> int:
+        """Tag the files of held rows `dsar-restricted=<the day the row's hold ends>`; how many are kept."""
+        if not entity.files or self.s3 is None:
+            return 0
+        assert entity.hold is not None
+        bucket, template, kept = self._bucket(entity), entity.files.template(), 0
+        for row in self._file_rows(conn, table, entity, cond, hold_date):
+            day = row["_x0"]
+            value = _add_years(_as_datetime(day), entity.hold.years).date().isoformat() if day else "held"
+            for obj in self.s3.find(bucket, template, row):
+                self.s3.set_restricted(bucket, obj.key, value)
+                kept += 1
+        return kept
+
+    def _delete_files(self, conn: Connection, table: sa.Table, entity: EntitySpec,
+                      cond: sa.ColumnElement[bool]) -> int:
+        if not entity.files or self.s3 is None:
+            return 0
+        bucket, template, deleted = self._bucket(entity), entity.files.template(), 0
+        for row in self._file_rows(conn, table, entity, cond):
+            for obj in self.s3.find(bucket, template, row):
+                self.s3.delete(bucket, obj.key)
+                deleted += 1
+        return deleted
+
+    def _flag_files(self, conn: Connection, table: sa.Table, entity: EntitySpec, cond: sa.ColumnElement[bool],
+                    which: str) -> int:
+        """Art. 18 restriction tags the files `dsar-restricted=yes` (a hold's date stays); lifting removes it."""
+        if not entity.files or self.s3 is None:
+            return 0
+        bucket, template, changed = self._bucket(entity), entity.files.template(), 0
+        for row in self._file_rows(conn, table, entity, cond):
+            for obj in self.s3.find(bucket, template, row):
+                if which == "restrict":
+                    changed += self.s3.set_restricted(bucket, obj.key, "yes", only_if_absent=True)
+                else:
+                    changed += self.s3.set_restricted(bucket, obj.key, None)
+        return changed
+
+    # -- inactivity -----------------------------------------------------------------------
+
+    def inactive_subjects(self, cutoff: datetime) -> Iterator[tuple[str, datetime | None]]:
+        """(e-mail, last activity) of everyone whose last activity is before `cutoff`.
+
+        Rows whose restriction flags are set are left alone (a restriction may mean the person needs
+        the data kept), and rows whose e-mail is no longer an address (already erased) are skipped.
+        """
+        spec = self.spec.inactivity
+        if spec is None:
+            raise PermanentError(self.name, "the data map names no 'inactivity' entity and last-activity column")
+        entity = self.spec.entities[spec.entity]
+        with self._connect() as conn:
+            table = self._table(spec.entity, conn)
+            activity, col = self._activity(table)
+            conds = [activity < _bound_for(col, cutoff)]
+            for column, value in (entity.restrict.set.items() if entity.restrict else ()):
+                conds.append(sa.or_(table.c[column].is_(None), table.c[column] != value))
+            email = table.c[entity.identities[IdentityType.EMAIL]]
+            query = sa.select(email, activity).where(*conds).order_by(table.c[entity.primary_key]) \
+                .execution_options(yield_per=500)
+            for stored, last in conn.execute(query):
+                try:
+                    yield normalise_email(str(stored)), _as_datetime(last) if last is not None else None
+                except InvalidEmail:
+                    continue
+
+    def last_activity(self, identities: Identities) -> datetime | None:
+        """The person's latest activity in the inactivity entity; None if they are not there (or never active)."""
+        spec = self.spec.inactivity
+        if spec is None:
+            raise PermanentError(self.name, "the data map names no 'inactivity' entity and last-activity column")
+        with self._connect() as conn:
+            cond = self._matched(spec.entity, identities, conn)
+            if cond is None:
+                return None
+            activity, _col = self._activity(self._table(spec.entity, conn))
+            latest = conn.execute(sa.select(sa.func.max(activity)).where(cond)).scalar_one()
+        return _as_datetime(latest) if latest is not None else None
+
+    def _activity(self, table: sa.Table) -> tuple[sa.ColumnElement[Any], sa.Column[Any]]:
+        spec = self.spec.inactivity
+        assert spec is not None
+        for column in (spec.last_activity, spec.fallback):
+            if column and column not in table.c:
+                raise PermanentError(self.name, f"inactivity: column '{column}' does not exist in table {table.name}")
+        col = table.c[spec.last_activity]
+        return (sa.func.coalesce(col, table.c[spec.fallback]) if spec.fallback else col), col
 
     def _erase_rows(self, conn: Connection, table: sa.Table, entity: EntitySpec,
                     cond: sa.ColumnElement[bool]) -> int:
@@ -308,10 +458,15 @@ class SqlConnector(Connector):
                     continue
                 table = self._table(name, conn)
                 differs = sa.or_(*(sa.or_(table.c[c].is_(None), table.c[c] != v) for c, v in spec.set.items()))
+                files = self._flag_files(conn, table, entity, cond, which)
                 changed = int(conn.execute(sa.update(table).where(sa.and_(cond, differs)).values(**spec.set)).rowcount)
                 if changed:
                     receipt.changed[name] = changed
                     receipt.details.append(f"{name}: {changed} {'restricted' if which == 'restrict' else 'lifted'}")
+                if files:
+                    receipt.changed[f"{name}.files"] = files
+                    receipt.details.append(f"{name}: {files} file(s) {'tagged' if which == 'restrict' else 'untagged'} "
+                                           f"{RESTRICTED_TAG}")
         return receipt
 
     def _check_entity(self, inspector: Any, name: str, entity: EntitySpec, health: Health) -> None:
@@ -384,6 +539,16 @@ def _python_type(col: sa.Column[Any]) -> type | None:
         return col.type.python_type  # type: ignore[no-any-return]
     except NotImplementedError:
         return None
+
+
+def _bound_for(col: sa.Column[Any], moment: datetime) -> date | datetime:
+    """`moment` in the column's own type: a date, a naive UTC datetime, or an aware one."""
+    python_type = _python_type(col)
+    if python_type is date:
+        return moment.date()
+    if python_type is datetime and not getattr(col.type, "timezone", False):
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
 
 
 def _coerce(col: sa.Column[Any], values: list[str]) -> list[Any]:

@@ -36,6 +36,7 @@ class SystemInfo(BaseModel):
     processors: list[str] = Field(default_factory=list)
     location: str = ""
     source: str = ""
+    holds: str = ""  # what the system holds about a person, in the privacy policy's words
 
 
 SYSTEM_KEYS = set(SystemInfo.model_fields) - {"kind"}
@@ -46,6 +47,8 @@ class Controller(BaseModel):
     name: str
     contact: str
     supervisory_authority: str = "Datatilsynet (the Norwegian Data Protection Authority)"
+    supervisory_authority_url: str = "https://www.datatilsynet.no/"
+    privacy_policy_url: str = ""
 
 
 class DataMapFile(BaseModel):

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -30,7 +29,10 @@ from connectors.base import (
 )
 from connectors.emails import normalise_email
 from connectors.redact import redact
-from discovery.bundle import BuiltBundle, SystemPart, build_bundle
+from discovery.archive import archive_store
+from discovery.bundle import FORMAT as BUNDLE_FORMAT
+from discovery.bundle import BuiltBundle, SystemPart, build_bundle, bundle_view, staged_size
+from discovery.datamap import DataMapError
 from discovery.discover import Discovery, discover
 from discovery.ledger import (
     OPEN_STATUSES,
@@ -46,6 +48,7 @@ from discovery.ledger import (
 )
 from discovery.planner import PlanStep, SystemView, plan, tasks_of
 from discovery.runtime import Runtime
+from discovery.staging import safe_name
 
 log = structlog.get_logger(__name__)
 
@@ -104,13 +107,10 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
     subject_hash = rt.subject_hash(subject)
     open_key = f"{rtype.value}:{subject_hash}"
     now = _now(rt)
-    request = Request(
-        id=str(uuid.uuid4()), type=rtype.value, subject_email=subject, subject_hash=subject_hash,
-        ticket_ref=ticket, source=source, requester_email=requester if needs_verification else None,
-        callback_url=callback_url,
+    request = new_request(
+        rt, rtype, subject, subject_hash, now, ticket=ticket, source=source,
+        requester=requester if needs_verification else None, callback_url=callback_url,
         status=RequestStatus.AWAITING_VERIFICATION if needs_verification else RequestStatus.RECEIVED,
-        open_key=open_key, received_at=now, updated_at=now,
-        due_at=now + timedelta(days=rt.settings.requests.due_days),
     )
     try:
         with rt.sessions.begin() as s:
@@ -136,6 +136,18 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
     if not needs_verification:
         wake.discover(request.id)
     return Submitted(request, created=True)
+
+
+def new_request(rt: Runtime, rtype: RequestType, subject: str, subject_hash: str, now: datetime, *,
+                ticket: str | None = None, source: str = "cli", requester: str | None = None,
+                callback_url: str | None = None, status: RequestStatus = RequestStatus.RECEIVED) -> Request:
+    """A new, open request row (not yet added to a session): one place that knows how one is made."""
+    return Request(
+        id=str(uuid.uuid4()), type=rtype.value, subject_email=subject, subject_hash=subject_hash,
+        ticket_ref=ticket, source=source, requester_email=requester, callback_url=callback_url, status=status,
+        open_key=f"{rtype.value}:{subject_hash}", received_at=now, updated_at=now,
+        due_at=now + timedelta(days=rt.settings.requests.due_days),
+    )
 
 
 def verify_request(rt: Runtime, wake: Wakeups, request_id: str, actor: str, note: str) -> Request:
@@ -370,8 +382,9 @@ def confirm_manual(rt: Runtime, wake: Wakeups, request_id: str, system: str, not
 
 # -- merge -----------------------------------------------------------------------------------
 
-def bundle_path(rt: Runtime, request_id: str) -> Path:
-    return rt.settings.archive.path / f"{request_id}.zip"
+def bundle_key(request_id: str) -> str:
+    """The bundle's key in the archive store (the store adds its prefix); the ledger keeps the store URI."""
+    return f"{safe_name(request_id)}.zip"
 
 
 def merge_request(rt: Runtime, request_id: str,
@@ -387,14 +400,23 @@ def merge_request(rt: Runtime, request_id: str,
                                          .order_by(SubjectIdentity.id))]
         hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}
         tasks = list(req.tasks)
+        request_type = req.type
         header = {
-            "format": "dsar-bundle/1",
+            "format": BUNDLE_FORMAT,
             "request": {"id": req.id, "type": req.type, "ticket": req.ticket_ref,
                         "received_at": req.received_at.isoformat(), "due_at": req.due_at.isoformat()},
             "subject": {"identifiers": identities},
             "generated_at": _now(rt).isoformat(),
             "plan": req.plan or [],
         }
+        # Manual steps a person confirmed (`dsar confirm`): the receipts say when and what was done.
+        confirmed: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for ev in s.scalars(sa.select(AuditEvent).where(AuditEvent.request_id == request_id,
+                                                        AuditEvent.event == f"task.{TaskStatus.DONE}",
+                                                        AuditEvent.actor != "worker").order_by(AuditEvent.id)):
+            if ev.details.get("note"):
+                confirmed.setdefault((str(ev.details.get("system")), str(ev.details.get("action"))), []).append(
+                    {"at": ev.at.isoformat(), "note": ev.details["note"]})
         parts: list[SystemPart] = []
         for system, hit in sorted(hits.items()):
             if not hit.found and not hit.error and not any(t.system == system for t in tasks):
@@ -403,9 +425,18 @@ def merge_request(rt: Runtime, request_id: str,
             staged = t.result if t.action == "export" and t.status == TaskStatus.DONE else None
             receipt = t.result if t.action != "export" and t.result else None
             parts.append(SystemPart(t.system, str(t.status), t.action, staged=staged, receipt=receipt,
-                                    reason=t.error))
+                                    reason=t.error, finished_at=t.finished_at.isoformat() if t.finished_at else None,
+                                    confirmations=confirmed.get((t.system, t.action), [])))
         failed = [t for t in tasks if t.status == TaskStatus.FAILED]
-    built = build_bundle(bundle_path(rt, request_id), header, parts, rt.staging, progress)
+    try:
+        policies = {name: conn.policies() for name, conn in rt.connectors().items()}
+    except (DataMapError, ConnectorError):  # the bundle still says what failed; it only lacks categories
+        policies = {}
+    view = bundle_view(rt.data_map, policies, request_type)
+    with archive_store(rt.settings, rt.env).writer(
+            bundle_key(request_id), size_hint=staged_size(rt.staging, request_id, parts)) as out:
+        built = build_bundle(out, header, parts, rt.staging, view, progress)
+    built.uri = out.uri
     with rt.sessions.begin() as s:
         req = s.get(Request, request_id, with_for_update=True)
         assert req is not None
@@ -414,12 +445,16 @@ def merge_request(rt: Runtime, request_id: str,
         req.status = RequestStatus.COMPLETED_WITH_ERRORS if failed else RequestStatus.COMPLETED
         req.error = "; ".join(f"{t.system} {t.action}: {t.error}" for t in failed)[:2000] or None
         req.completed_at = _now(rt)
-        req.bundle_path = str(built.path)
+        req.bundle_path, req.bundle_sha256, req.bundle_size = built.uri, built.sha256, built.size
+        req.bundle_expires_at = req.completed_at + timedelta(days=rt.settings.archive.retention_days)
+        req.bundle_deleted_at = None
         req.open_key = None
         audit(s, "request.completed", "worker", req, status=req.status, bundle_sha256=built.sha256,
+              bundle_size=built.size, bundle_expires_at=req.bundle_expires_at.isoformat(),
               records=sum(built.counts.values()))
     rt.staging.discard(request_id)
-    log.info("request.completed", request_id=request_id, status=str(req.status), records=sum(built.counts.values()))
+    log.info("request.completed", request_id=request_id, status=str(req.status), records=sum(built.counts.values()),
+             bundle_size=built.size)
     run_completion_hooks(rt, request_id)
     return built
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "dsar.toml"
@@ -50,9 +50,46 @@ class BrokerSettings(_Section):
         return value
 
 
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer
+
+
 class ArchiveSettings(_Section):
+    """Where bundles are kept: a local folder (`path`), or S3 (credentials from the standard AWS_* variables)."""
+
     path: Path
     staging_path: Path
+    store: Literal["local", "s3"] = "local"
+    bucket: str = Field("", validate_default=True)
+    prefix: str = ""  # key prefix, e.g. "dsar/bundles/"
+    endpoint_url: str = ""  # any S3-compatible server; empty: AWS
+    region: str = ""
+    sse: Literal["AES256", "aws:kms"] = "AES256"
+    kms_key_id: str = ""  # with sse = "aws:kms"; empty: the account's default key
+    presign_expiry_seconds: int = Field(24 * 3600, ge=60, le=MAX_PRESIGN_SECONDS)
+    retention_days: int = Field(30, ge=1, le=3650)  # bundles are deleted this many days after completion
+    part_size_mb: int = Field(8, ge=5, le=5120)  # first multipart part; S3 needs 5 MiB or more
+    max_part_size_mb: int = Field(512, ge=5, le=5120, validate_default=True)  # parts double every 1000 parts up to this
+
+    @field_validator("bucket")
+    @classmethod
+    def _s3_needs_a_bucket(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("store") == "s3" and not value:
+            raise ValueError('store = "s3" needs a bucket')
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("max_part_size_mb")
+    @classmethod
+    def _max_not_below_first(cls, value: int, info: ValidationInfo) -> int:
+        if value < info.data.get("part_size_mb", 5):
+            raise ValueError("must be at least part_size_mb")
+        return value
 
 
 class DataMapSettings(_Section):
@@ -78,6 +115,63 @@ class SecretSettings(_Section):
     secret_key_env: str = "DSAR_SECRET_KEY"
 
 
+class ApiSettings(_Section):
+    """`dsar serve`: the HTTP API, ticket webhooks and reporting back. Secrets: the variables named here."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    # Base of the links dsar hands out (download links in ticket notes); default http://host:port
+    public_url: str = ""
+    download_token_hours: int = Field(168, ge=1, le=24 * 30)  # how long a person's download link works
+    signature_tolerance_seconds: int = Field(300, ge=10, le=3600)  # replay window of signed webhooks
+    ticket_webhook_secret_env: str = "DSAR_TICKET_WEBHOOK_SECRET"
+    events_secret_env: str = "DSAR_EVENTS_SECRET"  # account service -> /v1/events/account-deleted
+    callback_secret_env: str = "DSAR_CALLBACK_SECRET"  # signs the outcome dsar posts to callback URLs
+    callback_url: str = ""  # default callback for webhook tickets that name none
+    freshdesk_domain: str = ""  # acme.freshdesk.com (or a full https:// URL); empty: no notes
+    freshdesk_api_key_env: str = "DSAR_FRESHDESK_API_KEY"
+    freshdesk_secret_env: str = "DSAR_FRESHDESK_WEBHOOK_SECRET"
+    freshdesk_secret_header: str = "X-Dsar-Webhook-Secret"
+    freshdesk_type_field: str = "cf_dsar_request_type"  # ticket field holding the request type
+    freshdesk_subject_field: str = "cf_dsar_subject_email"  # ticket field: the subject, when not the requester
+    freshdesk_tag_prefix: str = "dsar-"  # or a tag such as dsar-erasure
+
+    @field_validator("public_url", "callback_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+
+class ScheduleSettings(_Section):
+    """Promises kept later: grace before an account-deletion erasure, the inactivity rule, the scheduler, notices."""
+
+    grace_days: int = Field(30, ge=1, le=365)  # account deleted -> erasure after this many days (restorable until)
+    inactivity_months: int = Field(24, ge=1, le=240)  # accounts inactive this long are erased, after a notice
+    notice_days: int = Field(30, ge=1, le=365)  # time between the notice and the erasure
+    poll_interval_seconds: float = Field(30.0, gt=0)  # `dsar scheduler`: how often it looks for due actions
+    batch_size: int = Field(200, ge=1, le=10_000)  # due actions claimed per transaction
+    notifier: Literal["outbox", "smtp", "webhook"] = "outbox"
+    outbox_path: Path = Path("var/dsar/outbox")  # notifier "outbox": one .eml file per notice
+    mail_from: str = ""  # default: the controller's contact in the data map
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_user_env: str = ""  # names of the variables holding the SMTP login; empty: no login
+    smtp_password_env: str = ""
+    webhook_url: str = ""  # notifier "webhook": notices are POSTed here as JSON
+    webhook_token_env: str = ""  # variable holding a bearer token for the webhook; empty: none
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class Settings(_Section):
     ledger: LedgerSettings
     broker: BrokerSettings
@@ -86,6 +180,8 @@ class Settings(_Section):
     requests: RequestSettings = Field(default_factory=RequestSettings)  # type: ignore[arg-type]
     worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
     secrets: SecretSettings = Field(default_factory=SecretSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
     log_format: Literal["console", "json"] = "console"
     source: Path = DEFAULT_CONFIG
     secret_key: bytes = b""
@@ -127,6 +223,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     settings.data_map.path = (base / settings.data_map.path).resolve()
     settings.archive.path = Path(settings.archive.path).resolve()
     settings.archive.staging_path = Path(settings.archive.staging_path).resolve()
+    settings.schedule.outbox_path = Path(settings.schedule.outbox_path).resolve()
     key = env.get(settings.secrets.secret_key_env, "")
     if len(key) < 16:
         raise ConfigError(
@@ -142,7 +239,7 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     sections: dict[str, type[BaseModel]] = {
         "ledger": LedgerSettings, "broker": BrokerSettings, "archive": ArchiveSettings,
         "data_map": DataMapSettings, "requests": RequestSettings, "worker": WorkerSettings,
-        "secrets": SecretSettings,
+        "secrets": SecretSettings, "api": ApiSettings, "schedule": ScheduleSettings,
     }
     for section, model in sections.items():
         for key in model.model_fields:

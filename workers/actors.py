@@ -14,6 +14,7 @@ import structlog
 from dramatiq.middleware import Middleware
 
 from discovery import pipeline
+from discovery.archive import expire_bundles
 from workers import app
 
 log = structlog.get_logger(__name__)
@@ -77,6 +78,10 @@ class Sweeper(Middleware):
                 pipeline.sweep(app.runtime(), WAKE)
             except Exception:
                 log.exception("sweep.failed")
+            try:  # bundles past archive.retention_days are deleted and the deletion audited
+                expire_bundles(app.runtime())
+            except Exception:
+                log.exception("bundle.expire_failed")
 
 
 def add_sweeper() -> None:

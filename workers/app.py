@@ -36,6 +36,14 @@ def setup(settings: Settings, runtime: Runtime | None = None) -> Runtime:
             _runtime.close()
         _runtime = runtime or Runtime(settings)
         db.upgrade(_runtime.engine)
+        from discovery.report_back import report_back
+
+        if report_back not in _runtime.completion_hooks:  # ticket notes and signed callbacks
+            _runtime.completion_hooks.append(report_back)
+        from discovery.scheduler import record_hold_ends
+
+        if record_hold_ends not in _runtime.completion_hooks:  # each legal hold's end: a scheduled erasure
+            _runtime.completion_hooks.append(record_hold_ends)
         return _runtime
 
 

@@ -8,7 +8,6 @@ broker); 6 timed out waiting; 7 not ready (no bundle yet, or it expired).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -306,20 +305,44 @@ def status_cmd(ctx: click.Context, request_id: str, as_json: bool) -> None:
               help="Where to write the bundle (ZIP).")
 @click.pass_context
 def download_cmd(ctx: click.Context, request_id: str, output: str) -> None:
-    """Write a finished request's bundle to a file."""
+    """Write a finished request's bundle to a file, checked against the SHA-256 recorded when it was made."""
+    import hashlib
+
+    from discovery.archive import ArchiveError, ArchiveUnavailable, NotInArchive, bundle_unavailable, store_for_uri
+
     with errors_to_exit():
-        req, _ = _load(runtime(ctx), request_id)
-        if not req.bundle_path:
-            fail(f"request {request_id} has no bundle yet (status: {req.status})", EXIT_NOT_READY)
-        source = Path(req.bundle_path)
-        if not source.exists():
-            fail(f"the bundle of request {request_id} is no longer in the archive (expired or removed)",
-                 EXIT_NOT_READY)
+        rt = runtime(ctx)
+        req, _ = _load(rt, request_id)
+        why = bundle_unavailable(req, rt.clock())
+        if why or not req.bundle_path:
+            fail(why or "no bundle", EXIT_NOT_READY)
         target = Path(output)
         tmp = target.with_name(f".{target.name}.part")
-        shutil.copyfile(source, tmp)
+        sha, size, shown = hashlib.sha256(), 0, 0
+        try:
+            with store_for_uri(rt.settings, req.bundle_path, rt.env).open_uri(req.bundle_path) as src, \
+                    tmp.open("wb") as dst:
+                while chunk := src.read(1024 * 1024):
+                    dst.write(chunk)
+                    sha.update(chunk)
+                    size += len(chunk)
+                    if size - shown >= 256 * 1024 * 1024:  # a large bundle shows it is moving
+                        shown = size
+                        click.echo(f"  {size // (1024 * 1024)} MiB of {(req.bundle_size or 0) // (1024 * 1024)}",
+                                   err=True)
+        except NotInArchive:
+            tmp.unlink(missing_ok=True)
+            fail(f"the bundle of request {request_id} is no longer in the archive (expired or removed)",
+                 EXIT_NOT_READY)
+        except ArchiveError as exc:
+            tmp.unlink(missing_ok=True)
+            fail(str(exc), EXIT_UNAVAILABLE if isinstance(exc, ArchiveUnavailable) else EXIT_CONFIG)
+        if req.bundle_sha256 and sha.hexdigest() != req.bundle_sha256:
+            tmp.unlink(missing_ok=True)
+            fail(f"the bundle of request {request_id} in the archive does not match the SHA-256 recorded when it "
+                 "was made; it was not written", EXIT_FAILED)
         os.replace(tmp, target)
-        click.echo(f"wrote {target} ({target.stat().st_size} bytes)", err=True)
+        click.echo(f"wrote {target} ({size} bytes)", err=True)
 
 
 @main.command("confirm")
@@ -441,4 +464,8 @@ def demo_cmd(ctx: click.Context) -> None:
 from workers import cli_api, cli_bundle, cli_schedule  # noqa: E402, F401
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m workers.cli`, this file is `__main__`; the parts registered their commands on
+    # the importable `workers.cli.main`, so call that one.
+    from workers.cli import main as registered_main
+
+    registered_main()

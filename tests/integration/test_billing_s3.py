@@ -24,7 +24,7 @@ from discovery.settings import load_settings
 from sandbox import billing_db
 from sandbox.people import JANE, JOHN
 from tests.conftest import ROOT, SECRET, _s3_client, seed_accounts, write_config
-from tests.integration.test_pipeline_postgres import SyncWakeups
+from tests.helpers import SyncWakeups, rows
 
 pytestmark = pytest.mark.integration
 
@@ -84,11 +84,6 @@ def run(w: dict[str, Any], request_type: str, email: str = JANE.email) -> Reques
         req = s.get(Request, submitted.request.id)
         assert req is not None
         return req
-
-
-def rows(engine: sa.Engine, sql: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.text(sql))]
 
 
 def keys_of(w: dict[str, Any], customer_id: int) -> list[str]:

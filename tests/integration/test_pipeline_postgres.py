@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zipfile
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,36 +18,9 @@ from discovery.runtime import Runtime
 from discovery.settings import load_settings
 from sandbox.people import JANE, JOHN
 from tests.conftest import SECRET, seed_accounts, write_config
+from tests.helpers import SyncWakeups, rows
 
 pytestmark = pytest.mark.integration
-
-
-class SyncWakeups:
-    """Runs wake-ups in this thread, in order, the way the broker would deliver them."""
-
-    def __init__(self) -> None:
-        self.queue: deque[tuple[str, Any]] = deque()
-        self.rt: Runtime | None = None
-
-    def discover(self, request_id: str) -> None:
-        self.queue.append(("discover", request_id))
-
-    def execute(self, task_id: int) -> None:
-        self.queue.append(("execute", task_id))
-
-    def merge(self, request_id: str) -> None:
-        self.queue.append(("merge", request_id))
-
-    def drain(self) -> None:
-        assert self.rt is not None
-        while self.queue:
-            kind, arg = self.queue.popleft()
-            if kind == "discover":
-                pipeline.run_discovery(self.rt, self, arg)
-            elif kind == "execute":
-                pipeline.execute_task(self.rt, self, arg)
-            else:
-                pipeline.merge_request(self.rt, arg)
 
 
 @pytest.fixture
@@ -75,11 +47,6 @@ def run(env: dict[str, Any], request_type: str, email: str = JANE.email) -> Requ
         req = s.get(Request, submitted.request.id)
         assert req is not None
         return req
-
-
-def rows(engine: sa.Engine, sql: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.text(sql))]
 
 
 def bundle_json(uri: str, name: str) -> Any:

@@ -24,7 +24,7 @@ from discovery.runtime import Runtime
 from discovery.settings import load_settings
 from sandbox.people import JANE, JOHN, OLA
 from tests.conftest import ROOT, SECRET, dsar_env, seed_accounts, write_config
-from tests.integration.test_pipeline_postgres import SyncWakeups
+from tests.helpers import SyncWakeups
 
 pytestmark = pytest.mark.integration
 

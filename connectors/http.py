@@ -7,7 +7,9 @@ body, pagination shapes) stay in the vendor's module.
 from __future__ import annotations
 
 import email.utils
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -184,24 +186,60 @@ def _vendor_message(resp: requests.Response) -> str:
     return f" ({redact(str(message))[:200]})"
 
 
-def in_parallel(jobs: Sequence[Callable[[], Iterable[T]]], max_workers: int = 4) -> Iterator[T]:
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+def in_parallel(jobs: Sequence[Callable[[], Iterable[T]]], max_workers: int = 4, buffer: int = 500) -> Iterator[T]:
     """Run independent calls (each may walk its own pages) at once; yield their items in job order.
 
-    Each job's items are held until it is yielded, so use it for bounded lists (a contact's notes,
-    segments ...), not for a stream of unknown size. The Session's connection pool is thread-safe.
+    Vendor latency adds up when calls run one after another; this overlaps them. Each job streams
+    into its own bounded queue, so memory stays bounded however long a job's output is (a job
+    waits while its queue is full). Jobs start in order, so the one being read is always running
+    or done. A job's exception is raised when its turn to be read comes; closing the iterator
+    early stops the jobs. The Session's connection pool is thread-safe.
     """
     if len(jobs) <= 1 or max_workers <= 1:
         for job in jobs:
             yield from job()
         return
+    queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=buffer) for _ in jobs]
+    stop = threading.Event()
+
+    def put(q: queue.Queue[Any], item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(q: queue.Queue[Any], job: Callable[[], Iterable[T]]) -> None:
+        try:
+            for item in job():
+                if not put(q, item):
+                    return
+        except BaseException as exc:
+            put(q, _Failed(exc))
+            return
+        put(q, _END)
+
     with ThreadPoolExecutor(max_workers=min(max_workers, len(jobs)), thread_name_prefix="http") as pool:
-        futures = [pool.submit(_collect, job) for job in jobs]
-        for future in futures:
-            yield from future.result()
-
-
-def _collect(job: Callable[[], Iterable[T]]) -> list[T]:
-    return list(job())
+        for q, job in zip(queues, jobs, strict=True):
+            pool.submit(run, q, job)
+        try:
+            for q in queues:
+                while (item := q.get()) is not _END:
+                    if isinstance(item, _Failed):
+                        raise item.exc
+                    yield item
+        finally:
+            stop.set()
 
 
 def paginate(fetch_page: Callable[[int], tuple[list[Any], bool]], *, first_page: int = 1,

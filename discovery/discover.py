@@ -37,7 +37,8 @@ def discover(connectors: dict[str, Connector], seed: Identities, max_rounds: int
             due = []
             for name, conn in connectors.items():
                 accepts = conn.accepts()
-                relevant = {i for i in result.identities if i.type in accepts}
+                # What a system taught us about itself is no reason to ask it again.
+                relevant = {i for i in result.identities if i.type in accepts and i.source != name}
                 if not relevant or relevant <= asked_with.get(name, set()):
                     continue
                 if new_types is not None and not (accepts & new_types) and name not in result.errors:
@@ -50,7 +51,7 @@ def discover(connectors: dict[str, Connector], seed: Identities, max_rounds: int
             futures = {name: pool.submit(connectors[name].locate, snapshot) for name in due}
             new_types = set()
             for name, fut in futures.items():
-                asked_with[name] = {i for i in snapshot if i.type in connectors[name].accepts()}
+                asked_with[name] = {i for i in snapshot if i.type in connectors[name].accepts() and i.source != name}
                 try:
                     hits = fut.result()
                 except ConnectorError as exc:

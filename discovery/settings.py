@@ -108,6 +108,9 @@ class WorkerSettings(_Section):
     retry_backoff_seconds: float = Field(5.0, ge=0)
     sweep_interval_seconds: float = Field(30.0, gt=0)
     discovery_max_rounds: int = Field(5, ge=1, le=20)
+    # How long an idle consumer waits for a message before it looks again (Dramatiq's default is
+    # 1000 ms, which adds up to a second between the steps of a request).
+    poll_ms: int = Field(100, ge=10, le=5000)
 
 
 class SecretSettings(_Section):

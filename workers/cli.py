@@ -166,7 +166,8 @@ def in_process_worker_if_embedded(embedded: bool) -> Iterator[None]:
     from workers.actors import add_sweeper
 
     add_sweeper()
-    worker = dramatiq.Worker(app.ensure_broker(), worker_threads=app.settings().worker.threads, worker_timeout=100)
+    worker = dramatiq.Worker(app.ensure_broker(), worker_threads=app.settings().worker.threads,
+                             worker_timeout=app.settings().worker.poll_ms)
     worker.start()
     try:
         yield
@@ -421,7 +422,7 @@ def worker_cmd(ctx: click.Context, processes: int | None, threads: int | None) -
             fail("`dsar worker` needs a Redis broker (broker.url = redis://...); the embedded stub:// broker "
                  "runs inside each command", EXIT_CONFIG)
         runtime(ctx)  # validates the data map and upgrades the ledger once, before workers fork
-        env = dict(os.environ, DSAR_SWEEPER="1")
+        env = dict(os.environ, DSAR_SWEEPER="1", dramatiq_worker_timeout=str(settings.worker.poll_ms))
         if ctx.obj.get("config"):
             env["DSAR_CONFIG"] = str(Path(ctx.obj["config"]).resolve())
         argv = [sys.executable, "-m", "dramatiq", "workers.actors", "--queues", "dsar",

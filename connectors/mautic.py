@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -43,6 +44,8 @@ log = structlog.get_logger(__name__)
 
 ENTITIES: tuple[str, ...] = ("contact", "activity", "notes", "segments", "campaigns", "companies", "devices")
 DNC_MANUAL = 3  # Mautic DoNotContact::MANUAL
+DNC_UNSUBSCRIBED = 1  # Mautic DoNotContact::UNSUBSCRIBED (the unsubscribe link sets it)
+NEWSLETTER_CHANNEL = "email"
 TOKEN_PATH = "oauth/v2/token"
 TOKEN_MARGIN_S = 60.0  # renew a little before expiry so a token never dies mid-request
 DEFAULT_TOKEN_LIFETIME_S = 3600.0  # Mautic's default api_oauth2_access_token_lifetime (60 min)
@@ -69,6 +72,11 @@ class MauticSettings:
     dnc_channels: tuple[str, ...]
     dnc_comment: str
     parallel_calls: int = 4
+    # Marketing retention (discovery.marketing): the trial end field, the raw DNC stats table, the delays.
+    trial_field: str | None = None
+    dnc_table: str = "lead_donotcontact"
+    newsletter_erasure_delay_days: float = 0.0
+    trial_erasure_delay_days: float = 0.0
 
 
 def _number(name: str, settings: Mapping[str, Any], key: str, default: float, *, integer: bool = False,
@@ -117,7 +125,22 @@ def parse_settings(name: str, settings: Mapping[str, Any]) -> MauticSettings:
         dnc_channels=channel_list,
         dnc_comment=comment,
         parallel_calls=_number(name, settings, "parallel_calls", 4, integer=True),
+        trial_field=_alias(name, settings, "trial_field", None),
+        dnc_table=_alias(name, settings, "dnc_table", "lead_donotcontact") or "lead_donotcontact",
+        newsletter_erasure_delay_days=_number(name, settings, "newsletter_erasure_delay_days", 0, allow_zero=True),
+        trial_erasure_delay_days=_number(name, settings, "trial_erasure_delay_days", 0, allow_zero=True),
     )
+
+
+def _alias(name: str, settings: Mapping[str, Any], key: str, default: str | None) -> str | None:
+    """A Mautic field alias or table name setting (lower-case letters, digits, underscores)."""
+    value = settings.get(key, default)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", text):
+        raise PermanentError(name, f"setting '{key}' must be a Mautic alias such as trial_ends_at")
+    return text
 
 
 class MauticConnector(Connector):
@@ -142,6 +165,20 @@ class MauticConnector(Connector):
     - Contacts in a search result whose stored e-mail differs from the searched one (a
       server ignoring `where`) are dropped; ones without an e-mail in the payload are kept,
       trusting the server's exact filter.
+
+    Marketing retention (`unsubscribed_contacts`, `expired_trials`, `is_unsubscribed`, `trial_ended`):
+    - Unsubscribes are read from the raw stats table `dnc_table` ("lead_donotcontact"; table
+      names are [U], read `GET /api/stats`), rows with reason 1 (UNSUBSCRIBED [V]) on the e-mail
+      channel, filtered with `where ... eq` on the columns `reason` and `channel` [U: column names
+      from the DoNotContact entity]; each contact's e-mail then comes from GET /api/contacts/{id}.
+    - The trial end is the custom field `trial_field` (no default: no trial sweep), listed with
+      `where[0][expr]=lt` and the time as 'Y-m-d H:i:s' in UTC [U: how the instance stores the
+      field]; values are re-read client-side (ISO 8601 or 'Y-m-d H:i:s'; no zone = UTC) and a
+      contact whose value is not before now is dropped.
+    - When an action falls due, `is_unsubscribed` / `trial_ended` look again: every contact with
+      the e-mail must still be unsubscribed (the contact's `doNotContact` entries) / past its trial.
+    - `newsletter_erasure_delay_days`, `trial_erasure_delay_days` (0): how long after the sweep
+      the erasure is due.
     """
 
     entities = ENTITIES
@@ -333,6 +370,75 @@ class MauticConnector(Connector):
         receipt.details.append(f"do-not-contact removed from {count} of {len(contacts)} matched contact(s)")
         return receipt
 
+    # -- marketing retention --------------------------------------------------------------
+
+    def unsubscribed_contacts(self) -> list[str]:
+        """E-mails of contacts with do-not-contact on the e-mail channel for reason UNSUBSCRIBED."""
+        lead_ids: set[int] = set()
+        start, table = 0, self.config.dnc_table
+        while True:
+            params = {"where[0][col]": "reason", "where[0][expr]": "eq", "where[0][val]": str(DNC_UNSUBSCRIBED),
+                      "where[1][col]": "channel", "where[1][expr]": "eq", "where[1][val]": NEWSLETTER_CHANNEL,
+                      "start": str(start), "limit": str(self.config.page_size)}
+            body = self._get(f"api/stats/{table}", params=params)
+            rows = _collection(body.get(table))
+            for row in rows:
+                lead_id = _int(_as_dict(row).get("lead_id"), default=None)
+                if lead_id is not None:
+                    lead_ids.add(lead_id)
+            start += len(rows)
+            if not rows or start >= _int(body.get("total"), default=0):
+                break
+        jobs = [partial(self._contact_email, lead_id) for lead_id in sorted(lead_ids)]
+        return sorted(set(in_parallel(jobs, max_workers=self.config.parallel_calls)))
+
+    def expired_trials(self, now: datetime) -> list[str]:
+        """E-mails of contacts whose `trial_field` lies before `now`; [] when no trial field is configured."""
+        field = self.config.trial_field
+        if field is None:
+            return []
+        emails: set[str] = set()
+        start = 0
+        while True:
+            params = {"where[0][col]": field, "where[0][expr]": "lt", "where[0][val]": _mautic_time(now),
+                      "start": str(start), "limit": str(self.config.page_size)}
+            body = self._get("api/contacts", params=params)
+            items = _collection(body.get("contacts"))
+            for contact in items:
+                values = _field_values(_as_dict(contact))
+                ends = _parse_time(values.get(field))
+                if ends is None or ends >= now:
+                    log.warning("mautic.trial_filter_mismatch_dropped", system=self.name, contact_id=_int_id(contact))
+                    continue
+                emails.update(_usable_email(values.get("email")))
+            start += len(items)
+            if not items or start >= _int(body.get("total"), default=0):
+                return sorted(emails)
+
+    def is_unsubscribed(self, email: str) -> bool:
+        """Whether the person has contacts and every one is unsubscribed from e-mail."""
+        contacts = self._contacts(Identities([Identity(IdentityType.EMAIL, email)]))
+        return bool(contacts) and all(
+            any(_as_dict(d).get("channel") == NEWSLETTER_CHANNEL
+                and _int(_as_dict(d).get("reason"), default=None) == DNC_UNSUBSCRIBED
+                for d in _collection(c.get("doNotContact"))) for c in contacts.values())
+
+    def trial_ended(self, email: str, now: datetime) -> bool:
+        """Whether the person has contacts and every one has a trial end before `now`."""
+        field = self.config.trial_field
+        contacts = self._contacts(Identities([Identity(IdentityType.EMAIL, email)]))
+        if field is None or not contacts:
+            return False
+        ends = [_parse_time(_field_values(c).get(field)) for c in contacts.values()]
+        return all(end is not None and end < now for end in ends)
+
+    def _contact_email(self, contact_id: int) -> list[str]:
+        try:
+            body = self._get(f"api/contacts/{contact_id}")
+        except NotFound:  # deleted since the DNC row was read
+            return []
+        return _usable_email(_field_values(_as_dict(body.get("contact"))).get("email"))
+
     def check(self) -> Health:
         health = Health(system=self.name, ok=False)
         try:
@@ -523,6 +629,30 @@ class MauticConnector(Connector):
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _mautic_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    """A Mautic date/datetime field value ('Y-m-d H:i:s', 'Y-m-d' or ISO 8601; no zone: UTC), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _usable_email(value: Any) -> list[str]:
+    if not isinstance(value, str) or not value.strip():
+        return []
+    try:
+        return [normalise_email(value)]
+    except InvalidEmail:
+        return []
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -111,6 +111,9 @@ class Request(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None]
     plan: Mapped[list[Any] | None]
+    # The systems this request acts in (sorted names); NULL: every enabled system. Retention rules that
+    # belong to one system (newsletter, trial, a legal hold) must not erase the person everywhere.
+    systems: Mapped[list[Any] | None]
     bundle_path: Mapped[str | None] = mapped_column(sa.String(1024))  # a local path or s3://bucket/key
     bundle_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     bundle_size: Mapped[int | None] = mapped_column(sa.BigInteger)

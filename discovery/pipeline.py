@@ -7,6 +7,7 @@ workers/ are thin wrappers, and tests call these directly. Steps hand work on th
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connectors.base import (
+    Connector,
     ConnectorError,
     Identities,
     Identity,
@@ -46,7 +48,7 @@ from discovery.ledger import (
     Task,
     TaskStatus,
 )
-from discovery.planner import PlanStep, SystemView, plan, tasks_of
+from discovery.planner import OUT_OF_SCOPE, PlanStep, SystemView, plan, tasks_of
 from discovery.runtime import Runtime
 from discovery.staging import safe_name
 
@@ -90,11 +92,12 @@ class Submitted:
 
 def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: str | None = None,
            actor: str = "cli", *, source: str = "cli", requester_email: str | None = None,
-           callback_url: str | None = None) -> Submitted:
-    """Create a request, or return the open one for the same subject and type (or the same webhook ticket).
+           callback_url: str | None = None, systems: list[str] | None = None) -> Submitted:
+    """Create a request, or return the open one for the same subject, type and scope (or the same webhook ticket).
 
-    When the requester is not the subject (a ticket from another address), the request waits in
-    `awaiting_verification` until an operator confirms the identity (`verify_request`).
+    `systems` limits the request to those systems (None: every enabled system). When the requester
+    is not the subject (a ticket from another address), the request waits in `awaiting_verification`
+    until an operator confirms the identity (`verify_request`).
     """
     try:
         rtype = RequestType(request_type)
@@ -102,15 +105,17 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
         raise InvalidInput(f"unknown request type '{request_type}' "
                            f"(one of: {', '.join(t.value for t in RequestType)})") from None
     subject = normalise_email(email)
+    scope = check_scope(rt, systems)
     requester = normalise_email(requester_email) if requester_email else None
     needs_verification = requester is not None and requester != subject
     subject_hash = rt.subject_hash(subject)
-    open_key = f"{rtype.value}:{subject_hash}"
+    key = open_key(rtype, subject_hash, scope)
     now = _now(rt)
     request = new_request(
         rt, rtype, subject, subject_hash, now, ticket=ticket, source=source,
         requester=requester if needs_verification else None, callback_url=callback_url,
         status=RequestStatus.AWAITING_VERIFICATION if needs_verification else RequestStatus.RECEIVED,
+        systems=scope,
     )
     try:
         with rt.sessions.begin() as s:
@@ -119,17 +124,17 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
             s.add(SubjectIdentity(request_id=request.id, type=IdentityType.EMAIL.value, value=subject,
                                   source="request", round=0))
             audit(s, "request.received", actor, request, type=rtype.value, ticket=ticket, source=source,
-                  needs_verification=needs_verification)
+                  needs_verification=needs_verification, systems=scope)
     except IntegrityError:
         with rt.sessions() as s:
             existing = s.scalars(sa.select(Request).where(sa.or_(
-                Request.open_key == open_key,
+                Request.open_key == key,
                 sa.and_(Request.source == source, Request.ticket_ref == ticket, Request.type == rtype.value,
                         Request.ticket_ref.is_not(None), Request.source.in_(["ticket", "freshdesk"]))),
             )).first()
         if existing is None:  # closed between our insert and this read: try once more
             return submit(rt, wake, request_type, email, ticket, actor, source=source,
-                          requester_email=requester_email, callback_url=callback_url)
+                          requester_email=requester_email, callback_url=callback_url, systems=scope)
         log.info("request.duplicate", request_id=existing.id)
         return Submitted(existing, created=False)
     log.info("request.received", request_id=request.id, type=rtype.value, needs_verification=needs_verification)
@@ -140,14 +145,42 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
 
 def new_request(rt: Runtime, rtype: RequestType, subject: str, subject_hash: str, now: datetime, *,
                 ticket: str | None = None, source: str = "cli", requester: str | None = None,
-                callback_url: str | None = None, status: RequestStatus = RequestStatus.RECEIVED) -> Request:
-    """A new, open request row (not yet added to a session): one place that knows how one is made."""
+                callback_url: str | None = None, status: RequestStatus = RequestStatus.RECEIVED,
+                systems: list[str] | None = None) -> Request:
+    """A new, open request row (not yet added to a session): one place that knows how one is made.
+
+    `systems`: the request's scope, already checked (`check_scope`); None: every enabled system.
+    """
+    scope = sorted(set(systems)) if systems is not None else None
     return Request(
         id=str(uuid.uuid4()), type=rtype.value, subject_email=subject, subject_hash=subject_hash,
         ticket_ref=ticket, source=source, requester_email=requester, callback_url=callback_url, status=status,
-        open_key=f"{rtype.value}:{subject_hash}", received_at=now, updated_at=now,
-        due_at=now + timedelta(days=rt.settings.requests.due_days),
+        open_key=open_key(rtype, subject_hash, scope), received_at=now, updated_at=now,
+        due_at=now + timedelta(days=rt.settings.requests.due_days), systems=scope,
     )
+
+
+def open_key(rtype: RequestType, subject_hash: str, systems: list[str] | None = None) -> str:
+    """The unique key of an open request: one per subject, type and scope (a scope adds a short digest)."""
+    key = f"{rtype.value}:{subject_hash}"
+    if systems is None:
+        return key
+    return f"{key}:{hashlib.sha256(','.join(sorted(set(systems))).encode()).hexdigest()[:8]}"
+
+
+def check_scope(rt: Runtime, systems: list[str] | None) -> list[str] | None:
+    """A request's systems, sorted and checked against the enabled systems of the data map (None: all)."""
+    if systems is None:
+        return None
+    names = sorted({str(n).strip() for n in systems})
+    if not names or "" in names:
+        raise InvalidInput("a request limited to some systems must name at least one system (and no empty name)")
+    enabled = {s.name for s in rt.data_map.enabled()}
+    unknown = [n for n in names if n not in enabled]
+    if unknown:
+        raise InvalidInput(f"unknown or disabled system(s): {', '.join(unknown)} "
+                           f"(enabled: {', '.join(sorted(enabled))})")
+    return names
 
 
 def verify_request(rt: Runtime, wake: Wakeups, request_id: str, actor: str, note: str) -> Request:
@@ -174,22 +207,33 @@ def known_identities(s: Session, request_id: str) -> Identities:
     return Identities(Identity(IdentityType(r.type), r.value, r.source) for r in rows)
 
 
-def system_views(rt: Runtime, found: Discovery) -> list[SystemView]:
+def system_views(rt: Runtime, found: Discovery, systems: list[str] | None = None) -> list[SystemView]:
+    """What the planner sees of each enabled system; those outside `systems` (when given) are out of scope."""
     views = []
     for name, conn in rt.connectors().items():
+        if systems is not None and name not in systems:
+            views.append(SystemView(name, False, {}, in_scope=False))
+            continue
         hits = found.hits.get(name)
         state = None if name in found.errors else bool(hits and hits.found)
         views.append(SystemView(name, state, conn.policies(), found.errors.get(name)))
     return views
 
 
-def dry_run(rt: Runtime, request_type: str, email: str) -> tuple[Discovery, list[PlanStep]]:
+def scoped_connectors(rt: Runtime, systems: list[str] | None) -> dict[str, Connector]:
+    """The enabled connectors a request may ask (a scoped request asks only its systems)."""
+    return {name: conn for name, conn in rt.connectors().items() if systems is None or name in systems}
+
+
+def dry_run(rt: Runtime, request_type: str, email: str,
+            systems: list[str] | None = None) -> tuple[Discovery, list[PlanStep]]:
     """Discover and plan without writing anything anywhere."""
     rtype = RequestType(request_type)
     subject = normalise_email(email)
+    scope = check_scope(rt, systems)
     seed = Identities([Identity(IdentityType.EMAIL, subject, "request")])
-    found = discover(rt.connectors(), seed, rt.settings.worker.discovery_max_rounds)
-    return found, plan(rtype, system_views(rt, found))
+    found = discover(scoped_connectors(rt, scope), seed, rt.settings.worker.discovery_max_rounds)
+    return found, plan(rtype, system_views(rt, found, scope))
 
 
 def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
@@ -205,13 +249,15 @@ def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
             pending, status = [], None
         seed = known_identities(s, request_id)
         rtype = RequestType(req.type)
+        scope = list(req.systems) if req.systems is not None else None
     if status is not None:  # already planned: a redelivered message only re-wakes pending tasks
         for task_id in pending:
             wake.execute(task_id)
         return
 
-    found = discover(rt.connectors(), seed, rt.settings.worker.discovery_max_rounds)
-    steps = plan(rtype, system_views(rt, found))
+    asked = scoped_connectors(rt, scope)
+    found = discover(asked, seed, rt.settings.worker.discovery_max_rounds)
+    steps = plan(rtype, system_views(rt, found, scope))
     wanted = tasks_of(steps)
 
     with rt.sessions.begin() as s:
@@ -225,7 +271,7 @@ def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
                 s.add(SubjectIdentity(request_id=request_id, type=ident.type.value, value=ident.value,
                                       source=ident.source, round=found.learned_in_round.get((ident.type, ident.value),
                                                                                             0)))
-        for name in rt.connectors():
+        for name in asked:
             hits = found.hits.get(name)
             s.add(SystemHit(request_id=request_id, system=name, found=bool(hits and hits.found),
                             counts=dict(hits.counts) if hits else {}, error=found.errors.get(name)))
@@ -401,6 +447,7 @@ def merge_request(rt: Runtime, request_id: str,
         hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}
         tasks = list(req.tasks)
         request_type = req.type
+        scope = list(req.systems) if req.systems is not None else None
         header = {
             "format": BUNDLE_FORMAT,
             "request": {"id": req.id, "type": req.type, "ticket": req.ticket_ref,
@@ -421,6 +468,10 @@ def merge_request(rt: Runtime, request_id: str,
         for system, hit in sorted(hits.items()):
             if not hit.found and not hit.error and not any(t.system == system for t in tasks):
                 parts.append(SystemPart(system, "skipped", reason="the person was not found in this system"))
+        if scope is not None:
+            enabled = {system.name for system in rt.data_map.enabled()}
+            for system in sorted(enabled - set(scope) - set(hits)):
+                parts.append(SystemPart(system, "skipped", reason=OUT_OF_SCOPE))
         for t in tasks:
             staged = t.result if t.action == "export" and t.status == TaskStatus.DONE else None
             receipt = t.result if t.action != "export" and t.result else None

@@ -13,6 +13,8 @@ from typing import Any
 from connectors.base import EntityPolicy
 from discovery.ledger import RequestType
 
+OUT_OF_SCOPE = "outside this request's scope"
+
 
 @dataclass(frozen=True)
 class PlanStep:
@@ -28,18 +30,25 @@ class PlanStep:
 
 @dataclass(frozen=True)
 class SystemView:
-    """What the planner needs of one system: found or not (None: unknown, locate failed), and policies."""
+    """What the planner needs of one system: found or not (None: unknown, locate failed), and policies.
+
+    `in_scope` False: the request is limited to other systems; this one is neither asked nor acted on.
+    """
 
     name: str
     found: bool | None
     policies: dict[str, EntityPolicy]
     locate_error: str | None = None
+    in_scope: bool = True
 
 
 def plan(request_type: RequestType | str, systems: list[SystemView]) -> list[PlanStep]:
     rtype = RequestType(request_type)
     steps: list[PlanStep] = []
     for system in systems:
+        if not system.in_scope:
+            steps.append(PlanStep(system.name, "*", "skip", OUT_OF_SCOPE, None))
+            continue
         if system.found is False:
             steps.append(PlanStep(system.name, "*", "skip", "the person was not found in this system", None))
             continue

@@ -1,10 +1,15 @@
 """Promises kept later: erasures scheduled for a future date, claimed when due and turned into requests.
 
-Three kinds of `scheduled_actions` rows:
+Kinds of `scheduled_actions` rows:
 - `erasure`: an account was deleted; erased after the grace period unless restored (cancelled);
 - `inactivity_erasure`: an account inactive too long; the person was told (discovery.inactivity),
   and it is erased after the notice period unless they became active again;
-- `hold_end_erasure`: an erasure kept records under a legal hold; when the hold ends they go.
+- `hold_end_erasure`: an erasure kept records under a legal hold; when the hold ends they go
+  (only in the systems that held them);
+- `newsletter_erasure` / `trial_erasure` (discovery.marketing): the person unsubscribed, or their
+  trial ended; erased in the marketing system only, unless that no longer holds when due.
+
+An action's `details["systems"]` limits the request it becomes to those systems (None: all).
 
 Long waits live in the ledger, never in broker delays. A scheduler claims a batch of due rows
 with `SELECT ... FOR UPDATE SKIP LOCKED` (PostgreSQL; SQLite serialises writers with BEGIN
@@ -43,7 +48,9 @@ log = structlog.get_logger(__name__)
 KIND_ERASURE = "erasure"  # account deleted: erased after the grace period
 KIND_INACTIVITY = "inactivity_erasure"
 KIND_HOLD_END = "hold_end_erasure"
-KINDS = (KIND_ERASURE, KIND_INACTIVITY, KIND_HOLD_END)
+KIND_NEWSLETTER = "newsletter_erasure"  # unsubscribed: newsletter data is kept only while subscribed
+KIND_TRIAL = "trial_erasure"  # trial data is kept until the trial ends
+KINDS = (KIND_ERASURE, KIND_INACTIVITY, KIND_HOLD_END, KIND_NEWSLETTER, KIND_TRIAL)
 
 SCHEDULED, DONE, CANCELLED, FAILED = "scheduled", "done", "cancelled", "failed"
 OPEN = (SCHEDULED,)  # claimed and run in one transaction: no lasting "claimed" state
@@ -233,17 +240,18 @@ def _run_batch(rt: Runtime, worker: str, batch: int, only: int | None = None) ->
             action.claimed_at, action.claimed_by, action.attempts = now, worker, action.attempts + 1
         s.add(AuditEvent(event="schedule.claimed", actor=worker, at=now, details={"ids": [a.id for a in actions]}))
         s.flush()
-        # The subject's erasure may be open already (asked for, or an earlier action): join it, as intake would.
-        keys = {f"{RequestType.ERASURE.value}:{a.subject_hash}" for a in actions}
+        # The subject's erasure of the same scope may be open already (asked for, or an earlier action): join it,
+        # as intake would.
+        keys = {_open_key(a) for a in actions}
         open_requests = dict(s.execute(sa.select(Request.open_key, Request.id).where(Request.open_key.in_(keys))).all())
         for action in actions:
-            if action.kind == KIND_INACTIVITY and _active_again(rt, action):
-                _close(action, CANCELLED, now, {"cancel_reason": "the person was active again after the notice",
-                                                "cancelled_by": "scheduler"})
-                _audit(s, "schedule.cancelled", worker, action, reason="active again after the notice")
+            stale = _no_longer_applies(rt, action, now)
+            if stale is not None:
+                _close(action, CANCELLED, now, {"cancel_reason": stale, "cancelled_by": "scheduler"})
+                _audit(s, "schedule.cancelled", worker, action, reason=stale)
                 result.cancelled += 1
                 continue
-            key = f"{RequestType.ERASURE.value}:{action.subject_hash}"
+            key = _open_key(action)
             request_id = open_requests.get(key)
             if request_id is None:
                 request_id = open_requests[key] = _open_request(s, rt, action, now)
@@ -278,7 +286,7 @@ def _one_by_one(rt: Runtime, worker: str, batch: int) -> tuple[BatchResult, list
 def _open_request(s: Session, rt: Runtime, action: ScheduledAction, now: datetime) -> str:
     """An erasure request as pipeline.submit makes it (source "schedule", ticket "schedule:<id>")."""
     req = pipeline.new_request(rt, RequestType.ERASURE, action.subject_email, action.subject_hash, now,
-                               ticket=f"schedule:{action.id}", source="schedule")
+                               ticket=f"schedule:{action.id}", source="schedule", systems=_scope(action))
     s.add(req)
     s.add(SubjectIdentity(request_id=req.id, type=IdentityType.EMAIL.value, value=action.subject_email,
                           source="request", round=0))
@@ -293,6 +301,30 @@ def _open_request(s: Session, rt: Runtime, action: ScheduledAction, now: datetim
     pipeline.audit(s, "request.received", "scheduler", req, type=req.type, ticket=req.ticket_ref, source="schedule",
                    needs_verification=False, action_id=action.id)
     return req.id
+
+
+def _scope(action: ScheduledAction) -> list[str] | None:
+    systems = (action.details or {}).get("systems")
+    return sorted(set(systems)) if systems else None
+
+
+def _open_key(action: ScheduledAction) -> str:
+    return pipeline.open_key(RequestType.ERASURE, action.subject_hash, _scope(action))
+
+
+def _no_longer_applies(rt: Runtime, action: ScheduledAction, now: datetime) -> str | None:
+    """Why a due action should not run any more (it is then cancelled), or None."""
+    if action.kind == KIND_INACTIVITY and _active_again(rt, action):
+        return "the person was active again after the notice"
+    system = (action.details or {}).get("system")
+    if not system or action.kind not in (KIND_NEWSLETTER, KIND_TRIAL):
+        return None
+    conn: Any = rt.connector(system)  # a MauticConnector (discovery.marketing schedules these)
+    if action.kind == KIND_NEWSLETTER and not conn.is_unsubscribed(action.subject_email):
+        return f"no longer unsubscribed in {system} (subscribed again, or no contact left)"
+    if action.kind == KIND_TRIAL and not conn.trial_ended(action.subject_email, now):
+        return f"the trial in {system} has not ended (extended, or no contact left)"
+    return None
 
 
 def _active_again(rt: Runtime, action: ScheduledAction) -> bool:
@@ -378,5 +410,8 @@ def record_hold_ends(rt: Runtime, request_id: str) -> None:
         due = datetime.combine(day + timedelta(days=1), time(0), UTC)
         reason = "; ".join(f"{h['system']}.{h['entity']}: {h['records']} kept until {h['until'][:10]} for "
                            f"{h['reason']}" for h in holds)
+        # Only the holding systems: someone who signed up again meanwhile keeps their new data elsewhere.
         schedule(rt, KIND_HOLD_END, email, due, f"legal hold ends: {reason}"[:2000], "hold-end",
-                 source_request_id=request_id, details={"holds": holds, "identities": identities})
+                 source_request_id=request_id,
+                 details={"holds": holds, "identities": identities,
+                          "systems": sorted({h["system"] for h in holds})})

@@ -6,7 +6,9 @@ expire), the contact list with `where[...]` filters (MySQL-like case-insensitive
 prefix `search=email:` command, offset paging (`start`/`limit`, `total` as a string, contacts
 keyed by id, `[]` when empty), the page-based activity timeline, notes, segments (root key
 `lists`), campaigns, companies, devices, hard delete with the residue Mautic leaves (e-mail
-stats, page hits and form submissions survive with lead_id NULL), and do-not-contact add/remove.
+stats, page hits and form submissions survive with lead_id NULL), do-not-contact add/remove, a
+custom date field (`trial_ends_at`, compared with `lt`/`gt`/... as MySQL compares the stored
+'Y-m-d H:i:s' text) and the raw stats table `lead_donotcontact` (`GET /api/stats/{table}`).
 Errors use Mautic's envelope `{"errors":[{"code","message","details","type"}]}`.
 """
 
@@ -31,7 +33,16 @@ from sandbox.people import DECOY_EMAIL, JANE, JOHN, OLA, Person
 VERSION = "5.1.0"
 DEFAULT_PAGELIMIT = 30  # Mautic default_pagelimit
 FIELD_ALIASES = ("firstname", "lastname", "email", "phone", "mobile", "company", "city", "country")
+CUSTOM_FIELDS = ("trial_ends_at",)  # a custom datetime field ('Y-m-d H:i:s'), group professional
+DNC_COLUMNS = ("id", "lead_id", "date_added", "reason", "channel", "channel_id", "comments")
+# Marketing retention (seed_demo): unsubscribed from the newsletter; trial ended; trial running (and a
+# manual do-not-contact, which is no unsubscribe). None of them is anyone else in sandbox.people.
+UNSUBSCRIBED_EMAIL = "kari.hansen@example.net"
+TRIAL_ENDED_EMAIL = "per.olsen@example.org"
+TRIAL_ACTIVE_EMAIL = "liv.berg@example.org"
 WHERE_KEY = re.compile(r"^where\[(\d+)\]\[(col|expr|val)\]$")
+COMPARE: dict[str, Callable[[str, str], bool]] = {
+    "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b, "gt": lambda a, b: a > b, "gte": lambda a, b: a >= b}
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -97,6 +108,7 @@ class MauticSim:
             Rule("/api/contacts/<int:cid>/delete", endpoint="delete_contact", methods=["DELETE"]),
             Rule("/api/contacts/<int:cid>/dnc/<channel>/add", endpoint="dnc_add", methods=["POST"]),
             Rule("/api/contacts/<int:cid>/dnc/<channel>/remove", endpoint="dnc_remove", methods=["POST"]),
+            Rule("/api/stats/<table>", endpoint="stats", methods=["GET"]),
         ])
 
     # -- test/demo helpers -----------------------------------------------------------------
@@ -111,6 +123,7 @@ class MauticSim:
             "client_secret_env": "DSAR_MAUTIC_CLIENT_SECRET",
             "rate_per_second": 50,
             "timeout_s": 10,
+            "trial_field": "trial_ends_at",
         }
 
     def env(self) -> dict[str, str]:
@@ -156,6 +169,25 @@ class MauticSim:
             for cid, os_name in ((jane_a, "Android"), (jane_b, "Windows"), (john, "iOS")):
                 self._add(self.devices, "device", {"lead_id": cid, "device": "desktop", "deviceOsName": os_name,
                                                    "deviceBrand": "", "deviceModel": "", "dateAdded": _ts(2)})
+            # Added last, so everyone else keeps their contact id.
+            kari = self._seed_contact(UNSUBSCRIBED_EMAIL, "Kari", "Hansen", None, day=12)
+            self._add_dnc(kari, "email", 1, "unsubscribed via the newsletter footer")
+            self._seed_contact(TRIAL_ENDED_EMAIL, "Per", "Olsen", None, day=13, trial_ends_at="2024-04-01 00:00:00")
+            liv = self._seed_contact(TRIAL_ACTIVE_EMAIL, "Liv", "Berg", None, day=14,
+                                     trial_ends_at="2099-01-01 00:00:00")
+            self._add_dnc(liv, "email", 3, "asked for no e-mails")
+
+    def add_contact(self, email: str, first: str, last: str, **fields: Any) -> int:
+        """A new contact (e.g. someone signing up again), with any other field values; its id."""
+        with self._lock:
+            cid = self._seed_contact(email, first, last, None, day=20)
+            self.contacts[cid]["fields"].update(fields)
+            return cid
+
+    def resubscribe(self, contact_id: int) -> None:
+        """The person subscribed again: their e-mail do-not-contact entries go."""
+        with self._lock:
+            self.dnc = [d for d in self.dnc if not (d["lead_id"] == contact_id and d["channel"] == "email")]
 
     def holdings(self, email: str) -> dict[str, int]:
         """What the sim still holds about whoever uses exactly this e-mail, per kind."""
@@ -197,9 +229,15 @@ class MauticSim:
         self._ids[kind] = self._ids.get(kind, 0) + 1
         return self._ids[kind]
 
-    def _seed_contact(self, email: str, first: str, last: str, phone: str | None, day: int) -> int:
-        fields = dict.fromkeys(FIELD_ALIASES)
-        fields.update({"firstname": first, "lastname": last, "email": email, "phone": phone, "city": "Oslo"})
+    def _add_dnc(self, cid: int, channel: str, reason: int, comments: str) -> None:
+        self.dnc.append({"id": self._next("dnc"), "lead_id": cid, "channel": channel, "channelId": None,
+                         "reason": reason, "comments": comments, "dateAdded": _ts(21)})
+
+    def _seed_contact(self, email: str, first: str, last: str, phone: str | None, day: int,
+                      trial_ends_at: str | None = None) -> int:
+        fields = dict.fromkeys((*FIELD_ALIASES, *CUSTOM_FIELDS))
+        fields.update({"firstname": first, "lastname": last, "email": email, "phone": phone, "city": "Oslo",
+                       "trial_ends_at": trial_ends_at})
         return self._add(self.contacts, "contact", {
             "fields": fields, "dateAdded": _ts(day), "dateModified": _ts(day, 10), "lastActive": _ts(day, 11),
             "points": 10, "ip": f"203.0.113.{day}", "tags": ["newsletter"],
@@ -365,12 +403,17 @@ class MauticSim:
         rows = list(self.contacts.items())
         for clause in where.values():
             col, expr, val = clause.get("col", ""), clause.get("expr", ""), clause.get("val", "")
-            if col not in ("id", *FIELD_ALIASES):
+            if col not in ("id", *FIELD_ALIASES, *CUSTOM_FIELDS):
                 return _error(400, f"Invalid column {col!r}.")
-            if expr not in ("eq", "neq", "like"):
+            if expr not in ("eq", "neq", "like", *COMPARE, "isNull", "isNotNull"):
                 return _error(400, f"Unsupported expression {expr!r}.")
             get = (lambda cid, c, col=col: cid if col == "id" else c["fields"][col])  # noqa: E731
-            if expr == "eq":
+            if expr in COMPARE:  # SQL: NULL never compares true
+                rows = [(cid, c) for cid, c in rows
+                        if get(cid, c) is not None and COMPARE[expr](_norm(get(cid, c)), _norm(val))]
+            elif expr in ("isNull", "isNotNull"):
+                rows = [(cid, c) for cid, c in rows if (get(cid, c) is None) == (expr == "isNull")]
+            elif expr == "eq":
                 rows = [(cid, c) for cid, c in rows if _norm(get(cid, c)) == _norm(val)]
             elif expr == "neq":
                 rows = [(cid, c) for cid, c in rows if _norm(get(cid, c)) != _norm(val)]
@@ -504,12 +547,36 @@ class MauticSim:
                              "reason": reason, "comments": comments, "dateAdded": _ts(20)})
         return _json({"contact": self._contact_view(cid)})
 
+    def _stats(self, request: Request, table: str) -> Response:
+        """GET /api/stats/{table}: raw rows; only lead_donotcontact is modelled (eq filters, offset paging)."""
+        if table != "lead_donotcontact":
+            return _error(400, f"The table {table!r} is not available.")
+        rows = [{"id": d["id"], "lead_id": d["lead_id"], "date_added": d["dateAdded"], "reason": d["reason"],
+                 "channel": d["channel"], "channel_id": d["channelId"], "comments": d["comments"]}
+                for d in sorted(self.dnc, key=lambda d: d["id"])]
+        for clause in _stats_where(request).values():
+            col, expr, val = clause.get("col", ""), clause.get("expr", ""), clause.get("val", "")
+            if col not in DNC_COLUMNS or expr != "eq":
+                return _error(400, f"Invalid where clause on {col!r}.")
+            rows = [r for r in rows if _norm(r[col]) == _norm(val)]
+        start, limit = _offset(request)
+        return _json({"total": len(rows), table: rows[start:start + limit]})
+
     def _dnc_remove(self, request: Request, cid: int, channel: str) -> Response:
         if cid not in self.contacts:
             return _error(404, "Item was not found.")
         before = len(self.dnc)
         self.dnc = [d for d in self.dnc if not (d["lead_id"] == cid and d["channel"] == channel)]
         return _json({"recordFound": len(self.dnc) < before, "contact": self._contact_view(cid)})
+
+
+def _stats_where(request: Request) -> dict[int, dict[str, str]]:
+    where: dict[int, dict[str, str]] = {}
+    for key, value in request.args.items():
+        m = WHERE_KEY.match(key)
+        if m:
+            where.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    return where
 
 
 def _int_arg(request: Request, name: str, default: int) -> int:

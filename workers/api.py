@@ -87,6 +87,9 @@ class SubmitBody(_Body):
     email: Annotated[str, Email, NoNul]
     ticket: Annotated[str | None, Field(max_length=128), NoNul] = None
     callback_url: Annotated[str | None, Field(max_length=1024, pattern=r"^https?://[^\x00]+$")] = None
+    systems: list[Annotated[str, Field(min_length=1, max_length=64), NoNul]] | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="only these systems (names from the data map); omitted: every enabled system")
 
 
 class Submitted(BaseModel):
@@ -465,7 +468,7 @@ def _submitted(result: pipeline.Submitted) -> JSONResponse:
 def submit(body: SubmitBody, rt: RT, wake: Wake, who: Submit) -> JSONResponse:
     """Submit a request: 202 with its id (200 with the existing id when one is open already)."""
     return _submitted(pipeline.submit(rt, wake, body.type.value, body.email, body.ticket, actor=f"api:{who.name}",
-                                      source="api", callback_url=body.callback_url))
+                                      source="api", callback_url=body.callback_url, systems=body.systems))
 
 
 @router.get("/v1/requests", response_model=RequestList, tags=["requests"], responses=_ERRORS)

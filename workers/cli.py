@@ -115,20 +115,23 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
 @click.option("--wait/--no-wait", default=False, help="Wait for the result, showing progress.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait with --wait.")
 @click.option("--dry-run", is_flag=True, help="Locate and plan only: show what would be done, change nothing.")
+@click.option("--system", "systems", multiple=True, metavar="NAME",
+              help="Only in this system (repeatable); default: every enabled system.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str | None, wait: bool, timeout: float,
-                dry_run: bool, as_json: bool) -> None:
+                dry_run: bool, systems: tuple[str, ...], as_json: bool) -> None:
     """Submit an access, portability, erasure, restriction or lift-restriction request."""
     rtype = request_type.replace("-", "_")
+    scope = list(systems) or None
     with errors_to_exit():
         from connectors.emails import normalise_email
 
         normalise_email(email)  # refuse bad input before touching any service
         rt = runtime(ctx)
         if dry_run:
-            found, steps = pipeline.dry_run(rt, rtype, email)
-            data = {"dry_run": True, "type": rtype, "rounds": found.rounds,
+            found, steps = pipeline.dry_run(rt, rtype, email, scope)
+            data = {"dry_run": True, "type": rtype, "systems": scope, "rounds": found.rounds,
                     "identifiers": [i.to_dict() for i in found.identities],
                     "locate_errors": found.errors, "plan": [s.to_dict() for s in steps]}
             emit(data, as_json, lambda: _print_plan(data))
@@ -137,7 +140,7 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
         from workers.actors import WAKE
 
         with in_process_worker_if_embedded(app.is_embedded()):
-            submitted = pipeline.submit(rt, WAKE, rtype, email, ticket, actor="cli")
+            submitted = pipeline.submit(rt, WAKE, rtype, email, ticket, actor="cli", systems=scope)
             req = submitted.request
             if not as_json:
                 click.echo(("Submitted" if submitted.created else "Already open (same person and type)")
@@ -232,7 +235,7 @@ def status_data(rt: Runtime, request_id: str) -> dict[str, Any]:
     req, tasks = _load(rt, request_id)
     now = rt.clock()
     return {
-        "id": req.id, "type": req.type, "status": req.status, "ticket": req.ticket_ref,
+        "id": req.id, "type": req.type, "status": req.status, "ticket": req.ticket_ref, "systems": req.systems,
         "received_at": req.received_at.isoformat(), "due_at": req.due_at.isoformat(),
         "days_left": (req.due_at - now).days if req.status in OPEN_STATUSES else None,
         "completed_at": req.completed_at.isoformat() if req.completed_at else None,
@@ -254,7 +257,8 @@ def _records(t: Task) -> int | None:
 
 def _print_status(data: dict[str, Any]) -> None:
     click.echo(f"Request {data['id']}  {data['type']}  status: {data['status']}"
-               + (f"  ticket: {data['ticket']}" if data["ticket"] else ""))
+               + (f"  ticket: {data['ticket']}" if data["ticket"] else "")
+               + (f"  only: {', '.join(data['systems'])}" if data.get("systems") else ""))
     due = datetime.fromisoformat(data["due_at"])
     left = f"  ({data['days_left']} days left)" if data["days_left"] is not None else ""
     click.echo(f"Received {data['received_at'][:16].replace('T', ' ')} UTC, due {due:%Y-%m-%d}{left}")

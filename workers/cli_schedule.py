@@ -5,6 +5,7 @@
     dsar schedule list [--all] [--email E]        what is scheduled
     dsar schedule cancel ID --reason R           e.g. the account was restored (audited)
     dsar sweep-inactive                          notify inactive accounts and schedule their erasure
+    dsar sweep-marketing                         schedule Mautic-only erasures: unsubscribed, trial ended
 
 The clock: these commands read `DSAR_NOW` (an ISO 8601 time, e.g. 2031-06-02T00:00:00Z) for tests
 and drills: the process then starts at that time and its clock runs on from there, so a scheduler
@@ -24,7 +25,7 @@ from typing import Any
 
 import click
 
-from discovery import inactivity, scheduler
+from discovery import inactivity, marketing, scheduler
 from discovery.ledger import ScheduledAction
 from discovery.runtime import Runtime
 from discovery.settings import ConfigError, load_settings
@@ -226,3 +227,26 @@ def sweep_inactive_cmd(ctx: click.Context, as_json: bool) -> None:
         emit(data, as_json, human)
         if result.failed:
             sys.exit(EXIT_FAILED)
+
+
+@main.command("sweep-marketing")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sweep_marketing_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Schedule erasures in Mautic only: people who unsubscribed from the newsletter, and ended trials."""
+    with errors_to_exit():
+        result = marketing.sweep_marketing(schedule_runtime(ctx))
+        data = result.to_dict()
+
+        def human() -> None:
+            if not result.systems:
+                click.echo("No Mautic system is enabled in the data map.")
+                return
+            click.echo(f"Marketing retention in {', '.join(result.systems)} ({result.at:%Y-%m-%d %H:%M} UTC):")
+            click.echo(f"  unsubscribed from the newsletter: {result.unsubscribed}")
+            click.echo(f"  trial ended: {result.trials_ended}")
+            click.echo(f"  erasures scheduled now: {result.scheduled}; already scheduled: {result.already_scheduled}")
+            if result.scheduled:
+                click.echo("  (they run with `dsar scheduler`; see `dsar schedule list`)")
+
+        emit(data, as_json, human)

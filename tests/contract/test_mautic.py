@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -489,3 +490,96 @@ def test_bad_settings_name_the_key(ctx, change: dict[str, Any], named: str) -> N
         MauticConnector.from_settings("mautic", settings(**change), ctx)
     assert f"'{named}'" in str(err.value)
     assert "jane" not in str(err.value)
+
+
+# -- marketing retention (unsubscribed, ended trials) ---------------------------------------
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def dnc_rows(vendor: responses.RequestsMock, lead_ids: list[int | None], *, start: int = 0, total: int) -> None:
+    params = {"where[0][col]": "reason", "where[0][expr]": "eq", "where[0][val]": "1",
+              "where[1][col]": "channel", "where[1][expr]": "eq", "where[1][val]": "email",
+              "start": str(start), "limit": "2"}
+    rows = [{"id": 100 + n, "lead_id": lid, "date_added": "2025-12-01 10:00:00", "reason": 1, "channel": "email",
+             "channel_id": None, "comments": "User unsubscribed."} for n, lid in enumerate(lead_ids, start=start)]
+    vendor.get(f"{BASE}/api/stats/lead_donotcontact", json={"total": total, "lead_donotcontact": rows},
+               match=[matchers.query_param_matcher(params), auth()])
+
+
+def with_trial(c: dict[str, Any], ends: str | None) -> dict[str, Any]:
+    c["fields"]["all"]["trial_ends_at"] = ends
+    return c
+
+
+def with_dnc(c: dict[str, Any], *entries: tuple[int, str]) -> dict[str, Any]:
+    c["doNotContact"] = [{"id": n, "reason": reason, "comments": "", "channel": channel, "channelId": None}
+                         for n, (reason, channel) in enumerate(entries, start=1)]
+    return c
+
+
+def test_unsubscribed_contacts_pages_the_dnc_table_and_reads_each_contacts_email(vendor, ctx) -> None:
+    dnc_rows(vendor, [47, None], total=3)  # a row whose contact is gone (lead_id NULL) is skipped
+    dnc_rows(vendor, [99], start=2, total=3)
+    vendor.get(f"{BASE}/api/contacts/47", json={"contact": contact(47, " Kari.Hansen@Example.NET ")},
+               match=[matchers.query_param_matcher({}), auth()])
+    vendor.get(f"{BASE}/api/contacts/99", json=NOT_FOUND, status=404,  # deleted since: nobody to erase
+               match=[matchers.query_param_matcher({}), auth()])
+    assert connector(ctx).unsubscribed_contacts() == ["kari.hansen@example.net"]
+
+
+def test_unsubscribed_contacts_reads_another_dnc_table_when_configured(vendor, ctx) -> None:
+    vendor.get(f"{BASE}/api/stats/mautic_lead_donotcontact", json={"total": 0, "mautic_lead_donotcontact": []},
+               match=[matchers.query_param_matcher({
+                   "where[0][col]": "reason", "where[0][expr]": "eq", "where[0][val]": "1",
+                   "where[1][col]": "channel", "where[1][expr]": "eq", "where[1][val]": "email",
+                   "start": "0", "limit": "2"}), auth()])
+    assert connector(ctx, dnc_table="mautic_lead_donotcontact").unsubscribed_contacts() == []
+
+
+def test_expired_trials_filter_with_lt_now_and_drop_what_the_server_should_not_have_returned(vendor, ctx) -> None:
+    params = {"where[0][col]": "trial_ends_at", "where[0][expr]": "lt", "where[0][val]": "2026-01-02 03:04:05",
+              "start": "0", "limit": "2"}
+    found = [with_trial(contact(7, "per.olsen@example.org", "Per"), "2025-12-31 23:59:59"),
+             with_trial(contact(8, "liv.berg@example.org", "Liv"), "2099-01-01 00:00:00")]
+    vendor.get(f"{BASE}/api/contacts", json={"total": "2", "contacts": {str(c["id"]): c for c in found}},
+               match=[matchers.query_param_matcher(params), auth()])
+    conn = connector(ctx, trial_field="trial_ends_at")
+    assert conn.expired_trials(NOW) == ["per.olsen@example.org"]
+
+
+def test_expired_trials_without_a_trial_field_asks_nothing(vendor, ctx) -> None:
+    assert connector(ctx).expired_trials(NOW) == []  # strict mock: any call would fail the test
+
+
+@pytest.mark.parametrize(("entries", "expected"), [
+    ([[(1, "email")], [(1, "email"), (3, "sms")]], True),
+    ([[(1, "email")], [(3, "email")]], False),  # one contact is only manually blocked: still subscribed
+    ([[(1, "sms")], [(1, "email")]], False),
+])
+def test_is_unsubscribed_needs_every_contact_unsubscribed_from_email(vendor, ctx, entries, expected) -> None:
+    search(vendor, JANE, [with_dnc(contact(47, JANE), *entries[0]), with_dnc(contact(52, JANE), *entries[1])])
+    assert connector(ctx).is_unsubscribed(JANE) is expected
+
+
+def test_is_unsubscribed_is_false_without_a_contact(vendor, ctx) -> None:
+    search(vendor, JANE, [])
+    assert connector(ctx).is_unsubscribed(JANE) is False
+
+
+@pytest.mark.parametrize(("ends", "expected"), [
+    (["2025-12-31 23:59:59", "2025-06-01"], True),
+    (["2025-12-31T23:59:59+00:00", "2026-01-02T04:00:00+01:00"], True),  # 03:00 UTC
+    (["2025-12-31 23:59:59", "2026-02-01 00:00:00"], False),  # one trial was extended
+    (["2025-12-31 23:59:59", None], False),
+])
+def test_trial_ended_needs_every_contact_past_its_trial(vendor, ctx, ends, expected) -> None:
+    search(vendor, JANE, [with_trial(contact(47, JANE), ends[0]), with_trial(contact(52, JANE), ends[1])])
+    assert connector(ctx, trial_field="trial_ends_at").trial_ended(JANE, NOW) is expected
+
+
+@pytest.mark.parametrize(("key", "value"), [("trial_field", "Trial Ends"), ("dnc_table", "x;drop"),
+                                            ("newsletter_erasure_delay_days", -1)])
+def test_bad_marketing_settings_are_refused_naming_the_key(ctx, key, value) -> None:
+    with pytest.raises(PermanentError, match=key):
+        connector(ctx, **{key: value})

@@ -489,17 +489,26 @@ class SqlConnector(Connector):
         mapped = entity.columns()
         for col in sorted(set(columns) - mapped):
             health.warnings.append(f"entity {name}: column {entity.table}.{col} is not in the data map (not exported)")
-        if self.engine.dialect.name == "postgresql":
-            email_col = entity.identities.get(IdentityType.EMAIL)
-            if email_col:
-                indexed = any(
-                    email_col in (expr or "") and "lower" in (expr or "")
-                    for i in inspector.get_indexes(entity.table) for expr in i.get("expressions") or []
-                )
+        self._check_identity_indexes(inspector, name, entity, health)
+
+    def _check_identity_indexes(self, inspector: Any, name: str, entity: EntitySpec, health: Health) -> None:
+        """Every identity column is searched on every request: without an index each search scans the table."""
+        indexes = inspector.get_indexes(entity.table)
+        leading = {i["column_names"][0] for i in indexes if i.get("column_names") and i["column_names"][0]}
+        leading |= {entity.primary_key}
+        leading |= {c for u in inspector.get_unique_constraints(entity.table) for c in u["column_names"][:1]}
+        for type_, column in entity.identities.items():
+            if type_ == IdentityType.EMAIL:
+                if self.engine.dialect.name != "postgresql":
+                    continue  # SQLite does not report expression indexes
+                indexed = any(column in (expr or "") and "lower" in (expr or "")
+                              for i in indexes for expr in i.get("expressions") or [])
                 if not indexed:
                     health.warnings.append(
-                        f"entity {name}: no index on lower(trim({email_col})); locating will scan {entity.table}"
-                    )
+                        f"entity {name}: no index on lower(trim({column})); locating will scan {entity.table}")
+            elif column not in leading:
+                health.warnings.append(f"entity {name}: identity column {column} ({type_}) has no index; "
+                                       f"locating will scan {entity.table}")
 
 
 class _DbErrors:

@@ -41,7 +41,7 @@ customers = sa.Table(
     sa.Column("company", sa.String(200)),
     sa.Column("vat_number", sa.String(32)),
     sa.Column("country", sa.String(2)),
-    sa.Column("phone", sa.String(40)),
+    sa.Column("phone", sa.String(40), index=True),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("processing_restricted", sa.Boolean, nullable=False, default=False),
     sa.Index("ix_customers_email_norm", sa.func.lower(sa.func.trim(sa.text("email")))),

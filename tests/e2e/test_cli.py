@@ -155,3 +155,13 @@ def test_check_passes_on_a_good_setup(cli: dict[str, Any]) -> None:
     r = run_dsar(["check"], cli["env"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "accounts       ok" in r.stdout
+
+
+def test_check_warns_about_identity_columns_without_an_index(cli: dict[str, Any]) -> None:
+    with cli["accounts"].begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_users_phone"))
+    r = run_dsar(["check", "--json"], cli["env"])
+    assert r.returncode == 0  # a warning, not a failure
+    warnings = orjson.loads(r.stdout)["systems"]["accounts"]["warnings"]
+    assert "entity users: identity column phone (phone) has no index; locating will scan users" in warnings
+    assert not any("matomo_visitor_id" in w and "no index" in w for w in warnings)

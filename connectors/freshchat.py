@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -299,22 +299,30 @@ class FreshchatConnector(Connector):
             if isinstance(data, dict) and data.get("id") and str(data["id"]) not in users:
                 users[str(data["id"])] = _User(str(data["id"]), data, full)
 
+        # The look-ups are independent: run them at once, then take their hits in a fixed order.
+        jobs: list[Callable[[], Iterable[tuple[Any, bool]]]] = []
         for email in identities.of(IdentityType.EMAIL):
             for form in email_forms(email):
-                for candidate in self._search("email", form):
-                    if _same_email(candidate.get("email"), email):
-                        add(candidate, full=False)
+                jobs.append(partial(self._by_email, form, email))
         if self.reference_id_identity is not None:
             for ref in identities.of(self.reference_id_identity):
-                for candidate in self._search("reference_id", ref):
-                    # The search may not be exact; trust only a user whose reference_id is ours.
-                    if str(candidate.get("reference_id") or "") == ref:
-                        add(candidate, full=False)
+                jobs.append(partial(self._by_reference, ref))
         for uid in identities.of(IdentityType.FRESHCHAT_USER_ID):
-            data = self._get_or_none(f"users/{_seg(uid)}")
-            if isinstance(data, dict) and str(data.get("id") or "") == uid:
-                add(data, full=True)
+            jobs.append(partial(self._by_id, uid))
+        for data, full in in_parallel(jobs, max_workers=self.parallel_calls):
+            add(data, full)
         return users
+
+    def _by_email(self, form: str, email: str) -> list[tuple[Any, bool]]:
+        return [(c, False) for c in self._search("email", form) if _same_email(c.get("email"), email)]
+
+    def _by_reference(self, ref: str) -> list[tuple[Any, bool]]:
+        # The search may not be exact; trust only a user whose reference_id is ours.
+        return [(c, False) for c in self._search("reference_id", ref) if str(c.get("reference_id") or "") == ref]
+
+    def _by_id(self, uid: str) -> list[tuple[Any, bool]]:
+        data = self._get_or_none(f"users/{_seg(uid)}")
+        return [(data, True)] if isinstance(data, dict) and str(data.get("id") or "") == uid else []
 
     def _search(self, field: str, value: str) -> list[dict[str, Any]]:
         try:

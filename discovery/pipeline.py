@@ -92,7 +92,7 @@ class Submitted:
 
 def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: str | None = None,
            actor: str = "cli", *, source: str = "cli", requester_email: str | None = None,
-           callback_url: str | None = None, systems: list[str] | None = None) -> Submitted:
+           callback_url: str | None = None, systems: list[str] | None = None, _attempt: int = 1) -> Submitted:
     """Create a request, or return the open one for the same subject, type and scope (or the same webhook ticket).
 
     `systems` limits the request to those systems (None: every enabled system). When the requester
@@ -132,9 +132,12 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
                 sa.and_(Request.source == source, Request.ticket_ref == ticket, Request.type == rtype.value,
                         Request.ticket_ref.is_not(None), Request.source.in_(["ticket", "freshdesk"]))),
             )).first()
-        if existing is None:  # closed between our insert and this read: try once more
+        if existing is None:  # closed between our insert and this read: try again, a few times at most
+            if _attempt >= 3:
+                raise
             return submit(rt, wake, request_type, email, ticket, actor, source=source,
-                          requester_email=requester_email, callback_url=callback_url, systems=scope)
+                          requester_email=requester_email, callback_url=callback_url, systems=scope,
+                          _attempt=_attempt + 1)
         log.info("request.duplicate", request_id=existing.id)
         return Submitted(existing, created=False)
     log.info("request.received", request_id=request.id, type=rtype.value, needs_verification=needs_verification)

@@ -37,7 +37,6 @@ from discovery.bundle import BuiltBundle, SystemPart, build_bundle, bundle_view,
 from discovery.datamap import DataMapError
 from discovery.discover import Discovery, discover
 from discovery.ledger import (
-    OPEN_STATUSES,
     TERMINAL_TASK,
     AuditEvent,
     Request,
@@ -569,6 +568,3 @@ def sweep(rt: Runtime, wake: Wakeups, stale_after: timedelta | None = None) -> d
         log.info("sweep", **counts)
     return counts
 
-
-def is_open(status: str) -> bool:
-    return status in OPEN_STATUSES

@@ -35,7 +35,8 @@ def setup(settings: Settings, runtime: Runtime | None = None) -> Runtime:
         if _runtime is not None and runtime is not _runtime:
             _runtime.close()
         _runtime = runtime or Runtime(settings)
-        db.upgrade(_runtime.engine)
+        if not os_env_flag("DSAR_SCHEMA_UPGRADED"):  # `dsar worker` upgrades once before its processes start
+            db.upgrade(_runtime.engine)
         from discovery.report_back import report_back
 
         if report_back not in _runtime.completion_hooks:  # ticket notes and signed callbacks

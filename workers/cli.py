@@ -426,7 +426,8 @@ def worker_cmd(ctx: click.Context, processes: int | None, threads: int | None) -
             fail("`dsar worker` needs a Redis broker (broker.url = redis://...); the embedded stub:// broker "
                  "runs inside each command", EXIT_CONFIG)
         runtime(ctx)  # validates the data map and upgrades the ledger once, before workers fork
-        env = dict(os.environ, DSAR_SWEEPER="1", dramatiq_worker_timeout=str(settings.worker.poll_ms))
+        env = dict(os.environ, DSAR_SWEEPER="1", DSAR_SCHEMA_UPGRADED="1",
+                   dramatiq_worker_timeout=str(settings.worker.poll_ms))
         if ctx.obj.get("config"):
             env["DSAR_CONFIG"] = str(Path(ctx.obj["config"]).resolve())
         argv = [sys.executable, "-m", "dramatiq", "workers.actors", "--queues", "dsar",

@@ -263,8 +263,8 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
-        from discovery import pipeline
-        from discovery.settings import load_settings
+        from discovery.engine import pipeline
+        from discovery.engine.settings import load_settings
         from workers import app
 
         self.args = args
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                                  for t in ("users", "servers", "orders", "login_log")}
         result["accounts_db"]["identity_indexes"] = identity_indexes(c)
 
-    from discovery.settings import load_settings
+    from discovery.engine.settings import load_settings
 
     result["worker_poll_ms_effective"] = getattr(
         load_settings(env=dict(os.environ, **({"DSAR_WORKER_POLL_MS": str(args.worker_poll_ms)}

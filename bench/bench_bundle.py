@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_bundle.py                      # local store and S3 (SeaweedFS on :8333)
     .venv/bin/python bench/bench_bundle.py --records 100000 --stores local
 
-1. Stages the records the way an export task does (discovery.staging, one JSON-lines file).
+1. Stages the records the way an export task does (discovery.bundle.staging, one JSON-lines file).
 2. For each store, a fresh child process builds the bundle from staging and streams it into the
    store (local folder, or S3 multipart with AES256 through boto3): data/chat/messages.json plus
    the .csv beside it (the records are flat: the worst case, two compressed passes; --nested
@@ -66,7 +66,7 @@ def chat_history(n: int, seed: int = 7, nested: bool = False) -> Iterator[Record
 
 
 def stage(work: Path, records: int, nested: bool) -> dict[str, Any]:
-    from discovery.staging import Staging
+    from discovery.bundle.staging import Staging
 
     staging = Staging(work / "staging")
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ def stage(work: Path, records: int, nested: bool) -> dict[str, Any]:
 
 
 def settings_for(store: str, work: Path, bucket: str) -> tuple[Any, dict[str, str]]:
-    from discovery.settings import load_settings
+    from discovery.engine.settings import load_settings
 
     env = {"DSAR_SECRET_KEY": "bench-secret-key-0123456789", "DSAR_LEDGER_URL": f"sqlite:///{work / 'l.db'}",
            "DSAR_ARCHIVE_PATH": str(work / "archive"), "DSAR_ARCHIVE_STAGING_PATH": str(work / "staging"),
@@ -91,9 +91,9 @@ def settings_for(store: str, work: Path, bucket: str) -> tuple[Any, dict[str, st
 
 def child(store: str, work: Path, bucket: str) -> None:
     """Build and store the bundle; print timings and peak memory as JSON (run in a fresh process)."""
-    from discovery.archive import archive_store
-    from discovery.bundle import BundleView, SystemPart, build_bundle, staged_size
-    from discovery.staging import Staging
+    from discovery.bundle.archive import archive_store
+    from discovery.bundle.build import BundleView, SystemPart, build_bundle, staged_size
+    from discovery.bundle.staging import Staging
 
     staged = orjson.loads((work / "staged.json").read_bytes())
     settings, env = settings_for(store, work, bucket)
@@ -132,7 +132,7 @@ def zip_baseline(staged_file: Path, work: Path) -> dict[str, Any]:
 
 
 def verify_time(bundle: Path) -> dict[str, Any]:
-    from discovery.verify import verify_bundle
+    from discovery.bundle.verify import verify_bundle
 
     t0 = time.perf_counter()
     result = verify_bundle(bundle)

@@ -71,10 +71,10 @@ path = "datamap.yaml"
 
 
 def seed(ledger: str, n: int, offset: int) -> list[int]:
-    from discovery import db
-    from discovery.ledger import ScheduledAction
-    from discovery.runtime import Runtime
-    from discovery.settings import load_settings
+    from discovery.engine import db
+    from discovery.engine.ledger import ScheduledAction
+    from discovery.engine.runtime import Runtime
+    from discovery.engine.settings import load_settings
 
     env = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": "sqlite://"}
     rt = Runtime(load_settings(OUT / "scheduler" / "dsar.toml", env), env=env)

@@ -146,7 +146,7 @@ class Pipeline:
         """Settings and a fresh runtime for this sandbox's data map; returns the runtime."""
         import dramatiq
 
-        from discovery.settings import load_settings
+        from discovery.engine.settings import load_settings
         from workers import app
 
         config = write_config(work, ledger_url, broker_url, self.threads)
@@ -170,7 +170,7 @@ class Pipeline:
 
 
 def wait_all(rt: Any, ids: list[str], timeout: float = 600.0) -> dict[str, str]:
-    from discovery.ledger import OPEN_STATUSES, Request
+    from discovery.engine.ledger import OPEN_STATUSES, Request
 
     deadline = time.monotonic() + timeout
     while True:
@@ -185,7 +185,7 @@ def wait_all(rt: Any, ids: list[str], timeout: float = 600.0) -> dict[str, str]:
 
 def diagnose(rt: Any, ids: list[str]) -> str:
     """What the open requests and their tasks are doing, and what the broker still holds (for a stuck run)."""
-    from discovery.ledger import OPEN_STATUSES, Request, Task
+    from discovery.engine.ledger import OPEN_STATUSES, Request, Task
 
     lines = []
     with rt.sessions() as s:
@@ -205,7 +205,7 @@ def diagnose(rt: Any, ids: list[str]) -> str:
 
 def breakdown(rt: Any, request_id: str) -> dict[str, float]:
     """Seconds: discovery (received -> tasks created), each export task, merge (last task -> completed)."""
-    from discovery.ledger import Request, Task
+    from discovery.engine.ledger import Request, Task
 
     with rt.sessions() as s:
         req = s.get(Request, request_id)
@@ -227,7 +227,7 @@ def flush_redis(url: str) -> None:
 # -- the two parts ---------------------------------------------------------------------------
 
 def part_a(args: argparse.Namespace, ledger_url: str, pipe: Pipeline) -> dict[str, Any]:
-    from discovery import pipeline
+    from discovery.engine import pipeline
     from sandbox.people import JANE
 
     broker_url = args.redis_url if args.broker == "redis" else "stub://"
@@ -261,8 +261,8 @@ def part_a(args: argparse.Namespace, ledger_url: str, pipe: Pipeline) -> dict[st
 
 
 def part_b(args: argparse.Namespace, ledger_url: str, pipe: Pipeline) -> dict[str, Any]:
-    from discovery import pipeline
-    from discovery.ledger import Request, Task
+    from discovery.engine import pipeline
+    from discovery.engine.ledger import Request, Task
 
     people = (list(PEOPLE) + bench_people(max(0, args.requests - len(PEOPLE))))[:args.requests]
     with tempfile.TemporaryDirectory(prefix="dsar-bench-b-") as tmp, \

@@ -72,7 +72,7 @@ class MauticSettings:
     dnc_channels: tuple[str, ...]
     dnc_comment: str
     parallel_calls: int = 4
-    # Marketing retention (discovery.marketing): the trial end field, the raw DNC stats table, the delays.
+    # Marketing retention (discovery.schedule.marketing): the trial end field, the raw DNC stats table, the delays.
     trial_field: str | None = None
     dnc_table: str = "lead_donotcontact"
     newsletter_erasure_delay_days: float = 0.0

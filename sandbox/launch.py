@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from discovery.datamap import SYSTEM_KEYS
+from discovery.engine.datamap import SYSTEM_KEYS
 from sandbox.freshchat import FreshchatSim
 from sandbox.matomo import MatomoSim
 from sandbox.mautic import MauticSim

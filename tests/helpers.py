@@ -7,8 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from discovery import pipeline
-from discovery.runtime import Runtime
+from discovery.engine import pipeline
+from discovery.engine.runtime import Runtime
 
 
 class SyncWakeups:

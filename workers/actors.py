@@ -1,4 +1,4 @@
-"""Dramatiq actors: thin wrappers over discovery.pipeline. The ledger holds the state; messages only wake.
+"""Dramatiq actors: thin wrappers over discovery.engine.pipeline. The ledger holds the state; messages only wake.
 
 Run them with `dsar worker` (or `dramatiq workers.actors`). Every actor is idempotent: a
 redelivered or duplicated message finds the work done or claimed and returns.
@@ -13,8 +13,8 @@ import dramatiq
 import structlog
 from dramatiq.middleware import Middleware
 
-from discovery import pipeline
-from discovery.archive import expire_bundles
+from discovery.bundle.archive import expire_bundles
+from discovery.engine import pipeline
 from workers import app
 
 log = structlog.get_logger(__name__)

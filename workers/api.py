@@ -27,14 +27,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connectors.emails import InvalidEmail, normalise_email
-from discovery import api_tokens, deadlines, download_tokens, pipeline, tickets
-from discovery.api_tokens import TokenInfo
-from discovery.archive import ArchiveUnavailable, NotInArchive, archive_store, bundle_unavailable
-from discovery.db import LedgerUnavailable
-from discovery.ledger import OPEN_STATUSES, RequestStatus, RequestType, Task
-from discovery.ledger import Request as LedgerRequest
-from discovery.runtime import Runtime
-from discovery.scheduler import schedule_account_deletion
+from discovery.bundle.archive import ArchiveUnavailable, NotInArchive, archive_store, bundle_unavailable
+from discovery.engine import pipeline
+from discovery.engine.db import LedgerUnavailable
+from discovery.engine.ledger import OPEN_STATUSES, RequestStatus, RequestType, Task
+from discovery.engine.ledger import Request as LedgerRequest
+from discovery.engine.runtime import Runtime
+from discovery.intake import api_tokens, download_tokens, tickets
+from discovery.intake.api_tokens import TokenInfo
+from discovery.schedule import deadlines
+from discovery.schedule.scheduler import schedule_account_deletion
 
 log = structlog.get_logger(__name__)
 

@@ -12,9 +12,9 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from discovery import db
-from discovery.runtime import Runtime
-from discovery.settings import Settings, load_settings
+from discovery.engine import db
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import Settings, load_settings
 from workers.logs import configure_logging
 
 _lock = threading.RLock()
@@ -37,11 +37,11 @@ def setup(settings: Settings, runtime: Runtime | None = None) -> Runtime:
         _runtime = runtime or Runtime(settings)
         if not os_env_flag("DSAR_SCHEMA_UPGRADED"):  # `dsar worker` upgrades once before its processes start
             db.upgrade(_runtime.engine)
-        from discovery.report_back import report_back
+        from discovery.intake.report_back import report_back
 
         if report_back not in _runtime.completion_hooks:  # ticket notes and signed callbacks
             _runtime.completion_hooks.append(report_back)
-        from discovery.scheduler import record_hold_ends
+        from discovery.schedule.scheduler import record_hold_ends
 
         if record_hold_ends not in _runtime.completion_hooks:  # each legal hold's end: a scheduled erasure
             _runtime.completion_hooks.append(record_hold_ends)

@@ -23,12 +23,12 @@ from sqlalchemy.exc import OperationalError
 
 from connectors.base import ConnectorError
 from connectors.emails import InvalidEmail
-from discovery import pipeline
-from discovery.datamap import DataMapError
-from discovery.db import LedgerUnavailable
-from discovery.ledger import OPEN_STATUSES, Request, RequestStatus, RequestType, Task
-from discovery.runtime import Runtime
-from discovery.settings import ConfigError, load_settings
+from discovery.engine import pipeline
+from discovery.engine.datamap import DataMapError
+from discovery.engine.db import LedgerUnavailable
+from discovery.engine.ledger import OPEN_STATUSES, Request, RequestStatus, RequestType, Task
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import ConfigError, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_NOT_READY = range(8)
 
@@ -313,7 +313,13 @@ def download_cmd(ctx: click.Context, request_id: str, output: str) -> None:
     """Write a finished request's bundle to a file, checked against the SHA-256 recorded when it was made."""
     import hashlib
 
-    from discovery.archive import ArchiveError, ArchiveUnavailable, NotInArchive, bundle_unavailable, store_for_uri
+    from discovery.bundle.archive import (
+        ArchiveError,
+        ArchiveUnavailable,
+        NotInArchive,
+        bundle_unavailable,
+        store_for_uri,
+    )
 
     with errors_to_exit():
         rt = runtime(ctx)

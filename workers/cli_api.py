@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
-from discovery import api_tokens, deadlines, pipeline
-from discovery.settings import load_settings
+from discovery.engine import pipeline
+from discovery.engine.settings import load_settings
+from discovery.intake import api_tokens
+from discovery.schedule import deadlines
 from workers.cli import EXIT_CONFIG, emit, errors_to_exit, fail, in_process_worker_if_embedded, main, runtime, wait_for
 
 _ACTOR = click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",

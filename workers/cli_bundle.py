@@ -27,7 +27,7 @@ from workers.cli import (
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify_cmd(file: str, as_json: bool) -> None:
     """Check a bundle against its manifest: every file's SHA-256 and size, nothing missing or added (exit 1 if not)."""
-    from discovery.verify import verify_bundle
+    from discovery.bundle.verify import verify_bundle
 
     with errors_to_exit():
         path = Path(file)
@@ -58,7 +58,7 @@ def bundles_group() -> None:
 @click.pass_context
 def expire_cmd(ctx: click.Context, as_json: bool) -> None:
     """Delete bundles past their expiry (archive.retention_days after completion); audited. Workers do it too."""
-    from discovery.archive import expire_bundles
+    from discovery.bundle.archive import expire_bundles
 
     with errors_to_exit():
         expired = expire_bundles(runtime(ctx), actor="cli")
@@ -84,8 +84,14 @@ def expire_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def link_cmd(ctx: click.Context, request_id: str, expires: int | None, as_json: bool) -> None:
     """Print a presigned download link for a request's bundle (S3 archive store only)."""
-    from discovery.archive import ArchiveError, ArchiveUnavailable, NotInArchive, bundle_unavailable, store_for_uri
-    from discovery.settings import MAX_PRESIGN_SECONDS
+    from discovery.bundle.archive import (
+        ArchiveError,
+        ArchiveUnavailable,
+        NotInArchive,
+        bundle_unavailable,
+        store_for_uri,
+    )
+    from discovery.engine.settings import MAX_PRESIGN_SECONDS
 
     with errors_to_exit():
         if expires is not None and not 1 <= expires <= MAX_PRESIGN_SECONDS:

@@ -25,10 +25,10 @@ from typing import Any
 
 import click
 
-from discovery import inactivity, marketing, scheduler
-from discovery.ledger import ScheduledAction
-from discovery.runtime import Runtime
-from discovery.settings import ConfigError, load_settings
+from discovery.engine.ledger import ScheduledAction
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import ConfigError, load_settings
+from discovery.schedule import inactivity, marketing, scheduler
 from workers.cli import EXIT_FAILED, emit, errors_to_exit, in_process_worker_if_embedded, main, wait_for
 
 CLOCK_ENV = "DSAR_NOW"

@@ -121,7 +121,7 @@ def _show_access(access: dict[str, Any]) -> None:
     if not bundle:
         click.echo(f"     No bundle (status {access['status']}): {access['error'] or ''}")
         return
-    from discovery.archive import archive_store
+    from discovery.bundle.archive import archive_store
     from workers import app
 
     with archive_store(app.settings()).open_uri(bundle) as fh, zipfile.ZipFile(fh) as zf:
@@ -174,7 +174,7 @@ def _show_left(sandbox: Sandbox) -> None:
 
 def _show_scheduled(ctx: click.Context, request_id: str) -> None:
     """The erasures recorded for the days the legal holds end (run by `dsar scheduler` when due)."""
-    from discovery.ledger import ScheduledAction
+    from discovery.engine.ledger import ScheduledAction
     from workers import cli
 
     with cli.runtime(ctx).sessions() as s:
@@ -187,7 +187,7 @@ def _show_scheduled(ctx: click.Context, request_id: str) -> None:
 
 
 def _confirm_manual_steps(ctx: click.Context, erasure: dict[str, Any]) -> dict[str, Any]:
-    from discovery import pipeline
+    from discovery.engine import pipeline
     from workers import cli
     from workers.actors import WAKE
 
@@ -207,7 +207,7 @@ def _confirm_manual_steps(ctx: click.Context, erasure: dict[str, Any]) -> dict[s
 
 
 def _run(ctx: click.Context, request_type: str) -> dict[str, Any]:
-    from discovery import pipeline
+    from discovery.engine import pipeline
     from workers import cli
     from workers.actors import WAKE
 

@@ -20,11 +20,12 @@ from responses import matchers
 
 from connectors.base import PermanentError
 from connectors.freshdesk import FreshdeskClient, base_url
-from discovery import db, download_tokens, pipeline, tickets
-from discovery.ledger import AuditEvent, Request
-from discovery.report_back import ReportBackError, report_back
-from discovery.runtime import Runtime
-from discovery.settings import load_settings
+from discovery.engine import db, pipeline
+from discovery.engine.ledger import AuditEvent, Request
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
+from discovery.intake import download_tokens, tickets
+from discovery.intake.report_back import ReportBackError, report_back
 from tests.conftest import SECRET, write_config
 from tests.contract.conftest import FAST_RETRY
 

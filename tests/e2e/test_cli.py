@@ -56,9 +56,9 @@ def test_access_status_and_download(cli: dict[str, Any]) -> None:
 
 
 def test_open_request_shows_due_date_and_days_left(cli: dict[str, Any]) -> None:
-    from discovery import db, pipeline
-    from discovery.runtime import Runtime
-    from discovery.settings import load_settings
+    from discovery.engine import db, pipeline
+    from discovery.engine.runtime import Runtime
+    from discovery.engine.settings import load_settings
 
     class Nowhere:  # no worker picks it up: the request stays open
         def discover(self, request_id: str) -> None: ...

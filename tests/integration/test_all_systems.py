@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.base import Identities, Identity, IdentityType
-from discovery import db, pipeline
-from discovery.archive import local_path
-from discovery.ledger import AuditEvent, Request, Task
-from discovery.runtime import Runtime
-from discovery.settings import load_settings
+from discovery.bundle.archive import local_path
+from discovery.engine import db, pipeline
+from discovery.engine.ledger import AuditEvent, Request, Task
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
 from sandbox.launch import Sandbox
 from sandbox.matomo import user_id_hash
 from sandbox.people import DECOY_EMAIL, JANE, JOHN, OLA

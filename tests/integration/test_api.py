@@ -28,7 +28,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from discovery import download_tokens, tickets
+from discovery.intake import download_tokens, tickets
 from sandbox.people import JANE, JOHN, OLA
 from tests.conftest import REDIS_DBS, REDIS_URL, ROOT, SECRET, dsar_env, run_dsar, seed_accounts, write_config
 
@@ -575,9 +575,9 @@ def test_overdue_and_due_soon_listing(api: ApiStack) -> None:
 
 def test_confirm_completes_a_manual_step(api: ApiStack) -> None:
     from connectors.base import Receipt
-    from discovery import pipeline
-    from discovery.runtime import Runtime
-    from discovery.settings import load_settings
+    from discovery.engine import pipeline
+    from discovery.engine.runtime import Runtime
+    from discovery.engine.settings import load_settings
 
     class Nowhere:
         def discover(self, request_id: str) -> None: ...

@@ -19,7 +19,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
-from discovery import tickets
+from discovery.intake import tickets
 from tests.integration.test_api import EVENTS_SECRET, FRESHDESK_SECRET, TICKET_SECRET, ApiStack
 
 pytestmark = pytest.mark.integration

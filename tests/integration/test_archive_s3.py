@@ -17,11 +17,11 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from discovery.archive import MiB, NotInArchive, S3Store, archive_store
-from discovery.bundle import SystemPart, build_bundle
-from discovery.settings import Settings, load_settings
-from discovery.staging import Staging
-from discovery.verify import verify_bundle
+from discovery.bundle.archive import MiB, NotInArchive, S3Store, archive_store
+from discovery.bundle.build import SystemPart, build_bundle
+from discovery.bundle.staging import Staging
+from discovery.bundle.verify import verify_bundle
+from discovery.engine.settings import Settings, load_settings
 from tests.conftest import ROOT, _s3_client, dsar_env, seed_accounts, write_config
 from tests.unit.test_bundle import REQUEST_ID, VIEW, header, messages, step, users
 

@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from connectors.base import ConnectorContext, PermanentError
 from connectors.s3_files import RESTRICTED_TAG, KeyTemplate, S3Files, S3Settings
 from connectors.sql_map import parse_system
-from discovery import db, scheduler
-from discovery.archive import local_path
-from discovery.ledger import Request, ScheduledAction, Task
-from discovery.runtime import Runtime
-from discovery.settings import load_settings
+from discovery.bundle.archive import local_path
+from discovery.engine import db
+from discovery.engine.ledger import Request, ScheduledAction, Task
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
+from discovery.schedule import scheduler
 from sandbox import billing_db
 from sandbox.people import JANE, JOHN
 from tests.conftest import ROOT, SECRET, _s3_client, seed_accounts, write_config

@@ -11,11 +11,11 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from discovery import pipeline
-from discovery.archive import local_path
-from discovery.ledger import Request, Task
-from discovery.runtime import Runtime
-from discovery.settings import load_settings
+from discovery.bundle.archive import local_path
+from discovery.engine import pipeline
+from discovery.engine.ledger import Request, Task
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
 from sandbox.people import JANE, JOHN
 from tests.conftest import SECRET, seed_accounts, write_config
 from tests.helpers import SyncWakeups, rows
@@ -30,7 +30,7 @@ def env(tmp_path: Path, pg_database: Callable[[], str]) -> Iterator[dict[str, An
     config = write_config(tmp_path, ledger)
     environ = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": accounts}
     rt = Runtime(load_settings(config, environ), env=environ)
-    from discovery import db
+    from discovery.engine import db
 
     db.upgrade(rt.engine)
     wake = SyncWakeups()

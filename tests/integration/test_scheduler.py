@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from discovery import db, inactivity, pipeline, scheduler
-from discovery.ledger import AuditEvent, Request, ScheduledAction
-from discovery.notify import OutboxNotifier
-from discovery.runtime import Runtime
-from discovery.settings import load_settings
+from discovery.engine import db, pipeline
+from discovery.engine.ledger import AuditEvent, Request, ScheduledAction
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
+from discovery.intake.notify import OutboxNotifier
+from discovery.schedule import inactivity, scheduler
 from sandbox.people import JANE, JOHN, OLA
 from tests.conftest import ROOT, SECRET, dsar_env, seed_accounts, write_config
 from tests.helpers import SyncWakeups

@@ -15,12 +15,13 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from discovery import db, pipeline, scheduler
-from discovery.api_tokens import create_token
-from discovery.archive import local_path
-from discovery.ledger import Request, ScheduledAction, SystemHit
-from discovery.runtime import Runtime
-from discovery.settings import load_settings
+from discovery.bundle.archive import local_path
+from discovery.engine import db, pipeline
+from discovery.engine.ledger import Request, ScheduledAction, SystemHit
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
+from discovery.intake.api_tokens import create_token
+from discovery.schedule import scheduler
 from sandbox.launch import Sandbox
 from sandbox.people import JANE
 from tests.conftest import SECRET, seed_accounts, write_config

@@ -15,10 +15,10 @@ import orjson
 import pytest
 
 from connectors.base import Attachment, Record
-from discovery.archive import LocalStore, local_path
-from discovery.bundle import BuiltBundle, BundleView, SystemPart, build_bundle, csv_field, neutralise
-from discovery.staging import Staging
-from discovery.verify import verify_bundle
+from discovery.bundle.archive import LocalStore, local_path
+from discovery.bundle.build import BuiltBundle, BundleView, SystemPart, build_bundle, csv_field, neutralise
+from discovery.bundle.staging import Staging
+from discovery.bundle.verify import verify_bundle
 
 REQUEST_ID = "0b7c1d2e-0000-4000-8000-000000000001"
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"

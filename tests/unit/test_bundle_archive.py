@@ -16,8 +16,7 @@ import pytest
 import sqlalchemy as sa
 from botocore.stub import ANY, Stubber
 
-from discovery import db
-from discovery.archive import (
+from discovery.bundle.archive import (
     ArchiveError,
     LocalStore,
     MiB,
@@ -29,9 +28,10 @@ from discovery.archive import (
     local_path,
     part_size,
 )
-from discovery.ledger import AuditEvent, Request
-from discovery.runtime import Runtime
-from discovery.settings import ArchiveSettings, load_settings
+from discovery.engine import db
+from discovery.engine.ledger import AuditEvent, Request
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import ArchiveSettings, load_settings
 from tests.conftest import ROOT, SECRET, dsar_env, write_config
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

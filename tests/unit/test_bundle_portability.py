@@ -13,9 +13,9 @@ import yaml
 
 from connectors.base import PermanentError
 from connectors.sql_map import parse_system
-from discovery.bundle import bundle_view
-from discovery.datamap import load_data_map
-from discovery.verify import verify_bundle
+from discovery.bundle.build import bundle_view
+from discovery.bundle.verify import verify_bundle
+from discovery.engine.datamap import load_data_map
 from sandbox.people import JANE
 from tests.conftest import ROOT, dsar_env, seed_accounts, write_config
 

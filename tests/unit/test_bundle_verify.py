@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from discovery.verify import verify_bundle
+from discovery.bundle.verify import verify_bundle
 from tests.conftest import ROOT
 from tests.unit.test_bundle import build
 

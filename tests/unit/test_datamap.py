@@ -7,7 +7,7 @@ import yaml
 
 from connectors.base import PermanentError
 from connectors.sql_map import parse_system
-from discovery.datamap import DataMapError, load_data_map
+from discovery.engine.datamap import DataMapError, load_data_map
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_MAP = yaml.safe_load((ROOT / "config" / "datamap.yaml").read_text())

@@ -47,7 +47,7 @@ class Fake(Connector):
 
 
 def test_identifiers_learned_in_one_system_are_searched_in_the_others() -> None:
-    from discovery.discover import discover
+    from discovery.engine.discover import discover
 
     accounts = Fake("accounts", {EMAIL, ACCOUNT}, {
         (EMAIL, "p@x.no"): [Identity(ACCOUNT, "7", "accounts"), Identity(VISITOR, "abc", "accounts")]})
@@ -67,7 +67,7 @@ def test_identifiers_learned_in_one_system_are_searched_in_the_others() -> None:
 
 
 def test_a_failing_system_is_reported_and_the_others_still_answer() -> None:
-    from discovery.discover import discover
+    from discovery.engine.discover import discover
 
     ok = Fake("ok", {EMAIL}, {(EMAIL, "p@x.no"): []})
     down = Fake("down", {EMAIL}, {}, fail=True)

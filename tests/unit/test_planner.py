@@ -1,5 +1,5 @@
 from connectors.base import EntityPolicy, Hold
-from discovery.planner import SystemView, plan, tasks_of
+from discovery.engine.planner import SystemView, plan, tasks_of
 
 HOLD = Hold(years=5, from_field="ordered_at", reason="Bookkeeping Act")
 POLICIES = {

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from discovery.settings import ConfigError, load_settings
+from discovery.engine.settings import ConfigError, load_settings
 
 BASE = """
 [ledger]

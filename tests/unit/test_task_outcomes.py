@@ -20,10 +20,10 @@ from connectors.base import (
     TransientError,
     UnsupportedAction,
 )
-from discovery import db, pipeline
-from discovery.ledger import Request, Task
-from discovery.runtime import Runtime
-from discovery.settings import load_settings
+from discovery.engine import db, pipeline
+from discovery.engine.ledger import Request, Task
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
 from tests.conftest import SECRET, write_config
 
 

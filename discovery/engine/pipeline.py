@@ -31,12 +31,13 @@ from connectors.base import (
 )
 from connectors.emails import normalise_email
 from connectors.redact import redact
-from discovery.archive import archive_store
-from discovery.bundle import FORMAT as BUNDLE_FORMAT
-from discovery.bundle import BuiltBundle, SystemPart, build_bundle, bundle_view, staged_size
-from discovery.datamap import DataMapError
-from discovery.discover import Discovery, discover
-from discovery.ledger import (
+from discovery.bundle.archive import archive_store
+from discovery.bundle.build import FORMAT as BUNDLE_FORMAT
+from discovery.bundle.build import BuiltBundle, SystemPart, build_bundle, bundle_view, staged_size
+from discovery.bundle.staging import safe_name
+from discovery.engine.datamap import DataMapError
+from discovery.engine.discover import Discovery, discover
+from discovery.engine.ledger import (
     TERMINAL_TASK,
     AuditEvent,
     Request,
@@ -47,9 +48,8 @@ from discovery.ledger import (
     Task,
     TaskStatus,
 )
-from discovery.planner import OUT_OF_SCOPE, PlanStep, SystemView, plan, tasks_of
-from discovery.runtime import Runtime
-from discovery.staging import safe_name
+from discovery.engine.planner import OUT_OF_SCOPE, PlanStep, SystemView, plan, tasks_of
+from discovery.engine.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the caller (discovery.db.upgrade), never from a file."""
+"""Alembic environment: the URL comes from the caller (discovery.engine.db.upgrade), never from a file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from discovery.ledger import Base
+from discovery.engine.ledger import Base
 
 config = context.config
 target_metadata = Base.metadata

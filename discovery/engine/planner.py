@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from connectors.base import EntityPolicy
-from discovery.ledger import RequestType
+from discovery.engine.ledger import RequestType
 
 OUT_OF_SCOPE = "outside this request's scope"
 

@@ -35,9 +35,9 @@ import orjson
 
 from connectors.base import ConnectorError, EntityPolicy
 from connectors.sql_map import parse_system
-from discovery.bundle_html import render_index
-from discovery.datamap import DataMap
-from discovery.staging import Staging, safe_name
+from discovery.bundle.page import render_index
+from discovery.bundle.staging import Staging, safe_name
+from discovery.engine.datamap import DataMap
 
 FORMAT = "dsar-bundle/2"
 CHUNK = 1024 * 1024

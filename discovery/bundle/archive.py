@@ -30,11 +30,11 @@ from urllib.request import url2pathname
 import sqlalchemy as sa
 import structlog
 
-from discovery.ledger import AuditEvent, Request
-from discovery.settings import MAX_PRESIGN_SECONDS, ArchiveSettings, Settings
+from discovery.engine.ledger import AuditEvent, Request
+from discovery.engine.settings import MAX_PRESIGN_SECONDS, ArchiveSettings, Settings
 
 if TYPE_CHECKING:
-    from discovery.runtime import Runtime
+    from discovery.engine.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 

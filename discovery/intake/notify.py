@@ -22,7 +22,7 @@ from typing import Protocol
 
 import requests
 
-from discovery.settings import ScheduleSettings
+from discovery.engine.settings import ScheduleSettings
 
 
 class NotifyError(Exception):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from discovery.settings import Settings
+from discovery.engine.settings import Settings
 
 _PURPOSE = b"dsar download token v1"
 

@@ -6,7 +6,7 @@ Create Date: 2026-11-25 18:18:25.349508
 """
 from alembic import op
 import sqlalchemy as sa
-import discovery.ledger
+import discovery.engine.ledger
 
 
 revision = '0002'
@@ -22,10 +22,10 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=128), nullable=False),
     sa.Column('token_hash', sa.String(length=64), nullable=False),
     sa.Column('scopes', sa.JSON(), nullable=False),
-    sa.Column('created_at', discovery.ledger.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', discovery.ledger.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('revoked_at', discovery.ledger.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_used_at', discovery.ledger.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_used_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name'),
     sa.UniqueConstraint('token_hash')
@@ -35,15 +35,15 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=32), nullable=False),
     sa.Column('subject_email', sa.String(length=320), nullable=False),
     sa.Column('subject_hash', sa.String(length=64), nullable=False),
-    sa.Column('due_at', discovery.ledger.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('due_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('created_by', sa.String(length=128), nullable=False),
-    sa.Column('created_at', discovery.ledger.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('claimed_at', discovery.ledger.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('claimed_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=True),
     sa.Column('claimed_by', sa.String(length=128), nullable=True),
-    sa.Column('done_at', discovery.ledger.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('done_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=True),
     sa.Column('request_id', sa.String(length=36), nullable=True),
     sa.Column('source_request_id', sa.String(length=36), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
@@ -57,15 +57,15 @@ def upgrade() -> None:
     with op.batch_alter_table('requests', schema=None) as batch_op:
         batch_op.add_column(sa.Column('source', sa.String(length=24), nullable=False, server_default='cli'))
         batch_op.add_column(sa.Column('requester_email', sa.String(length=320), nullable=True))
-        batch_op.add_column(sa.Column('verified_at', discovery.ledger.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('verified_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('verified_by', sa.String(length=128), nullable=True))
         batch_op.add_column(sa.Column('callback_url', sa.String(length=1024), nullable=True))
-        batch_op.add_column(sa.Column('original_due_at', discovery.ledger.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('original_due_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('extension_reason', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('bundle_sha256', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('bundle_size', sa.BigInteger(), nullable=True))
-        batch_op.add_column(sa.Column('bundle_expires_at', discovery.ledger.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('bundle_deleted_at', discovery.ledger.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('bundle_expires_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('bundle_deleted_at', discovery.engine.ledger.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index('uq_request_ticket', ['source', 'ticket_ref', 'type'], unique=True, postgresql_where=sa.text("ticket_ref IS NOT NULL AND source IN ('ticket', 'freshdesk')"), sqlite_where=sa.text("ticket_ref IS NOT NULL AND source IN ('ticket', 'freshdesk')"))
 
     # ### end Alembic commands ###

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from discovery.ledger import RequestType
+from discovery.engine.ledger import RequestType
 
 SIGNATURE_HEADER = "X-Dsar-Signature"
 _SIG = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})$")

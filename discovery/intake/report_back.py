@@ -18,11 +18,11 @@ import structlog
 from connectors.freshdesk import FreshdeskClient
 from connectors.http import HttpClient, RetryPolicy
 from connectors.redact import redact, safe_url
-from discovery.download_tokens import download_link
-from discovery.ledger import Request, RequestStatus, Task
-from discovery.pipeline import audit
-from discovery.runtime import Runtime
-from discovery.tickets import SIGNATURE_HEADER, sign
+from discovery.engine.ledger import Request, RequestStatus, Task
+from discovery.engine.pipeline import audit
+from discovery.engine.runtime import Runtime
+from discovery.intake.download_tokens import download_link
+from discovery.intake.tickets import SIGNATURE_HEADER, sign
 
 log = structlog.get_logger(__name__)
 

@@ -17,10 +17,10 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors.base import Connector, ConnectorContext
-from discovery import db
-from discovery.datamap import DataMap, DataMapError, load_data_map
-from discovery.settings import Settings
-from discovery.staging import Staging
+from discovery.bundle.staging import Staging
+from discovery.engine import db
+from discovery.engine.datamap import DataMap, DataMapError, load_data_map
+from discovery.engine.settings import Settings
 
 
 class Runtime:

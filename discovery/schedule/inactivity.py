@@ -1,7 +1,7 @@
 """The inactivity rule: an account inactive for `schedule.inactivity_months` is erased, after the person was told.
 
 `sweep_inactive` asks every SQL system whose data map names an `inactivity` entity and column for
-the people whose last activity is older than the cut-off, sends each a notice (discovery.notify),
+the people whose last activity is older than the cut-off, sends each a notice (discovery.intake.notify),
 and only then schedules an `inactivity_erasure` `schedule.notice_days` later. When it falls due the
 scheduler checks the last activity again: someone who logged in since is not erased.
 """
@@ -17,10 +17,10 @@ import sqlalchemy as sa
 import structlog
 
 from connectors.sql import SqlConnector
-from discovery import scheduler
-from discovery.ledger import ScheduledAction
-from discovery.notify import Notice, Notifier, NotifyError, make_notice, make_notifier
-from discovery.runtime import Runtime
+from discovery.engine.ledger import ScheduledAction
+from discovery.engine.runtime import Runtime
+from discovery.intake.notify import Notice, Notifier, NotifyError, make_notice, make_notifier
+from discovery.schedule import scheduler
 
 log = structlog.get_logger(__name__)
 

@@ -17,9 +17,9 @@ import sqlalchemy as sa
 import structlog
 
 from connectors.mautic import MauticConnector
-from discovery import scheduler
-from discovery.ledger import ScheduledAction
-from discovery.runtime import Runtime
+from discovery.engine.ledger import ScheduledAction
+from discovery.engine.runtime import Runtime
+from discovery.schedule import scheduler
 
 log = structlog.get_logger(__name__)
 

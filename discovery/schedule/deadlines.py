@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from discovery.ledger import OPEN_STATUSES, Request
-from discovery.pipeline import InvalidInput, NotFoundError, audit
-from discovery.runtime import Runtime
+from discovery.engine.ledger import OPEN_STATUSES, Request
+from discovery.engine.pipeline import InvalidInput, NotFoundError, audit
+from discovery.engine.runtime import Runtime
 
 MAX_EXTENSION_MONTHS = 2
 DUE_SOON_DAYS = 7

@@ -2,11 +2,11 @@
 
 Kinds of `scheduled_actions` rows:
 - `erasure`: an account was deleted; erased after the grace period unless restored (cancelled);
-- `inactivity_erasure`: an account inactive too long; the person was told (discovery.inactivity),
+- `inactivity_erasure`: an account inactive too long; the person was told (discovery.schedule.inactivity),
   and it is erased after the notice period unless they became active again;
 - `hold_end_erasure`: an erasure kept records under a legal hold; when the hold ends they go
   (only in the systems that held them);
-- `newsletter_erasure` / `trial_erasure` (discovery.marketing): the person unsubscribed, or their
+- `newsletter_erasure` / `trial_erasure` (discovery.schedule.marketing): the person unsubscribed, or their
   trial ended; erased in the marketing system only, unless that no longer holds when due.
 
 An action's `details["systems"]` limits the request it becomes to those systems (None: all).
@@ -39,9 +39,9 @@ from sqlalchemy.orm import Session
 from connectors.base import Identities, Identity, IdentityType
 from connectors.emails import normalise_email
 from connectors.redact import redact
-from discovery import pipeline
-from discovery.ledger import AuditEvent, Request, RequestType, ScheduledAction, SubjectIdentity, Task
-from discovery.runtime import Runtime
+from discovery.engine import pipeline
+from discovery.engine.ledger import AuditEvent, Request, RequestType, ScheduledAction, SubjectIdentity, Task
+from discovery.engine.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -319,7 +319,7 @@ def _no_longer_applies(rt: Runtime, action: ScheduledAction, now: datetime) -> s
     system = (action.details or {}).get("system")
     if not system or action.kind not in (KIND_NEWSLETTER, KIND_TRIAL):
         return None
-    conn: Any = rt.connector(system)  # a MauticConnector (discovery.marketing schedules these)
+    conn: Any = rt.connector(system)  # a MauticConnector (discovery.schedule.marketing schedules these)
     if action.kind == KIND_NEWSLETTER and not conn.is_unsubscribed(action.subject_email):
         return f"no longer unsubscribed in {system} (subscribed again, or no contact left)"
     if action.kind == KIND_TRIAL and not conn.trial_ended(action.subject_email, now):

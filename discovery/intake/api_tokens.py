@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from discovery.ledger import ApiToken
-from discovery.pipeline import InvalidInput, NotFoundError, audit
-from discovery.runtime import Runtime
+from discovery.engine.ledger import ApiToken
+from discovery.engine.pipeline import InvalidInput, NotFoundError, audit
+from discovery.engine.runtime import Runtime
 
 SCOPES = ("submit", "read", "download", "admin")  # admin may do everything
 PREFIX = "dsar_"

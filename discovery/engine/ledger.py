@@ -2,7 +2,7 @@
 
 The ledger, not the broker, is the source of truth: every state change is a row update here,
 and the broker only carries wake-ups. SQLite (embedded) and PostgreSQL (production) both work;
-the schema is managed by Alembic (discovery/migrations).
+the schema is managed by Alembic (discovery/engine/migrations).
 """
 
 from __future__ import annotations

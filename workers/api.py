@@ -361,7 +361,7 @@ def create_app(rt: Runtime | None = None, wake: pipeline.Wakeups | None = None) 
         with ExitStack() as stack:
             if own:
                 from workers import app as process
-                from workers.cli import in_process_worker_if_embedded
+                from workers.inprocess import in_process_worker_if_embedded
 
                 stack.enter_context(in_process_worker_if_embedded(process.is_embedded()))
             yield

@@ -29,6 +29,7 @@ from discovery.engine.db import LedgerUnavailable
 from discovery.engine.ledger import OPEN_STATUSES, Request, RequestStatus, RequestType, Task
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import ConfigError, load_settings
+from workers.inprocess import in_process_worker_if_embedded
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_NOT_READY = range(8)
 
@@ -155,27 +156,6 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
                 data = {"id": req.id, "type": req.type, "status": req.status, "created": submitted.created,
                         "due_at": req.due_at.isoformat()}
                 emit(data, as_json, lambda: click.echo(req.id))
-
-
-@contextmanager
-def in_process_worker_if_embedded(embedded: bool) -> Iterator[None]:
-    """With the in-process broker, this command is its own worker (and sweeper)."""
-    if not embedded:
-        yield
-        return
-    import dramatiq
-
-    from workers import app
-    from workers.actors import add_sweeper
-
-    add_sweeper()
-    worker = dramatiq.Worker(app.ensure_broker(), worker_threads=app.settings().worker.threads,
-                             worker_timeout=app.settings().worker.poll_ms)
-    worker.start()
-    try:
-        yield
-    finally:
-        worker.stop()
 
 
 def wait_for(rt: Runtime, request_id: str, timeout: float, show: bool) -> str:

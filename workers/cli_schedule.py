@@ -29,7 +29,8 @@ from discovery.engine.ledger import ScheduledAction
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import ConfigError, load_settings
 from discovery.schedule import inactivity, marketing, scheduler
-from workers.cli import EXIT_FAILED, emit, errors_to_exit, in_process_worker_if_embedded, main, wait_for
+from workers.cli import EXIT_FAILED, emit, errors_to_exit, main, wait_for
+from workers.inprocess import in_process_worker_if_embedded
 
 CLOCK_ENV = "DSAR_NOW"
 

@@ -26,6 +26,7 @@ from sandbox.launch import Sandbox
 from sandbox.people import JANE
 from sandbox.s3 import ACCESS_KEY, SECRET_KEY, LocalS3, S3Unavailable
 from sandbox.s3 import client as s3_client
+from workers.inprocess import in_process_worker_if_embedded
 
 DEMO_KEY = "demo-only-secret-key-not-for-production"
 # What a person would have done for each system's manual step; the demo confirms with these notes.
@@ -71,7 +72,7 @@ def run_demo(ctx: click.Context) -> int:
 
         from workers import app
 
-        with cli.in_process_worker_if_embedded(app.is_embedded()):
+        with in_process_worker_if_embedded(app.is_embedded()):
             click.echo(f"\n1/2  Access request for the sample person ({JANE.email})")
             access = _run(ctx, "access")
             _show_access(access)

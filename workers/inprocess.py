@@ -1,0 +1,31 @@
+"""An in-process Dramatiq worker for the embedded `stub://` broker: the CLI command or API server is its own worker.
+
+Kept apart from the CLI and the API so both can use it without importing each other; the actors
+are imported only when a worker is really started (importing them sets up the broker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def in_process_worker_if_embedded(embedded: bool) -> Iterator[None]:
+    """With the in-process broker, this command is its own worker (and sweeper)."""
+    if not embedded:
+        yield
+        return
+    import dramatiq
+
+    from workers import app
+    from workers.actors import add_sweeper
+
+    add_sweeper()
+    worker = dramatiq.Worker(app.ensure_broker(), worker_threads=app.settings().worker.threads,
+                             worker_timeout=app.settings().worker.poll_ms)
+    worker.start()
+    try:
+        yield
+    finally:
+        worker.stop()

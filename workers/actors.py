@@ -13,8 +13,8 @@ import dramatiq
 import structlog
 from dramatiq.middleware import Middleware
 
-from discovery.bundle.archive import expire_bundles
 from discovery.engine import pipeline
+from discovery.engine.bundles import expire_bundles
 from workers import app
 
 log = structlog.get_logger(__name__)

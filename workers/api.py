@@ -27,8 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connectors.emails import InvalidEmail, normalise_email
-from discovery.bundle.archive import ArchiveUnavailable, NotInArchive, archive_store, bundle_unavailable
+from discovery.bundle.archive import ArchiveUnavailable, NotInArchive, archive_store
 from discovery.engine import pipeline
+from discovery.engine.bundles import bundle_unavailable
 from discovery.engine.db import LedgerUnavailable
 from discovery.engine.ledger import OPEN_STATUSES, RequestStatus, RequestType, Task
 from discovery.engine.ledger import Request as LedgerRequest

@@ -297,9 +297,9 @@ def download_cmd(ctx: click.Context, request_id: str, output: str) -> None:
         ArchiveError,
         ArchiveUnavailable,
         NotInArchive,
-        bundle_unavailable,
         store_for_uri,
     )
+    from discovery.engine.bundles import bundle_unavailable
 
     with errors_to_exit():
         rt = runtime(ctx)

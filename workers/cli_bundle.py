@@ -58,7 +58,7 @@ def bundles_group() -> None:
 @click.pass_context
 def expire_cmd(ctx: click.Context, as_json: bool) -> None:
     """Delete bundles past their expiry (archive.retention_days after completion); audited. Workers do it too."""
-    from discovery.bundle.archive import expire_bundles
+    from discovery.engine.bundles import expire_bundles
 
     with errors_to_exit():
         expired = expire_bundles(runtime(ctx), actor="cli")
@@ -85,13 +85,13 @@ def expire_cmd(ctx: click.Context, as_json: bool) -> None:
 def link_cmd(ctx: click.Context, request_id: str, expires: int | None, as_json: bool) -> None:
     """Print a presigned download link for a request's bundle (S3 archive store only)."""
     from discovery.bundle.archive import (
+        MAX_PRESIGN_SECONDS,
         ArchiveError,
         ArchiveUnavailable,
         NotInArchive,
-        bundle_unavailable,
         store_for_uri,
     )
-    from discovery.engine.settings import MAX_PRESIGN_SECONDS
+    from discovery.engine.bundles import bundle_unavailable
 
     with errors_to_exit():
         if expires is not None and not 1 <= expires <= MAX_PRESIGN_SECONDS:

@@ -6,7 +6,7 @@ encryption) and completes the upload only once the bundle is whole. Either way a
 sees half a bundle, and the bundle is never held whole in memory or written to local disk twice.
 Requests record the store URI: file:///abs/<id>.zip or s3://bucket/<prefix><id>.zip.
 
-Bundles expire (`expire_bundles`): deleted `archive.retention_days` after completion, audited.
+When a request's bundle expires is the engine's business (discovery.engine.bundles); this module only stores.
 """
 
 from __future__ import annotations
@@ -20,21 +20,13 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, Literal, Protocol, cast
 from urllib.parse import quote, urlsplit
 from urllib.request import url2pathname
 
-import sqlalchemy as sa
 import structlog
-
-from discovery.engine.ledger import AuditEvent, Request
-from discovery.engine.settings import MAX_PRESIGN_SECONDS, ArchiveSettings, Settings
-
-if TYPE_CHECKING:
-    from discovery.engine.runtime import Runtime
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +34,60 @@ MiB = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit per multipart upload
 PARTS_PER_SIZE = 1000  # the part size doubles after this many parts, so any bundle size fits
 READ_CHUNK = MiB
+
+
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer
+
+
+class ArchiveSettings(BaseModel):
+    """Where bundles are kept: a local folder (`path`), or S3 (credentials from the standard AWS_* variables).
+
+    The `[archive]` section of the settings file; defined here so the store needs nothing above it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    staging_path: Path
+    store: Literal["local", "s3"] = "local"
+    bucket: str = Field("", validate_default=True)
+    prefix: str = ""  # key prefix, e.g. "dsar/bundles/"
+    endpoint_url: str = ""  # any S3-compatible server; empty: AWS
+    region: str = ""
+    sse: Literal["AES256", "aws:kms"] = "AES256"
+    kms_key_id: str = ""  # with sse = "aws:kms"; empty: the account's default key
+    presign_expiry_seconds: int = Field(24 * 3600, ge=60, le=MAX_PRESIGN_SECONDS)
+    retention_days: int = Field(30, ge=1, le=3650)  # bundles are deleted this many days after completion
+    part_size_mb: int = Field(8, ge=5, le=5120)  # first multipart part; S3 needs 5 MiB or more
+    max_part_size_mb: int = Field(512, ge=5, le=5120, validate_default=True)  # parts double every 1000 parts up to this
+
+    @field_validator("bucket")
+    @classmethod
+    def _s3_needs_a_bucket(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("store") == "s3" and not value:
+            raise ValueError('store = "s3" needs a bucket')
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("max_part_size_mb")
+    @classmethod
+    def _max_not_below_first(cls, value: int, info: ValidationInfo) -> int:
+        if value < info.data.get("part_size_mb", 5):
+            raise ValueError("must be at least part_size_mb")
+        return value
+
+
+class HasArchive(Protocol):
+    """The settings the stores read (dsar's Settings): only the `archive` section."""
+
+    @property
+    def archive(self) -> ArchiveSettings: ...
 
 
 class ArchiveError(Exception):
@@ -445,7 +491,7 @@ def s3_client(settings: ArchiveSettings, env: Mapping[str, str] | None = None) -
         return _clients[cache_key]
 
 
-def archive_store(settings: Settings, env: Mapping[str, str] | None = None) -> ArchiveStore:
+def archive_store(settings: HasArchive, env: Mapping[str, str] | None = None) -> ArchiveStore:
     """The configured store: the local folder `archive.path`, or the S3 bucket `archive.bucket`."""
     a = settings.archive
     if a.store == "s3":
@@ -453,7 +499,7 @@ def archive_store(settings: Settings, env: Mapping[str, str] | None = None) -> A
     return LocalStore(a.path, a.prefix)
 
 
-def store_for_uri(settings: Settings, uri: str, env: Mapping[str, str] | None = None) -> ArchiveStore:
+def store_for_uri(settings: HasArchive, uri: str, env: Mapping[str, str] | None = None) -> ArchiveStore:
     """The store that holds `uri`: bundles made before `archive.store` changed stay readable and expire."""
     if uri.startswith("s3://"):
         return archive_store(settings, env) if settings.archive.store == "s3" else S3Store(
@@ -466,64 +512,3 @@ def local_path(uri: str) -> Path:
     if not uri.startswith("file://"):
         raise ArchiveError(f"not a local archive URI: {uri}")
     return Path(url2pathname(urlsplit(uri).path))
-
-
-# -- retention ------------------------------------------------------------------------------
-
-def bundle_unavailable(req: Request, now: datetime) -> str | None:
-    """Why a request's bundle cannot be handed out (not made yet, expired, deleted), or None."""
-    if not req.bundle_path:
-        return f"request {req.id} has no bundle yet (status: {req.status})"
-    if req.bundle_deleted_at is not None:
-        return (f"the bundle of request {req.id} expired and was deleted on {req.bundle_deleted_at:%Y-%m-%d}; "
-                "submit a new request for a fresh copy")
-    if req.bundle_expires_at is not None and req.bundle_expires_at <= now:
-        return (f"the bundle of request {req.id} expired on {req.bundle_expires_at:%Y-%m-%d}; "
-                "submit a new request for a fresh copy")
-    return None
-
-
-@dataclass
-class Expiry:
-    request_id: str
-    uri: str
-    expired_at: str
-    deleted: bool
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "uri": self.uri, "expired_at": self.expired_at,
-                "deleted": self.deleted, "error": self.error}
-
-
-def expire_bundles(rt: Runtime, actor: str = "sweeper", limit: int = 500) -> list[Expiry]:
-    """Delete bundles past their expiry from the store and record it (audited). Safe to run concurrently."""
-    now = rt.clock()
-    with rt.sessions() as s:
-        due = list(s.execute(sa.select(Request.id, Request.bundle_path, Request.bundle_expires_at).where(
-            Request.bundle_path.is_not(None), Request.bundle_deleted_at.is_(None),
-            Request.bundle_expires_at.is_not(None), Request.bundle_expires_at <= now,
-        ).order_by(Request.bundle_expires_at).limit(limit)))
-    if not due:
-        return []
-    out: list[Expiry] = []
-    for request_id, uri, expires_at in due:
-        uri, expires_at = cast(str, uri), cast(datetime, expires_at)
-        try:
-            # first: the ledger never says deleted while the object remains
-            store_for_uri(rt.settings, uri, rt.env).delete_uri(uri)
-        except ArchiveError as exc:
-            log.warning("bundle.expire_failed", request_id=request_id, error=str(exc))
-            out.append(Expiry(request_id, uri, expires_at.isoformat(), False, str(exc)))
-            continue
-        with rt.sessions.begin() as s:
-            won = s.execute(sa.update(Request).where(Request.id == request_id, Request.bundle_deleted_at.is_(None))
-                            .values(bundle_deleted_at=now))
-            if won.rowcount:  # type: ignore[attr-defined]
-                req = s.get(Request, request_id)
-                s.add(AuditEvent(event="bundle.expired", actor=actor, request_id=request_id,
-                                 subject_hash=req.subject_hash if req else None,
-                                 details={"uri": uri, "expires_at": expires_at.isoformat()}))
-        out.append(Expiry(request_id, uri, expires_at.isoformat(), True))
-    log.info("bundle.expired", count=sum(e.deleted for e in out), failed=sum(not e.deleted for e in out))
-    return out

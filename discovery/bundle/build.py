@@ -33,11 +33,8 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from connectors.base import ConnectorError, EntityPolicy
-from connectors.sql_map import parse_system
 from discovery.bundle.page import render_index
 from discovery.bundle.staging import Staging, safe_name
-from discovery.engine.datamap import DataMap
 
 FORMAT = "dsar-bundle/2"
 CHUNK = 1024 * 1024
@@ -85,28 +82,6 @@ class BuiltBundle:
     sha256: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     uri: str = ""
-
-
-def bundle_view(data_map: DataMap, policies: Mapping[str, Mapping[str, EntityPolicy]], request_type: str
-                ) -> BundleView:
-    """The data map's descriptions for index.html and the manifest, and portability's field lists."""
-    systems: dict[str, dict[str, Any]] = {}
-    portable: dict[str, dict[str, tuple[frozenset[str], list[str]]]] = {}
-    for name, system in data_map.systems.items():
-        about = system.info.model_dump(exclude={"kind", "enabled"})
-        about["categories"] = {e: list(p.categories) for e, p in policies.get(name, {}).items() if p.categories}
-        systems[name] = about
-        if request_type != "portability" or system.info.kind != "sql":
-            continue
-        try:
-            spec = parse_system(name, system.settings)
-        except ConnectorError:  # the connector reported it when the export ran
-            continue
-        for entity, e in spec.entities.items():
-            if e.portable is not None:
-                portable.setdefault(name, {})[safe_name(entity)] = (
-                    frozenset(e.portable), sorted(set(e.fields) - set(e.portable)))
-    return BundleView(controller=data_map.controller.model_dump(), systems=systems, portable=portable)
 
 
 def staged_size(staging: Staging, request_id: str, parts: Iterable[SystemPart]) -> int:

@@ -33,8 +33,9 @@ from connectors.emails import normalise_email
 from connectors.redact import redact
 from discovery.bundle.archive import archive_store
 from discovery.bundle.build import FORMAT as BUNDLE_FORMAT
-from discovery.bundle.build import BuiltBundle, SystemPart, build_bundle, bundle_view, staged_size
+from discovery.bundle.build import BuiltBundle, SystemPart, build_bundle, staged_size
 from discovery.bundle.staging import safe_name
+from discovery.engine.bundles import bundle_view
 from discovery.engine.datamap import DataMapError
 from discovery.engine.discover import Discovery, discover
 from discovery.engine.ledger import (

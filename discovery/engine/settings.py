@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from discovery.bundle.archive import ArchiveSettings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # discovery/engine/settings.py -> the checkout
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "dsar.toml"
 
 
@@ -47,48 +49,6 @@ class BrokerSettings(_Section):
     def _known_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "stub://")):
             raise ValueError("must be redis://..., rediss://... or stub:// (in-process)")
-        return value
-
-
-MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer
-
-
-class ArchiveSettings(_Section):
-    """Where bundles are kept: a local folder (`path`), or S3 (credentials from the standard AWS_* variables)."""
-
-    path: Path
-    staging_path: Path
-    store: Literal["local", "s3"] = "local"
-    bucket: str = Field("", validate_default=True)
-    prefix: str = ""  # key prefix, e.g. "dsar/bundles/"
-    endpoint_url: str = ""  # any S3-compatible server; empty: AWS
-    region: str = ""
-    sse: Literal["AES256", "aws:kms"] = "AES256"
-    kms_key_id: str = ""  # with sse = "aws:kms"; empty: the account's default key
-    presign_expiry_seconds: int = Field(24 * 3600, ge=60, le=MAX_PRESIGN_SECONDS)
-    retention_days: int = Field(30, ge=1, le=3650)  # bundles are deleted this many days after completion
-    part_size_mb: int = Field(8, ge=5, le=5120)  # first multipart part; S3 needs 5 MiB or more
-    max_part_size_mb: int = Field(512, ge=5, le=5120, validate_default=True)  # parts double every 1000 parts up to this
-
-    @field_validator("bucket")
-    @classmethod
-    def _s3_needs_a_bucket(cls, value: str, info: ValidationInfo) -> str:
-        if info.data.get("store") == "s3" and not value:
-            raise ValueError('store = "s3" needs a bucket')
-        return value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint_is_http(cls, value: str) -> str:
-        if value and not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("max_part_size_mb")
-    @classmethod
-    def _max_not_below_first(cls, value: int, info: ValidationInfo) -> int:
-        if value < info.data.get("part_size_mb", 5):
-            raise ValueError("must be at least part_size_mb")
         return value
 
 

@@ -18,20 +18,20 @@ from botocore.stub import ANY, Stubber
 
 from discovery.bundle.archive import (
     ArchiveError,
+    ArchiveSettings,
     LocalStore,
     MiB,
     NotInArchive,
     S3Store,
-    bundle_unavailable,
-    expire_bundles,
     first_part_size,
     local_path,
     part_size,
 )
 from discovery.engine import db
+from discovery.engine.bundles import bundle_unavailable, expire_bundles
 from discovery.engine.ledger import AuditEvent, Request
 from discovery.engine.runtime import Runtime
-from discovery.engine.settings import ArchiveSettings, load_settings
+from discovery.engine.settings import load_settings
 from tests.conftest import ROOT, SECRET, dsar_env, write_config
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

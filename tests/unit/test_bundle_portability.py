@@ -13,8 +13,8 @@ import yaml
 
 from connectors.base import PermanentError
 from connectors.sql_map import parse_system
-from discovery.bundle.build import bundle_view
 from discovery.bundle.verify import verify_bundle
+from discovery.engine.bundles import bundle_view
 from discovery.engine.datamap import load_data_map
 from sandbox.people import JANE
 from tests.conftest import ROOT, dsar_env, seed_accounts, write_config

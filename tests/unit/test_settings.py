@@ -60,3 +60,11 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml", ENV)
     with pytest.raises(ConfigError, match=r"not valid TOML"):
         load_settings(write(tmp_path, "[ledger\n"), ENV)
+
+
+def test_the_default_settings_file_is_the_checkouts_own() -> None:
+    """Without --config or DSAR_CONFIG the checkout's config/dsar.toml is read (moving settings.py must not lose it)."""
+    root = Path(__file__).resolve().parents[2]
+    settings = load_settings(env={"DSAR_SECRET_KEY": "k" * 32})
+    assert settings.source == root / "config" / "dsar.toml"
+    assert settings.data_map.path.is_file()

@@ -1,0 +1,109 @@
+"""A request's bundle seen from the engine: what the data map tells the person in it, when it may be
+handed out, and its expiry (deleted `archive.retention_days` after completion, audited).
+
+The bundle package below builds and stores ZIPs knowing nothing of requests; this is where the two meet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+import sqlalchemy as sa
+import structlog
+
+from connectors.base import ConnectorError, EntityPolicy
+from connectors.sql_map import parse_system
+from discovery.bundle.archive import ArchiveError, store_for_uri
+from discovery.bundle.build import BundleView
+from discovery.bundle.staging import safe_name
+from discovery.engine.datamap import DataMap
+from discovery.engine.ledger import AuditEvent, Request
+
+if TYPE_CHECKING:
+    from discovery.engine.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+def bundle_view(data_map: DataMap, policies: Mapping[str, Mapping[str, EntityPolicy]], request_type: str
+                ) -> BundleView:
+    """The data map's descriptions for index.html and the manifest, and portability's field lists."""
+    systems: dict[str, dict[str, Any]] = {}
+    portable: dict[str, dict[str, tuple[frozenset[str], list[str]]]] = {}
+    for name, system in data_map.systems.items():
+        about = system.info.model_dump(exclude={"kind", "enabled"})
+        about["categories"] = {e: list(p.categories) for e, p in policies.get(name, {}).items() if p.categories}
+        systems[name] = about
+        if request_type != "portability" or system.info.kind != "sql":
+            continue
+        try:
+            spec = parse_system(name, system.settings)
+        except ConnectorError:  # the connector reported it when the export ran
+            continue
+        for entity, e in spec.entities.items():
+            if e.portable is not None:
+                portable.setdefault(name, {})[safe_name(entity)] = (
+                    frozenset(e.portable), sorted(set(e.fields) - set(e.portable)))
+    return BundleView(controller=data_map.controller.model_dump(), systems=systems, portable=portable)
+
+
+def bundle_unavailable(req: Request, now: datetime) -> str | None:
+    """Why a request's bundle cannot be handed out (not made yet, expired, deleted), or None."""
+    if not req.bundle_path:
+        return f"request {req.id} has no bundle yet (status: {req.status})"
+    if req.bundle_deleted_at is not None:
+        return (f"the bundle of request {req.id} expired and was deleted on {req.bundle_deleted_at:%Y-%m-%d}; "
+                "submit a new request for a fresh copy")
+    if req.bundle_expires_at is not None and req.bundle_expires_at <= now:
+        return (f"the bundle of request {req.id} expired on {req.bundle_expires_at:%Y-%m-%d}; "
+                "submit a new request for a fresh copy")
+    return None
+
+
+@dataclass
+class Expiry:
+    request_id: str
+    uri: str
+    expired_at: str
+    deleted: bool
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "uri": self.uri, "expired_at": self.expired_at,
+                "deleted": self.deleted, "error": self.error}
+
+
+def expire_bundles(rt: Runtime, actor: str = "sweeper", limit: int = 500) -> list[Expiry]:
+    """Delete bundles past their expiry from the store and record it (audited). Safe to run concurrently."""
+    now = rt.clock()
+    with rt.sessions() as s:
+        due = list(s.execute(sa.select(Request.id, Request.bundle_path, Request.bundle_expires_at).where(
+            Request.bundle_path.is_not(None), Request.bundle_deleted_at.is_(None),
+            Request.bundle_expires_at.is_not(None), Request.bundle_expires_at <= now,
+        ).order_by(Request.bundle_expires_at).limit(limit)))
+    if not due:
+        return []
+    out: list[Expiry] = []
+    for request_id, uri, expires_at in due:
+        uri, expires_at = cast(str, uri), cast(datetime, expires_at)
+        try:
+            # first: the ledger never says deleted while the object remains
+            store_for_uri(rt.settings, uri, rt.env).delete_uri(uri)
+        except ArchiveError as exc:
+            log.warning("bundle.expire_failed", request_id=request_id, error=str(exc))
+            out.append(Expiry(request_id, uri, expires_at.isoformat(), False, str(exc)))
+            continue
+        with rt.sessions.begin() as s:
+            won = s.execute(sa.update(Request).where(Request.id == request_id, Request.bundle_deleted_at.is_(None))
+                            .values(bundle_deleted_at=now))
+            if won.rowcount:  # type: ignore[attr-defined]
+                req = s.get(Request, request_id)
+                s.add(AuditEvent(event="bundle.expired", actor=actor, request_id=request_id,
+                                 subject_hash=req.subject_hash if req else None,
+                                 details={"uri": uri, "expires_at": expires_at.isoformat()}))
+        out.append(Expiry(request_id, uri, expires_at.isoformat(), True))
+    log.info("bundle.expired", count=sum(e.deleted for e in out), failed=sum(not e.deleted for e in out))
+    return out

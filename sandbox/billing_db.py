@@ -22,7 +22,6 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 
-from connectors.s3_files import KeyTemplate
 from sandbox.people import DECOY_EMAIL, PEOPLE
 
 PROJECT_DATAMAP = Path(__file__).resolve().parent.parent / "config" / "datamap.yaml"
@@ -135,21 +134,24 @@ def seed(engine: sa.Engine, now: datetime | None = None) -> dict[str, int]:
             "invoice_lines": line_id - 1}
 
 
-def key_template(datamap: Path = PROJECT_DATAMAP) -> KeyTemplate:
-    """The invoice key template of the data map's billing system (so the sample files sit where dsar looks)."""
+def key_template(datamap: Path = PROJECT_DATAMAP) -> str:
+    """The invoice key template of the data map's billing system (so the sample files sit where dsar looks),
+    e.g. `invoices/{customer_id}/{number}.pdf`."""
     raw = yaml.safe_load(datamap.read_text(encoding="utf-8"))
-    return KeyTemplate(raw["systems"][SYSTEM]["entities"]["invoices"]["files"]["key"])
+    return str(raw["systems"][SYSTEM]["entities"]["invoices"]["files"]["key"])
 
 
-def upload_invoices(s3: Any, bucket: str, engine: sa.Engine, template: KeyTemplate | None = None) -> dict[str, bytes]:
-    """Put every invoice's PDF into the bucket under the data map's key template; returns {key: bytes}."""
+def upload_invoices(s3: Any, bucket: str, engine: sa.Engine, template: str | None = None) -> dict[str, bytes]:
+    """Put every invoice's PDF into the bucket under the data map's key template; returns {key: bytes}.
+
+    The key is filled here with a plain str.format over the row, not with connectors.s3_files.KeyTemplate:
+    the sample store must not share a mistake with the connector that looks for its files."""
     template = template or key_template()
     uploaded: dict[str, bytes] = {}
     with engine.connect() as conn:
         for row in conn.execute(sa.select(invoices)):
             values = dict(row._mapping)
-            key = template.render(values)
-            assert key is not None
+            key = template.format(**{column: str(value) for column, value in values.items()})
             body = invoice_pdf(values["number"], values["invoice_date"], values["billed_name"],
                                values["billed_address"], values["total"], values["currency"])
             s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/pdf")

@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 import yaml
 
-from discovery.engine.datamap import SYSTEM_KEYS
 from sandbox.freshchat import FreshchatSim
 from sandbox.matomo import MatomoSim
 from sandbox.mautic import MauticSim
@@ -40,6 +39,13 @@ from sandbox.server import Served, Throttle, WSGIApp
 
 PROJECT_DATAMAP = Path(__file__).resolve().parent.parent / "config" / "datamap.yaml"
 VENDORS = ("freshchat", "mautic", "salesmanago", "matomo")  # system names in the project's data map
+# The keys of a system entry that describe it (what the person is told) rather than configure its
+# connector; kept from the project's map, everything else is replaced by the simulator's settings.
+# A copy of discovery.engine.datamap's SYSTEM_KEYS plus `kind`: the sandbox imports nothing from the
+# code it stands in front of, so a mistake there cannot hide in the data map written here.
+# tests/unit/test_sandbox_independent.py checks the copy against the original.
+DESCRIPTION_KEYS = frozenset({"kind", "enabled", "title", "purpose", "legal_basis", "retention", "processors",
+                              "location", "source", "holds"})
 
 
 class Sim(Protocol):
@@ -102,7 +108,7 @@ class Sandbox:
             entry = systems.get(name)
             if entry is None:
                 raise KeyError(f"{source} has no system '{name}'")
-            kept = {k: v for k, v in entry.items() if k in SYSTEM_KEYS or k == "kind"}
+            kept = {k: v for k, v in entry.items() if k in DESCRIPTION_KEYS}
             systems[name] = {**kept, "enabled": True, **sim.settings(self.urls[name]), **common,
                              **per_system.get(name, {})}
         header = (f"# Written by sandbox.launch from {source.name}: the vendor systems point at local simulators.\n")

@@ -1,0 +1,112 @@
+"""sandbox/ stays independent of the code it stands in front of (issue 17, point 5).
+
+The simulators, sample databases and S3 launcher must import nothing from discovery/, connectors/
+or workers/: a simulator that borrowed the connector's own helpers would share its mistakes, and
+the tests driving one against the other could not catch them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SANDBOX = ROOT / "sandbox"
+FORBIDDEN = ("discovery", "connectors", "workers")
+DYNAMIC_IMPORTERS = {"import_module", "__import__"}
+
+
+def _package_of(path: Path) -> list[str]:
+    """The package a module's relative imports start from: sandbox/x.py and sandbox/__init__.py -> sandbox."""
+    return list(path.resolve().parent.relative_to(ROOT).parts)
+
+
+def _imported(node: ast.AST, package: list[str]) -> list[str]:
+    """The absolute module names one node imports ('..' is the project root, beyond it is '<outside>')."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            up = node.level - 1
+            if up > len(package):
+                return ["<outside>." + (node.module or "")]
+            base = package[: len(package) - up]
+            module = ".".join([*base, *([node.module] if node.module else [])])
+        else:
+            module = node.module or ""
+        # `from .. import connectors` names the forbidden package as an imported name, not as the module
+        return [module] + [f"{module}.{alias.name}".lstrip(".") for alias in node.names]
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+            and isinstance(node.args[0].value, str):
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in DYNAMIC_IMPORTERS:
+            return [node.args[0].value]
+    return []
+
+
+def forbidden_imports(source: str, path: Path) -> list[str]:
+    """'file:line: imports X' for every import of discovery, connectors or workers, wherever it sits."""
+    tree = ast.parse(source, filename=str(path))
+    package = _package_of(path)
+    found = []
+    for node in ast.walk(tree):
+        for module in _imported(node, package):
+            top = module.split(".")[0]
+            if top in FORBIDDEN or top == "<outside>":
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {module}")
+                break
+    return sorted(found, key=lambda s: (s.split(":")[0], int(s.split(":")[1])))
+
+
+def sandbox_files() -> list[Path]:
+    return sorted(SANDBOX.rglob("*.py"))
+
+
+def test_sandbox_imports_nothing_of_the_code_it_stands_in_front_of() -> None:
+    files = sandbox_files()
+    assert len(files) >= 5, f"no sandbox modules found under {SANDBOX}"
+    problems = [p for f in files for p in forbidden_imports(f.read_text(encoding="utf-8"), f)]
+    assert not problems, "sandbox/ must not import discovery, connectors or workers:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize(("source", "line"), [
+    ("import connectors", 1),
+    ("import connectors.s3_files as s3", 1),
+    ("import os, workers.cli", 1),
+    ("from discovery.engine.datamap import SYSTEM_KEYS", 1),
+    ("from connectors import s3_files", 1),
+    ("def f():\n    from connectors.s3_files import KeyTemplate\n", 2),
+    ("class C:\n    def m(self):\n        import workers\n", 3),
+    ("try:\n    pass\nexcept ImportError:\n    from discovery import engine\n", 4),
+    ("from .. import connectors", 1),
+    ("from ..discovery.engine import datamap", 1),
+    ("from ...elsewhere import thing", 1),
+    ("import importlib\nmod = importlib.import_module('connectors.s3_files')", 2),
+    ("mod = __import__('workers.demo')", 1),
+])
+def test_the_check_catches_every_import_form(source: str, line: int) -> None:
+    found = forbidden_imports(source, SANDBOX / "example.py")
+    assert len(found) == 1, found
+    assert found[0].startswith(f"sandbox/example.py:{line}: imports "), found
+
+
+@pytest.mark.parametrize("source", [
+    "import os\nfrom sandbox.people import PEOPLE",
+    "from . import people",
+    "from .server import Served",
+    "import connectorsx\nimport my_workers",
+    "import sqlalchemy as sa\nfrom collections.abc import Mapping",
+])
+def test_the_check_leaves_other_imports_alone(source: str) -> None:
+    assert forbidden_imports(source, SANDBOX / "example.py") == []
+
+
+def test_launch_description_keys_match_the_data_map() -> None:
+    """sandbox.launch keeps its own copy of the system description keys; it must not drift from discovery's."""
+    from discovery.engine.datamap import SYSTEM_KEYS
+    from sandbox.launch import DESCRIPTION_KEYS
+
+    assert SYSTEM_KEYS | {"kind"} == DESCRIPTION_KEYS, "update DESCRIPTION_KEYS in sandbox/launch.py"

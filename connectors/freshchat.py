@@ -31,6 +31,7 @@ from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.http import HttpClient, NotFound, RetryPolicy, in_parallel, paginate
 from connectors.ratelimit import make_rate_limiter
 from connectors.redact import redact
+from connectors.vendor_settings import FreshchatSettings, parse
 
 log = structlog.get_logger(__name__)
 
@@ -38,11 +39,6 @@ ENTITIES = ("user", "conversations", "messages")
 # A reserved, non-personal address (RFC 2606 .invalid): the health check must not search for anyone real.
 PROBE_EMAIL = "dsar-healthcheck@invalid"
 FORGET_STEP = "Forget the contact in FreshChat (Contacts > Forget)"
-_SETTINGS = {
-    "base_url", "token_env", "rate_per_second", "timeout_s", "supports_user_delete",
-    "reference_id_identity", "items_per_page", "restricted_property", "parallel_calls",
-}
-_IGNORED_SETTINGS = {"kind"}  # the data map may pass the system's kind along with its settings
 
 
 @dataclass
@@ -107,56 +103,22 @@ class FreshchatConnector(Connector):
         retry: RetryPolicy | None = None,
         session: requests.Session | None = None,
     ) -> FreshchatConnector:
-        unknown = sorted(set(settings) - _SETTINGS - _IGNORED_SETTINGS)
-        if unknown:
-            known = ", ".join(sorted(_SETTINGS))
-            raise PermanentError(name, f"unknown setting(s) {', '.join(unknown)}; known: {known}")
-        base_url = settings.get("base_url")
-        parts = urlsplit(base_url) if isinstance(base_url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PermanentError(name, "setting 'base_url' must be an http(s) URL such as https://acme.freshchat.com/v2")
-        token = ctx.secret(name, "token_env", settings.get("token_env"))
-        rate = settings.get("rate_per_second")
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
-            raise PermanentError(name, "setting 'rate_per_second' must be a positive number")
-        timeout_s = settings.get("timeout_s", 30)
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
-            raise PermanentError(name, "setting 'timeout_s' must be a positive number of seconds")
-        supports_delete = settings.get("supports_user_delete", True)
-        if not isinstance(supports_delete, bool):
-            raise PermanentError(name, "setting 'supports_user_delete' must be true or false")
-        ref_setting = settings.get("reference_id_identity", IdentityType.ACCOUNT_ID.value)
-        ref_type: IdentityType | None = None
-        if ref_setting is not None:
-            try:
-                ref_type = IdentityType(ref_setting)
-            except ValueError:
-                known = ", ".join(t.value for t in IdentityType)
-                raise PermanentError(
-                    name, f"setting 'reference_id_identity' must be null or one of: {known}"
-                ) from None
-        per_page = settings.get("items_per_page", 50)
-        if isinstance(per_page, bool) or not isinstance(per_page, int) or not 1 <= per_page <= 100:
-            raise PermanentError(name, "setting 'items_per_page' must be an integer from 1 to 100")
-        parallel = settings.get("parallel_calls", 4)
-        if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 16:
-            raise PermanentError(name, "setting 'parallel_calls' must be an integer from 1 to 16")
-        prop = settings.get("restricted_property", "gdpr_restricted")
-        if not isinstance(prop, str) or not prop.strip():
-            raise PermanentError(name, "setting 'restricted_property' must be a non-empty property name")
-        host = parts.hostname
+        config = parse(FreshchatSettings, name, settings)
+        token = ctx.secret(name, "token_env", config.token_env)
+        host = urlsplit(config.base_url).hostname
         http = HttpClient(
             name,
-            str(base_url),
+            config.base_url,
             headers={"Authorization": f"Bearer {token}"},
-            timeout=(min(5.0, float(timeout_s)), float(timeout_s)),
+            timeout=(min(5.0, config.timeout_s), config.timeout_s),
             retry=retry,
-            rate_limiter=make_rate_limiter(f"freshchat:{host}", rate, ctx.redis_url),
+            rate_limiter=make_rate_limiter(f"freshchat:{host}", config.rate_per_second, ctx.redis_url),
             session=session,
         )
         return cls(
-            name, http, supports_user_delete=supports_delete, reference_id_identity=ref_type,
-            items_per_page=per_page, restricted_property=prop.strip(), parallel_calls=parallel,
+            name, http, supports_user_delete=config.supports_user_delete,
+            reference_id_identity=config.reference_id_identity, items_per_page=config.items_per_page,
+            restricted_property=config.restricted_property, parallel_calls=config.parallel_calls,
         )
 
     def accepts(self) -> set[IdentityType]:

@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import orjson
 import requests
@@ -36,6 +36,7 @@ from connectors.base import (
 from connectors.http import HttpClient, RetryPolicy, paginate
 from connectors.ratelimit import make_rate_limiter
 from connectors.redact import redact
+from connectors.vendor_settings import MatomoSettings, parse
 
 log = structlog.get_logger(__name__)
 
@@ -134,38 +135,26 @@ class MatomoConnector(Connector):
         retry: RetryPolicy | None = None,
         session: requests.Session | None = None,
     ) -> MatomoConnector:
-        base_url = _base_url(name, settings.get("base_url"))
-        token = ctx.secret(name, "token_env", settings.get("token_env"))
-        identity = settings.get("user_id_identity", "email")
-        if identity not in _USER_ID_IDENTITIES:
-            raise PermanentError(name, "setting 'user_id_identity' must be one of: " + ", ".join(_USER_ID_IDENTITIES))
-        rate = settings.get("rate_per_second")  # none by default: Matomo has no API rate limit
-        if rate is not None and (not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0):
-            raise PermanentError(name, "setting 'rate_per_second' must be a positive number")
-        timeout_s = settings.get("timeout_s", 60)
-        if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s <= 0:
-            raise PermanentError(name, "setting 'timeout_s' must be a positive number of seconds")
-        manual = settings.get("userid_reports_manual_step", True)
-        if not isinstance(manual, bool):
-            raise PermanentError(name, "setting 'userid_reports_manual_step' must be true or false")
+        config = parse(MatomoSettings, name, settings)
+        token = ctx.secret(name, "token_env", config.token_env)
         http = HttpClient(
             name,
-            base_url,
-            timeout=(min(5.0, float(timeout_s)), float(timeout_s)),
+            config.base_url,
+            timeout=(min(5.0, config.timeout_s), config.timeout_s),
             retry=retry,
-            rate_limiter=make_rate_limiter(f"matomo:{name}", rate, ctx.redis_url),
+            rate_limiter=make_rate_limiter(f"matomo:{name}", config.rate_per_second, ctx.redis_url),
             session=session,
         )
         return cls(
             name,
             http,
             token,
-            id_sites=_id_sites(name, settings.get("id_sites", "all")),
-            filter_limit=_positive_int(name, settings, "filter_limit", FIND_CAP),
-            page_size=_positive_int(name, settings, "page_size", 100),
-            chunk_size=_positive_int(name, settings, "chunk_size", 100),
-            user_id_identity=identity,
-            userid_reports_manual_step=manual,
+            id_sites=config.id_sites,
+            filter_limit=config.filter_limit,
+            page_size=config.page_size,
+            chunk_size=config.chunk_size,
+            user_id_identity=config.user_id_identity,
+            userid_reports_manual_step=config.userid_reports_manual_step,
         )
 
     # -- the contract -------------------------------------------------------------------------
@@ -388,39 +377,6 @@ class MatomoConnector(Connector):
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def _base_url(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise PermanentError(name, "setting 'base_url' is required (e.g. https://analytics.example.com)")
-    url = value.strip().rstrip("/")
-    if url.endswith("/index.php"):
-        url = url[: -len("/index.php")]
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.username:
-        raise PermanentError(name, "setting 'base_url' must be an http(s) URL without query or credentials")
-    return url
-
-
-def _id_sites(name: str, value: Any) -> str:
-    """'all' or a comma list of site ids, from a string, an int or a YAML list."""
-    if isinstance(value, str) and value.strip().lower() == "all":
-        return "all"
-    items = value if isinstance(value, list) else str(value).split(",")
-    try:
-        ids = [int(str(item).strip()) for item in items]
-    except ValueError:
-        raise PermanentError(name, "setting 'id_sites' must be 'all' or a list of site ids") from None
-    if not ids or any(i <= 0 for i in ids) or isinstance(value, bool):
-        raise PermanentError(name, "setting 'id_sites' must be 'all' or a list of site ids")
-    return ",".join(str(i) for i in dict.fromkeys(ids))
-
-
-def _positive_int(name: str, settings: Mapping[str, Any], key: str, default: int) -> int:
-    value = settings.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise PermanentError(name, f"setting '{key}' must be a positive integer")
-    return value
 
 
 def _chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

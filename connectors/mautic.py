@@ -11,7 +11,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -39,6 +38,7 @@ from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.http import HttpClient, NotFound, RetryPolicy, in_parallel, paginate
 from connectors.ratelimit import make_rate_limiter
 from connectors.redact import redact, safe_url
+from connectors.vendor_settings import MauticSettings, parse
 
 log = structlog.get_logger(__name__)
 
@@ -61,98 +61,12 @@ RESIDUE_STEP = (
 )
 
 
-@dataclass(frozen=True)
-class MauticSettings:
-    base_url: str
-    auth: str  # "basic" | "oauth2"
-    rate_per_second: float | None
-    timeout_s: float
-    activity_page_size: int
-    page_size: int
-    dnc_channels: tuple[str, ...]
-    dnc_comment: str
-    parallel_calls: int = 4
-    # Marketing retention (discovery.schedule.marketing): the trial end field, the raw DNC stats table, the delays.
-    trial_field: str | None = None
-    dnc_table: str = "lead_donotcontact"
-    newsletter_erasure_delay_days: float = 0.0
-    trial_erasure_delay_days: float = 0.0
-
-
-def _number(name: str, settings: Mapping[str, Any], key: str, default: float, *, integer: bool = False,
-            allow_zero: bool = False) -> Any:
-    """A positive number setting (whole when `integer`), or a PermanentError naming the key."""
-    value = settings.get(key, default)
-    kind = "a whole number" if integer else "a number"
-    if isinstance(value, bool):
-        raise PermanentError(name, f"setting '{key}' must be {kind}")
-    try:
-        number = int(str(value).strip()) if integer else float(value)
-    except (TypeError, ValueError):
-        raise PermanentError(name, f"setting '{key}' must be {kind}") from None
-    if number < 0 or (number == 0 and not allow_zero):
-        raise PermanentError(name, f"setting '{key}' must be {'>= 0' if allow_zero else '> 0'}")
-    return number
-
-
-def parse_settings(name: str, settings: Mapping[str, Any]) -> MauticSettings:
-    base_url = str(settings.get("base_url") or "").strip().rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", base_url):
-        raise PermanentError(name, "setting 'base_url' must be the Mautic site URL, e.g. https://mautic.example.com")
-    if base_url.endswith("/api"):
-        raise PermanentError(name, "setting 'base_url' is the Mautic site URL without the trailing /api")
-    auth = str(settings.get("auth", "basic")).strip().lower()
-    if auth not in ("basic", "oauth2"):
-        raise PermanentError(name, "setting 'auth' must be 'basic' or 'oauth2'")
-    rate = settings.get("rate_per_second", 10.0)
-    rate_value = None if rate is None else _number(name, settings, "rate_per_second", 10.0, allow_zero=True)
-    channels = settings.get("dnc_channels", ["email"])
-    if isinstance(channels, str) or not isinstance(channels, Iterable):
-        raise PermanentError(name, "setting 'dnc_channels' must be a list of channel names, e.g. [email]")
-    channel_list = tuple(str(c).strip() for c in channels)
-    if not channel_list or not all(re.fullmatch(r"[a-z_]+", c) for c in channel_list):
-        raise PermanentError(name, "setting 'dnc_channels' must list channel names such as email, sms")
-    comment = str(settings.get("dnc_comment", "dsar restriction")).strip()
-    if not comment or redact(comment) != comment:
-        raise PermanentError(name, "setting 'dnc_comment' must be a short text without personal data")
-    return MauticSettings(
-        base_url=base_url,
-        auth=auth,
-        rate_per_second=rate_value or None,
-        timeout_s=_number(name, settings, "timeout_s", 30.0),
-        activity_page_size=_number(name, settings, "activity_page_size", 100, integer=True),
-        page_size=_number(name, settings, "page_size", 100, integer=True),
-        dnc_channels=channel_list,
-        dnc_comment=comment,
-        parallel_calls=_number(name, settings, "parallel_calls", 4, integer=True),
-        trial_field=_alias(name, settings, "trial_field", None),
-        dnc_table=_alias(name, settings, "dnc_table", "lead_donotcontact") or "lead_donotcontact",
-        newsletter_erasure_delay_days=_number(name, settings, "newsletter_erasure_delay_days", 0, allow_zero=True),
-        trial_erasure_delay_days=_number(name, settings, "trial_erasure_delay_days", 0, allow_zero=True),
-    )
-
-
-def _alias(name: str, settings: Mapping[str, Any], key: str, default: str | None) -> str | None:
-    """A Mautic field alias or table name setting (lower-case letters, digits, underscores)."""
-    value = settings.get(key, default)
-    if value is None:
-        return None
-    text = str(value).strip()
-    if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", text):
-        raise PermanentError(name, f"setting '{key}' must be a Mautic alias such as trial_ends_at")
-    return text
-
-
 class MauticConnector(Connector):
     """Mautic contacts: locate, export, erase (hard delete), restrict/lift (do-not-contact).
 
-    Settings (defaults): base_url (required, the site URL without /api); auth ("basic") with
-    user_env/password_env, or "oauth2" (client credentials) with client_id_env/client_secret_env;
-    rate_per_second (10; 0 or null = no pacing); timeout_s (30); activity_page_size (100);
-    parallel_calls (4: a contact's sub-resources are fetched at once); page_size (100; contact
-    search, notes, devices); dnc_channels ([email]); dnc_comment
-    ("dsar restriction"; the request id is appended when given as `request_id` to
-    from_settings or found as `ctx.request_id`, which ConnectorContext does not have yet).
+    Settings: `MauticSettings` in connectors.vendor_settings (tables in docs/datamap.md). The request
+    id is appended to `dnc_comment` when given as `request_id` to from_settings or found as
+    `ctx.request_id`, which ConnectorContext does not have yet.
 
     Behaviours resting on [U] or inferred facts:
     - 429 carries no Retry-After; the wait comes from X-RateLimit-Reset (HttpClient); a wait
@@ -225,17 +139,17 @@ class MauticConnector(Connector):
         request_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> MauticConnector:
-        config = parse_settings(name, settings)
+        config = parse(MauticSettings, name, settings)
         basic = client = None
         if config.auth == "basic":
             basic = (
-                ctx.secret(name, "user_env", settings.get("user_env")),
-                ctx.secret(name, "password_env", settings.get("password_env")),
+                ctx.secret(name, "user_env", config.user_env),
+                ctx.secret(name, "password_env", config.password_env),
             )
         else:
             client = (
-                ctx.secret(name, "client_id_env", settings.get("client_id_env")),
-                ctx.secret(name, "client_secret_env", settings.get("client_secret_env")),
+                ctx.secret(name, "client_id_env", config.client_id_env),
+                ctx.secret(name, "client_secret_env", config.client_secret_env),
             )
         return cls(name, config, ctx, basic=basic, client=client, retry=retry, request_id=request_id, clock=clock)
 

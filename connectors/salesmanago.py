@@ -37,29 +37,14 @@ from connectors.emails import email_forms
 from connectors.http import HttpClient, NotFound, RetryPolicy
 from connectors.ratelimit import make_rate_limiter
 from connectors.redact import redact, safe_url
+from connectors.vendor_settings import SALESMANAGO_DATA_TYPES as DEFAULT_DATA_TYPES  # defaults live with the model
+from connectors.vendor_settings import SALESMANAGO_PATHS as DEFAULT_PATHS
+from connectors.vendor_settings import SALESMANAGO_PROBE_EMAIL as PROBE_EMAIL
+from connectors.vendor_settings import SalesmanagoSettings, parse
 
 log = structlog.get_logger(__name__)
 
-# The vendor paths, relative to base_url (".../api"); each can be overridden by settings["paths"].
-DEFAULT_PATHS: dict[str, str] = {
-    "basic": "contact/basic",  # [V] SSO util ContactService::getContactBasic
-    "export": "contact/export/data",  # [L] salesmanago-toolkit
-    "job_status": "job/status",  # [L] salesmanago-toolkit
-    "delete": "contact/delete",  # [L] pixers, tomaszcekalo
-    "optout": "contact/optout",  # [L] tomaszcekalo, pixers
-    "phone_optout": "contact/phoneoptout",  # [L]
-    "optin": "contact/optin",  # [L]
-    "phone_optin": "contact/phoneoptin",  # [L]
-    "stop_monitoring": "contact/stopMonitoring",  # [L] tomaszcekalo, docs anchor
-    "restore_monitoring": "contact/restoreMonitoring",  # [L]
-}
-# The data types the export job is asked for [L: salesmanago-toolkit export_data].
-DEFAULT_DATA_TYPES: tuple[str, ...] = (
-    "CONTACT", "TAG", "EXT_EVENT", "VISITS", "EMAILS", "FUNNELS", "NOTES", "TASKS", "COUPONS", "SMS",
-    "CONSENTS", "PROPERTIES", "DICTIONARY_PROPERTIES",
-)
 CONTENT_TYPE = "application/json;charset=UTF-8"  # as the vendor docs ask
-PROBE_EMAIL = "dsar-healthcheck@example.invalid"  # no person: `check` asks for this address
 _CHUNK = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -69,13 +54,8 @@ _PHONE_JUNK = re.compile(r"[\s().-]")
 class SalesmanagoConnector(Connector):
     """SALESmanago v2 API, keyed by e-mail within one owner (the SALESmanago user owning contacts).
 
-    Settings: base_url (e.g. https://app3.salesmanago.com/api), client_id_env, api_key_env,
-    api_secret_env (names of environment variables), owner (an e-mail; not a secret),
-    poll_interval_s (5), poll_timeout_s (300), timeout_s (30), rate_per_second (none),
-    max_export_bytes (100 MB), export_data_types (13 documented types), export_addressee_type
-    ("email"), monitoring_addressee_type ("EMAIL"), delete_permanently (true),
-    stop_monitoring_on_erase (true), lift_opt_in (true), verify_export_contacts (true),
-    probe_email, paths ({call: path} overrides of DEFAULT_PATHS).
+    Settings: `SalesmanagoSettings` in connectors.vendor_settings (tables in docs/datamap.md); the
+    vendor paths (DEFAULT_PATHS) and export data types (DEFAULT_DATA_TYPES) are defined there too.
 
     Behaviours resting on unverified [U] or client-library-only [L] facts, and their switches:
     - every endpoint except contact/basic is known from client libraries [L]: `paths` overrides any.
@@ -171,44 +151,29 @@ class SalesmanagoConnector(Connector):
         sleep: Callable[[float], None] | None = None,
         monotonic: Callable[[], float] | None = None,
     ) -> SalesmanagoConnector:
-        base_url = _setting_str(name, settings, "base_url")
-        if not base_url.lower().startswith(("https://", "http://")):
-            raise PermanentError(name, "setting 'base_url' must be an http(s) URL such as https://app3.salesmanago.com/api")
-        owner = _setting_str(name, settings, "owner")
-        if "@" not in owner:
-            raise PermanentError(name, "setting 'owner' must be the e-mail of the SALESmanago user owning the contacts")
-        paths = settings.get("paths") or {}
-        if not isinstance(paths, Mapping) or not all(isinstance(v, str) and v for v in paths.values()):
-            raise PermanentError(name, "setting 'paths' must map call names to non-empty paths")
-        unknown = sorted(set(paths) - set(DEFAULT_PATHS))
-        if unknown:
-            raise PermanentError(name, f"setting 'paths' has unknown calls {unknown}; known: {sorted(DEFAULT_PATHS)}")
-        data_types = settings.get("export_data_types", DEFAULT_DATA_TYPES)
-        if isinstance(data_types, str) or not data_types or not all(isinstance(t, str) and t for t in data_types):
-            raise PermanentError(name, "setting 'export_data_types' must be a non-empty list of dataType names")
-        rate = settings.get("rate_per_second")
+        config = parse(SalesmanagoSettings, name, settings)
         return cls(
             name,
-            base_url=base_url,
-            client_id=ctx.secret(name, "client_id_env", settings.get("client_id_env")),
-            api_key=ctx.secret(name, "api_key_env", settings.get("api_key_env")),
-            api_secret=ctx.secret(name, "api_secret_env", settings.get("api_secret_env")),
-            owner=owner,
+            base_url=config.base_url,
+            client_id=ctx.secret(name, "client_id_env", config.client_id_env),
+            api_key=ctx.secret(name, "api_key_env", config.api_key_env),
+            api_secret=ctx.secret(name, "api_secret_env", config.api_secret_env),
+            owner=config.owner,
             ctx=ctx,
-            poll_interval_s=_setting_number(name, settings, "poll_interval_s", 5.0),
-            poll_timeout_s=_setting_number(name, settings, "poll_timeout_s", 300.0),
-            timeout_s=_setting_number(name, settings, "timeout_s", 30.0),
-            rate_per_second=None if rate is None else _setting_number(name, settings, "rate_per_second", 0.0),
-            max_export_bytes=int(_setting_number(name, settings, "max_export_bytes", 100_000_000)),
-            export_data_types=tuple(data_types),
-            export_addressee_type=_setting_str(name, settings, "export_addressee_type", "email"),
-            monitoring_addressee_type=_setting_str(name, settings, "monitoring_addressee_type", "EMAIL"),
-            delete_permanently=_setting_bool(name, settings, "delete_permanently", True),
-            stop_monitoring_on_erase=_setting_bool(name, settings, "stop_monitoring_on_erase", True),
-            lift_opt_in=_setting_bool(name, settings, "lift_opt_in", True),
-            verify_export_contacts=_setting_bool(name, settings, "verify_export_contacts", True),
-            probe_email=_setting_str(name, settings, "probe_email", PROBE_EMAIL),
-            paths=dict(paths),
+            poll_interval_s=config.poll_interval_s,
+            poll_timeout_s=config.poll_timeout_s,
+            timeout_s=config.timeout_s,
+            rate_per_second=config.rate_per_second,
+            max_export_bytes=int(config.max_export_bytes),
+            export_data_types=config.export_data_types,
+            export_addressee_type=config.export_addressee_type,
+            monitoring_addressee_type=config.monitoring_addressee_type,
+            delete_permanently=config.delete_permanently,
+            stop_monitoring_on_erase=config.stop_monitoring_on_erase,
+            lift_opt_in=config.lift_opt_in,
+            verify_export_contacts=config.verify_export_contacts,
+            probe_email=config.probe_email,
+            paths=config.paths,
             retry=retry,
             sleep=sleep,
             monotonic=monotonic,
@@ -549,24 +514,3 @@ def _chunks(content: bytes) -> Iterator[bytes]:
 def _extension(url: str) -> str:
     suffix = urlsplit(url).path.rpartition("/")[2].rpartition(".")[2]
     return suffix.lower() if suffix and suffix.isalnum() and len(suffix) <= 5 else "bin"
-
-
-def _setting_str(system: str, settings: Mapping[str, Any], key: str, default: str | None = None) -> str:
-    value = settings.get(key, default)
-    if not isinstance(value, str) or not value.strip():
-        raise PermanentError(system, f"setting '{key}' must be a non-empty string")
-    return value.strip()
-
-
-def _setting_number(system: str, settings: Mapping[str, Any], key: str, default: float) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise PermanentError(system, f"setting '{key}' must be a positive number")
-    return float(value)
-
-
-def _setting_bool(system: str, settings: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = settings.get(key, default)
-    if not isinstance(value, bool):
-        raise PermanentError(system, f"setting '{key}' must be true or false")
-    return value

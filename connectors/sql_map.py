@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import IdentityType, PermanentError
 from connectors.s3_files import KeyTemplate, S3Settings
+from connectors.vendor_settings import first_error
 
 MaskMethod = Literal["null", "hash", "redact"]
 
@@ -221,11 +222,5 @@ def parse_system(system: str, settings: dict[str, Any]) -> SqlSystemSpec:
     try:
         return SqlSystemSpec.model_validate(settings)
     except ValidationError as exc:
-        raise PermanentError(system, f"data map: {_first_error(exc)}") from None
+        raise PermanentError(system, f"data map: {first_error(exc)}") from None
 
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
-    message = err["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message

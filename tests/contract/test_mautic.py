@@ -488,7 +488,7 @@ def test_oauth2_bad_client_shows_in_check(vendor, ctx) -> None:
 def test_bad_settings_name_the_key(ctx, change: dict[str, Any], named: str) -> None:
     with pytest.raises(PermanentError) as err:
         MauticConnector.from_settings("mautic", settings(**change), ctx)
-    assert f"'{named}'" in str(err.value)
+    assert named in str(err.value)
     assert "jane" not in str(err.value)
 
 

@@ -31,9 +31,12 @@ class Identity:
     type: IdentityType
     value: str
     source: str = field(default="request", compare=False)
+    # Provenance of a learned identifier: system, table, column and the row's path from a direct match
+    # (e.g. "accounts: users (matched directly), column phone"). Discovery refuses a learned one without.
+    via: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, str]:
-        return {"type": str(self.type), "value": self.value, "source": self.source}
+        return {"type": str(self.type), "value": self.value, "source": self.source, "via": self.via}
 
 
 class Identities:
@@ -75,6 +78,11 @@ class Hits:
     found: bool
     counts: dict[str, int] = field(default_factory=dict)  # entity -> matching records
     learned: list[Identity] = field(default_factory=list)
+    # entity -> why -> records reached but left alone because they are not this person's (counts only)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    # entity -> identifiers on the records an erasure or restriction would change; kept in memory only,
+    # so the plan can refuse one that would touch another person (compared with the final identity set)
+    touches: dict[str, set[Identity]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ class Receipt:
     vendor_refs: list[str] = field(default_factory=list)  # vendor job ids, deletion references
     manual_steps: list[str] = field(default_factory=list)  # what a person must still do by hand
     held: list[dict[str, Any]] = field(default_factory=list)  # kept under a legal hold, with until
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # entity -> why -> records left alone
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +129,7 @@ class Receipt:
             "vendor_refs": self.vendor_refs,
             "manual_steps": self.manual_steps,
             "held": self.held,
+            "skipped": self.skipped,
         }
 
 

@@ -13,6 +13,7 @@ import hmac
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -39,9 +40,23 @@ from connectors.base import (
 from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.redact import redact
 from connectors.s3_files import RESTRICTED_TAG, S3Files
-from connectors.sql_map import EntitySpec, Fixed, SqlSystemSpec, parse_system, topological
+from connectors.sql_map import EntitySpec, Fixed, Reference, SqlSystemSpec, parse_system, risks, topological
 
 REDACTED = "[redacted]"
+NAMES_SOMEONE_ELSE = "an identity column names someone else"
+RELATED_NOT_OWNED = "related through a relation, not owned"
+
+
+@dataclass(frozen=True)
+class _Reach:
+    """WHERE clauses for one entity: the person's rows, those matched by a non-shared identifier, those
+    owned through a declared ownership reference, rows reached but naming someone else, related rows."""
+
+    mine: sa.ColumnElement[bool]
+    strong: sa.ColumnElement[bool] | None
+    owned: sa.ColumnElement[bool] | None
+    others: sa.ColumnElement[bool] | None
+    related: sa.ColumnElement[bool] | None
 
 
 class SqlConnector(Connector):
@@ -90,25 +105,63 @@ class SqlConnector(Connector):
         hits = Hits(system=self.name, found=False)
         with self._connect() as conn:
             for name in self.order:
-                cond = self._matched(name, identities, conn)
-                if cond is None:
+                reach = self._reach(name, identities, conn)
+                if reach is None:
                     continue
                 table = self._table(name, conn)
-                count = conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one()
+                count = conn.execute(sa.select(sa.func.count()).select_from(table).where(reach.mine)).scalar_one()
+                self._count_skipped(conn, table, name, reach, hits.skipped)
                 if not count:
                     continue
                 hits.counts[name] = int(count)
                 hits.found = True
-                entity = self.spec.entities[name]
-                if entity.identities:
-                    cols = [table.c[c] for c in entity.identities.values()]
-                    rows = conn.execute(sa.select(*cols).where(cond).distinct().limit(1000))
-                    for row in rows:
-                        for (type_, _col), value in zip(entity.identities.items(), row, strict=True):
-                            learned = _identity_value(type_, value)
-                            if learned:
-                                hits.learned.append(Identity(type_, learned, source=self.name))
+                self._learn(conn, table, name, reach, hits)
+                self._touches(conn, table, name, reach, hits)
         return hits
+
+    def _touches(self, conn: Connection, table: sa.Table, name: str, reach: _Reach, hits: Hits) -> None:
+        """The identifiers on the rows a change would touch, normalised in Python: a second look, independent
+        of the SQL that picked the rows, which the plan compares with everything known of the person."""
+        entity = self.spec.entities[name]
+        if not entity.identities:
+            return
+        columns = list(entity.identities.items())
+        touched: set[Identity] = set()
+        query = sa.select(*(table.c[c] for _, c in columns)).where(reach.mine).distinct().limit(1000)
+        for row in conn.execute(query):
+            for (type_, _column), value in zip(columns, row, strict=True):
+                found = _identity_value(type_, value)
+                if found:
+                    touched.add(Identity(type_, found, source=self.name))
+        if touched:
+            hits.touches[name] = touched
+
+    def _learn(self, conn: Connection, table: sa.Table, name: str, reach: _Reach, hits: Hits) -> None:
+        """Identifiers from rows that are the person's: all identity columns of rows matched directly by a
+        non-shared identifier, and the `learn` columns of rows owned through a declared ownership path."""
+        entity = self.spec.entities[name]
+        sources: list[tuple[sa.ColumnElement[bool], dict[IdentityType, str], str]] = []
+        if reach.strong is not None and entity.identities:
+            sources.append((reach.strong, dict(entity.identities), f"{entity.table} (matched directly)"))
+        learn = {t: entity.identities[t] for t in entity.learn}
+        if reach.owned is not None and learn:
+            sources.append((sa.and_(reach.owned, reach.mine), learn, self._path(name)))
+        for cond, columns, path in sources:
+            cols = [table.c[c] for c in columns.values()]
+            for row in conn.execute(sa.select(*cols).where(cond).distinct().limit(1000)):
+                for (type_, column), value in zip(columns.items(), row, strict=True):
+                    learned = _identity_value(type_, value)
+                    if learned:
+                        hits.learned.append(Identity(type_, learned, source=self.name,
+                                                     via=f"{self.name}: {path}, column {column}"))
+
+    def _path(self, name: str) -> str:
+        """How a row of `name` is reached from a directly matched row, along ownership only."""
+        entity = self.spec.entities[name]
+        column, ref = next(iter(entity.owners().items()))
+        parent = self.spec.entities[ref.entity]
+        start = f"{parent.table} (matched directly)" if parent.identities else self._path(ref.entity)
+        return f"{start} -> {entity.table} (owned through {column})"
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
         wanted = self._wanted(entities)
@@ -116,13 +169,16 @@ class SqlConnector(Connector):
             for name in self.order:
                 if name not in wanted:
                     continue
-                cond = self._matched(name, identities, conn)
-                if cond is None:
+                reach = self._reach(name, identities, conn)
+                if reach is None:
                     continue
                 entity = self.spec.entities[name]
                 table = self._table(name, conn)
                 pk = table.c[entity.primary_key]
                 shown = [entity.primary_key, *(c for c in entity.fields if c != entity.primary_key)]
+                if reach.related is not None:
+                    yield from self._export_related(conn, table, name, reach.related, shown)
+                cond = reach.mine
                 extra = [c for c in (entity.files.template().fields if entity.files else ()) if c not in shown]
                 query = sa.select(*(table.c[c] for c in (*shown, *extra))).where(cond).order_by(pk) \
                     .execution_options(yield_per=500)
@@ -136,6 +192,19 @@ class SqlConnector(Connector):
                                               for obj in self.s3.find(bucket, entity.files.template(), values)]
                     yield record
 
+    def _export_related(self, conn: Connection, table: sa.Table, name: str, related: sa.ColumnElement[bool],
+                        shown: list[str]) -> Iterator[Record]:
+        """Rows tied to the person by a relation the map exports (`export: true`): someone else's rows, so
+        their identity columns are left out (Art. 15(4): the copy must not disclose other people)."""
+        entity = self.spec.entities[name]
+        hidden = set(entity.identities.values())
+        cols = [c for c in shown if c not in hidden]
+        query = sa.select(*(table.c[c] for c in cols)).where(related).order_by(table.c[entity.primary_key]) \
+            .execution_options(yield_per=500)
+        for row in conn.execute(query):
+            data = {k: _jsonable(v) for k, v in row._mapping.items()}
+            yield Record(entity=f"{name}.related", record_id=str(data[entity.primary_key]), fields=data)
+
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         receipt = Receipt(system=self.name, action="erase")
         wanted = self._wanted(entities)
@@ -145,11 +214,13 @@ class SqlConnector(Connector):
             for name in reversed(self.order):
                 if name not in wanted:
                     continue
-                cond = self._matched(name, identities, conn)
-                if cond is None:
+                reach = self._reach(name, identities, conn)
+                if reach is None:
                     continue
+                cond = reach.mine
                 entity = self.spec.entities[name]
                 table = self._table(name, conn)
+                self._count_skipped(conn, table, name, reach, receipt.skipped)
                 if entity.hold:
                     held = self._held(name, table, entity, now, conn)
                     self._record_hold(conn, table, entity, sa.and_(cond, held), now, receipt, name)
@@ -180,6 +251,7 @@ class SqlConnector(Connector):
                 inspector = sa.inspect(conn)
                 for name, entity in self.spec.entities.items():
                     self._check_entity(inspector, name, entity, health)
+                health.warnings += risks(self.spec)
                 if self.spec.inactivity and inspector.has_table(self.spec.entities[self.spec.inactivity.entity].table):
                     try:
                         self._activity(self._table(self.spec.inactivity.entity, conn))
@@ -229,31 +301,97 @@ class SqlConnector(Connector):
             self._tables[name] = table
         return self._tables[name]
 
-    def _matched(self, name: str, identities: Identities, conn: Connection) -> sa.ColumnElement[bool] | None:
-        """The WHERE clause selecting this person's rows of `name`, or None if nothing can match."""
+    def _reach(self, name: str, identities: Identities, conn: Connection,
+               memo: dict[str, _Reach | None] | None = None) -> _Reach | None:
+        """How this person's request reaches rows of `name`, as WHERE clauses; None if nothing can match.
+
+        A row is the person's (`mine`) when matched directly by a non-shared identifier, or when it is
+        owned by one of their rows or matched by a shared identifier (a household phone) and none of its
+        identity columns names someone else. Rows reached through a relation are never the person's.
+        """
+        memo = {} if memo is None else memo  # one parent's clause serves all its children in this call
+        if name in memo:
+            return memo[name]
         entity = self.spec.entities[name]
         table = self._table(name, conn)
+        strong: list[sa.ColumnElement[bool]] = []
+        shared: list[sa.ColumnElement[bool]] = []
+        for type_, column in entity.identities.items():
+            cond = self._identity_in(table.c[column], type_, identities.of(type_))
+            if cond is not None:
+                (shared if type_ in entity.shared_types() else strong).append(cond)
+        owned = self._via(entity.owners(), identities, conn, table, memo)
+        related = self._via({c: r for c, r in entity.relations().items() if r.export}, identities, conn, table, memo)
+        mine_parts: list[sa.ColumnElement[bool]] = []
+        if strong:
+            mine_parts.append(sa.or_(*strong))
+        learnable = set(entity.learn)
+        if owned is not None:
+            mine_parts.append(sa.and_(owned, sa.not_(self._names_other(table, entity, identities, learnable))))
+        if shared:
+            mine_parts.append(sa.and_(sa.or_(*shared), sa.not_(self._names_other(table, entity, identities, set()))))
+        reached = [c for c in (*strong, *shared, owned) if c is not None]
+        result = None
+        if reached:
+            mine = sa.or_(*mine_parts)
+            result = _Reach(
+                mine=mine,
+                strong=sa.or_(*strong) if strong else None,
+                owned=owned,
+                others=sa.and_(sa.or_(*reached), sa.not_(mine)),
+                related=sa.and_(related, sa.not_(mine)) if related is not None else None,
+            )
+        elif related is not None:
+            result = _Reach(mine=sa.false(), strong=None, owned=None, others=None, related=related)
+        memo[name] = result
+        return result
+
+    def _via(self, refs: dict[str, Reference], identities: Identities, conn: Connection, table: sa.Table,
+             memo: dict[str, _Reach | None]) -> sa.ColumnElement[bool] | None:
+        """Rows whose reference column points at a row that is the person's."""
+        conds = []
+        for column, ref in refs.items():
+            parent_reach = self._reach(ref.entity, identities, conn, memo)
+            if parent_reach is None:
+                continue
+            parent = self._table(ref.entity, conn)
+            conds.append(table.c[column].in_(sa.select(parent.c[ref.column]).where(parent_reach.mine)))
+        return sa.or_(*conds) if conds else None
+
+    @staticmethod
+    def _identity_in(col: sa.Column[Any], type_: IdentityType, values: list[str]) -> sa.ColumnElement[bool] | None:
+        if not values:
+            return None
+        if type_ == IdentityType.EMAIL:
+            forms = sorted({f for v in values for f in email_forms(v)})
+            return sa.func.lower(sa.func.trim(col)).in_(forms)
+        typed = _coerce(col, values)
+        return col.in_(typed) if typed else None
+
+    def _names_other(self, table: sa.Table, entity: EntitySpec, identities: Identities,
+                     exempt: set[IdentityType]) -> sa.ColumnElement[bool]:
+        """The row holds, in an identity column not in `exempt`, an identifier that is not the person's."""
         conds: list[sa.ColumnElement[bool]] = []
         for type_, column in entity.identities.items():
-            values = identities.of(type_)
-            if not values:
+            if type_ in exempt:
                 continue
             col = table.c[column]
-            if type_ == IdentityType.EMAIL:
-                forms = sorted({f for v in values for f in email_forms(v)})
-                conds.append(sa.func.lower(sa.func.trim(col)).in_(forms))
-            else:
-                typed = _coerce(col, values)
-                if typed:
-                    conds.append(col.in_(typed))
-        for column, target in entity.references.items():
-            parent_name, parent_col = target.split(".")
-            parent_cond = self._matched(parent_name, identities, conn)
-            if parent_cond is None:
+            present: sa.ColumnElement[bool] = col.is_not(None)
+            if _python_type(col) is str:
+                present = sa.and_(present, sa.func.trim(col) != "")
+            theirs = self._identity_in(col, type_, identities.of(type_))
+            conds.append(sa.and_(present, sa.not_(theirs)) if theirs is not None else present)
+        return sa.or_(*conds) if conds else sa.false()
+
+    def _count_skipped(self, conn: Connection, table: sa.Table, name: str, reach: _Reach,
+                       into: dict[str, dict[str, int]]) -> None:
+        """How many rows the request reached but left alone, and why (counts only, never values)."""
+        for why, cond in ((NAMES_SOMEONE_ELSE, reach.others), (RELATED_NOT_OWNED, reach.related)):
+            if cond is None:
                 continue
-            parent = self._table(parent_name, conn)
-            conds.append(table.c[column].in_(sa.select(parent.c[parent_col]).where(parent_cond)))
-        return sa.or_(*conds) if conds else None
+            n = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one())
+            if n:
+                into.setdefault(name, {})[why] = n
 
     def _hold_date(self, name: str, table: sa.Table, entity: EntitySpec,
                    conn: Connection) -> tuple[sa.ColumnElement[Any], sa.Column[Any]]:
@@ -263,7 +401,7 @@ class SqlConnector(Connector):
         if parent is None:
             return table.c[entity.hold.from_], table.c[entity.hold.from_]
         parent_name, parent_col = parent
-        ref_col, target = next((c, t) for c, t in entity.references.items() if t.split(".")[0] == parent_name)
+        ref_col, target = next((c, r.to) for c, r in entity.owners().items() if r.entity == parent_name)
         parent_table = self._table(parent_name, conn)
         if parent_col not in parent_table.c:
             raise PermanentError(self.name, f"entity {name}: hold.from column {parent_col} not in {parent_table.name}")
@@ -398,9 +536,10 @@ class SqlConnector(Connector):
         if spec is None:
             raise PermanentError(self.name, "the data map names no 'inactivity' entity and last-activity column")
         with self._connect() as conn:
-            cond = self._matched(spec.entity, identities, conn)
-            if cond is None:
+            reach = self._reach(spec.entity, identities, conn)
+            if reach is None:
                 return None
+            cond = reach.mine
             activity, _col = self._activity(self._table(spec.entity, conn))
             latest = conn.execute(sa.select(sa.func.max(activity)).where(cond)).scalar_one()
         return _as_datetime(latest) if latest is not None else None
@@ -453,10 +592,12 @@ class SqlConnector(Connector):
                 spec = entity.restrict if which == "restrict" else entity.lift
                 if name not in wanted or spec is None:
                     continue
-                cond = self._matched(name, identities, conn)
-                if cond is None:
+                reach = self._reach(name, identities, conn)
+                if reach is None:
                     continue
+                cond = reach.mine
                 table = self._table(name, conn)
+                self._count_skipped(conn, table, name, reach, receipt.skipped)
                 differs = sa.or_(*(sa.or_(table.c[c].is_(None), table.c[c] != v) for c, v in spec.set.items()))
                 files = self._flag_files(conn, table, entity, cond, which)
                 changed = int(conn.execute(sa.update(table).where(sa.and_(cond, differs)).values(**spec.set)).rowcount)

@@ -16,6 +16,48 @@ from connectors.vendor_settings import first_error
 
 MaskMethod = Literal["null", "hash", "redact"]
 
+# Identifier types several people may hold in one table (a household's phone, a shared computer's
+# cookie): a row matched only by one of them is the subject's only if nothing on it names someone else,
+# and it teaches nothing. An entity's `shared` list overrides this.
+SHARED_BY_DEFAULT = frozenset({IdentityType.PHONE, IdentityType.MATOMO_VISITOR_ID})
+
+
+class Reference(BaseModel):
+    """A column pointing at another entity's row, and whether that row's person owns this row.
+
+    Ownership (`owner: true`, and the shorthand `column: entity.column`): a user's orders are the
+    user's data, found, exported, erased and restricted with them. A relation (`owner: false`): the
+    service requests an employee handled, a company several contacts share. Those rows belong to
+    someone else: they are exported as related data only with `export: true` (identity columns left
+    out), never teach identifiers, and are never erased or restricted on this person's behalf.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    to: str
+    owner: bool
+    export: bool = False
+
+    @field_validator("to")
+    @classmethod
+    def _shape(cls, value: str) -> str:
+        if value.count(".") != 1 or not all(value.split(".")):
+            raise ValueError(f"'{value}' must be 'entity.column'")
+        return value
+
+    @model_validator(mode="after")
+    def _export_only_related(self) -> Reference:
+        if self.export and self.owner:
+            raise ValueError("'export' is for relations (owner: false); owned rows are always exported")
+        return self
+
+    @property
+    def entity(self) -> str:
+        return self.to.split(".")[0]
+
+    @property
+    def column(self) -> str:
+        return self.to.split(".")[1]
+
 
 class Fixed(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -91,8 +133,12 @@ class EntitySpec(BaseModel):
     primary_key: str = "id"
     # identity type -> column holding it
     identities: dict[IdentityType, str] = Field(default_factory=dict)
-    # column -> "entity.column" it references (the parent's rows are the person's)
-    references: dict[str, str] = Field(default_factory=dict)
+    # column -> "entity.column" (the parent's person owns this row), or {to, owner: false, export} (a relation)
+    references: dict[str, Reference] = Field(default_factory=dict)
+    # identity types learned from rows reached through ownership (rows matched directly teach all theirs)
+    learn: list[IdentityType] = Field(default_factory=list)
+    # identity types several people may hold in this table; default: phone, matomo_visitor_id
+    shared: list[IdentityType] | None = None
     # column -> data category (contact, identity, billing, usage, ...); what an export contains
     fields: dict[str, str] = Field(default_factory=dict)
     # column -> why it is not disclosed (e.g. a password hash)
@@ -114,13 +160,19 @@ class EntitySpec(BaseModel):
             raise ValueError(f"portable: {', '.join(unknown)} not in 'fields'")
         return self
 
-    @field_validator("references")
+    @field_validator("references", mode="before")
     @classmethod
-    def _reference_shape(cls, value: dict[str, str]) -> dict[str, str]:
+    def _shorthand_is_ownership(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out = {}
         for column, target in value.items():
-            if target.count(".") != 1 or not all(target.split(".")):
-                raise ValueError(f"reference {column}: '{target}' must be 'entity.column'")
-        return value
+            if isinstance(target, str):
+                if target.count(".") != 1 or not all(target.split(".")):
+                    raise ValueError(f"reference {column}: '{target}' must be 'entity.column'")
+                target = {"to": target, "owner": True}
+            out[column] = target
+        return out
 
     @model_validator(mode="after")
     def _consistent(self) -> EntitySpec:
@@ -130,7 +182,27 @@ class EntitySpec(BaseModel):
             raise ValueError("'restrict' needs a matching 'lift' (how the restriction is undone)")
         if not self.identities and not self.references:
             raise ValueError("needs 'identities' or 'references': otherwise no row can be tied to a person")
+        unknown = sorted(set(self.learn) - set(self.identities))
+        if unknown:
+            raise ValueError(f"learn: {', '.join(unknown)} not in 'identities'")
+        if self.learn and not self.owners():
+            raise ValueError("'learn' needs an owning reference: identifiers are learned only from rows "
+                             "the person owns")
+        owners = {r.entity for r in self.owners().values()}
+        if len(owners) > 1:
+            raise ValueError(f"owning references to {', '.join(sorted(owners))}: a row has one owner; declare "
+                             "the others as relations ({to: entity.column, owner: false})")
         return self
+
+    def owners(self) -> dict[str, Reference]:
+        """column -> reference, for the references whose row's person owns this row."""
+        return {c: r for c, r in self.references.items() if r.owner}
+
+    def relations(self) -> dict[str, Reference]:
+        return {c: r for c, r in self.references.items() if not r.owner}
+
+    def shared_types(self) -> frozenset[IdentityType]:
+        return SHARED_BY_DEFAULT if self.shared is None else frozenset(self.shared)
 
     def columns(self) -> set[str]:
         cols = {self.primary_key, *self.identities.values(), *self.references, *self.fields, *self.withheld}
@@ -158,16 +230,17 @@ class SqlSystemSpec(BaseModel):
         if self.inactivity and self.inactivity.entity not in self.entities:
             raise ValueError(f"inactivity.entity: unknown entity '{self.inactivity.entity}'")
         for name, entity in self.entities.items():
-            for column, target in entity.references.items():
-                parent = target.split(".")[0]
+            for column, ref in entity.references.items():
+                parent = ref.entity
                 if parent not in self.entities:
                     raise ValueError(f"entity {name}: reference {column} -> unknown entity '{parent}'")
-        order = topological(self.entities)  # raises on cycles
+        order = topological(self.entities)  # raises on ownership cycles
         for name in order:
             entity = self.entities[name]
             _check_extras(self, name, entity)
-            for target in entity.references.values():
-                parent_spec = self.entities[target.split(".")[0]]
+            for ref in entity.owners().values():
+                target = ref.to
+                parent_spec = self.entities[ref.entity]
                 # Deleting a parent while a child row may stay (masked, or held) breaks the reference,
                 # unless the child is held exactly as long as the parent (its hold runs from the parent's).
                 if parent_spec.erase.strategy == "delete" and (entity.erase.strategy != "delete" or entity.hold) \
@@ -181,7 +254,7 @@ class SqlSystemSpec(BaseModel):
 
 def _check_extras(system: SqlSystemSpec, name: str, entity: EntitySpec) -> None:
     parent = entity.hold.parent() if entity.hold else None
-    if parent and parent[0] not in {t.split(".")[0] for t in entity.references.values()}:
+    if parent and parent[0] not in {r.entity for r in entity.owners().values()}:
         raise ValueError(f"entity {name}: hold.from '{parent[0]}.{parent[1]}' names an entity it does not reference")
     if entity.files and system.s3 is None:
         raise ValueError(f"entity {name}: 'files' needs the system's 's3' settings (bucket, endpoint_url ...)")
@@ -198,7 +271,7 @@ def _held_with_parent(entity: EntitySpec, parent_name: str, parent: EntitySpec) 
 
 
 def topological(entities: dict[str, EntitySpec]) -> list[str]:
-    """Parents before children; a reference cycle is a data-map error."""
+    """Owners before what they own; an ownership cycle is a data-map error (relations may form cycles)."""
     order: list[str] = []
     state: dict[str, int] = {}
 
@@ -208,8 +281,8 @@ def topological(entities: dict[str, EntitySpec]) -> list[str]:
         if state.get(name) == 1:
             raise ValueError(f"reference cycle: {' -> '.join((*path, name))}")
         state[name] = 1
-        for target in entities[name].references.values():
-            visit(target.split(".")[0], (*path, name))
+        for ref in entities[name].owners().values():
+            visit(ref.entity, (*path, name))
         state[name] = 2
         order.append(name)
 
@@ -224,3 +297,46 @@ def parse_system(system: str, settings: dict[str, Any]) -> SqlSystemSpec:
     except ValidationError as exc:
         raise PermanentError(system, f"data map: {first_error(exc)}") from None
 
+
+
+def risks(spec: SqlSystemSpec) -> list[str]:
+    """Shapes of the map where one person's request could reach another's rows (`dsar check` warnings).
+
+    None of them is acted on wrongly (relations never teach or change, rows naming someone else are
+    skipped), but each deserves a look from whoever maintains the map.
+    """
+    out: list[str] = []
+    for name, entity in spec.entities.items():
+        for column, ref in entity.relations().items():
+            if entity.identities:
+                out.append(f"entity {name}: reached through the relation {column} -> {ref.to} and holds identity "
+                           f"columns ({', '.join(sorted(entity.identities.values()))}): its rows name other people; "
+                           "they are never learned from or changed for the related person")
+        if entity.owners():
+            unlearned = sorted(set(entity.identities) - set(entity.learn))
+            if unlearned:
+                cols = ", ".join(entity.identities[t] for t in unlearned)
+                out.append(f"entity {name}: owned through {', '.join(entity.owners())} and holds identity column(s) "
+                           f"{cols} not in 'learn': an owned row whose {cols} names someone else is skipped; if they "
+                           "are always the owner's own, list their types in 'learn'")
+    for cycle in _reference_cycles(spec.entities):
+        out.append(f"reference cycle {' -> '.join(cycle)}: relations could carry one person's identifiers to "
+                   "another's rows; they are followed one hop and never teach")
+    return out
+
+
+def _reference_cycles(entities: dict[str, EntitySpec]) -> list[tuple[str, ...]]:
+    """Cycles over every reference (only relations can form one), each once, from its smallest entity."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(start: str, here: str, path: tuple[str, ...]) -> None:
+        for ref in entities[here].references.values():
+            nxt = ref.entity
+            if nxt == start:
+                found.add((*path, start))
+            elif nxt not in path and nxt > start:
+                walk(start, nxt, (*path, nxt))
+
+    for name in sorted(entities):
+        walk(name, name, (name,))
+    return sorted(found)

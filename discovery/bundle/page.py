@@ -98,7 +98,8 @@ def _identifiers(manifest: dict[str, Any]) -> list[str]:
     if not ids:
         return []
     rows = "".join(f"<tr><td>{esc(i.get('type', '').replace('_', ' '))}</td><td>{esc(i.get('value'))}</td>"
-                   f"<td>{esc('your request' if i.get('source') == 'request' else i.get('source'))}</td></tr>"
+                   f"<td>{esc('your request' if i.get('source') == 'request' else i.get('via') or i.get('source'))}"
+                   "</td></tr>"
                    for i in ids)
     return ["<h2>How we found you</h2>",
             "<p>We searched every system for your e-mail address, and then for the other identifiers each system "

@@ -3,6 +3,11 @@
 Round 0 asks every system with the identifiers the request came with. Each later round asks
 only the systems that accept a newly learned identifier type, with everything known so far.
 Systems in a round are asked in parallel.
+
+Only the subject's identifiers are learned: every learned identifier must say where it came from
+(`Identity.via`: system, table, column and the row's path from a direct match). One without
+provenance is refused, counted and never used, so a connector cannot teach an identifier it cannot
+account for.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class Discovery:
     errors: dict[str, str] = field(default_factory=dict)
     rounds: int = 0
     learned_in_round: dict[tuple[IdentityType, str], int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # system -> learned identifiers without provenance
 
 
 def discover(connectors: dict[str, Connector], seed: Identities, max_rounds: int = 5,
@@ -61,8 +67,13 @@ def discover(connectors: dict[str, Connector], seed: Identities, max_rounds: int
                 result.errors.pop(name, None)
                 result.hits[name] = hits
                 for ident in hits.learned:
+                    if not ident.via:
+                        result.refused[name] = result.refused.get(name, 0) + 1
+                        continue
                     if result.identities.add(ident):
                         new_types.add(ident.type)
                         result.learned_in_round[(ident.type, ident.value)] = round_no + 1
             log.info("locate.round", round=round_no + 1, systems=len(due), new_identifier_types=len(new_types))
+    for name, n in result.refused.items():
+        log.warning("locate.refused", system=name, identifiers=n, why="learned without provenance")
     return result

@@ -114,6 +114,8 @@ class Request(Base):
     # The systems this request acts in (sorted names); NULL: every enabled system. Retention rules that
     # belong to one system (newsletter, trial, a legal hold) must not erase the person everywhere.
     systems: Mapped[list[Any] | None]
+    # an operator's reason to change records that also name other people (the plan refuses otherwise)
+    confirm_others: Mapped[str | None] = mapped_column(sa.Text)
     bundle_path: Mapped[str | None] = mapped_column(sa.String(1024))  # a local path or s3://bucket/key
     bundle_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     bundle_size: Mapped[int | None] = mapped_column(sa.BigInteger)
@@ -161,6 +163,7 @@ class SubjectIdentity(Base):
     value: Mapped[str] = mapped_column(sa.String(512))
     source: Mapped[str] = mapped_column(sa.String(64))
     round: Mapped[int] = mapped_column(default=0)
+    via: Mapped[str | None] = mapped_column(sa.Text)  # provenance: system, table, column, path from a direct match
 
 
 class SystemHit(Base):
@@ -175,6 +178,7 @@ class SystemHit(Base):
     found: Mapped[bool]
     counts: Mapped[dict[str, Any]]
     error: Mapped[str | None] = mapped_column(sa.Text)
+    skipped: Mapped[dict[str, Any] | None]  # entity -> why -> records reached but not this person's
 
 
 class AuditEvent(Base):

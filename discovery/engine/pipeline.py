@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from connectors.base import (
     Connector,
     ConnectorError,
+    Hits,
     Identities,
     Identity,
     IdentityType,
@@ -49,10 +50,14 @@ from discovery.engine.ledger import (
     Task,
     TaskStatus,
 )
-from discovery.engine.planner import OUT_OF_SCOPE, PlanStep, SystemView, plan, tasks_of
+from discovery.engine.planner import OUT_OF_SCOPE, PlanStep, SystemView, plan, refusals, tasks_of
 from discovery.engine.runtime import Runtime
 
 log = structlog.get_logger(__name__)
+
+# The task that would have carried out a change the plan refused (recorded as failed, with why).
+_CHANGE_TASK = {RequestType.ERASURE: "erase", RequestType.RESTRICTION: "restrict",
+                RequestType.LIFT_RESTRICTION: "lift_restriction"}
 
 
 class Wakeups(Protocol):
@@ -92,13 +97,17 @@ class Submitted:
 
 def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: str | None = None,
            actor: str = "cli", *, source: str = "cli", requester_email: str | None = None,
-           callback_url: str | None = None, systems: list[str] | None = None, _attempt: int = 1) -> Submitted:
+           callback_url: str | None = None, systems: list[str] | None = None, confirm_others: str | None = None,
+           _attempt: int = 1) -> Submitted:
     """Create a request, or return the open one for the same subject, type and scope (or the same webhook ticket).
 
     `systems` limits the request to those systems (None: every enabled system). When the requester
     is not the subject (a ticket from another address), the request waits in `awaiting_verification`
-    until an operator confirms the identity (`verify_request`).
+    until an operator confirms the identity (`verify_request`). `confirm_others`: an operator's reason to
+    carry out a change although it touches records that also name other people (the plan refuses otherwise).
     """
+    if confirm_others is not None and len(confirm_others.strip()) < 3:
+        raise InvalidInput("--confirm-others needs a reason (at least 3 characters)")
     try:
         rtype = RequestType(request_type)
     except ValueError:
@@ -117,6 +126,7 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
         status=RequestStatus.AWAITING_VERIFICATION if needs_verification else RequestStatus.RECEIVED,
         systems=scope,
     )
+    request.confirm_others = confirm_others.strip() if confirm_others else None
     try:
         with rt.sessions.begin() as s:
             s.add(request)
@@ -124,7 +134,8 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
             s.add(SubjectIdentity(request_id=request.id, type=IdentityType.EMAIL.value, value=subject,
                                   source="request", round=0))
             audit(s, "request.received", actor, request, type=rtype.value, ticket=ticket, source=source,
-                  needs_verification=needs_verification, systems=scope)
+                  needs_verification=needs_verification, systems=scope,
+                  confirm_others=request.confirm_others)  # the operator's reason, audited with the request
     except IntegrityError:
         with rt.sessions() as s:
             existing = s.scalars(sa.select(Request).where(sa.or_(
@@ -137,7 +148,7 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
                 raise
             return submit(rt, wake, request_type, email, ticket, actor, source=source,
                           requester_email=requester_email, callback_url=callback_url, systems=scope,
-                          _attempt=_attempt + 1)
+                          confirm_others=confirm_others, _attempt=_attempt + 1)
         log.info("request.duplicate", request_id=existing.id)
         return Submitted(existing, created=False)
     log.info("request.received", request_id=request.id, type=rtype.value, needs_verification=needs_verification)
@@ -207,7 +218,7 @@ def verify_request(rt: Runtime, wake: Wakeups, request_id: str, actor: str, note
 
 def known_identities(s: Session, request_id: str) -> Identities:
     rows = s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id))
-    return Identities(Identity(IdentityType(r.type), r.value, r.source) for r in rows)
+    return Identities(Identity(IdentityType(r.type), r.value, r.source, r.via or "") for r in rows)
 
 
 def system_views(rt: Runtime, found: Discovery, systems: list[str] | None = None) -> list[SystemView]:
@@ -219,8 +230,16 @@ def system_views(rt: Runtime, found: Discovery, systems: list[str] | None = None
             continue
         hits = found.hits.get(name)
         state = None if name in found.errors else bool(hits and hits.found)
-        views.append(SystemView(name, state, conn.policies(), found.errors.get(name)))
+        views.append(SystemView(name, state, conn.policies(), found.errors.get(name),
+                                skipped=dict(hits.skipped) if hits else {}, others=others(hits, found.identities)))
     return views
+
+
+def others(hits: Hits | None, subject: Identities) -> int:
+    """Distinct identifiers, not the subject's, on records a change in this system would touch."""
+    if hits is None:
+        return 0
+    return len({(i.type, i.value) for ids in hits.touches.values() for i in ids if i not in subject})
 
 
 def scoped_connectors(rt: Runtime, systems: list[str] | None) -> dict[str, Connector]:
@@ -228,15 +247,15 @@ def scoped_connectors(rt: Runtime, systems: list[str] | None) -> dict[str, Conne
     return {name: conn for name, conn in rt.connectors().items() if systems is None or name in systems}
 
 
-def dry_run(rt: Runtime, request_type: str, email: str,
-            systems: list[str] | None = None) -> tuple[Discovery, list[PlanStep]]:
+def dry_run(rt: Runtime, request_type: str, email: str, systems: list[str] | None = None,
+            confirm_others: str | None = None) -> tuple[Discovery, list[PlanStep]]:
     """Discover and plan without writing anything anywhere."""
     rtype = RequestType(request_type)
     subject = normalise_email(email)
     scope = check_scope(rt, systems)
     seed = Identities([Identity(IdentityType.EMAIL, subject, "request")])
     found = discover(scoped_connectors(rt, scope), seed, rt.settings.worker.discovery_max_rounds)
-    return found, plan(rtype, system_views(rt, found, scope))
+    return found, plan(rtype, system_views(rt, found, scope), confirmed=bool(confirm_others))
 
 
 def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
@@ -253,6 +272,7 @@ def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
         seed = known_identities(s, request_id)
         rtype = RequestType(req.type)
         scope = list(req.systems) if req.systems is not None else None
+        confirm = req.confirm_others
     if status is not None:  # already planned: a redelivered message only re-wakes pending tasks
         for task_id in pending:
             wake.execute(task_id)
@@ -260,7 +280,7 @@ def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
 
     asked = scoped_connectors(rt, scope)
     found = discover(asked, seed, rt.settings.worker.discovery_max_rounds)
-    steps = plan(rtype, system_views(rt, found, scope))
+    steps = plan(rtype, system_views(rt, found, scope), confirmed=bool(confirm))
     wanted = tasks_of(steps)
 
     with rt.sessions.begin() as s:
@@ -272,21 +292,29 @@ def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
         for ident in found.identities:
             if (ident.type.value, ident.value) not in have:
                 s.add(SubjectIdentity(request_id=request_id, type=ident.type.value, value=ident.value,
-                                      source=ident.source, round=found.learned_in_round.get((ident.type, ident.value),
-                                                                                            0)))
+                                      source=ident.source, via=ident.via or None,
+                                      round=found.learned_in_round.get((ident.type, ident.value), 0)))
         for name in asked:
             hits = found.hits.get(name)
             s.add(SystemHit(request_id=request_id, system=name, found=bool(hits and hits.found),
-                            counts=dict(hits.counts) if hits else {}, error=found.errors.get(name)))
+                            counts=dict(hits.counts) if hits else {}, error=found.errors.get(name),
+                            skipped=dict(hits.skipped) if hits and hits.skipped else None))
+        # A refused system gets a failed task: the request ends completed_with_errors, saying why.
+        for step in refusals(steps):
+            s.add(Task(request_id=request_id, system=step.system, action=_CHANGE_TASK[rtype], entities=[],
+                       status=TaskStatus.FAILED, error=step.reason))
         req.plan = [step.to_dict() for step in steps]
         for (system, action), entities in wanted.items():
             s.add(Task(request_id=request_id, system=system, action=action, entities=entities,
                        status=TaskStatus.PENDING))
         req.status = RequestStatus.RUNNING if wanted else RequestStatus.MERGING
         audit(s, "request.planned", "worker", req, systems_found=sorted(n for n, h in found.hits.items() if h.found),
-              tasks=len(wanted), rounds=found.rounds, locate_errors=sorted(found.errors))
+              tasks=len(wanted), rounds=found.rounds, locate_errors=sorted(found.errors),
+              refused=sorted(step.system for step in refusals(steps)),
+              identifiers_refused=found.refused or None, confirm_others=bool(confirm))
         s.flush()
-        task_ids = [t.id for t in s.scalars(sa.select(Task).where(Task.request_id == request_id))]
+        task_ids = [t.id for t in s.scalars(sa.select(Task).where(Task.request_id == request_id,
+                                                                   Task.status == TaskStatus.PENDING))]
     log.info("request.planned", request_id=request_id, tasks=len(task_ids), rounds=found.rounds)
     if task_ids:
         for task_id in task_ids:
@@ -444,7 +472,7 @@ def merge_request(rt: Runtime, request_id: str,
             raise NotFoundError(f"unknown request {request_id}")
         if req.status != RequestStatus.MERGING:
             return None  # not ready, or merged already by an earlier delivery
-        identities = [{"type": i.type, "value": i.value, "source": i.source, "round": i.round}
+        identities = [{"type": i.type, "value": i.value, "source": i.source, "round": i.round, "via": i.via}
                       for i in s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id)
                                          .order_by(SubjectIdentity.id))]
         hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}

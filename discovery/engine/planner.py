@@ -7,13 +7,15 @@ rows still inside the hold, erase the rest; both are carried out by the system's
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from connectors.base import EntityPolicy
 from discovery.engine.ledger import RequestType
 
 OUT_OF_SCOPE = "outside this request's scope"
+REFUSED = "refused"  # a step's action when carrying it out would change another person's records
+CHANGES = (RequestType.ERASURE, RequestType.RESTRICTION, RequestType.LIFT_RESTRICTION)
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,14 @@ class SystemView:
     policies: dict[str, EntityPolicy]
     locate_error: str | None = None
     in_scope: bool = True
+    # entity -> why -> records reached but left alone: not this person's (counts only)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    # distinct identifiers, not this person's, on the records a change would touch
+    others: int = 0
 
 
-def plan(request_type: RequestType | str, systems: list[SystemView]) -> list[PlanStep]:
+def plan(request_type: RequestType | str, systems: list[SystemView], confirmed: bool = False) -> list[PlanStep]:
+    """`confirmed`: an operator gave a reason to change records that also name other people."""
     rtype = RequestType(request_type)
     steps: list[PlanStep] = []
     for system in systems:
@@ -54,9 +61,21 @@ def plan(request_type: RequestType | str, systems: list[SystemView]) -> list[Pla
             continue
         prefix = f"locate failed ({system.locate_error}); acting on the identifiers known. " if system.found is None \
             else ""
+        if rtype in CHANGES and system.others and not confirmed:
+            steps.append(PlanStep(system.name, "*", REFUSED,
+                                  f"would change records holding {system.others} identifier(s) that are not this "
+                                  "person's; confirm with a reason (--confirm-others) to go ahead", None))
+            continue
         for entity, policy in system.policies.items():
             steps.extend(_entity_steps(rtype, system.name, entity, policy, prefix))
+        for entity, why in system.skipped.items():
+            for reason, n in why.items():
+                steps.append(PlanStep(system.name, entity, "skip", f"{n} record(s) left alone: {reason}", None))
     return steps
+
+
+def refusals(steps: list[PlanStep]) -> list[PlanStep]:
+    return [s for s in steps if s.action == REFUSED]
 
 
 def _entity_steps(rtype: RequestType, system: str, entity: str, policy: EntityPolicy, prefix: str) -> list[PlanStep]:

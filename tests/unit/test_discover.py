@@ -50,9 +50,10 @@ def test_identifiers_learned_in_one_system_are_searched_in_the_others() -> None:
     from discovery.engine.discover import discover
 
     accounts = Fake("accounts", {EMAIL, ACCOUNT}, {
-        (EMAIL, "p@x.no"): [Identity(ACCOUNT, "7", "accounts"), Identity(VISITOR, "abc", "accounts")]})
+        (EMAIL, "p@x.no"): [Identity(ACCOUNT, "7", "accounts", "accounts: users, column id"),
+                            Identity(VISITOR, "abc", "accounts", "accounts: users, column visitor")]})
     analytics = Fake("analytics", {EMAIL, VISITOR}, {
-        (VISITOR, "abc"): [Identity(VISITOR, "def", "analytics")]})
+        (VISITOR, "abc"): [Identity(VISITOR, "def", "analytics", "analytics: visit 1")]})
     chat = Fake("chat", {EMAIL, ACCOUNT}, {})
     found = discover({"accounts": accounts, "analytics": analytics, "chat": chat},
                      Identities([Identity(EMAIL, "p@x.no")]))
@@ -73,3 +74,18 @@ def test_a_failing_system_is_reported_and_the_others_still_answer() -> None:
     down = Fake("down", {EMAIL}, {}, fail=True)
     found = discover({"ok": ok, "down": down}, Identities([Identity(EMAIL, "p@x.no")]), max_rounds=3)
     assert found.errors == {"down": "HTTP 503"} and "ok" in found.hits and "down" not in found.hits
+
+
+def test_an_identifier_learned_without_provenance_is_refused() -> None:
+    """A connector that cannot say where an identifier came from does not get to teach it."""
+    from discovery.engine.discover import discover
+
+    accounts = Fake("accounts", {EMAIL, ACCOUNT}, {
+        (EMAIL, "p@x.no"): [Identity(ACCOUNT, "7", "accounts", "accounts: users (matched directly), column id"),
+                            Identity(EMAIL, "someone.else@x.no", "accounts")]})
+    chat = Fake("chat", {EMAIL, ACCOUNT}, {})
+    found = discover({"accounts": accounts, "chat": chat}, Identities([Identity(EMAIL, "p@x.no")]))
+    assert {(i.type, i.value) for i in found.identities} == {(EMAIL, "p@x.no"), (ACCOUNT, "7")}
+    assert found.refused == {"accounts": 1}
+    assert all((EMAIL, "someone.else@x.no") not in asked for asked in chat.asked)
+    assert next(i for i in found.identities if i.type == ACCOUNT).via.startswith("accounts: users")

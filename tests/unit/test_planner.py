@@ -1,5 +1,5 @@
 from connectors.base import EntityPolicy, Hold
-from discovery.engine.planner import SystemView, plan, tasks_of
+from discovery.engine.planner import SystemView, plan, refusals, tasks_of
 
 HOLD = Hold(years=5, from_field="ordered_at", reason="Bookkeeping Act")
 POLICIES = {
@@ -40,3 +40,25 @@ def test_systems_where_the_person_is_absent_are_skipped_and_unknown_ones_still_a
     assert [(s.system, s.action) for s in steps] == [("crm", "skip"), ("chat", "erase")]
     assert "locate failed (HTTP 503)" in steps[1].reason
     assert tasks_of(steps) == {("chat", "erase"): ["user"]}
+
+
+def test_a_change_that_would_touch_another_persons_records_is_refused_unless_confirmed() -> None:
+    view = SystemView("chat", True, {"conversation": EntityPolicy(erase="delete")}, others=2)
+    for rtype in ("erasure", "restriction", "lift_restriction"):
+        steps = plan(rtype, [view])
+        assert [(s.system, s.action, s.task) for s in steps] == [("chat", "refused", None)]
+        assert "2 identifier(s) that are not this person's" in steps[0].reason
+        assert tasks_of(steps) == {} and refusals(steps) == steps
+    confirmed = plan("erasure", [view], confirmed=True)
+    assert tasks_of(confirmed) == {("chat", "erase"): ["conversation"]} and refusals(confirmed) == []
+    # An access request changes nothing: nothing to refuse.
+    assert tasks_of(plan("access", [view])) == {("chat", "export"): ["conversation"]}
+
+
+def test_records_left_alone_are_counted_in_the_plan_without_values() -> None:
+    why = {"service_requests": {"an identity column names someone else": 2, "related through a relation, not owned": 3}}
+    steps = plan("erasure", [SystemView("crm", True, POLICIES, skipped=why)])
+    skips = [s.reason for s in steps if s.entity == "service_requests"]
+    assert skips == ["2 record(s) left alone: an identity column names someone else",
+                     "3 record(s) left alone: related through a relation, not owned"]
+    assert all(s.action == "skip" and s.task is None for s in steps if s.entity == "service_requests")

@@ -453,11 +453,4 @@ def demo_cmd(ctx: click.Context) -> None:
 
 
 # Commands of the other parts register themselves on `main` when imported.
-from workers import cli_api, cli_bundle, cli_schedule  # noqa: E402, F401
-
-if __name__ == "__main__":
-    # Run as `python -m workers.cli`, this file is `__main__`; the parts registered their commands on
-    # the importable `workers.cli.main`, so call that one.
-    from workers.cli import main as registered_main
-
-    registered_main()
+from workers.cli import api, bundles, schedule  # noqa: E402, F401

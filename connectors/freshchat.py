@@ -39,6 +39,20 @@ ENTITIES = ("user", "conversations", "messages")
 # A reserved, non-personal address (RFC 2606 .invalid): the health check must not search for anyone real.
 PROBE_EMAIL = "dsar-healthcheck@invalid"
 FORGET_STEP = "Forget the contact in FreshChat (Contacts > Forget)"
+# Why records are left alone: they belong to a conversation the subject shares with another FreshChat user.
+OTHER_USERS_MESSAGE = "another user's message in a conversation shared with the subject"
+SHARED_CONVERSATION = "holds another user's messages; not deleted or changed (only the subject's part is theirs)"
+
+
+@dataclass
+class _Conversation:
+    """One conversation as read for a decision: its detail (None if gone), its messages, and the ids of the
+    other FreshChat users in it (its `users` list, or the actor of a `user` message), not the subject's."""
+
+    id: str
+    detail: dict[str, Any] | None
+    messages: list[dict[str, Any]]
+    others: set[str]
 
 
 @dataclass
@@ -46,6 +60,7 @@ class _User:
     id: str
     data: dict[str, Any]
     full: bool  # True when `data` came from GET /users/{id}, not from a search listing
+    how: str = "matched"  # how it was reached: matched by e-mail, reference id or user id
 
 
 class FreshchatConnector(Connector):
@@ -68,6 +83,14 @@ class FreshchatConnector(Connector):
       user's other properties kept, in case PUT replaces the whole list [U].
     - 429 `Retry-After` is honoured when sent [U], else exponential backoff (connectors.http).
     Conversations are exported `parallel_calls` at a time (default 4), paced by the shared rate limit.
+
+    Only the subject's data (issue 9): identifiers are learned from the user's own profile, never from a
+    conversation's `users` or message actors. A conversation that also holds another user (its `users`
+    list, or a `user` message by another `actor_id`) puts that user's id into `Hits.touches` (the plan
+    refuses an erasure or restriction unless confirmed); erase then never DELETEs that user (the delete
+    may take the conversation along) but blanks the profile and names the shared conversations in the
+    manual step, and restrict leaves them unresolved (both in `Receipt.skipped`). The export leaves out
+    other users' messages and their entries in a conversation's `users`.
     """
 
     entities = ENTITIES
@@ -149,17 +172,40 @@ class FreshchatConnector(Connector):
         users = self._resolve(identities)
         if not users:
             return Hits(self.name, found=False)
-        conversations = sum(len(self._conversation_ids(u.id)) for u in users.values())
-        return Hits(
+        own = set(users)
+        conversations = self._conversations(users.values(), own)
+        learned, touches = self._learned(users.values(), identities)
+        hits = Hits(
             self.name,
             found=True,
-            counts={"user": len(users), "conversations": conversations},
-            learned=self._learned(users.values(), identities),
+            counts={"user": len(users), "conversations": len(conversations)},
+            learned=learned,
         )
+        hits.touches["user"] = touches
+        # Erasing the contact deletes its conversations (Forget; a user DELETE may too): one that holds another
+        # user's messages names that user, so the plan refuses unless an operator confirms.
+        shared = {Identity(IdentityType.FRESHCHAT_USER_ID, uid, source=self.name)
+                  for c in conversations for uid in c.others}
+        if shared:
+            hits.touches["conversations"] = shared | {Identity(IdentityType.FRESHCHAT_USER_ID, u, source=self.name)
+                                                      for u in own}
+        theirs = sum(1 for c in conversations for m in c.messages if _other_author(m, own))
+        if theirs:
+            hits.skipped["messages"] = {OTHER_USERS_MESSAGE: theirs}
+        return hits
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
+        """The subject's profile, conversations and messages.
+
+        In a conversation shared with another FreshChat user, that user's messages are left out (their own
+        words, Art. 15(4)), and the conversation's participant list keeps only the subject; agent and system
+        messages stay, without another user's id.
+        """
         wanted = self._wanted(entities)
-        for user in self._resolve(identities).values():
+        users = self._resolve(identities)
+        own = set(users)
+        exported: set[str] = set()
+        for user in users.values():
             if "user" in wanted:
                 profile = self._profile(user)
                 if profile is None:
@@ -167,19 +213,23 @@ class FreshchatConnector(Connector):
                 yield Record("user", user.id, profile)
             if not wanted & {"conversations", "messages"}:
                 continue
+            cids = [cid for cid in self._conversation_ids(user.id) if cid not in exported]
+            exported.update(cids)
             # Conversations are fetched at once (each pages its own messages); records still stream in order.
-            jobs = [partial(self._conversation_records, cid, wanted) for cid in self._conversation_ids(user.id)]
+            jobs = [partial(self._conversation_records, cid, wanted, own) for cid in cids]
             yield from in_parallel(jobs, max_workers=self.parallel_calls)
 
-    def _conversation_records(self, cid: str, wanted: set[str]) -> Iterator[Record]:
+    def _conversation_records(self, cid: str, wanted: set[str], own: set[str]) -> Iterator[Record]:
         if "conversations" in wanted:
             conversation = self._get_or_none(f"conversations/{_seg(cid)}")
-            if conversation is not None:
-                yield Record("conversations", cid, conversation)
+            if isinstance(conversation, dict):
+                yield Record("conversations", cid, _own_view(conversation, own))
         if "messages" in wanted:
             for index, message in enumerate(self._messages(cid)):
+                if _other_author(message, own):
+                    continue
                 message_id = str(message.get("id") or f"{cid}:{index}")
-                yield Record("messages", message_id, {**message, "conversation_id": cid})
+                yield Record("messages", message_id, {**_without_others(message, own), "conversation_id": cid})
 
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         if "user" not in self._wanted(entities):
@@ -187,7 +237,20 @@ class FreshchatConnector(Connector):
                 self.name, "FreshChat erases whole contacts; conversations or messages alone cannot be deleted"
             )
         receipt = Receipt(self.name, "erase")
-        for user in self._resolve(identities).values():
+        users = self._resolve(identities)
+        own = set(users)
+        for user in users.values():
+            shared = [c.id for c in self._conversations([user], own) if c.others]
+            if shared:
+                # Deleting the user may delete its conversations with it, and no call deletes only the
+                # subject's messages: blank the profile instead and leave the shared conversations alone.
+                _skip(receipt, "conversations", len(shared))
+                receipt.details.append(
+                    f"{len(shared)} conversation(s) also hold another user's messages: the user is not deleted "
+                    "(that could delete them); the profile is blanked instead"
+                )
+                self._blank(user, receipt, shared)
+                continue
             path = f"users/{_seg(user.id)}"
             if self.supports_user_delete:
                 resp = self.http.request("DELETE", path, ok=(200, 202, 204, 404, 405))
@@ -212,9 +275,11 @@ class FreshchatConnector(Connector):
         if not wanted & {"user", "conversations"}:
             raise UnsupportedAction(self.name, "restriction applies to the user and its conversations, not messages")
         receipt = Receipt(self.name, "restrict")
-        for user in self._resolve(identities).values():
+        users = self._resolve(identities)
+        own = set(users)
+        for user in users.values():
             if "conversations" in wanted:
-                resolved = self._resolve_open_conversations(user.id)
+                resolved = self._resolve_open_conversations(user, own, receipt)
                 if resolved:
                     _count(receipt, "conversations", resolved)
                 receipt.details.append(f"resolved {resolved} open conversation(s)")
@@ -257,12 +322,12 @@ class FreshchatConnector(Connector):
         """Every FreshChat user the identities point at, each checked against the field searched by."""
         users: dict[str, _User] = {}
 
-        def add(data: Any, full: bool) -> None:
+        def add(data: Any, full: bool, how: str) -> None:
             if isinstance(data, dict) and data.get("id") and str(data["id"]) not in users:
-                users[str(data["id"])] = _User(str(data["id"]), data, full)
+                users[str(data["id"])] = _User(str(data["id"]), data, full, how)
 
         # The look-ups are independent: run them at once, then take their hits in a fixed order.
-        jobs: list[Callable[[], Iterable[tuple[Any, bool]]]] = []
+        jobs: list[Callable[[], Iterable[tuple[Any, bool, str]]]] = []
         for email in identities.of(IdentityType.EMAIL):
             for form in email_forms(email):
                 jobs.append(partial(self._by_email, form, email))
@@ -271,20 +336,23 @@ class FreshchatConnector(Connector):
                 jobs.append(partial(self._by_reference, ref))
         for uid in identities.of(IdentityType.FRESHCHAT_USER_ID):
             jobs.append(partial(self._by_id, uid))
-        for data, full in in_parallel(jobs, max_workers=self.parallel_calls):
-            add(data, full)
+        for data, full, how in in_parallel(jobs, max_workers=self.parallel_calls):
+            add(data, full, how)
         return users
 
-    def _by_email(self, form: str, email: str) -> list[tuple[Any, bool]]:
-        return [(c, False) for c in self._search("email", form) if _same_email(c.get("email"), email)]
+    def _by_email(self, form: str, email: str) -> list[tuple[Any, bool, str]]:
+        return [(c, False, "matched by e-mail") for c in self._search("email", form)
+                if _same_email(c.get("email"), email)]
 
-    def _by_reference(self, ref: str) -> list[tuple[Any, bool]]:
+    def _by_reference(self, ref: str) -> list[tuple[Any, bool, str]]:
         # The search may not be exact; trust only a user whose reference_id is ours.
-        return [(c, False) for c in self._search("reference_id", ref) if str(c.get("reference_id") or "") == ref]
+        return [(c, False, "matched by reference_id") for c in self._search("reference_id", ref)
+                if str(c.get("reference_id") or "") == ref]
 
-    def _by_id(self, uid: str) -> list[tuple[Any, bool]]:
+    def _by_id(self, uid: str) -> list[tuple[Any, bool, str]]:
         data = self._get_or_none(f"users/{_seg(uid)}")
-        return [(data, True)] if isinstance(data, dict) and str(data.get("id") or "") == uid else []
+        return [(data, True, "matched by user id")] if isinstance(data, dict) and str(data.get("id") or "") == uid \
+            else []
 
     def _search(self, field: str, value: str) -> list[dict[str, Any]]:
         try:
@@ -296,26 +364,31 @@ class FreshchatConnector(Connector):
             raise PermanentError(self.name, f"GET /users?{field}= answered without a 'users' list")
         return [u for u in users if isinstance(u, dict)]
 
-    def _learned(self, users: Iterable[_User], identities: Identities) -> list[Identity]:
+    def _learned(self, users: Iterable[_User], identities: Identities) -> tuple[list[Identity], set[Identity]]:
+        """Identifiers from the users' own profiles (never a conversation's other participants), and every
+        identifier on those profiles (what an erasure changes)."""
         learned: list[Identity] = []
+        touches: set[Identity] = set()
 
-        def learn(type_: IdentityType, value: str) -> None:
-            identity = Identity(type_, value, source=self.name)
+        def learn(user: _User, type_: IdentityType, value: str, field: str) -> None:
+            via = f"{self.name}: user {user.id} ({user.how}), field {field}"
+            identity = Identity(type_, value, source=self.name, via=via)
+            touches.add(identity)
             if identity not in identities and identity not in learned:
                 learned.append(identity)
 
         for user in users:
-            learn(IdentityType.FRESHCHAT_USER_ID, user.id)
+            learn(user, IdentityType.FRESHCHAT_USER_ID, user.id, "id")
             phone = str(user.data.get("phone") or "").strip()
             if phone:
-                learn(IdentityType.PHONE, phone)
+                learn(user, IdentityType.PHONE, phone, "phone")
             raw_email = str(user.data.get("email") or "").strip()
             if raw_email:
                 try:
-                    learn(IdentityType.EMAIL, normalise_email(raw_email))
+                    learn(user, IdentityType.EMAIL, normalise_email(raw_email), "email")
                 except InvalidEmail:
                     log.info("freshchat.unusable_email", system=self.name)
-        return learned
+        return learned, touches
 
     # ------------------------------------------------------------------ reading
 
@@ -349,6 +422,22 @@ class FreshchatConnector(Connector):
                 ids.append(cid)
         return ids
 
+    def _conversations(self, users: Iterable[_User], own: set[str]) -> list[_Conversation]:
+        """The users' conversations (each once), read whole to see who else is in them."""
+        cids: list[str] = []
+        for user in users:
+            cids.extend(cid for cid in self._conversation_ids(user.id) if cid not in cids)
+        jobs = [partial(self._conversation, cid, own) for cid in cids]
+        return list(in_parallel(jobs, max_workers=self.parallel_calls))
+
+    def _conversation(self, cid: str, own: set[str]) -> list[_Conversation]:
+        detail = self._get_or_none(f"conversations/{_seg(cid)}")
+        detail = detail if isinstance(detail, dict) else None
+        messages = list(self._messages(cid))
+        others = {uid for uid in _participants(detail) if uid not in own}
+        others.update(str(m.get("actor_id")) for m in messages if _other_author(m, own))
+        return [_Conversation(cid, detail, messages, others)]
+
     def _messages(self, cid: str) -> Iterator[dict[str, Any]]:
         path = f"conversations/{_seg(cid)}/messages"
 
@@ -373,7 +462,7 @@ class FreshchatConnector(Connector):
 
     # ------------------------------------------------------------------ writing
 
-    def _blank(self, user: _User, receipt: Receipt) -> None:
+    def _blank(self, user: _User, receipt: Receipt, shared: list[str] | None = None) -> None:
         profile = self._profile(user)
         if profile is None:
             receipt.details.append("user no longer exists; nothing to blank")
@@ -394,16 +483,24 @@ class FreshchatConnector(Connector):
             f"profile blanked (names, e-mail, phone, reference id, {len(properties)} propert(y/ies)); "
             "conversations and messages remain until the contact is forgotten"
         )
-        receipt.manual_steps.append(f"{FORGET_STEP}: user id {user.id} (removes its conversations and messages)")
+        step = f"{FORGET_STEP}: user id {user.id} (removes its conversations and messages)"
+        if shared:
+            step += (f"; but conversation(s) {', '.join(shared)} also hold another user's messages and Forget "
+                     "deletes them too: forget the contact only once those are settled (another person's data)")
+        receipt.manual_steps.append(step)
 
-    def _resolve_open_conversations(self, uid: str) -> int:
+    def _resolve_open_conversations(self, user: _User, own: set[str], receipt: Receipt) -> int:
+        """Resolve the user's open conversations; one shared with another user is left as it is."""
         resolved = 0
-        for cid in self._conversation_ids(uid):
-            conversation = self._get_or_none(f"conversations/{_seg(cid)}")
-            if not isinstance(conversation, dict) or str(conversation.get("status") or "").lower() == "resolved":
+        for conversation in self._conversations([user], own):
+            if conversation.others:
+                _skip(receipt, "conversations")
+                continue
+            detail = conversation.detail
+            if detail is None or str(detail.get("status") or "").lower() == "resolved":
                 continue
             try:
-                self.http.request("PUT", f"conversations/{_seg(cid)}", json={"status": "resolved"})
+                self.http.request("PUT", f"conversations/{_seg(conversation.id)}", json={"status": "resolved"})
             except NotFound:
                 continue
             resolved += 1
@@ -453,6 +550,46 @@ def _same_email(stored: Any, wanted: str) -> bool:
         return normalise_email(stored) == wanted
     except InvalidEmail:
         return stored.strip().casefold() == wanted.casefold()
+
+
+def _participants(detail: dict[str, Any] | None) -> list[str]:
+    """User ids in a conversation's `users` list (Freshchat's conversation model) and its `user_id`."""
+    if detail is None:
+        return []
+    ids = [str(u.get("id")) for u in detail.get("users") or [] if isinstance(u, dict) and u.get("id")]
+    if detail.get("user_id"):
+        ids.append(str(detail["user_id"]))
+    return ids
+
+
+def _other_author(message: Mapping[str, Any], own: set[str]) -> bool:
+    """A message written by a FreshChat user who is not the subject."""
+    return message.get("actor_type") == "user" and bool(message.get("actor_id")) \
+        and str(message.get("actor_id")) not in own
+
+
+def _own_view(conversation: dict[str, Any], own: set[str]) -> dict[str, Any]:
+    """The conversation as the subject may see it: other participants (their profiles) left out."""
+    view = dict(conversation)
+    users = view.get("users")
+    if isinstance(users, list):
+        kept = [u for u in users if isinstance(u, dict) and str(u.get("id") or "") in own]
+        view["users"] = kept
+        if len(kept) < len(users):
+            view["other_participants_left_out"] = len(users) - len(kept)
+    if view.get("user_id") and str(view["user_id"]) not in own:
+        del view["user_id"]
+    return view
+
+
+def _without_others(message: dict[str, Any], own: set[str]) -> dict[str, Any]:
+    """An agent or system message without another user's id in it."""
+    return {k: v for k, v in message.items() if not (k == "user_id" and v and str(v) not in own)}
+
+
+def _skip(receipt: Receipt, entity: str, n: int = 1) -> None:
+    why = receipt.skipped.setdefault(entity, {})
+    why[SHARED_CONVERSATION] = why.get(SHARED_CONVERSATION, 0) + n
 
 
 def _count(receipt: Receipt, entity: str, n: int = 1) -> None:

@@ -49,6 +49,9 @@ VISITS = "visits"  # the entity locate counts: whole visits
 ALL_TIME = ("range", "1998-01-01,today")
 _VISITOR_ID = re.compile(r"^[0-9a-f]{16}$")
 _USER_ID_IDENTITIES = {"email": IdentityType.EMAIL, "account_id": IdentityType.ACCOUNT_ID}
+# Why a visit that a search reached is left alone: it carries a userId that is not the subject's
+# (a visitor id shared by two people, e.g. one computer, or a site with enable_userid_overwrites_visitorid=0).
+OTHER_USER_ID = "visit of another userId on a shared visitor id"
 # Columns that identify one exported row per log table (values are strings in the export).
 _ROW_KEYS: dict[str, tuple[str, ...]] = {
     "log_visit": ("idvisit",),
@@ -94,6 +97,10 @@ class MatomoConnector(Connector):
       true) turns it off for sites without that report.
     - searching `visitorId==<sha1(userId)[:16]>` assumes `enable_userid_overwrites_visitorid=1`
       (Matomo's default); where it is off the search simply finds nothing extra.
+    Only the subject's data (issue 9): a visit with a userId that is not the subject's is someone else's
+    even on one of their visitor ids (one computer, two people); it is never counted, exported, erased or
+    learned from, only counted in `skipped`. A visitor id is learned only from a visit carrying the
+    subject's userId; no userId is ever learned.
     token_auth always travels in the POST body, never the URL: "secure only" tokens are rejected
     in a query string, and URLs end up in access logs.
     """
@@ -173,27 +180,33 @@ class MatomoConnector(Connector):
         return policies
 
     def locate(self, identities: Identities) -> Hits:
-        searched_user_ids = set(self._user_ids(identities))
-        visits = self._find_visits(identities)
+        visits, others = self._subject_visits(identities)
+        own_user_ids = {_fold(u) for u in self._user_ids(identities)}
         learned: list[Identity] = []
-        seen: set[tuple[IdentityType, str]] = set()
+        seen: set[str] = set()
         for visit in visits:
-            candidates = [(IdentityType.MATOMO_VISITOR_ID, str(visit.get("visitorId") or "").lower())]
+            # Only a visit whose userId is the subject's teaches a visitor id; an anonymous visit was
+            # found by a visitor id already known, and one of another userId is never the subject's.
             user_id = str(visit.get("userId") or "")
-            if user_id and user_id not in searched_user_ids:
-                candidates.append((IdentityType.MATOMO_USER_ID, user_id))
-            for type_, value in candidates:
-                if not value or (type_, value) in seen:
-                    continue
-                seen.add((type_, value))
-                identity = Identity(type_, value, source=self.name)
-                if identity not in identities:
-                    learned.append(identity)
-        return Hits(self.name, found=bool(visits), counts={VISITS: len(visits)} if visits else {}, learned=learned)
+            if not user_id or _fold(user_id) not in own_user_ids:
+                continue
+            value = str(visit.get("visitorId") or "").strip().lower()
+            if not _VISITOR_ID.match(value) or value in seen:
+                continue
+            seen.add(value)
+            via = (f"{self.name}: visit {visit['idSite']}/{visit['idVisit']} (its userId is the subject's), "
+                   "field visitorId")
+            identity = Identity(IdentityType.MATOMO_VISITOR_ID, value, source=self.name, via=via)
+            if identity not in identities:
+                learned.append(identity)
+        hits = Hits(self.name, found=bool(visits), counts={VISITS: len(visits)} if visits else {}, learned=learned)
+        if others:
+            hits.skipped[VISITS] = {OTHER_USER_ID: others}
+        return hits
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
         wanted = None if entities is None else set(entities)
-        visits = self._find_visits(identities)
+        visits, _others = self._subject_visits(identities)
         seen: set[tuple[str, str]] = set()  # lookup rows (log_action_*) repeat across chunks
         for chunk in _chunks(visits, self.chunk_size):
             payload = self._call("PrivacyManager.exportDataSubjects", _visits_params(chunk))
@@ -217,7 +230,10 @@ class MatomoConnector(Connector):
         if entities is not None and not set(entities) & set(self.entities):
             receipt.details.append("no Matomo entity selected; nothing erased")
             return receipt
-        visits = self._find_visits(identities)
+        visits, others = self._subject_visits(identities)
+        if others:
+            receipt.skipped[VISITS] = {OTHER_USER_ID: others}
+            receipt.details.append(f"{others} visit(s) on a shared visitor id carry another userId: left alone")
         if not visits:
             receipt.details.append("no visits found; nothing to erase")
             return receipt
@@ -325,6 +341,24 @@ class MatomoConnector(Connector):
         conditions.extend(segment_condition("visitorId", v) for v in sorted(visitor_ids))
         return conditions
 
+    def _subject_visits(self, identities: Identities) -> tuple[list[dict[str, Any]], int]:
+        """The subject's visits, and how many found visits carry another userId (left alone).
+
+        A visit is the subject's when its userId is one of theirs, or when it has no userId and was found
+        by one of their visitor ids. A visit with another userId was reached through a visitor id that two
+        people share (one computer); it is someone else's whatever the visitor id says.
+        """
+        own = {_fold(u) for u in self._user_ids(identities)}
+        mine: list[dict[str, Any]] = []
+        others = 0
+        for visit in self._find_visits(identities):
+            user_id = str(visit.get("userId") or "")
+            if user_id and _fold(user_id) not in own:
+                others += 1
+            else:
+                mine.append(visit)
+        return mine, others
+
     def _find_visits(self, identities: Identities) -> list[dict[str, Any]]:
         """Every visit matching any identity (OR segment), deduplicated, complete even past the cap."""
         conditions = self._conditions(identities)
@@ -377,6 +411,12 @@ class MatomoConnector(Connector):
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _fold(user_id: str) -> str:
+    """A userId as compared with the subject's: Matomo's `==` runs in MySQL, which ignores case and
+    trailing spaces under the default collation."""
+    return user_id.strip().casefold()
 
 
 def _chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -46,6 +46,8 @@ ENTITIES: tuple[str, ...] = ("contact", "activity", "notes", "segments", "campai
 DNC_MANUAL = 3  # Mautic DoNotContact::MANUAL
 DNC_UNSUBSCRIBED = 1  # Mautic DoNotContact::UNSUBSCRIBED (the unsubscribe link sets it)
 NEWSLETTER_CHANNEL = "email"
+# Why a company is left alone on erasure: it is an organisation other contacts may share, not the person.
+COMPANY_LEFT = "company left alone: an organisation other contacts may share (only the contact's link goes)"
 TOKEN_PATH = "oauth/v2/token"
 TOKEN_MARGIN_S = 60.0  # renew a little before expiry so a token never dies mid-request
 DEFAULT_TOKEN_LIFETIME_S = 3600.0  # Mautic's default api_oauth2_access_token_lifetime (60 min)
@@ -168,29 +170,43 @@ class MauticConnector(Connector):
             "notes": EntityPolicy(erase=with_contact, restrict=None, provided_by_subject=False),
             "segments": EntityPolicy(erase=with_contact, restrict=None, provided_by_subject=False),
             "campaigns": EntityPolicy(erase=with_contact, restrict=None, provided_by_subject=False),
-            "companies": EntityPolicy(erase=with_contact, restrict=None),
+            "companies": EntityPolicy(erase="the contact's link to a company goes with the contact; the company "
+                                            "itself (shared with other contacts) is left alone",
+                                      restrict=None, provided_by_subject=False),
             "devices": EntityPolicy(erase=with_contact, restrict=None),
         }
 
     def locate(self, identities: Identities) -> Hits:
-        contacts = self._contacts(identities)
+        how: dict[int, str] = {}
+        contacts = self._contacts(identities, how)
         learned: list[Identity] = []
+        touches: set[Identity] = set()
         for contact_id, contact in contacts.items():
-            learned.append(Identity(IdentityType.MAUTIC_CONTACT_ID, str(contact_id), source=self.name))
+            # Only the contact's own fields: never its companies, owner (a Mautic user) or anyone sharing them.
+            def learn(type_: IdentityType, value: str, field: str, contact_id: int = contact_id) -> None:
+                via = f"{self.name}: contact {contact_id} ({how.get(contact_id, 'matched')}), field {field}"
+                identity = Identity(type_, value, source=self.name, via=via)
+                learned.append(identity)
+                touches.add(identity)
+
+            learn(IdentityType.MAUTIC_CONTACT_ID, str(contact_id), "id")
             values = _field_values(contact)
             email = values.get("email")
             if isinstance(email, str) and email.strip():
                 try:
-                    learned.append(Identity(IdentityType.EMAIL, normalise_email(email), source=self.name))
+                    learn(IdentityType.EMAIL, normalise_email(email), "email")
                 except InvalidEmail:
                     log.warning("mautic.unusable_email", system=self.name, contact_id=contact_id)
             for key in ("phone", "mobile"):
                 phone = _normalise_phone(values.get(key))
                 if phone:
-                    learned.append(Identity(IdentityType.PHONE, phone, source=self.name))
+                    learn(IdentityType.PHONE, phone, key)
         new = [i for i in dict.fromkeys(learned) if i not in identities]
-        return Hits(system=self.name, found=bool(contacts), counts={"contact": len(contacts)} if contacts else {},
+        hits = Hits(system=self.name, found=bool(contacts), counts={"contact": len(contacts)} if contacts else {},
                     learned=new)
+        if touches:
+            hits.touches["contact"] = touches  # erasure deletes the contact, restriction flags it
+        return hits
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
         wanted = self._entities(entities)
@@ -230,7 +246,15 @@ class MauticConnector(Connector):
                                                "include entity 'contact'")
         receipt = Receipt(system=self.name, action="erase")
         deleted: list[int] = []
+        companies = 0
         for contact_id in self._contacts(identities):
+            # A company is an organisation other contacts may share: deleting the contact removes only its
+            # link (companies_leads); the company is never deleted or edited. Counted for the receipt.
+            try:
+                companies += len(_collection(self._get(f"api/contacts/{contact_id}/companies").get("companies")))
+            except NotFound:
+                receipt.details.append(f"contact {contact_id} was already gone (HTTP 404)")
+                continue
             try:
                 self._request("DELETE", f"api/contacts/{contact_id}/delete")
             except NotFound:
@@ -245,6 +269,10 @@ class MauticConnector(Connector):
             receipt.manual_steps.append(RESIDUE_STEP.format(ids=", ".join(map(str, deleted))))
         else:
             receipt.details.append("no Mautic contact matched; nothing deleted")
+        if companies:
+            receipt.skipped["companies"] = {COMPANY_LEFT: companies}
+            receipt.details.append(f"{companies} company link(s) went with the contact(s); the companies themselves "
+                                   "were left alone")
         return receipt
 
     def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
@@ -373,12 +401,18 @@ class MauticConnector(Connector):
 
     # -- contacts -------------------------------------------------------------------------
 
-    def _contacts(self, identities: Identities) -> dict[int, dict[str, Any]]:
-        """Every contact of the person, by id: exact e-mail matches and the given contact ids."""
+    def _contacts(self, identities: Identities, how: dict[int, str] | None = None) -> dict[int, dict[str, Any]]:
+        """Every contact of the person, by id: exact e-mail matches and the given contact ids.
+
+        `how`, when given, receives how each contact was reached ("matched by e-mail", "matched by contact id").
+        """
         found: dict[int, dict[str, Any]] = {}
+        reached: dict[int, str] = {}
         for email in identities.of(IdentityType.EMAIL):
             for form in email_forms(email):
-                found.update(self._search_email(form))
+                for contact_id, contact in self._search_email(form).items():
+                    found[contact_id] = contact
+                    reached.setdefault(contact_id, "matched by e-mail")
         for raw_id in identities.of(IdentityType.MAUTIC_CONTACT_ID):
             if not raw_id.strip().isdigit():
                 continue  # a Mautic contact id is an integer; anything else cannot match
@@ -389,9 +423,12 @@ class MauticConnector(Connector):
                 body = self._get(f"api/contacts/{contact_id}")
             except NotFound:
                 continue
-            contact = body.get("contact")
-            if isinstance(contact, dict):
-                found[contact_id] = contact
+            by_id = body.get("contact")
+            if isinstance(by_id, dict):
+                found[contact_id] = by_id
+                reached[contact_id] = "matched by contact id"
+        if how is not None:
+            how.update(reached)
         return dict(sorted(found.items()))
 
     def _search_email(self, email: str) -> dict[int, dict[str, Any]]:

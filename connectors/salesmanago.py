@@ -75,6 +75,10 @@ class SalesmanagoConnector(Connector):
     - no rate limit is documented [U]: `rate_per_second`; HTTP 428 ("timeout on SM api" in the
       official util) is a TransientError.
     - lookups by phone or externalId do not exist [U]: only e-mail is accepted.
+    - a contact other SALESmanago users (owners) also hold: every v2 call is scoped by `owner`, and what
+      contact/delete does for the other owners is not documented [U]; erase deletes for the configured
+      owner and its receipt always carries a manual step to check the other owners. Only the contact's own
+      fields (contactId, phone) are learned, never an owner's e-mail.
     """
 
     entities = ("contact", "export_file", "export_contact", "export_tag")
@@ -269,15 +273,27 @@ class SalesmanagoConnector(Connector):
     def locate(self, identities: Identities) -> Hits:
         contacts = self._find(identities)
         learned: list[Identity] = []
+        touches: set[Identity] = set()
         for contact in contacts:
+            # Only the contact's own fields (contactId, phone; the e-mail is what found it). A contact may be
+            # visible to several SALESmanago users (owners): their e-mails are staff accounts, never learned.
             contact_id = contact.get("contactId")
+            key = contact_id if isinstance(contact_id, str) and contact_id else "?"
+            via = f"{self.name}: contact {key} (matched by e-mail, for the configured owner), field "
             if isinstance(contact_id, str) and contact_id:
-                learned.append(Identity(IdentityType.SALESMANAGO_CONTACT_ID, contact_id, source=self.name))
+                learned.append(Identity(IdentityType.SALESMANAGO_CONTACT_ID, contact_id, source=self.name,
+                                        via=via + "contactId"))
             phone = _PHONE_JUNK.sub("", str(contact.get("phone") or ""))
             if len(phone.lstrip("+")) >= 5:
-                learned.append(Identity(IdentityType.PHONE, phone, source=self.name))
-        return Hits(self.name, found=bool(contacts), counts={"contact": len(contacts)} if contacts else {},
+                learned.append(Identity(IdentityType.PHONE, phone, source=self.name, via=via + "phone"))
+            touches.update(learned)
+            touches.update(i for i in identities if i.type == IdentityType.EMAIL
+                           and i.value.lower() == self._stored_email(contact).lower())
+        hits = Hits(self.name, found=bool(contacts), counts={"contact": len(contacts)} if contacts else {},
                     learned=learned)
+        if touches:
+            hits.touches["contact"] = touches  # erasure deletes the contact, restriction opts it out
+        return hits
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
         wanted = set(entities) if entities is not None else None
@@ -438,6 +454,13 @@ class SalesmanagoConnector(Connector):
             "export files made earlier by contact/export/data are not deleted by this call; their links expire "
             "on the vendor's schedule"
         )
+        # Every v2 call is scoped by `owner` (vendor-apis.md 3.1), and what contact/delete does to a contact
+        # that other SALESmanago users also own is not documented: say what may remain.
+        receipt.manual_steps.append(
+            f"SALESmanago: contact/delete acted for the configured owner only; if other SALESmanago users (owners) "
+            f"also hold the contact(s) {', '.join(_contact_ids(contacts))}, check under each of them that it is "
+            "gone and delete it there too (Contacts, or contact/delete with that owner)"
+        )
         if not self.delete_permanently:
             receipt.manual_steps.append(
                 "standard removal only (delete_permanently is false): delete the contact permanently in "
@@ -504,6 +527,11 @@ def _vendor_messages(payload: Mapping[str, Any]) -> str:
     raw = payload.get("message")
     parts = [str(m) for m in raw] if isinstance(raw, list) else ([str(raw)] if raw else [])
     return redact("; ".join(parts))[:200]
+
+
+def _contact_ids(contacts: list[dict[str, Any]]) -> list[str]:
+    """The contacts' vendor ids, for receipts (no e-mail addresses)."""
+    return [str(c.get("contactId") or "(no contactId)") for c in contacts]
 
 
 def _chunks(content: bytes) -> Iterator[bytes]:

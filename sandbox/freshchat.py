@@ -76,22 +76,33 @@ class FreshchatSim:
             self._owner[uid] = person_email.strip().lower()
         return uid
 
-    def add_conversation(self, uid: str, key: str, status: str, message_count: int) -> str:
+    def add_conversation(self, uid: str, key: str, status: str, message_count: int,
+                         with_user: str | None = None) -> str:
+        """A conversation of `uid`; with `with_user`, a second user writes every third message in it."""
         cid = _uid("conversation", key)
+        agent = _uid("agent", "support")
+
+        def actor(n: int) -> tuple[str, str]:
+            if with_user is not None and n % 3 == 2:
+                return "user", with_user
+            return ("user", uid) if n % 2 == 0 else ("agent", agent)
+
         with self._lock:
             self._conversations[cid] = {
                 "conversation_id": cid, "id": cid, "status": status, "channel_id": _uid("channel", "web"),
-                "user_id": uid, "assigned_agent_id": _uid("agent", "support"), "assigned_group_id": None,
+                "user_id": uid, "assigned_agent_id": agent, "assigned_group_id": None,
                 "properties": {}, "created_time": "2024-03-01T10:00:00.000Z",
                 "updated_time": "2024-03-02T10:00:00.000Z",
+                # Freshchat's conversation model lists its `users` (user objects); rendered on GET.
+                "participants": [uid] + ([with_user] if with_user else []),
             }
             self._messages[cid] = [
                 {
                     "id": _uid("message", f"{key}:{n}"),
                     "conversation_id": cid,
                     "channel_id": _uid("channel", "web"),
-                    "actor_type": "user" if n % 2 == 0 else "agent",
-                    "actor_id": uid if n % 2 == 0 else _uid("agent", "support"),
+                    "actor_type": actor(n)[0],
+                    "actor_id": actor(n)[1],
                     "user_id": uid,
                     "message_type": "normal",
                     "message_parts": [{"text": {"content": f"message {n} in {key}"}}],
@@ -114,6 +125,11 @@ class FreshchatSim:
         decoy = self.add_user(DECOY_EMAIL, email=DECOY_EMAIL, first_name="Janet", last_name="Doel",
                               phone="+61400000000", reference_id=f"{JANE.account_id}0")
         self.add_conversation(decoy, "decoy:open", "new", 4)
+
+    def seed_shared(self) -> str:
+        """After seed_demo: a conversation Jane shares with John (both write in it); its id."""
+        jane, john = _uid("user", JANE.email), _uid("user", JOHN.email)
+        return self.add_conversation(jane, "jane+john:shared", "new", 6, with_user=john)
 
     def _seed_person(self, person: Person, stored_email: str) -> str:
         return self.add_user(
@@ -142,7 +158,7 @@ class FreshchatSim:
                 user = self._users[uid]
                 fields += sum(1 for f in _PERSONAL_FIELDS if str(user.get(f) or "").strip())
                 fields += sum(1 for p in user.get("properties") or [] if str(p.get("value") or "").strip())
-            cids = [cid for cid, c in self._conversations.items() if c["user_id"] in uids]
+            cids = [cid for cid, c in self._conversations.items() if set(c["participants"]) & set(uids)]
             return {
                 "contacts": len(uids),
                 "profile_fields": fields,
@@ -165,7 +181,13 @@ class FreshchatSim:
         wanted = email.strip().lower()
         with self._lock:
             return sorted(c["status"] for c in self._conversations.values()
-                          if self._owner.get(c["user_id"]) == wanted and c["user_id"] in self._users)
+                          if any(self._owner.get(u) == wanted and u in self._users for u in c["participants"]))
+
+    def messages_by(self, uid: str) -> int:
+        """Messages a user wrote (actor_id), in any conversation still held."""
+        with self._lock:
+            return sum(1 for ms in self._messages.values() for m in ms
+                       if m["actor_type"] == "user" and m["actor_id"] == uid)
 
     # ------------------------------------------------------------------ WSGI
 
@@ -218,7 +240,9 @@ class FreshchatSim:
         if request.method == "GET":
             return _json(200, user)
         if request.method == "DELETE":
-            for cid in [c for c, conv in self._conversations.items() if conv["user_id"] == uid]:
+            # [U] what a user delete does to conversations: pessimistically, every one the user is in goes,
+            # including one shared with another user.
+            for cid in [c for c, conv in self._conversations.items() if uid in conv["participants"]]:
                 del self._conversations[cid]
                 self._messages.pop(cid, None)
             del self._users[uid]
@@ -247,7 +271,7 @@ class FreshchatSim:
         if uid not in self._users:
             return _error(404, "USER_NOT_FOUND", "user not found")
         items = [{"id": cid, "status": c["status"], "channel_id": c["channel_id"]}
-                 for cid, c in self._conversations.items() if c["user_id"] == uid]
+                 for cid, c in self._conversations.items() if uid in c["participants"]]
         return _json(200, {"conversations": items})
 
     def _conversation(self, request: Request, cid: str) -> Response:
@@ -263,7 +287,9 @@ class FreshchatSim:
             if status not in _STATUSES:
                 return _error(400, "BAD_REQUEST", "invalid conversation status")
             conversation["status"] = status
-        return _json(200, conversation)
+        view = {k: v for k, v in conversation.items() if k != "participants"}
+        view["users"] = [self._users[u] for u in conversation["participants"] if u in self._users]
+        return _json(200, view)
 
     def _conversation_messages(self, request: Request, cid: str) -> Response:
         if cid not in self._conversations:

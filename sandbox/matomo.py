@@ -32,7 +32,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from sandbox.people import DECOY_EMAIL, PEOPLE, Person
+from sandbox.people import DECOY_EMAIL, JANE, JOHN, PEOPLE, Person
 
 MSG_TOKEN_INSECURE = (
     "Unable to authenticate with the provided token. It is either invalid, expired or is required to be sent "
@@ -154,6 +154,12 @@ class MatomoSim:
         for k in range(3):  # strangers nobody asks about
             self.add_visit(1, f"{k + 1:016x}", None, datetime(2024, 5, 7, 9 + k, 0, tzinfo=UTC))
 
+    def seed_shared(self) -> int:
+        """After seed_demo: John logs in on Jane's computer (her pre-login visitor id), as on a site with
+        enable_userid_overwrites_visitorid=0, so one visitor id carries two userIds; the visit's id."""
+        return self.add_visit(1, JANE.matomo_visitor_id, JOHN.email, datetime(2024, 5, 8, 20, 0, tzinfo=UTC),
+                              [("https://shop.example.com/account", "Account")])
+
     # -- the test harness side ------------------------------------------------------------------
 
     def settings(self, base_url: str) -> dict[str, Any]:
@@ -170,7 +176,9 @@ class MatomoSim:
         person: Person | None = next((p for p in PEOPLE if p.email == email), None)
         visitor_ids = {user_id_hash(email)} | ({person.matomo_visitor_id} if person else set())
         with self._lock:
-            ids = {v.idvisit for v in self._visits.values() if v.user_id == email or v.visitor_id in visitor_ids}
+            # A visit on one of the person's visitor ids but with another userId is someone else's (shared device).
+            ids = {v.idvisit for v in self._visits.values()
+                   if v.user_id == email or (v.visitor_id in visitor_ids and not v.user_id)}
             counts = {
                 "visits": len(ids),
                 "actions": sum(1 for row in self._link.values() if row["idvisit"] in ids),

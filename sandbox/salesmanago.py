@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from sandbox.people import DECOY_EMAIL, PEOPLE
+from sandbox.people import DECOY_EMAIL, JANE, PEOPLE
 
 _NOW_MS = 1_714_650_000_000
 # dataType asked for -> section of the export file ([L] for contactData/tagData; the rest assumed).
@@ -42,6 +42,7 @@ class SalesmanagoSim:
     API_KEY = "sim-api-key"
     API_SECRET = "sim-api-secret"
     OWNER = "owner@shop.example"
+    OTHER_OWNER = "sales2@shop.example"  # a second SALESmanago user account of the same client
     POLLS_UNTIL_READY = 2  # job/status answers "not ready" this many times first
 
     def __init__(self) -> None:
@@ -84,6 +85,9 @@ class SalesmanagoSim:
                 "tags": [{"tagName": tag, "createdOn": _NOW_MS} for tag in tags],
                 "events": [dict(event) for event in events],
                 "visits": [{"url": url, "date": _NOW_MS} for url in visits],
+                # The SALESmanago users (owners) holding the contact; never part of an answer (no vendor
+                # text shows owners in contact/basic).
+                "owners": [self.OWNER],
             }
             self.monitored[contact_id] = True
         return contact_id
@@ -103,6 +107,19 @@ class SalesmanagoSim:
             )
         self.add_contact(DECOY_EMAIL, "Jane Doe-Smith", "+61412345678",
                          contact_id=str(uuid.uuid5(uuid.NAMESPACE_DNS, "salesmanago.decoy")), tags=("NEWSLETTER",))
+
+    def seed_shared(self) -> None:
+        """After seed_demo: Jane's contact is also held by a second owner (another SALESmanago user)."""
+        with self._lock:
+            found = self._by_email(JANE.email, self.OWNER)
+            assert found is not None
+            found["owners"].append(self.OTHER_OWNER)
+
+    def owners(self, email: str) -> list[str]:
+        """The owners still holding the contact with this e-mail ([] when none)."""
+        with self._lock:
+            found = self._by_email(email)
+            return list(found["owners"]) if found else []
 
     def contact_id(self, email: str) -> str | None:
         with self._lock:
@@ -191,7 +208,7 @@ class SalesmanagoSim:
             return _answer(False, ["Invalid request body"], status=400)
         if not self._authenticated(body):
             return _answer(False, ["User not authenticated"])
-        if body.get("owner") != self.OWNER:
+        if body.get("owner") not in (self.OWNER, self.OTHER_OWNER):
             return _answer(False, ["Owner not found"])
         with self._lock:
             self.calls.append(method)
@@ -209,14 +226,18 @@ class SalesmanagoSim:
 
     # ------------------------------------------------------------------ handlers (called under the lock)
 
-    def _by_email(self, email: str) -> dict[str, Any] | None:
+    def _by_email(self, email: str, owner: str | None = None) -> dict[str, Any] | None:
+        """The contact with this e-mail (any case); with `owner`, only one that owner holds."""
         wanted = _key(email)
-        return next((c for c in self.contacts.values() if _key(c["email"]) == wanted), None)
+        return next((c for c in self.contacts.values()
+                     if _key(c["email"]) == wanted and (owner is None or owner in c["owners"])), None)
 
     def _target(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        owner = str(body.get("owner"))
         if isinstance(body.get("contactId"), str):
-            return self.contacts.get(body["contactId"])
-        return self._by_email(body["email"]) if isinstance(body.get("email"), str) else None
+            found = self.contacts.get(body["contactId"])
+            return found if found and owner in found["owners"] else None
+        return self._by_email(body["email"], owner) if isinstance(body.get("email"), str) else None
 
     def _basic(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
         emails = body.get("email")
@@ -225,7 +246,7 @@ class SalesmanagoSim:
             return _fail("email is required")
         found: list[dict[str, Any]] = []
         for email in emails:
-            contact = self._by_email(str(email))
+            contact = self._by_email(str(email), str(body.get("owner")))
             if contact and contact not in found:
                 found.append(contact)
         return {"success": True, "message": [], "contacts": [{k: c[k] for k in _BASIC_FIELDS} for c in found]}
@@ -234,6 +255,11 @@ class SalesmanagoSim:
         contact = self._target(body)
         if contact is None:
             return _fail("Contact not found")
+        if len(contact["owners"]) > 1:
+            # [U] whether a delete reaches a contact other owners hold too: pessimistically, it removes it
+            # for the calling owner only, and the contact stays with the others.
+            contact["owners"].remove(body["owner"])
+            return {"success": True, "message": []}
         if body.get("permanently") is True:
             del self.contacts[contact["contactId"]]
             del self.monitored[contact["contactId"]]
@@ -259,9 +285,10 @@ class SalesmanagoSim:
                 return None
             kind = str(addressee.get("addresseeType", "")).upper()
             if kind == "EMAIL":
-                contact = self._by_email(addressee["value"])
+                contact = self._by_email(addressee["value"], str(body.get("owner")))
             elif kind == "CONTACT_ID":
                 contact = self.contacts.get(addressee["value"])
+                contact = contact if contact and body.get("owner") in contact["owners"] else None
             else:
                 return None
             if contact is not None:
@@ -310,7 +337,7 @@ class SalesmanagoSim:
             for data_type in job["types"]:
                 section = _SECTIONS.get(data_type)
                 if section == "contactData":
-                    sections[section] = {k: contact[k] for k in _BASIC_FIELDS}
+                    sections[section] = {k: contact[k] for k in _BASIC_FIELDS}  # owners are never exported
                 elif section == "tagData":
                     sections[section] = list(contact["tags"])
                 elif section == "extEventData":

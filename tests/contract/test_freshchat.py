@@ -93,6 +93,14 @@ def _next(cid: str, page: int, per_page: int) -> dict[str, Any]:
     return {"next_page": {"href": href, "rel": "next"}}
 
 
+def _reads(vendor: responses.RequestsMock, *cids: str) -> None:
+    """The reads that show who is in each conversation: its detail and one short page of messages."""
+    for cid in cids:
+        _get(vendor, f"/conversations/{cid}", _conversation(cid, "resolved"))
+        _get(vendor, f"/conversations/{cid}/messages", _messages_page(cid, 0, 2, 1, 1, 50, {}),
+             query={"page": "1", "items_per_page": "50"})
+
+
 def _error(code: int, status: str, message: str) -> dict[str, Any]:
     return {"code": code, "status": status, "message": message}
 
@@ -168,6 +176,7 @@ def test_locate_by_email_checks_the_returned_email_and_learns(
     decoy = _user(id=DECOY_ID, email="jane.doe@example.com.au", phone="+61400000000", reference_id="10010")
     _get(vendor, "/users", _users_page(_user(), decoy), query={"email": JANE_EMAIL})
     _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}, {"id": "c2"}]})
+    _reads(vendor, "c1", "c2")
     hits = _connector(ctx).locate(_email())
     assert hits.found
     assert hits.counts == {"user": 1, "conversations": 2}
@@ -175,6 +184,11 @@ def test_locate_by_email_checks_the_returned_email_and_learns(
         (IdentityType.FRESHCHAT_USER_ID, JANE_ID, "freshchat"),
         (IdentityType.PHONE, JANE_PHONE, "freshchat"),
     }
+    assert {i.type: i.via for i in hits.learned} == {
+        IdentityType.FRESHCHAT_USER_ID: f"freshchat: user {JANE_ID} (matched by e-mail), field id",
+        IdentityType.PHONE: f"freshchat: user {JANE_ID} (matched by e-mail), field phone",
+    }
+    assert "conversations" not in hits.touches and hits.skipped == {}  # nobody else in her conversations
 
 
 def test_locate_by_reference_id_learns_the_email(ctx: ConnectorContext, vendor: responses.RequestsMock) -> None:
@@ -279,6 +293,8 @@ def test_export_rejects_an_unknown_entity(ctx: ConnectorContext) -> None:
 
 def test_erase_requests_user_deletion(ctx: ConnectorContext, vendor: responses.RequestsMock) -> None:
     _get(vendor, f"/users/{JANE_ID}", _user())
+    _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}]})
+    _reads(vendor, "c1")  # hers alone: the user may be deleted
     _send(vendor, responses.DELETE, f"/users/{JANE_ID}",
           {"code": 202, "status": "ACCEPTED", "message": "User deletion request accepted"}, status=202)
     receipt = _connector(ctx).erase(_uid())
@@ -298,6 +314,7 @@ def test_erase_falls_back_to_blanking_when_delete_is_not_available(
     ctx: ConnectorContext, vendor: responses.RequestsMock, status: int
 ) -> None:
     _get(vendor, f"/users/{JANE_ID}", _user())
+    _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": []})
     _send(vendor, responses.DELETE, f"/users/{JANE_ID}", _error(status, "NOT_SUPPORTED", "not supported"),
           status=status)
     _send(vendor, responses.PUT, f"/users/{JANE_ID}", _user(**BLANKED), sent=BLANKED)
@@ -314,6 +331,7 @@ def test_erase_with_delete_switched_off_blanks_a_searched_user_after_reading_its
     ctx: ConnectorContext, vendor: responses.RequestsMock
 ) -> None:
     _get(vendor, "/users", _users_page(_user(properties=[])), query={"email": JANE_EMAIL})
+    _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": []})
     _get(vendor, f"/users/{JANE_ID}", _user())  # the full profile lists the properties to blank
     _send(vendor, responses.PUT, f"/users/{JANE_ID}", _user(**BLANKED), sent=BLANKED)
     receipt = _connector(ctx, supports_user_delete=False).erase(_email())
@@ -337,6 +355,9 @@ def test_restrict_resolves_open_conversations_and_sets_the_property(
     _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}, {"id": "c2"}]})
     _get(vendor, "/conversations/c1", _conversation("c1", "assigned"))
     _get(vendor, "/conversations/c2", _conversation("c2", "resolved"))
+    for cid in ("c1", "c2"):
+        _get(vendor, f"/conversations/{cid}/messages", _messages_page(cid, 0, 2, 1, 1, 50, {}),
+             query={"page": "1", "items_per_page": "50"})
     _send(vendor, responses.PUT, "/conversations/c1", _conversation("c1", "resolved"), sent={"status": "resolved"})
     props = [{"name": "plan", "value": "pro"}, {"name": "gdpr_restricted", "value": "true"}]
     _send(vendor, responses.PUT, f"/users/{JANE_ID}", _user(properties=props), sent={"properties": props})

@@ -155,3 +155,30 @@ def test_check_ok_and_wrong_token(sandbox: Any) -> None:
     health = bad.check()
     assert not health.ok
     assert "401" in health.problems[0] and "wrong-token" not in health.problems[0]
+
+
+def test_a_conversation_shared_with_john_is_never_learned_from_exported_as_his_or_deleted(sandbox: Any) -> None:
+    sim, served = sandbox
+    shared = sim.seed_shared()  # Jane and John both write in it
+    jane = _jane_uid(sim)
+    (john,) = sim.user_ids(JOHN.email)
+    connector = _connector(sim, served)
+
+    hits = connector.locate(_jane_by_email())
+    assert {(i.type, i.value) for i in hits.learned} == {(IdentityType.FRESHCHAT_USER_ID, jane),
+                                                         (IdentityType.PHONE, JANE.phone)}
+    assert Identity(IdentityType.FRESHCHAT_USER_ID, john) in hits.touches["conversations"]  # the plan refuses
+    assert hits.skipped == {"messages": {"another user's message in a conversation shared with the subject": 2}}
+
+    records = list(connector.export(_jane_by_email()))
+    assert shared in {r.record_id for r in records if r.entity == "conversations"}
+    dump = repr([r.fields for r in records])
+    assert john not in dump and JOHN.email not in dump.lower() and JOHN.phone not in dump
+
+    john_wrote = sim.messages_by(john)
+    receipt = connector.erase(_jane_by_email())  # the user delete would take the shared conversation along
+    assert not any(method == "DELETE" for method, _ in sim.requests)
+    assert receipt.skipped == {"conversations": {
+        "holds another user's messages; not deleted or changed (only the subject's part is theirs)": 1}}
+    assert sim.messages_by(john) == john_wrote and shared in receipt.manual_steps[0]
+    assert sim.holdings(JANE.email)["profile_fields"] == 0

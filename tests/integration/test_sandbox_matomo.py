@@ -143,3 +143,19 @@ def test_restrict_is_unsupported(sim: MatomoSim, served: Served) -> None:
     with pytest.raises(UnsupportedAction):
         connect(sim, served).restrict(jane())
     assert sim.calls == []
+
+
+def test_a_visitor_id_shared_with_john_teaches_nothing_and_his_visit_survives(sim: MatomoSim, served: Served) -> None:
+    sim.seed_shared()  # John logged in on Jane's computer: her pre-login visitor id, his userId
+    john = sim.holdings(JOHN.email)
+    connector = connect(sim, served)
+
+    hits = connector.locate(jane())
+    assert hits.counts == {"visits": 4}  # as before: the shared visit is not hers
+    assert hits.skipped == {"visits": {"visit of another userId on a shared visitor id": 1}}
+    assert all(i.type == IdentityType.MATOMO_VISITOR_ID and i.via for i in hits.learned)
+    assert JOHN.email not in {i.value for i in hits.learned}
+
+    receipt = connector.erase(jane())
+    assert sim.holdings(JANE.email) == {} and sim.holdings(JOHN.email) == john
+    assert receipt.skipped == hits.skipped

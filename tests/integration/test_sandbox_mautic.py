@@ -135,3 +135,28 @@ def test_check(sim: MauticSim, served: Served, auth: str, setup: Any, expected: 
     setup(sim)
     health = conn.check()
     assert health.ok is False and expected in health.problems[0]
+
+
+def test_the_company_jane_shares_with_another_contact_is_never_learned_from_or_deleted(
+    sim: MauticSim, served: Served
+) -> None:
+    (acme,) = [cid for cid, c in sim.companies.items() if c["companyname"] == "Acme AS"]
+    members = {m["lead_id"] for m in sim.company_members if m["company_id"] == acme}
+    jane_ids = set(sim.contact_ids(JANE.email))
+    (decoy,) = sim.contact_ids(DECOY_EMAIL)
+    assert decoy in members and members & jane_ids  # seed_demo: one company, two people
+    conn = make(sim, served)
+
+    hits = conn.locate(email(JANE.email))
+    assert all(i.via.startswith("mautic: contact ") for i in hits.learned)
+    assert {i.value for i in hits.learned} & {DECOY_EMAIL, str(decoy), "+61412345678"} == set()
+
+    companies = [r for r in conn.export(email(JANE.email), entities=["companies"])]
+    assert [r.fields["companyname"] for r in companies] == ["Acme AS"]
+    assert DECOY_EMAIL not in orjson.dumps([r.fields for r in companies]).decode()
+
+    receipt = conn.erase(email(JANE.email))
+    assert receipt.skipped == {"companies": {
+        "company left alone: an organisation other contacts may share (only the contact's link goes)": 1}}
+    assert acme in sim.companies and sim.companies[acme]["companyname"] == "Acme AS"
+    assert {m["lead_id"] for m in sim.company_members if m["company_id"] == acme} == {decoy}

@@ -102,3 +102,21 @@ def test_check_and_wrong_credentials(sim: SalesmanagoSim, served: Served, connec
     with pytest.raises(PermanentError, match="User not authenticated"):
         wrong.locate(email(JANE.email))
     wrong.close()
+
+
+def test_a_contact_two_owners_hold_is_deleted_for_ours_and_the_rest_is_named(
+    sim: SalesmanagoSim, connector: SalesmanagoConnector
+) -> None:
+    sim.seed_shared()  # another SALESmanago user also holds Jane's contact
+    hits = connector.locate(email(JANE.email))
+    learned = repr([i.to_dict() for i in hits.learned])
+    assert SalesmanagoSim.OTHER_OWNER not in learned and SalesmanagoSim.OWNER not in learned
+    assert all(i.via for i in hits.learned)
+
+    receipt = connector.erase(email(JANE.email))
+
+    assert receipt.changed == {"contact": 1}
+    assert sim.owners(JANE.email) == [SalesmanagoSim.OTHER_OWNER]  # [U] per-owner delete, modelled pessimistically
+    (step,) = receipt.manual_steps
+    assert "other SALESmanago users (owners)" in step and str(sim.contact_id(JANE.email)) in step
+    assert connector.locate(email(JANE.email)).found is False  # gone for the configured owner

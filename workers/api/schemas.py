@@ -1,0 +1,168 @@
+"""The API's request and response models (pydantic) and the OpenAPI fragments built from them.
+
+The OpenAPI document is built from these; they import nothing of the routes.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from discovery.engine.ledger import RequestStatus, RequestType
+
+NoNul = Field(pattern=r"^[^\x00]*$")  # PostgreSQL text cannot hold NUL: refuse it at the door
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+Email = Field(min_length=1, max_length=320, json_schema_extra={"format": "email"})
+
+
+class SubmitBody(_Body):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
+        {"type": "access", "email": "jane@example.com", "ticket": "4711"}]})
+    type: RequestType
+    email: Annotated[str, Email, NoNul]
+    ticket: Annotated[str | None, Field(max_length=128), NoNul] = None
+    callback_url: Annotated[str | None, Field(max_length=1024, pattern=r"^https?://[^\x00]+$")] = None
+    systems: list[Annotated[str, Field(min_length=1, max_length=64), NoNul]] | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="only these systems (names from the data map); omitted: every enabled system")
+
+
+class Submitted(BaseModel):
+    id: str
+    type: str
+    status: str
+    created: bool = Field(description="false: an open request for the same person and type (or ticket) exists")
+    due_at: datetime
+
+
+class TaskView(BaseModel):
+    system: str
+    action: str
+    status: str
+    attempts: int
+    entities: list[Any]
+    error: str | None
+    records: int | None
+    changed: dict[str, Any] | None
+    manual_steps: list[Any] | None
+
+
+class RequestSummary(BaseModel):
+    id: str
+    type: str
+    status: str
+    source: str
+    ticket: str | None
+    received_at: datetime
+    due_at: datetime
+    days_left: int | None = Field(description="whole days until due_at while open; negative when late")
+    overdue: bool
+    original_due_at: datetime | None
+    extension_reason: str | None
+    completed_at: datetime | None
+
+
+class RequestView(RequestSummary):
+    subject_email: str
+    awaiting_verification: bool
+    verified_at: datetime | None
+    verified_by: str | None
+    bundle_ready: bool
+    bundle_sha256: str | None
+    bundle_size: int | None
+    error: str | None
+    tasks: list[TaskView]
+
+
+class RequestList(BaseModel):
+    requests: list[RequestSummary]
+    count: int
+    limit: int
+    offset: int
+
+
+class ConfirmBody(_Body):
+    system: Annotated[str, Field(min_length=1, max_length=64), NoNul]
+    note: Annotated[str, Field(min_length=1, max_length=500), NoNul]
+
+
+class VerifyBody(_Body):
+    note: Annotated[str, Field(min_length=1, max_length=500, description="how the identity was verified"), NoNul]
+
+
+class ExtendBody(_Body):
+    days: int = Field(ge=1, le=62, description="days added to due_at; the total stays within two months")
+    reason: Annotated[str, Field(min_length=3, max_length=1000), NoNul]
+
+
+class Extended(BaseModel):
+    id: str
+    due_at: datetime
+    original_due_at: datetime
+    latest_possible: datetime
+
+
+class Confirmed(BaseModel):
+    id: str
+    confirmed_tasks: int
+
+
+class DownloadLink(BaseModel):
+    url: str
+    expires_at: datetime
+
+
+class AccountDeletedBody(_Body):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, json_schema_extra={"examples": [
+        {"email": "jane@example.com", "event_id": "evt-1"}]})
+    email: Annotated[str, Email, NoNul]
+    event_id: Annotated[str | None, Field(max_length=128), NoNul] = None
+    grace_days: int | None = Field(None, ge=1, le=365, description="default: the scheduler's grace period")
+
+
+class Scheduled(BaseModel):
+    scheduled_action_id: int
+    due_at: datetime
+    status: str
+
+
+class StatusFilter(StrEnum):
+    OPEN = "open"
+    AWAITING_VERIFICATION = "awaiting_verification"
+    RECEIVED = "received"
+    DISCOVERING = "discovering"
+    RUNNING = "running"
+    AWAITING_MANUAL = "awaiting_manual"
+    MERGING = "merging"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+
+
+assert {f.value for f in StatusFilter} == {"open", *RequestStatus}, "StatusFilter must follow RequestStatus"
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for endpoints that read the raw body themselves (signatures cover the exact bytes)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+# The error responses every endpoint documents (the shape is the same whatever the status).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 422, 503)}

@@ -77,7 +77,7 @@ class SalesmanagoConnector(Connector):
     - lookups by phone or externalId do not exist [U]: only e-mail is accepted.
     - a contact other SALESmanago users (owners) also hold: every v2 call is scoped by `owner`, and what
       contact/delete does for the other owners is not documented [U]; erase deletes for the configured
-      owner and its receipt always carries a manual step to check the other owners. Only the contact's own
+      owner and its receipt always says (a detail line) to check the other owners. Only the contact's own
       fields (contactId, phone) are learned, never an owner's e-mail.
     """
 
@@ -455,8 +455,9 @@ class SalesmanagoConnector(Connector):
             "on the vendor's schedule"
         )
         # Every v2 call is scoped by `owner` (vendor-apis.md 3.1), and what contact/delete does to a contact
-        # that other SALESmanago users also own is not documented: say what may remain.
-        receipt.manual_steps.append(
+        # that other SALESmanago users also own is not documented: say what may remain. A detail, not a manual
+        # step: the other owners are unknown here, and a step on every erasure would hold each one open.
+        receipt.details.append(
             f"SALESmanago: contact/delete acted for the configured owner only; if other SALESmanago users (owners) "
             f"also hold the contact(s) {', '.join(_contact_ids(contacts))}, check under each of them that it is "
             "gone and delete it there too (Contacts, or contact/delete with that owner)"

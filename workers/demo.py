@@ -40,7 +40,7 @@ MANUAL_NOTES = {
 
 
 def run_demo(ctx: click.Context) -> int:
-    from workers import cli
+    from workers.cli import common as cli
 
     work = Path(os.environ.get("DSAR_DEMO_DIR", "var/demo")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -176,7 +176,7 @@ def _show_left(sandbox: Sandbox) -> None:
 def _show_scheduled(ctx: click.Context, request_id: str) -> None:
     """The erasures recorded for the days the legal holds end (run by `dsar scheduler` when due)."""
     from discovery.engine.ledger import ScheduledAction
-    from workers import cli
+    from workers.cli import common as cli
 
     with cli.runtime(ctx).sessions() as s:
         actions = list(s.scalars(sa.select(ScheduledAction).where(ScheduledAction.source_request_id == request_id)
@@ -189,8 +189,8 @@ def _show_scheduled(ctx: click.Context, request_id: str) -> None:
 
 def _confirm_manual_steps(ctx: click.Context, erasure: dict[str, Any]) -> dict[str, Any]:
     from discovery.engine import pipeline
-    from workers import cli
     from workers.actors import WAKE
+    from workers.cli import common as cli
 
     rt = cli.runtime(ctx)
     systems = [t["system"] for t in erasure["tasks"] if t["status"] == "awaiting_manual"]
@@ -209,8 +209,8 @@ def _confirm_manual_steps(ctx: click.Context, erasure: dict[str, Any]) -> dict[s
 
 def _run(ctx: click.Context, request_type: str) -> dict[str, Any]:
     from discovery.engine import pipeline
-    from workers import cli
     from workers.actors import WAKE
+    from workers.cli import common as cli
 
     rt = cli.runtime(ctx)
     submitted = pipeline.submit(rt, WAKE, request_type, JANE.email, ticket="DEMO-1", actor="demo")

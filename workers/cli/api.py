@@ -1,4 +1,4 @@
-"""`dsar` commands for the api part (registered on workers.cli.main): serve, tokens, deadlines, identity."""
+"""`dsar` commands for the api part (registered on workers.cli.common.main): serve, tokens, deadlines, identity."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from discovery.engine import pipeline
 from discovery.engine.settings import load_settings
 from discovery.intake import api_tokens
 from discovery.schedule import deadlines
-from workers.cli import EXIT_CONFIG, emit, errors_to_exit, fail, main, runtime, wait_for
+from workers.cli.common import EXIT_CONFIG, emit, errors_to_exit, fail, main, runtime, wait_for
 from workers.inprocess import in_process_worker_if_embedded
 
 _ACTOR = click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",

@@ -1,4 +1,4 @@
-"""`dsar` commands for bundles (registered on workers.cli.main): verify, expire, presigned links."""
+"""`dsar` commands for bundles (registered on workers.cli.common.main): verify, expire, presigned links."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from pathlib import Path
 
 import click
 
-from workers.cli import (
+from workers.cli.common import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_NOT_READY,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
-    _load,
     emit,
     errors_to_exit,
     fail,
+    load_request,
     main,
     runtime,
 )
@@ -97,7 +97,7 @@ def link_cmd(ctx: click.Context, request_id: str, expires: int | None, as_json: 
         if expires is not None and not 1 <= expires <= MAX_PRESIGN_SECONDS:
             fail(f"--expires must be 1 to {MAX_PRESIGN_SECONDS} seconds (7 days)", EXIT_USAGE)
         rt = runtime(ctx)
-        req, _ = _load(rt, request_id)
+        req, _ = load_request(rt, request_id)
         if rt.settings.archive.store != "s3":
             fail("presigned links need the S3 archive store (archive.store = \"s3\"); use `dsar download`",
                  EXIT_CONFIG)

@@ -1,4 +1,4 @@
-"""`dsar` commands for scheduled erasures (registered on workers.cli.main).
+"""`dsar` commands for scheduled erasures (registered on workers.cli.common.main).
 
     dsar scheduler [--once] [--batch N]          claim due actions and turn them into erasure requests
     dsar account-deleted --email E [--grace 30d]  erase a deleted account after the grace period
@@ -29,7 +29,7 @@ from discovery.engine.ledger import ScheduledAction
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import ConfigError, load_settings
 from discovery.schedule import inactivity, marketing, scheduler
-from workers.cli import EXIT_FAILED, emit, errors_to_exit, main, wait_for
+from workers.cli.common import EXIT_FAILED, emit, errors_to_exit, main, wait_for
 from workers.inprocess import in_process_worker_if_embedded
 
 CLOCK_ENV = "DSAR_NOW"
@@ -50,7 +50,7 @@ def clock_from_env(env: Mapping[str, str]) -> Callable[[], datetime] | None:
 
 
 def schedule_runtime(ctx: click.Context) -> Runtime:
-    """Like workers.cli.runtime, with the clock DSAR_NOW sets."""
+    """Like workers.cli.common.runtime, with the clock DSAR_NOW sets."""
     if "runtime" not in ctx.obj:
         from workers import app
 

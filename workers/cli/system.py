@@ -1,0 +1,113 @@
+"""`dsar` commands for operating the service: check, worker, sweep, db-upgrade, demo."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
+
+from discovery.engine import pipeline
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
+from workers.cli.common import EXIT_CONFIG, EXIT_FAILED, emit, errors_to_exit, fail, main, runtime
+
+
+@main.command("check")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def check_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Validate settings and data map against the live systems and the ledger."""
+    with errors_to_exit():
+        settings = load_settings(ctx.obj.get("config"))
+        rt = Runtime(settings)
+        results: dict[str, Any] = {}
+        try:
+            with rt.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            results["ledger"] = {"ok": True, "problems": [], "warnings": []}
+        except OperationalError:
+            results["ledger"] = {"ok": False, "problems": ["ledger database unreachable"], "warnings": []}
+        if settings.redis_url:
+            import redis
+
+            try:
+                redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+                results["broker"] = {"ok": True, "problems": [], "warnings": []}
+            except redis.RedisError:
+                results["broker"] = {"ok": False, "problems": ["redis broker unreachable"], "warnings": []}
+        for name, connector in rt.connectors().items():
+            health = connector.check()
+            results[name] = {"ok": health.ok, "problems": health.problems, "warnings": health.warnings}
+        rt.close()
+        ok = all(r["ok"] for r in results.values())
+
+        def human() -> None:
+            for name, r in results.items():
+                click.echo(f"{name:<14} {'ok' if r['ok'] else 'FAILED'}")
+                for p in r["problems"]:
+                    click.echo(f"  problem: {p}")
+                for w in r["warnings"]:
+                    click.echo(f"  warning: {w}")
+
+        emit({"ok": ok, "systems": results}, as_json, human)
+        if not ok:
+            sys.exit(EXIT_FAILED)
+
+
+@main.command("worker")
+@click.option("--processes", type=int, help="Worker processes (default from settings).")
+@click.option("--threads", type=int, help="Threads per process (default from settings).")
+@click.pass_context
+def worker_cmd(ctx: click.Context, processes: int | None, threads: int | None) -> None:
+    """Run Dramatiq workers (with the sweeper) on the configured Redis broker."""
+    with errors_to_exit():
+        settings = load_settings(ctx.obj.get("config"))
+        if not settings.redis_url:
+            fail("`dsar worker` needs a Redis broker (broker.url = redis://...); the embedded stub:// broker "
+                 "runs inside each command", EXIT_CONFIG)
+        runtime(ctx)  # validates the data map and upgrades the ledger once, before workers fork
+        env = dict(os.environ, DSAR_SWEEPER="1", DSAR_SCHEMA_UPGRADED="1",
+                   dramatiq_worker_timeout=str(settings.worker.poll_ms))
+        if ctx.obj.get("config"):
+            env["DSAR_CONFIG"] = str(Path(ctx.obj["config"]).resolve())
+        argv = [sys.executable, "-m", "dramatiq", "workers.actors", "--queues", "dsar",
+                "--processes", str(processes or settings.worker.processes),
+                "--threads", str(threads or settings.worker.threads)]
+        os.execve(sys.executable, argv, env)
+
+
+@main.command("sweep")
+@click.pass_context
+def sweep_cmd(ctx: click.Context) -> None:
+    """Re-wake lost work once (workers also do this every sweep_interval_seconds)."""
+    with errors_to_exit():
+        from workers.actors import WAKE
+
+        counts = pipeline.sweep(runtime(ctx), WAKE)
+        click.echo(orjson.dumps(counts).decode())
+
+
+@main.command("db-upgrade")
+@click.pass_context
+def db_upgrade_cmd(ctx: click.Context) -> None:
+    """Create or upgrade the ledger schema (every command also does this on start)."""
+    with errors_to_exit():
+        runtime(ctx)
+        click.echo("ledger schema is up to date", err=True)
+
+
+@main.command("demo")
+@click.pass_context
+def demo_cmd(ctx: click.Context) -> None:
+    """Seed sample systems and run an access and an erasure request through the whole pipeline."""
+    from workers.demo import run_demo
+
+    with errors_to_exit():
+        sys.exit(run_demo(ctx))
+

@@ -258,6 +258,19 @@ def dry_run(rt: Runtime, request_type: str, email: str, systems: list[str] | Non
     return found, plan(rtype, system_views(rt, found, scope), confirmed=bool(confirm_others))
 
 
+def plan_report(found: Discovery, steps: list[PlanStep]) -> dict[str, Any]:
+    """What a dry run shows (CLI --json and the API alike): identifiers with their provenance, the steps,
+    what the plan refused and why, and systems whose locate failed."""
+    return {
+        "identifiers": [{"type": i.type.value, "value": i.value, "source": i.source, "via": i.via or None,
+                         "round": found.learned_in_round.get((i.type, i.value), 0)} for i in found.identities],
+        "steps": [s.to_dict() for s in steps],
+        "refused": [{"system": s.system, "reason": s.reason} for s in refusals(steps)],
+        "locate_errors": dict(found.errors),
+        "identifiers_refused": dict(found.refused),
+    }
+
+
 def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
     with rt.sessions.begin() as s:
         req = s.get(Request, request_id)

@@ -13,13 +13,15 @@ from discovery.engine.ledger import OPEN_STATUSES
 from discovery.engine.ledger import Request as LedgerRequest
 from discovery.schedule import deadlines
 from workers.api.deps import RT, Admin, Read, Submit, Wake
-from workers.api.errors import fail
+from workers.api.errors import ApiError, fail
 from workers.api.schemas import (
     ERRORS,
     ConfirmBody,
     Confirmed,
     ExtendBody,
     Extended,
+    PlanBody,
+    PlanView,
     RequestList,
     RequestSummary,
     RequestView,
@@ -28,7 +30,7 @@ from workers.api.schemas import (
     Submitted,
     VerifyBody,
 )
-from workers.api.views import load_request, submitted, summary, view
+from workers.api.views import identities_of, load_request, submitted, summary, view
 
 router = APIRouter()
 
@@ -47,7 +49,23 @@ def _conflict(fn: Callable[[], Any]) -> Any:
 def submit(body: SubmitBody, rt: RT, wake: Wake, who: Submit) -> JSONResponse:
     """Submit a request: 202 with its id (200 with the existing id when one is open already)."""
     return submitted(pipeline.submit(rt, wake, body.type.value, body.email, body.ticket, actor=f"api:{who.name}",
-                                     source="api", callback_url=body.callback_url, systems=body.systems))
+                                     source="api", callback_url=body.callback_url, systems=body.systems,
+                                     confirm_others=body.confirm_others))
+
+
+@router.post("/v1/plans", response_model=PlanView, tags=["requests"], responses=ERRORS)
+def dry_run(body: PlanBody, rt: RT, _who: Submit) -> dict[str, Any]:
+    """What a request would do, changing nothing: the identifiers found (with provenance) and the plan.
+
+    409 when an erasure or restriction would change records that also name other people, unless
+    `confirm_others` gives a reason.
+    """
+    found, steps = pipeline.dry_run(rt, body.type.value, body.email, body.systems, body.confirm_others)
+    report = pipeline.plan_report(found, steps)
+    if report["refused"]:
+        raise ApiError(409, "refused", "the plan would change records that also name other people; "
+                       "give confirm_others with a reason to go ahead", details=report["refused"])
+    return report
 
 
 @router.get("/v1/requests", response_model=RequestList, tags=["requests"], responses=ERRORS)
@@ -78,7 +96,7 @@ def list_requests(rt: RT, _who: Read, status: StatusFilter | None = None,
 def get_request(request_id: str, rt: RT, _who: Read) -> dict[str, Any]:
     """A request with every task, its deadline and days left."""
     req, tasks = load_request(rt, request_id)
-    return view(req, tasks, rt.clock())
+    return view(req, tasks, rt.clock(), identities_of(rt, request_id))
 
 
 @router.post("/v1/requests/{request_id}/confirm", response_model=Confirmed, tags=["requests"], responses=ERRORS)

@@ -31,16 +31,55 @@ class _Body(BaseModel):
 Email = Field(min_length=1, max_length=320, json_schema_extra={"format": "email"})
 
 
-class SubmitBody(_Body):
+class PlanBody(_Body):
+    """A request's subject and kind: what a dry run plans for."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
-        {"type": "access", "email": "jane@example.com", "ticket": "4711"}]})
+        {"type": "erasure", "email": "jane@example.com"}]})
     type: RequestType
     email: Annotated[str, Email, NoNul]
-    ticket: Annotated[str | None, Field(max_length=128), NoNul] = None
-    callback_url: Annotated[str | None, Field(max_length=1024, pattern=r"^https?://[^\x00]+$")] = None
     systems: list[Annotated[str, Field(min_length=1, max_length=64), NoNul]] | None = Field(
         default=None, min_length=1, max_length=64,
         description="only these systems (names from the data map); omitted: every enabled system")
+    confirm_others: Annotated[str | None, Field(min_length=3, max_length=1000, description=(
+        "why an erasure or restriction may change records that also name other people; without it the plan "
+        "refuses those systems")), NoNul] = None
+
+
+class SubmitBody(PlanBody):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
+        {"type": "access", "email": "jane@example.com", "ticket": "4711"}]})
+    ticket: Annotated[str | None, Field(max_length=128), NoNul] = None
+    callback_url: Annotated[str | None, Field(max_length=1024, pattern=r"^https?://[^\x00]+$")] = None
+
+
+class IdentifierView(BaseModel):
+    type: str
+    value: str
+    source: str = Field(description="'request', or the system that taught it")
+    via: str | None = Field(description="provenance: system, table or object, field, and the path from a direct match")
+    round: int
+
+
+class StepView(BaseModel):
+    system: str
+    entity: str
+    action: str
+    reason: str
+    task: str | None
+
+
+class RefusedView(BaseModel):
+    system: str
+    reason: str
+
+
+class PlanView(BaseModel):
+    identifiers: list[IdentifierView]
+    steps: list[StepView]
+    refused: list[RefusedView]
+    locate_errors: dict[str, str]
+    identifiers_refused: dict[str, int] = Field(description="per system, identifiers learned without provenance")
 
 
 class Submitted(BaseModel):
@@ -87,6 +126,7 @@ class RequestView(RequestSummary):
     bundle_sha256: str | None
     bundle_size: int | None
     error: str | None
+    identifiers: list[IdentifierView]
     tasks: list[TaskView]
 
 

@@ -1,0 +1,116 @@
+"""An erasure that would change records naming someone else is refused unless an operator confirms.
+
+Real sockets: the account database (SQLite) and the four vendor simulators, with a FreshChat
+conversation Jane shares with John; driven in-process through the pipeline and the HTTP API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from discovery.engine import db, pipeline
+from discovery.engine.ledger import Request, RequestStatus, SubjectIdentity, TaskStatus
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
+from discovery.intake.api_tokens import create_token
+from sandbox.launch import Sandbox
+from sandbox.people import JANE, JOHN
+from tests.conftest import SECRET, seed_accounts, write_config
+from tests.helpers import SyncWakeups
+from workers.api import create_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with Sandbox(tmp_path / "sandbox") as sandbox:
+        shared = sandbox.sims["freshchat"].seed_shared()  # type: ignore[attr-defined]
+        accounts_url = f"sqlite:///{tmp_path / 'accounts.db'}"
+        accounts = seed_accounts(accounts_url)
+        config = write_config(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}")
+        environ = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": accounts_url,
+                   "DSAR_DATA_MAP_PATH": str(sandbox.datamap_path), **sandbox.env()}
+        rt = Runtime(load_settings(config, environ), env=environ)
+        db.upgrade(rt.engine)
+        yield {"rt": rt, "wake": SyncWakeups(rt), "sandbox": sandbox, "shared": shared}
+        rt.close()
+        accounts.dispose()
+
+
+def test_the_dry_run_refuses_the_system_and_names_no_one(world: dict[str, Any]) -> None:
+    rt = world["rt"]
+    found, steps = pipeline.dry_run(rt, "erasure", JANE.email)
+    report = pipeline.plan_report(found, steps)
+    assert [r["system"] for r in report["refused"]] == ["freshchat"]
+    assert "not this person's" in report["refused"][0]["reason"]
+    assert JOHN.email not in repr(report) and JOHN.first_name not in repr(report)
+    # Every other system is planned as usual, and an access request refuses nothing.
+    assert {s["system"] for s in report["steps"] if s["task"] == "erase"} >= {"accounts", "mautic"}
+    assert pipeline.plan_report(*pipeline.dry_run(rt, "access", JANE.email))["refused"] == []
+    # Every learned identifier says where it came from.
+    learned = [i for i in report["identifiers"] if i["source"] != "request"]
+    assert learned and all(i["via"] and i["via"].startswith(f"{i['source']}: ") for i in learned)
+
+    confirmed = pipeline.plan_report(*pipeline.dry_run(rt, "erasure", JANE.email, confirm_others="checked: ok"))
+    assert confirmed["refused"] == []
+    assert any(s["system"] == "freshchat" and s["task"] == "erase" for s in confirmed["steps"])
+
+
+def test_a_submitted_erasure_fails_the_refused_system_and_leaves_the_other_person_alone(
+        world: dict[str, Any]) -> None:
+    rt, wake, sandbox = world["rt"], world["wake"], world["sandbox"]
+    chat = sandbox.sims["freshchat"]
+    john_before = chat.holdings(JOHN.email)  # type: ignore[attr-defined]
+
+    req_id = pipeline.submit(rt, wake, "erasure", JANE.email, actor="test").request.id
+    wake.drain()
+    with rt.sessions() as s:
+        req = s.get(Request, req_id)
+        assert req is not None
+        tasks = {t.system: t for t in req.tasks}
+        assert req.status in (RequestStatus.COMPLETED_WITH_ERRORS, RequestStatus.AWAITING_MANUAL)
+        refused = tasks["freshchat"]
+        assert refused.status == TaskStatus.FAILED and "not this person's" in (refused.error or "")
+        assert tasks["accounts"].status == TaskStatus.DONE
+        learned = [(i.source, i.via) for i in s.query(SubjectIdentity).filter_by(request_id=req_id)
+                   if i.source != "request"]
+    assert learned and all(via and via.startswith(f"{source}: ") for source, via in learned)
+    assert chat.holdings(JOHN.email) == john_before  # type: ignore[attr-defined]
+
+
+def test_the_api_answers_409_until_an_operator_gives_a_reason(world: dict[str, Any]) -> None:
+    rt, wake = world["rt"], world["wake"]
+    token = create_token(rt, "dpo", ["submit", "read"], actor="test")[1]
+    client = TestClient(create_app(rt, wake))
+    headers = {"Authorization": f"Bearer {token}"}
+
+    refused = client.post("/v1/plans", json={"type": "erasure", "email": JANE.email}, headers=headers)
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["code"] == "refused" and [d["system"] for d in error["details"]] == ["freshchat"]
+    assert JOHN.email not in refused.text
+
+    short = client.post("/v1/plans", json={"type": "erasure", "email": JANE.email, "confirm_others": "x"},
+                        headers=headers)
+    assert short.status_code == 422
+
+    ok = client.post("/v1/plans", json={"type": "erasure", "email": JANE.email,
+                                        "confirm_others": "John agreed to the conversation's deletion"},
+                     headers=headers)
+    assert ok.status_code == 200 and ok.json()["refused"] == []
+
+    made = client.post("/v1/requests", json={"type": "erasure", "email": JANE.email,
+                                             "confirm_others": "John agreed to the conversation's deletion"},
+                       headers=headers)
+    assert made.status_code == 202
+    wake.drain()
+    view = client.get(f"/v1/requests/{made.json()['id']}", headers=headers).json()
+    assert next(t for t in view["tasks"] if t["system"] == "freshchat")["status"] != "failed"
+    assert {i["source"] for i in view["identifiers"]} >= {"request", "accounts"}
+    assert all(i["via"] for i in view["identifiers"] if i["source"] != "request")

@@ -69,7 +69,11 @@ class SalesmanagoConnector(Connector):
     - the file link is downloaded without credentials (a pre-signed link) [U].
     - `permanently: true` may purge at once or in the vendor's nightly run [U]:
       `delete_permanently`; with false, the receipt asks for a manual purge.
-    - addresseeType "EMAIL" in stopMonitoring/restoreMonitoring [L]: `monitoring_addressee_type`.
+    - addresseeType "email" in stopMonitoring/restoreMonitoring [L]: `monitoring_addressee_type`. Every
+      value seen on the wire is lower case (SALESmanago's own sso-util, src/Model/LoyaltyProgramModel.php
+      L9-18); the upper-case C# enum name "EMAIL" is never sent as a string (vendor-source-check.md S9).
+    - erase stops web monitoring first (`stop_monitoring_on_erase`); when stopMonitoring fails, the contact
+      is still deleted and the receipt names the failure and asks for the monitoring to be checked.
     - lift opts the person back in to e-mail and phone [L endpoints]: `lift_opt_in: false` only
       restores monitoring (use it where consent must be re-collected instead).
     - no rate limit is documented [U]: `rate_per_second`; HTTP 428 ("timeout on SM api" in the
@@ -100,7 +104,7 @@ class SalesmanagoConnector(Connector):
         max_export_bytes: int = 100_000_000,
         export_data_types: Iterable[str] = DEFAULT_DATA_TYPES,
         export_addressee_type: str = "email",
-        monitoring_addressee_type: str = "EMAIL",
+        monitoring_addressee_type: str = "email",
         delete_permanently: bool = True,
         stop_monitoring_on_erase: bool = True,
         lift_opt_in: bool = True,
@@ -429,12 +433,20 @@ class SalesmanagoConnector(Connector):
         if not contacts:
             receipt.details.append("no contact with these e-mail addresses for this owner; nothing to erase")
             return receipt
+        stopped = 0
+        not_stopped: list[tuple[str, str]] = []  # (contactId, why) where stopMonitoring failed
         for contact in contacts:
             email = self._stored_email(contact)
             if self.stop_monitoring_on_erase:
-                # A removed contact that is still monitored keeps being tracked (vendor article).
-                self._post("stop_monitoring", {"contacts": [{"addresseeType": self.monitoring_addressee_type,
-                                                             "value": email}]})
+                # A removed contact that is still monitored keeps being tracked (vendor article). A failure
+                # here must never keep the contact from being deleted: it is reported instead.
+                try:
+                    self._post("stop_monitoring", {"contacts": [{"addresseeType": self.monitoring_addressee_type,
+                                                                 "value": email}]})
+                    stopped += 1
+                except ConnectorError as exc:
+                    log.warning("salesmanago.stop_monitoring_failed", system=self.name, error=exc.message)
+                    not_stopped.append((_contact_ids([contact])[0], exc.message))
             answer = self._post("delete", {"email": email, "permanently": self.delete_permanently})
             request_id = answer.get("requestId")
             if isinstance(request_id, str | int) and str(request_id):
@@ -442,7 +454,16 @@ class SalesmanagoConnector(Connector):
             receipt.changed["contact"] += 1
         count = receipt.changed["contact"]
         if self.stop_monitoring_on_erase:
-            receipt.details.append(f"{self.paths['stop_monitoring']}: web monitoring stopped for {count} contact(s)")
+            receipt.details.append(f"{self.paths['stop_monitoring']}: web monitoring stopped for {stopped} contact(s)")
+        for contact_id, why in not_stopped:
+            receipt.details.append(f"contact {contact_id}: {why}; the contact was deleted all the same")
+        if not_stopped:
+            ids = ", ".join(contact_id for contact_id, _ in not_stopped)
+            receipt.manual_steps.append(
+                f"web monitoring was not stopped for contact(s) {ids} before the delete "
+                f"({self.paths['stop_monitoring']} failed, see the details): make sure SALESmanago no longer monitors "
+                "the person, e.g. by running contact/stopMonitoring for the e-mail again once the cause is fixed"
+            )
         receipt.details.append(
             f"{self.paths['delete']} permanently={str(self.delete_permanently).lower()} for {count} contact(s)"
         )

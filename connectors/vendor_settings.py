@@ -272,12 +272,15 @@ class SalesmanagoSettings(VendorSettings):
     )
     export_addressee_type: Text = Field("email", description="addresseeType sent to contact/export/data")
     monitoring_addressee_type: Text = Field(
-        "EMAIL", description="addresseeType sent to contact/stopMonitoring and contact/restoreMonitoring"
+        "email", description="addresseeType sent to contact/stopMonitoring and contact/restoreMonitoring "
+                             "(every value seen on the wire is lower case)"
     )
     delete_permanently: StrictBool = Field(
         True, description="contact/delete with permanently=true; false adds a manual purge step"
     )
-    stop_monitoring_on_erase: StrictBool = Field(True, description="Stop web monitoring before deleting a contact")
+    stop_monitoring_on_erase: StrictBool = Field(
+        True, description="Stop web monitoring before deleting a contact (a failure is reported; the delete still runs)"
+    )
     lift_opt_in: StrictBool = Field(
         True, description="Lifting a restriction opts e-mail and phone in again; false only restores monitoring"
     )

@@ -6,7 +6,10 @@ call rely on); failures at HTTP 200 as {"success": false, "message": [...]}; con
 one SALESmanago user (`owner`); the asynchronous GDPR export job (job/status answers "not ready"
 for the first polls, then a fileUrl served under /files/); delete (permanent: gone at once;
 standard: flagged `deleted`, kept until `nightly_purge`); e-mail/phone opt-out/in and web
-monitoring stop/restore. Unknown paths answer 404, other methods 405.
+monitoring stop/restore. An addressee is `{addresseeType, value}` with the type spelt as on the
+wire, lower case (`email`, `contact_id`: SALESmanago's own sanis/salesmanago-api-sso-util @ 3bce697c,
+src/Model/LoyaltyProgramModel.php L9-18; vendor-source-check.md S9); any other spelling, such as
+"EMAIL", answers success=false. Unknown paths answer 404, other methods 405.
 """
 
 from __future__ import annotations
@@ -283,10 +286,10 @@ class SalesmanagoSim:
         for addressee in addressees:
             if not isinstance(addressee, dict) or not isinstance(addressee.get("value"), str):
                 return None
-            kind = str(addressee.get("addresseeType", "")).upper()
-            if kind == "EMAIL":
+            kind = addressee.get("addresseeType")  # lower case, as on the wire (LoyaltyProgramModel.php L9-18)
+            if kind == "email":
                 contact = self._by_email(addressee["value"], str(body.get("owner")))
-            elif kind == "CONTACT_ID":
+            elif kind == "contact_id":
                 contact = self.contacts.get(addressee["value"])
                 contact = contact if contact and body.get("owner") in contact["owners"] else None
             else:
@@ -298,7 +301,7 @@ class SalesmanagoSim:
     def _monitoring(self, body: dict[str, Any], value: bool) -> dict[str, Any]:
         found = self._addressed(body)
         if found is None:
-            return _fail("contacts must be a list of {addresseeType, value}")
+            return _fail("contacts must be a list of {addresseeType, value}, addresseeType email or contact_id")
         for contact in found:
             self.monitored[contact["contactId"]] = value
         return {"success": True, "message": []}

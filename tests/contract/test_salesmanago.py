@@ -1,4 +1,9 @@
-"""SALESmanago connector against mocked v2 calls (shapes from shared/vendor-apis.md section 3)."""
+"""SALESmanago connector against mocked v2 calls (shapes from shared/vendor-apis.md section 3).
+
+addresseeType is spelt in lower case, as every value seen on the wire (`email`, `tag`, `contact_id`:
+SALESmanago's own sanis/salesmanago-api-sso-util @ 3bce697c, src/Model/LoyaltyProgramModel.php L9-18;
+vendor-source-check.md S9). The fixtures used to send "EMAIL", which has no wire-level evidence.
+"""
 
 from __future__ import annotations
 
@@ -104,6 +109,12 @@ def jane_contact(**overrides: Any) -> dict[str, Any]:
         "address": {"streetAddress": "", "zipCode": "", "city": "Oslo", "country": "NO"},
     }
     return {**contact, **overrides}
+
+
+def monitoring(email: str = "Jane.Doe@Example.com") -> list[Any]:
+    """Matchers of contact/stopMonitoring or restoreMonitoring for one e-mail, `addresseeType` in lower case as on
+    the wire (sso-util src/Model/LoyaltyProgramModel.php L9-18)."""
+    return body(contacts=[{"addresseeType": "email", "value": email}])
 
 
 def add_basic(vendor: responses.RequestsMock, contacts: list[dict[str, Any]], email: str = JANE) -> None:
@@ -289,7 +300,7 @@ def test_erase_stops_monitoring_then_deletes_permanently(
 ) -> None:
     add_basic(vendor, [jane_contact()])
     vendor.post(f"{BASE}/contact/stopMonitoring",
-                match=body(contacts=[{"addresseeType": "EMAIL", "value": "Jane.Doe@Example.com"}]),
+                match=monitoring(),
                 json={"success": True, "message": []})
     vendor.post(f"{BASE}/contact/delete", match=body(email="Jane.Doe@Example.com", permanently=True), json=answer)
 
@@ -305,6 +316,31 @@ def test_erase_stops_monitoring_then_deletes_permanently(
     assert "jane" not in " ".join(receipt.details).lower()
     assert [str(c.request.url).rsplit("/api/", 1)[1] for c in vendor.calls] == [
         "contact/basic", "contact/stopMonitoring", "contact/delete"]
+
+
+@pytest.mark.parametrize("failure", [
+    {"json": {"success": False, "message": ["Invalid addresseeType"]}},  # refused at HTTP 200, as v2 calls are
+    {"status": 500, "body": "<html>Internal Server Error</html>"},  # until the retries run out
+], ids=["success_false", "http_500"])
+def test_erase_deletes_even_when_stop_monitoring_fails_and_says_so(
+    vendor: responses.RequestsMock, connector: SalesmanagoConnector, failure: dict[str, Any], sleeps: list[float]
+) -> None:
+    # Issue 18 point 3: a failed stopMonitoring used to abort the erasure before contact/delete ran.
+    add_basic(vendor, [jane_contact()])
+    vendor.post(f"{BASE}/contact/stopMonitoring", match=monitoring(), **failure)
+    vendor.post(f"{BASE}/contact/delete", match=body(email="Jane.Doe@Example.com", permanently=True),
+                json={"success": True, "message": []})
+
+    receipt = connector.erase(jane())
+
+    assert receipt.changed == {"contact": 1}
+    assert [str(c.request.url).rsplit("/api/", 1)[1] for c in vendor.calls][-1] == "contact/delete"
+    assert "contact/stopMonitoring: web monitoring stopped for 0 contact(s)" in receipt.details
+    (failed,) = [line for line in receipt.details if "deleted all the same" in line]
+    assert failed.startswith(f"contact {JANE_ID}: ") and "contact/stopMonitoring" in failed
+    (step,) = receipt.manual_steps
+    assert JANE_ID in step and "no longer monitors" in step
+    assert "jane" not in repr(receipt.to_dict()).lower()
 
 
 def test_erase_of_an_unknown_person_deletes_nothing(
@@ -342,7 +378,7 @@ def test_restrict_opts_out_of_email_and_phone_and_stops_monitoring(
     vendor.post(f"{BASE}/contact/phoneoptout", match=body(email="Jane.Doe@Example.com"),
                 json={"success": True, "message": [], "contactId": JANE_ID})
     vendor.post(f"{BASE}/contact/stopMonitoring",
-                match=body(contacts=[{"addresseeType": "EMAIL", "value": "Jane.Doe@Example.com"}]),
+                match=monitoring(),
                 json={"success": True, "message": []})
 
     receipt = connector.restrict(jane())
@@ -361,7 +397,7 @@ def test_lift_opts_back_in_and_restores_monitoring(
     vendor.post(f"{BASE}/contact/phoneoptin", match=body(email="Jane.Doe@Example.com"),
                 json={"success": True, "message": [], "contactId": JANE_ID})
     vendor.post(f"{BASE}/contact/restoreMonitoring",
-                match=body(contacts=[{"addresseeType": "EMAIL", "value": "Jane.Doe@Example.com"}]),
+                match=monitoring(),
                 json={"success": True, "message": []})
 
     receipt = connector.lift_restriction(jane())
@@ -378,7 +414,7 @@ def test_lift_without_opt_in_only_restores_monitoring(
         fixed_ctx, retry=FAST_RETRY)
     add_basic(vendor, [jane_contact()])
     vendor.post(f"{BASE}/v2/contact/monitor",
-                match=body(contacts=[{"addresseeType": "EMAIL", "value": "Jane.Doe@Example.com"}]),
+                match=monitoring(),
                 json={"success": True, "message": []})
 
     receipt = connector.lift_restriction(jane())
@@ -435,7 +471,7 @@ def test_success_false_at_200_is_permanent_and_redacted(
 ) -> None:
     add_basic(vendor, [jane_contact()])
     vendor.post(f"{BASE}/contact/stopMonitoring",
-                match=body(contacts=[{"addresseeType": "EMAIL", "value": "Jane.Doe@Example.com"}]),
+                match=monitoring(),
                 json={"success": True, "message": []})
     vendor.post(f"{BASE}/contact/delete", match=body(email="Jane.Doe@Example.com", permanently=True),
                 json={"success": False, "message": ["Contact Jane.Doe@Example.com could not be deleted"]})

@@ -121,3 +121,21 @@ def test_a_contact_two_owners_hold_is_deleted_for_ours_and_the_rest_is_named(
     (step,) = [line for line in receipt.details if "other SALESmanago users (owners)" in line]
     assert "other SALESmanago users (owners)" in step and str(sim.contact_id(JANE.email)) in step
     assert connector.locate(email(JANE.email)).found is False  # gone for the configured owner
+
+
+def test_erase_deletes_even_when_stop_monitoring_is_refused(sim: SalesmanagoSim, served: Served) -> None:
+    # The simulator refuses an addresseeType not spelt as on the wire ("EMAIL"; sso-util LoyaltyProgramModel.php
+    # L9-18 has `email`): the erasure must still delete the contact and say what failed (issue 18 point 3).
+    settings = {**sim.settings(served.url), "monitoring_addressee_type": "EMAIL"}
+    connector = SalesmanagoConnector.from_settings("salesmanago", settings, ConnectorContext(env=sim.env()))
+    contact_id = sim.contact_id(JANE.email)
+
+    receipt = connector.erase(email(JANE.email))
+    connector.close()
+
+    assert receipt.changed == {"contact": 1}
+    assert sim.holdings(JANE.email) == {}
+    assert sim.calls[-2:] == ["contact/stopMonitoring", "contact/delete"]
+    (step,) = receipt.manual_steps
+    assert str(contact_id) in step and "no longer monitors" in step
+    assert any("success=false" in line and "deleted all the same" in line for line in receipt.details)

@@ -80,6 +80,13 @@ def test_valid_settings_are_read_with_their_defaults() -> None:
     assert (mt.base_url, mt.id_sites, mt.filter_limit) == ("https://analytics.example.com", "3,1", FIND_CAP)
 
 
+def test_salesmanago_addressee_types_are_lower_case_as_on_the_wire() -> None:
+    # Issue 18 point 3 (vendor-source-check.md S9): every addresseeType seen on the wire is lower case.
+    sm = parse(SalesmanagoSettings, "salesmanago", VALID["salesmanago"])
+    assert (sm.monitoring_addressee_type, sm.export_addressee_type, sm.stop_monitoring_on_erase) == (
+        "email", "email", True)
+
+
 @pytest.mark.parametrize(("kind", "change", "key"), INVALID)
 def test_a_bad_setting_is_one_line_naming_the_key(kind: str, change: dict[str, Any], key: str) -> None:
     settings = {k: v for k, v in {**VALID[kind], **change}.items() if v is not None or k not in change}

@@ -258,6 +258,14 @@ def dry_run(rt: Runtime, request_type: str, email: str, systems: list[str] | Non
     return found, plan(rtype, system_views(rt, found, scope), confirmed=bool(confirm_others))
 
 
+def identifiers(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
+    """A request's identifiers with where each came from, in the order they were learned (status, API)."""
+    with rt.sessions() as s:
+        rows = s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id)
+                         .order_by(SubjectIdentity.round, SubjectIdentity.id))
+        return [{"type": i.type, "value": i.value, "source": i.source, "via": i.via, "round": i.round} for i in rows]
+
+
 def plan_report(found: Discovery, steps: list[PlanStep]) -> dict[str, Any]:
     """What a dry run shows (CLI --json and the API alike): identifiers with their provenance, the steps,
     what the plan refused and why, and systems whose locate failed."""

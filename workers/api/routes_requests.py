@@ -30,7 +30,7 @@ from workers.api.schemas import (
     Submitted,
     VerifyBody,
 )
-from workers.api.views import identities_of, load_request, submitted, summary, view
+from workers.api.views import load_request, submitted, summary, view
 
 router = APIRouter()
 
@@ -96,7 +96,7 @@ def list_requests(rt: RT, _who: Read, status: StatusFilter | None = None,
 def get_request(request_id: str, rt: RT, _who: Read) -> dict[str, Any]:
     """A request with every task, its deadline and days left."""
     req, tasks = load_request(rt, request_id)
-    return view(req, tasks, rt.clock(), identities_of(rt, request_id))
+    return view(req, tasks, rt.clock(), pipeline.identifiers(rt, request_id))
 
 
 @router.post("/v1/requests/{request_id}/confirm", response_model=Confirmed, tags=["requests"], responses=ERRORS)

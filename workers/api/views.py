@@ -5,24 +5,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi.responses import JSONResponse
 
 from discovery.engine import pipeline
-from discovery.engine.ledger import OPEN_STATUSES, RequestStatus, SubjectIdentity, Task
+from discovery.engine.ledger import OPEN_STATUSES, RequestStatus, Task
 from discovery.engine.ledger import Request as LedgerRequest
 from discovery.engine.runtime import Runtime
 from discovery.schedule import deadlines
 from workers.api.errors import fail
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-def identities_of(rt: Runtime, request_id: str) -> list[SubjectIdentity]:
-    """The request's identifiers with where each came from (provenance), in the order they were learned."""
-    with rt.sessions() as s:
-        return list(s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id)
-                              .order_by(SubjectIdentity.round, SubjectIdentity.id)))
 
 
 def load_request(rt: Runtime, request_id: str) -> tuple[LedgerRequest, list[Task]]:
@@ -45,7 +37,7 @@ def summary(req: LedgerRequest, now: datetime) -> dict[str, Any]:
 
 
 def view(req: LedgerRequest, tasks: list[Task], now: datetime,
-         identities: Sequence[SubjectIdentity] = ()) -> dict[str, Any]:
+         identities: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     def records(t: Task) -> int | None:
         if t.action != "export" or not t.result:
             return None
@@ -56,8 +48,7 @@ def view(req: LedgerRequest, tasks: list[Task], now: datetime,
             "verified_at": req.verified_at, "verified_by": req.verified_by,
             "bundle_ready": bool(req.bundle_path) and req.bundle_deleted_at is None,
             "bundle_sha256": req.bundle_sha256, "bundle_size": req.bundle_size, "error": req.error,
-            "identifiers": [{"type": i.type, "value": i.value, "source": i.source, "via": i.via, "round": i.round}
-                            for i in identities],
+            "identifiers": list(identities),
             "tasks": [{"system": t.system, "action": t.action, "status": t.status, "attempts": t.attempts,
                        "entities": t.entities, "error": t.error, "records": records(t),
                        "changed": (t.result or {}).get("changed"),

@@ -171,11 +171,13 @@ def status_data(rt: Runtime, request_id: str) -> dict[str, Any]:
         "days_left": (req.due_at - now).days if req.status in OPEN_STATUSES else None,
         "completed_at": req.completed_at.isoformat() if req.completed_at else None,
         "bundle": req.bundle_path, "error": req.error,
+        "identifiers": pipeline.identifiers(rt, request_id),
         "tasks": [{
             "system": t.system, "action": t.action, "status": t.status, "attempts": t.attempts,
             "entities": t.entities, "error": t.error, "records": _records(t),
             "changed": (t.result or {}).get("changed"), "held": (t.result or {}).get("held"),
             "manual_steps": (t.result or {}).get("manual_steps"),
+            "skipped": (t.result or {}).get("skipped") or None,
         } for t in tasks],
     }
 

@@ -39,11 +39,17 @@ from workers.inprocess import in_process_worker_if_embedded
 @click.option("--dry-run", is_flag=True, help="Locate and plan only: show what would be done, change nothing.")
 @click.option("--system", "systems", multiple=True, metavar="NAME",
               help="Only in this system (repeatable); default: every enabled system.")
+@click.option("--confirm-others", metavar="REASON",
+              help="Go ahead although the change touches records that also name other people (audited).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str | None, wait: bool, timeout: float,
-                dry_run: bool, systems: tuple[str, ...], as_json: bool) -> None:
-    """Submit an access, portability, erasure, restriction or lift-restriction request."""
+                dry_run: bool, systems: tuple[str, ...], confirm_others: str | None, as_json: bool) -> None:
+    """Submit an access, portability, erasure, restriction or lift-restriction request.
+
+    An erasure or restriction whose records also name other people is refused for that system
+    (exit 1 on --dry-run) unless --confirm-others gives the reason it may go ahead.
+    """
     rtype = request_type.replace("-", "_")
     scope = list(systems) or None
     with errors_to_exit():
@@ -52,17 +58,22 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
         normalise_email(email)  # refuse bad input before touching any service
         rt = runtime(ctx)
         if dry_run:
-            found, steps = pipeline.dry_run(rt, rtype, email, scope)
+            found, steps = pipeline.dry_run(rt, rtype, email, scope, confirm_others)
+            report = pipeline.plan_report(found, steps)
             data = {"dry_run": True, "type": rtype, "systems": scope, "rounds": found.rounds,
-                    "identifiers": [i.to_dict() for i in found.identities],
-                    "locate_errors": found.errors, "plan": [s.to_dict() for s in steps]}
+                    "identifiers": report["identifiers"], "locate_errors": report["locate_errors"],
+                    "identifiers_refused": report["identifiers_refused"], "refused": report["refused"],
+                    "plan": report["steps"]}
             emit(data, as_json, lambda: _print_plan(data))
+            if data["refused"]:
+                sys.exit(EXIT_FAILED)
             return
         from workers import app
         from workers.actors import WAKE
 
         with in_process_worker_if_embedded(app.is_embedded()):
-            submitted = pipeline.submit(rt, WAKE, rtype, email, ticket, actor="cli", systems=scope)
+            submitted = pipeline.submit(rt, WAKE, rtype, email, ticket, actor="cli", systems=scope,
+                                        confirm_others=confirm_others)
             req = submitted.request
             if not as_json:
                 click.echo(("Submitted" if submitted.created else "Already open (same person and type)")
@@ -86,6 +97,7 @@ def _print_status(data: dict[str, Any]) -> None:
     due = datetime.fromisoformat(data["due_at"])
     left = f"  ({data['days_left']} days left)" if data["days_left"] is not None else ""
     click.echo(f"Received {data['received_at'][:16].replace('T', ' ')} UTC, due {due:%Y-%m-%d}{left}")
+    _print_identifiers(data.get("identifiers") or [])
     for t in data["tasks"]:
         detail = ""
         if t["records"] is not None:
@@ -100,6 +112,9 @@ def _print_status(data: dict[str, Any]) -> None:
                        f"{(h['until'] or 'unknown')[:10]} ({h['reason']})")
         for step in t.get("manual_steps") or []:
             click.echo(f"  {'':<14} {'':<17} {'manual step':<16} {step}")
+        for entity, why in (t.get("skipped") or {}).items():
+            for reason, n in why.items():
+                click.echo(f"  {'':<14} {'':<17} {'left alone':<16} {entity}: {n} record(s), {reason}")
     if data["bundle"]:
         click.echo(f"Bundle: {data['bundle']}")
     if data["error"]:
@@ -107,14 +122,25 @@ def _print_status(data: dict[str, Any]) -> None:
 
 
 def _print_plan(data: dict[str, Any]) -> None:
-    click.echo(f"Dry run ({data['type']}): nothing was changed. Identifiers found in {data['rounds']} round(s):")
-    for i in data["identifiers"]:
-        click.echo(f"  {i['type']:<22} from {i['source']}")
+    click.echo(f"Dry run ({data['type']}): nothing was changed. Found in {data['rounds']} round(s).")
+    _print_identifiers(data["identifiers"])
     for system, error in data["locate_errors"].items():
         click.echo(f"  {system}: locate failed: {error}")
+    for system, n in data["identifiers_refused"].items():
+        click.echo(f"  {system}: {n} identifier(s) refused: learned without saying where from")
     click.echo("Plan:")
     for s in data["plan"]:
         click.echo(f"  {s['system']:<14} {s['entity']:<16} {s['action']:<17} {s['reason']}")
+    if data["refused"]:
+        click.echo("Refused: " + ", ".join(r["system"] for r in data["refused"])
+                   + ". Check those records, then run again with --confirm-others REASON to go ahead.", err=True)
+
+
+def _print_identifiers(identifiers: list[dict[str, Any]]) -> None:
+    """Each identifier's type and where it came from; values stay out of the terminal's scrollback."""
+    click.echo("Identifiers:")
+    for i in identifiers:
+        click.echo(f"  {i['type']:<22} {'from the request' if i['source'] == 'request' else i['via'] or i['source']}")
 
 
 

@@ -31,7 +31,7 @@ from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.http import HttpClient, NotFound, RetryPolicy, in_parallel, paginate
 from connectors.ratelimit import make_rate_limiter
 from connectors.redact import redact
-from connectors.vendor_settings import FreshchatSettings, parse
+from connectors.vendor_settings import FRESHCHAT_MAX_MESSAGES_PER_PAGE, FreshchatSettings, parse
 
 log = structlog.get_logger(__name__)
 
@@ -67,16 +67,20 @@ class FreshchatConnector(Connector):
     """Locate, export, erase and restrict a person's FreshChat contact, conversations and messages.
 
     Behaviours resting on unverified ([U]) vendor facts, and what switches them:
-    - `DELETE /users/{id}` (async, 202) is not confirmed to exist: setting `supports_user_delete`
-      (default true). When it answers 404/405 the connector falls back to blanking the profile with
-      `PUT /users/{id}` (blanking semantics [U] too) and always adds the manual "Forget" step then.
+    - `DELETE /users/{id}` is very probably absent: no FreshChat source lists it (the reference generated
+      from Freshchat's docs has list/create/get/update only; vendor-source-check.md F7). By default
+      (setting `supports_user_delete` false) erase blanks the profile with `PUT /users/{id}` (blanking
+      semantics [U] too) and adds the manual "Forget" step. Where the setting is true and the delete
+      answers any 4xx but 429 (400/401/403 as much as 404/405), it falls back the same way.
     - `reference_id` holding our account id is an integrator convention [L]: setting
       `reference_id_identity` (default "account_id"; null switches reference-id look-ups off).
     - Search semantics of `?email=` / `?reference_id=` (exact or prefix) are unknown: every hit is
       checked against the returned field (e-mail case-insensitively) and dropped when it differs.
       A 404 from a search is read as "no match".
-    - Message page size (max 50 per one client): setting `items_per_page` (default 50). Paging stops on
-      `pagination.total_pages`, on a `links` object without `next_page`, or on a short page.
+    - Messages are paged with `page` and `items_per_page` (default and maximum 50, the server's cap per
+      getkarta/freshchat-downloader freshchat_client.py L107). The answer is `{link, messages}` with no
+      pagination block (idjoo/freshchat-sdk openapi `transcript_message_response`), so paging stops on a
+      short page or an empty one; a page size above the cap would make page 1 look short.
     - `GET /users/{id}/conversations` is read as one unpaginated list, as the Airbyte connector does [L].
     - No restriction flag exists: restrict resolves open conversations and sets a user property named by
       setting `restricted_property` (default "gdpr_restricted"); the property is written with the
@@ -100,9 +104,9 @@ class FreshchatConnector(Connector):
         name: str,
         http: HttpClient,
         *,
-        supports_user_delete: bool = True,
+        supports_user_delete: bool = False,
         reference_id_identity: IdentityType | None = IdentityType.ACCOUNT_ID,
-        items_per_page: int = 50,
+        items_per_page: int = FRESHCHAT_MAX_MESSAGES_PER_PAGE,
         restricted_property: str = "gdpr_restricted",
         parallel_calls: int = 4,
     ) -> None:
@@ -110,7 +114,8 @@ class FreshchatConnector(Connector):
         self.http = http
         self.supports_user_delete = supports_user_delete
         self.reference_id_identity = reference_id_identity
-        self.items_per_page = items_per_page
+        # Never above the server's cap: every page would look short and paging would stop after page 1.
+        self.items_per_page = min(items_per_page, FRESHCHAT_MAX_MESSAGES_PER_PAGE)
         self.restricted_property = restricted_property
         self.parallel_calls = parallel_calls
 
@@ -158,7 +163,9 @@ class FreshchatConnector(Connector):
                         "(Contacts > Forget)")
         return {
             "user": EntityPolicy(
-                erase="DELETE the FreshChat user; where unsupported, blank the profile and forget the contact by hand",
+                erase=("DELETE the FreshChat user; where unsupported, blank the profile and forget the contact by hand"
+                       if self.supports_user_delete else
+                       "blank the profile (PUT) and forget the contact by hand (Contacts > Forget)"),
                 restrict=f"user property '{self.restricted_property}' set to true",
             ),
             "conversations": EntityPolicy(erase=with_contact, restrict="open conversations resolved"),
@@ -253,8 +260,8 @@ class FreshchatConnector(Connector):
                 continue
             path = f"users/{_seg(user.id)}"
             if self.supports_user_delete:
-                resp = self.http.request("DELETE", path, ok=(200, 202, 204, 404, 405))
-                if resp.status_code != 404 and resp.status_code != 405:
+                resp = self.http.request("DELETE", path, ok=_DELETE_ANSWERS)
+                if resp.status_code < 400:
                     _count(receipt, "user")
                     state = "requested" if resp.status_code == 202 else "done"
                     receipt.vendor_refs.append(f"user {user.id}: deletion {state} (HTTP {resp.status_code}"
@@ -264,8 +271,8 @@ class FreshchatConnector(Connector):
                                               else ""))
                     continue
                 receipt.details.append(
-                    f"DELETE /users/{{id}} answered HTTP {resp.status_code}: user deletion is not available; "
-                    "blanking the profile instead"
+                    f"DELETE /users/{{id}} answered HTTP {resp.status_code}{_envelope_text(resp)}: user deletion "
+                    "is not available; blanking the profile instead"
                 )
             self._blank(user, receipt)
         return receipt
@@ -449,13 +456,8 @@ class FreshchatConnector(Connector):
             items = body.get("messages") if isinstance(body, dict) else None
             if not isinstance(items, list):
                 raise PermanentError(self.name, "GET /conversations/{id}/messages answered without a 'messages' list")
-            more = len(items) >= self.items_per_page  # a short page is the last one
-            pagination = body.get("pagination")
-            if isinstance(pagination, dict) and isinstance(pagination.get("total_pages"), int):
-                more = more and page < pagination["total_pages"]
-            links = body.get("links")
-            if isinstance(links, dict):
-                more = more and bool(links.get("next_page"))
+            # The answer is {link, messages} with no pagination block: a short or empty page is the last one.
+            more = bool(items) and len(items) >= self.items_per_page
             return [m for m in items if isinstance(m, dict)], more
 
         yield from paginate(fetch)
@@ -536,6 +538,11 @@ class FreshchatConnector(Connector):
         if unknown:
             raise PermanentError(self.name, f"unknown entity {', '.join(unknown)}; known: {', '.join(ENTITIES)}")
         return wanted
+
+
+# What a user DELETE may answer without failing the erasure: done or accepted, or any 4xx but 429 (retried by
+# HttpClient), read as "user deletion is not available here" and answered by blanking plus the Forget step.
+_DELETE_ANSWERS = (200, 202, 204, *(status for status in range(400, 500) if status != 429))
 
 
 def _seg(value: str) -> str:

@@ -115,6 +115,22 @@ class VendorSettings(BaseModel):
 # ---------------------------------------------------------------------- FreshChat
 
 
+# FreshChat answers at most 50 messages a page (getkarta/freshchat-downloader freshchat_client.py L107), and its
+# messages answer has no pagination block, so a short page is the only end signal: asking for more than the cap
+# makes page 1 look short and the export stop there (vendor-source-check.md F6).
+FRESHCHAT_MAX_MESSAGES_PER_PAGE = 50
+
+
+def _messages_page_cap(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value > FRESHCHAT_MAX_MESSAGES_PER_PAGE:
+        raise ValueError(
+            f"must be at most {FRESHCHAT_MAX_MESSAGES_PER_PAGE}: FreshChat answers no more than "
+            f"{FRESHCHAT_MAX_MESSAGES_PER_PAGE} messages a page, so a larger page looks like the last one and the "
+            "export would stop after page 1"
+        )
+    return value
+
+
 class FreshchatSettings(VendorSettings):
     model_config = ConfigDict(extra="forbid")  # as before: a misspelt key fails instead of silently defaulting
 
@@ -127,14 +143,16 @@ class FreshchatSettings(VendorSettings):
     )
     timeout_s: PositiveNumber = Field(30.0, description="Read timeout of one call in seconds (connect: at most 5)")
     supports_user_delete: StrictBool = Field(
-        True, description="Try DELETE /users/{id}; false (or a 404/405 answer) blanks the profile instead"
+        False, description="Try DELETE /users/{id} (no FreshChat source lists it); false, or a 4xx answer other "
+                           "than 429, blanks the profile with PUT and asks for the manual Forget step instead"
     )
     reference_id_identity: IdentityType | None = Field(
         IdentityType.ACCOUNT_ID,
         description="Identifier type the users' reference_id holds; null: no reference-id look-ups",
     )
-    items_per_page: Annotated[int, Strict(), Field(ge=1, le=100)] = Field(
-        50, description="Messages asked for per page"
+    items_per_page: Annotated[int, BeforeValidator(_messages_page_cap), Strict(),
+                              Field(ge=1, le=FRESHCHAT_MAX_MESSAGES_PER_PAGE)] = Field(
+        FRESHCHAT_MAX_MESSAGES_PER_PAGE, description="Messages asked for per page (FreshChat's cap is 50)"
     )
     restricted_property: Text = Field(
         "gdpr_restricted", description="User property set to true while processing is restricted"

@@ -1,11 +1,17 @@
 """A small stateful FreshChat REST API v2 simulator, written from shared/vendor-apis.md section 1.
 
 Modelled: Bearer-token auth (401 with the {code, status, message} envelope), user search by
-`email` / `reference_id`, users by id, a user's conversations, conversation detail and status
-update, paged messages (`page`, `items_per_page`, `pagination`, `links.next_page`), user update
-and an optional asynchronous-looking user delete (202). Deliberately pessimistic where the
-facts are [U]: searches match by case-insensitive *prefix*, so a client that trusts a hit
-without checking the returned field picks up the decoy; an unfiltered user listing is refused.
+`email` / `reference_id` (paged, with `pagination` and `links`), users by id, a user's
+conversations, conversation detail and status update, user update, and paged messages answered
+as FreshChat does (vendor-source-check.md F6): `{link, messages}` with no pagination block
+(idjoo/freshchat-sdk configs/openapi.yaml @ afe30a08, schema `transcript_message_response`), at
+most 50 a page whatever `items_per_page` asks (getkarta/freshchat-downloader freshchat_client.py
+L107: "50 = maximum items per page available for messages"). No user delete by default: no
+FreshChat source lists `DELETE /users/{id}` (vendor-source-check.md F7), so the route answers
+405; `user_delete=True` models a tenant that has one (202, asynchronous-looking). Deliberately
+pessimistic where the facts are [U]: searches match by case-insensitive *prefix*, so a client
+that trusts a hit without checking the returned field picks up the decoy; an unfiltered user
+listing is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from sandbox.people import DECOY_EMAIL, JANE, JOHN, OLA, PEOPLE, Person
 _NS = uuid.UUID("6f1c2d7e-0b7a-4c55-9a43-1f2e3d4c5b6a")  # stable ids across runs
 _STATUSES = {"new", "assigned", "resolved", "reopened"}
 _PERSONAL_FIELDS = ("first_name", "last_name", "email", "phone", "reference_id")
-_MAX_PER_PAGE = 50
+_MAX_PER_PAGE = 50  # users: a larger page is refused (400) [U]
+_MAX_MESSAGES_PER_PAGE = 50  # messages: a larger page is cut to 50, silently (freshchat_client.py L107)
 
 
 def _uid(kind: str, key: str) -> str:
@@ -45,8 +52,8 @@ class FreshchatSim:
     TOKEN = "sandbox-freshchat-token"
     TOKEN_ENV = "DSAR_FRESHCHAT_TOKEN"
 
-    def __init__(self, *, user_delete: bool = True) -> None:
-        self.user_delete = user_delete  # tenants without the delete route answer 405
+    def __init__(self, *, user_delete: bool = False) -> None:
+        self.user_delete = user_delete  # no delete route (FreshChat's reference lists none): DELETE answers 405
         self._lock = threading.Lock()
         self._users: dict[str, dict[str, Any]] = {}
         self._conversations: dict[str, dict[str, Any]] = {}
@@ -142,7 +149,7 @@ class FreshchatSim:
 
     def settings(self, base_url: str) -> dict[str, Any]:
         return {"base_url": f"{base_url.rstrip('/')}/v2", "token_env": self.TOKEN_ENV,
-                "supports_user_delete": True, "items_per_page": 50}
+                "supports_user_delete": self.user_delete, "items_per_page": 50}
 
     def env(self) -> dict[str, str]:
         return {self.TOKEN_ENV: self.TOKEN}
@@ -294,10 +301,19 @@ class FreshchatSim:
     def _conversation_messages(self, request: Request, cid: str) -> Response:
         if cid not in self._conversations:
             return _error(404, "CONVERSATION_NOT_FOUND", "conversation not found")
-        page, per_page, bad = self._paging(request)
-        if bad:
-            return bad
-        return _json(200, self._page_body("messages", self._messages.get(cid, []), page, per_page, request))
+        try:
+            page = int(request.args.get("page", "1"))
+            asked = int(request.args.get("items_per_page", "10"))
+        except ValueError:
+            return _error(400, "BAD_REQUEST", "page and items_per_page must be integers")
+        if page < 1 or asked < 1:
+            return _error(400, "BAD_REQUEST", "page and items_per_page must be >= 1")
+        per_page = min(asked, _MAX_MESSAGES_PER_PAGE)  # the server's cap, applied without a word
+        messages = self._messages.get(cid, [])[(page - 1) * per_page: page * per_page]
+        # FreshChat's transcript_message_response: `link` (singular; what it points at is [U]) and `messages`,
+        # no `pagination` or `links` block.
+        link = {"href": f"{request.path}?{urlencode(request.args.to_dict())}", "rel": "self", "type": "GET"}
+        return _json(200, {"link": link, "messages": messages})
 
     def _paging(self, request: Request) -> tuple[int, int, Response | None]:
         try:

@@ -2,7 +2,11 @@
 
 Response bodies follow shared/vendor-apis.md section 1: `{"users": [...]}` search envelope with
 `pagination` / `links`, user objects with `id`, `email`, `phone`, `reference_id`, `properties[{name,value}]`,
-`{"conversations": [{"id": ...}]}`, `{"messages": [...]}`, and the `{code, status, message}` error envelope.
+`{"conversations": [{"id": ...}]}`, and the `{code, status, message}` error envelope. A messages page is
+`{"link": {...}, "messages": [...]}` with no pagination block (idjoo/freshchat-sdk configs/openapi.yaml @ afe30a08,
+schema `transcript_message_response`; vendor-source-check.md F6), at most 50 a page (getkarta/freshchat-downloader
+freshchat_client.py L107). No FreshChat source lists `DELETE /users/{id}` (vendor-source-check.md F7): the tests of
+a delete are for a tenant that has one (`supports_user_delete: true`).
 """
 
 from __future__ import annotations
@@ -77,27 +81,19 @@ def _message(cid: str, n: int) -> dict[str, Any]:
     }
 
 
-def _messages_page(cid: str, start: int, count: int, page: int, total_pages: int | None, per_page: int,
-                   links: dict[str, Any] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"messages": [_message(cid, n) for n in range(start, start + count)]}
-    if total_pages is not None:
-        body["pagination"] = {"total_items": None, "total_pages": total_pages, "current_page": page,
-                              "items_per_page": per_page}
-    if links is not None:
-        body["links"] = links
-    return body
-
-
-def _next(cid: str, page: int, per_page: int) -> dict[str, Any]:
+def _messages_page(cid: str, start: int, count: int, page: int, per_page: int = 50) -> dict[str, Any]:
+    """One page as FreshChat answers it: `link` and `messages`, no `pagination` or `links` (openapi
+    `transcript_message_response`, idjoo/freshchat-sdk configs/openapi.yaml @ afe30a08)."""
     href = f"/v2/conversations/{cid}/messages?page={page}&items_per_page={per_page}"
-    return {"next_page": {"href": href, "rel": "next"}}
+    return {"link": {"href": href, "rel": "self", "type": "GET"},
+            "messages": [_message(cid, n) for n in range(start, start + count)]}
 
 
 def _reads(vendor: responses.RequestsMock, *cids: str) -> None:
     """The reads that show who is in each conversation: its detail and one short page of messages."""
     for cid in cids:
         _get(vendor, f"/conversations/{cid}", _conversation(cid, "resolved"))
-        _get(vendor, f"/conversations/{cid}/messages", _messages_page(cid, 0, 2, 1, 1, 50, {}),
+        _get(vendor, f"/conversations/{cid}/messages", _messages_page(cid, 0, 2, 1),
              query={"page": "1", "items_per_page": "50"})
 
 
@@ -229,11 +225,10 @@ def test_export_profile_conversations_and_messages_over_three_pages(
     _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}, {"id": "c2"}]})
     _get(vendor, "/conversations/c1", _conversation("c1", "assigned"))
     for page, (start, count) in enumerate([(0, 50), (50, 50), (100, 20)], start=1):
-        links = _next("c1", page + 1, 50) if page < 3 else {}
-        _get(vendor, "/conversations/c1/messages", _messages_page("c1", start, count, page, 3, 50, links),
+        _get(vendor, "/conversations/c1/messages", _messages_page("c1", start, count, page),
              query={"page": str(page), "items_per_page": "50"})
     _get(vendor, "/conversations/c2", _conversation("c2", "resolved"))
-    _get(vendor, "/conversations/c2/messages", _messages_page("c2", 0, 2, 1, 1, 50, {}),
+    _get(vendor, "/conversations/c2/messages", _messages_page("c2", 0, 2, 1),
          query={"page": "1", "items_per_page": "50"})
 
     records = list(_connector(ctx).export(_email()))
@@ -247,35 +242,41 @@ def test_export_profile_conversations_and_messages_over_three_pages(
     assert {r.fields["conversation_id"] for r in messages} == {"c1", "c2"}
 
 
-@pytest.mark.parametrize(
-    "first_page",
-    [
-        # pagination.total_pages says this is the last page, though links still point on
-        _messages_page("c1", 0, 2, 1, 1, 2, _next("c1", 2, 2)),
-        # a links object without next_page, no pagination member
-        _messages_page("c1", 0, 2, 1, None, 2, {}),
-    ],
-    ids=["total_pages", "no_next_link"],
-)
-def test_message_paging_stops_on_each_end_signal(
-    ctx: ConnectorContext, vendor: responses.RequestsMock, first_page: dict[str, Any]
-) -> None:
-    _get(vendor, f"/users/{JANE_ID}", _user())
-    _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}]})
-    _get(vendor, "/conversations/c1/messages", first_page, query={"page": "1", "items_per_page": "2"})
-    records = list(_connector(ctx, items_per_page=2).export(_uid(), entities=["messages"]))
-    assert [r.record_id for r in records] == ["c1-m0", "c1-m1"]
-
-
 def test_message_paging_stops_on_a_short_page(ctx: ConnectorContext, vendor: responses.RequestsMock) -> None:
     _get(vendor, f"/users/{JANE_ID}", _user())
     _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}]})
-    _get(vendor, "/conversations/c1/messages", _messages_page("c1", 0, 2, 1, 5, 2, _next("c1", 2, 2)),
+    _get(vendor, "/conversations/c1/messages", _messages_page("c1", 0, 2, 1, 2),
          query={"page": "1", "items_per_page": "2"})
-    _get(vendor, "/conversations/c1/messages", _messages_page("c1", 2, 1, 2, 5, 2, _next("c1", 3, 2)),
+    _get(vendor, "/conversations/c1/messages", _messages_page("c1", 2, 1, 2, 2),
          query={"page": "2", "items_per_page": "2"})
     records = list(_connector(ctx, items_per_page=2).export(_uid(), entities=["messages"]))
     assert [r.record_id for r in records] == ["c1-m0", "c1-m1", "c1-m2"]
+
+
+def test_message_paging_stops_on_an_empty_page(ctx: ConnectorContext, vendor: responses.RequestsMock) -> None:
+    # 100 messages at 50 a page: page 2 is full, and only an empty page 3 says there is no more.
+    _get(vendor, f"/users/{JANE_ID}", _user())
+    _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}]})
+    for page, (start, count) in enumerate([(0, 50), (50, 50), (100, 0)], start=1):
+        _get(vendor, "/conversations/c1/messages", _messages_page("c1", start, count, page),
+             query={"page": str(page), "items_per_page": "50"})
+    records = list(_connector(ctx).export(_uid(), entities=["messages"]))
+    assert len(records) == 100 and len(vendor.calls) == 5
+
+
+def test_message_pages_are_never_asked_above_freshchats_cap(
+    ctx: ConnectorContext, vendor: responses.RequestsMock
+) -> None:
+    # Issue 18 point 6: FreshChat answers at most 50 messages a page and says nothing of more pages, so asking
+    # for 100 made a full page of 50 look like the last one and the export stopped after page 1.
+    _get(vendor, f"/users/{JANE_ID}", _user())
+    _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}]})
+    for page, (start, count) in enumerate([(0, 50), (50, 10)], start=1):
+        _get(vendor, "/conversations/c1/messages", _messages_page("c1", start, count, page),
+             query={"page": str(page), "items_per_page": "50"})
+    connector = FreshchatConnector("freshchat", _connector(ctx).http, items_per_page=100)  # past the settings
+    records = list(connector.export(_uid(), entities=["messages"]))
+    assert len(records) == 60
 
 
 def test_export_of_a_user_that_is_gone_is_empty(ctx: ConnectorContext, vendor: responses.RequestsMock) -> None:
@@ -291,13 +292,16 @@ def test_export_rejects_an_unknown_entity(ctx: ConnectorContext) -> None:
 # ---------------------------------------------------------------------------- erase
 
 
-def test_erase_requests_user_deletion(ctx: ConnectorContext, vendor: responses.RequestsMock) -> None:
+def test_erase_requests_user_deletion_where_the_tenant_has_it(
+    ctx: ConnectorContext, vendor: responses.RequestsMock
+) -> None:
     _get(vendor, f"/users/{JANE_ID}", _user())
     _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}]})
     _reads(vendor, "c1")  # hers alone: the user may be deleted
+    # [U] no FreshChat source has this call; modelled on the documented agent-deletion answer.
     _send(vendor, responses.DELETE, f"/users/{JANE_ID}",
           {"code": 202, "status": "ACCEPTED", "message": "User deletion request accepted"}, status=202)
-    receipt = _connector(ctx).erase(_uid())
+    receipt = _connector(ctx, supports_user_delete=True).erase(_uid())
     assert receipt.changed == {"user": 1}
     assert receipt.manual_steps == []
     assert len(receipt.vendor_refs) == 1
@@ -309,7 +313,8 @@ BLANKED = {"first_name": "", "last_name": "", "email": "", "phone": "", "referen
            "properties": [{"name": "plan", "value": ""}]}
 
 
-@pytest.mark.parametrize("status", [404, 405])
+# Issue 18 point 5: 400, 401 and 403 used to fail the whole erasure; any 4xx but 429 now falls back.
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 422])
 def test_erase_falls_back_to_blanking_when_delete_is_not_available(
     ctx: ConnectorContext, vendor: responses.RequestsMock, status: int
 ) -> None:
@@ -318,13 +323,31 @@ def test_erase_falls_back_to_blanking_when_delete_is_not_available(
     _send(vendor, responses.DELETE, f"/users/{JANE_ID}", _error(status, "NOT_SUPPORTED", "not supported"),
           status=status)
     _send(vendor, responses.PUT, f"/users/{JANE_ID}", _user(**BLANKED), sent=BLANKED)
-    receipt = _connector(ctx).erase(_uid())
+    receipt = _connector(ctx, supports_user_delete=True).erase(_uid())
     assert receipt.changed == {"user": 1}
     assert receipt.vendor_refs == []
     assert len(receipt.manual_steps) == 1
     assert receipt.manual_steps[0].startswith("Forget the contact in FreshChat (Contacts > Forget)")
     assert JANE_ID in receipt.manual_steps[0]
     assert any(f"HTTP {status}" in line for line in receipt.details)
+
+
+def test_erase_by_default_blanks_the_profile_and_asks_to_forget_the_contact(
+    ctx: ConnectorContext, vendor: responses.RequestsMock
+) -> None:
+    # Issue 18 point 5: no FreshChat source lists DELETE /users/{id}, so none is sent unless the tenant has one.
+    _get(vendor, f"/users/{JANE_ID}", _user())
+    _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}]})
+    _reads(vendor, "c1")
+    _send(vendor, responses.PUT, f"/users/{JANE_ID}", _user(**BLANKED), sent=BLANKED)
+    connector = _connector(ctx)
+    receipt = connector.erase(_uid())
+    assert not any(c.request.method == "DELETE" for c in vendor.calls)
+    assert receipt.changed == {"user": 1} and receipt.vendor_refs == []
+    (step,) = receipt.manual_steps
+    assert step == (f"Forget the contact in FreshChat (Contacts > Forget): user id {JANE_ID} (removes its "
+                    "conversations and messages)")
+    assert "DELETE" not in (connector.policies()["user"].erase or "")
 
 
 def test_erase_with_delete_switched_off_blanks_a_searched_user_after_reading_its_profile(
@@ -356,7 +379,7 @@ def test_restrict_resolves_open_conversations_and_sets_the_property(
     _get(vendor, "/conversations/c1", _conversation("c1", "assigned"))
     _get(vendor, "/conversations/c2", _conversation("c2", "resolved"))
     for cid in ("c1", "c2"):
-        _get(vendor, f"/conversations/{cid}/messages", _messages_page(cid, 0, 2, 1, 1, 50, {}),
+        _get(vendor, f"/conversations/{cid}/messages", _messages_page(cid, 0, 2, 1),
              query={"page": "1", "items_per_page": "50"})
     _send(vendor, responses.PUT, "/conversations/c1", _conversation("c1", "resolved"), sent={"status": "resolved"})
     props = [{"name": "plan", "value": "pro"}, {"name": "gdpr_restricted", "value": "true"}]

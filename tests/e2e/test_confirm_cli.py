@@ -47,13 +47,13 @@ def test_confirm_completes_the_manual_steps_and_refuses_bad_input(cli: dict[str,
     request_id = data["id"]
     assert data["status"] == "awaiting_manual"
     awaiting = {t["system"] for t in data["tasks"] if t["status"] == "awaiting_manual"}
-    assert awaiting == {"mautic", "matomo"}
+    assert awaiting == {"freshchat", "mautic", "matomo"}  # FreshChat: Forget the contact (no user delete)
     assert {t["system"] for t in data["tasks"]} == {"accounts", "freshchat", "mautic", "salesmanago", "matomo"}
 
     one_line_error(run_dsar(["confirm", "no-such-request", "--system", "mautic", "--note", "done"], env),
                    4, "unknown request no-such-request")
-    one_line_error(run_dsar(["confirm", request_id, "--system", "freshchat", "--note", "done"], env),
-                   2, "no task awaiting a manual step in system 'freshchat'")
+    one_line_error(run_dsar(["confirm", request_id, "--system", "salesmanago", "--note", "done"], env),
+                   2, "no task awaiting a manual step in system 'salesmanago'")
     one_line_error(run_dsar(["confirm", request_id, "--system", "billing", "--note", "done"], env),
                    2, "system 'billing'")
     one_line_error(run_dsar(["confirm", request_id, "--system", "mautic", "--note", "  "], env),
@@ -70,6 +70,11 @@ def test_confirm_completes_the_manual_steps_and_refuses_bad_input(cli: dict[str,
 
     again = run_dsar(["confirm", request_id, "--system", "mautic", "--note", "twice"], env)
     one_line_error(again, 2, "no task awaiting a manual step in system 'mautic'")
+
+    forgot = run_dsar(["confirm", request_id, "--system", "freshchat", "--actor", "dpo",
+                       "--note", "Forgot the contact in FreshChat (Contacts > Forget)"], env)
+    assert forgot.returncode == 0, forgot.stderr
+    assert status(env, request_id)["status"] == "awaiting_manual"  # Matomo's step is still open
 
     last = run_dsar(["confirm", request_id, "--system", "matomo", "--actor", "dpo",
                      "--note", "Invalidated the archived reports of sites 1,2"], env)

@@ -145,14 +145,16 @@ def test_erasure_leaves_only_what_the_manual_steps_name_and_completes_once_confi
     tasks = {t.system: t for t in req.tasks}
     assert set(tasks) == SYSTEMS
     manual = {s: t.result["manual_steps"] for s, t in tasks.items() if t.status == "awaiting_manual"}
-    assert set(manual) == {"mautic", "matomo"}  # Mautic's NULL-lead residue, Matomo's archived reports
+    # FreshChat's Forget (no user delete in any FreshChat source), Mautic's NULL-lead residue, Matomo's archived reports
+    assert set(manual) == {"freshchat", "mautic", "matomo"}
     assert all(t.status == "done" for s, t in tasks.items() if s not in manual)
 
     # Nothing of Jane is left in any simulator except what a manual step names.
     left = {system: kinds for system, kinds in sandbox.holdings(JANE.email).items() if kinds}
-    assert left == {"mautic": {"email_stats": 3, "page_hits": 3, "form_submissions": 2}}
+    assert left == {"freshchat": {"contacts": 1, "conversations": 2, "messages": 127},  # blanked, to be forgotten
+                    "mautic": {"email_stats": 3, "page_hits": 3, "form_submissions": 2}}
     for system, kinds in left.items():
-        steps = " ".join(manual[system])
+        steps = " ".join(manual[system]).lower()
         assert all(kind in steps for kind in kinds), (system, kinds, steps)
     assert {p: sandbox.holdings(p) for p in others_before} == others_before
 
@@ -160,9 +162,13 @@ def test_erasure_leaves_only_what_the_manual_steps_name_and_completes_once_confi
     held = tasks["accounts"].result["held"]
     assert held[0]["entity"] == "orders" and held[0]["records"] == 2
 
-    # Confirming one manual step is not enough; the second completes the request, audited.
+    # Confirming one manual step is not enough; the last completes the request, audited.
     with pytest.raises(pipeline.InvalidInput):
-        pipeline.confirm_manual(rt, wake, req.id, "freshchat", "nothing to do", actor="test")
+        pipeline.confirm_manual(rt, wake, req.id, "salesmanago", "nothing to do", actor="test")
+    note_freshchat = "Forgot the contact in FreshChat (Contacts > Forget)"
+    assert pipeline.confirm_manual(rt, wake, req.id, "freshchat", note_freshchat, actor="dpo") == 1
+    wake.drain()
+    assert load(world, req.id).status == "awaiting_manual"
     note_mautic = "Deleted the email_stats, page_hits and form_submissions rows of contacts 1, 2 in the Mautic DB"
     assert pipeline.confirm_manual(rt, wake, req.id, "mautic", note_mautic, actor="dpo") == 1
     wake.drain()
@@ -177,7 +183,8 @@ def test_erasure_leaves_only_what_the_manual_steps_name_and_completes_once_confi
                                                             AuditEvent.actor == "dpo")))
         statuses = {t.system: t.status for t in s.scalars(sa.select(Task).where(Task.request_id == req.id))}
     assert {(e.event, e.details["system"], e.details["note"]) for e in events} == {
-        ("task.done", "mautic", note_mautic), ("task.done", "matomo", note_matomo)}
+        ("task.done", "freshchat", note_freshchat), ("task.done", "mautic", note_mautic),
+        ("task.done", "matomo", note_matomo)}
     assert set(statuses.values()) == {"done"}
     manifest, _ = bundle(done.bundle_path)
     assert set(manifest["systems"]) == SYSTEMS

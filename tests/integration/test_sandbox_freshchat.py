@@ -25,12 +25,14 @@ def _served(sim: FreshchatSim) -> Iterator[tuple[FreshchatSim, Served]]:
 
 @pytest.fixture
 def sandbox() -> Iterator[tuple[FreshchatSim, Served]]:
+    """FreshChat as its sources show it: no user delete (vendor-source-check.md F7)."""
     yield from _served(FreshchatSim())
 
 
 @pytest.fixture
-def sandbox_no_delete() -> Iterator[tuple[FreshchatSim, Served]]:
-    yield from _served(FreshchatSim(user_delete=False))
+def sandbox_with_delete() -> Iterator[tuple[FreshchatSim, Served]]:
+    """A tenant that has DELETE /users/{id} [U], should one exist."""
+    yield from _served(FreshchatSim(user_delete=True))
 
 
 def _connector(sim: FreshchatSim, served: Served, **overrides: Any) -> FreshchatConnector:
@@ -88,8 +90,8 @@ def test_export_jane_gets_all_her_conversations_and_paged_messages_and_nothing_o
     assert JOHN.email not in dump.lower() and JOHN.phone not in dump and DECOY_EMAIL not in dump.lower()
 
 
-def test_erase_with_user_delete_leaves_nothing(sandbox: Any) -> None:
-    sim, served = sandbox
+def test_erase_with_user_delete_leaves_nothing(sandbox_with_delete: Any) -> None:
+    sim, served = sandbox_with_delete
     john_before = sim.holdings(JOHN.email)
     receipt = _connector(sim, served).erase(_jane_by_email())
     assert receipt.changed == {"user": 1}
@@ -100,13 +102,12 @@ def test_erase_with_user_delete_leaves_nothing(sandbox: Any) -> None:
     assert sim.holdings(DECOY_EMAIL)["contacts"] == 1
 
 
-def test_erase_without_user_delete_blanks_profile_and_names_the_rest_in_a_manual_step(
-    sandbox_no_delete: Any,
-) -> None:
-    sim, served = sandbox_no_delete
+def test_erase_without_user_delete_blanks_profile_and_names_the_rest_in_a_manual_step(sandbox: Any) -> None:
+    sim, served = sandbox
     jane = _jane_uid(sim)
     before = sim.holdings(JANE.email)
-    receipt = _connector(sim, served).erase(_jane_by_email())  # setting says true: the 405 makes it fall back
+    # The setting says true, but the tenant has no delete: its 405 makes the connector fall back.
+    receipt = _connector(sim, served, supports_user_delete=True).erase(_jane_by_email())
     after = sim.holdings(JANE.email)
     assert before["profile_fields"] > 0
     assert after == {"contacts": 1, "profile_fields": 0, "conversations": before["conversations"],
@@ -119,12 +120,33 @@ def test_erase_without_user_delete_blanks_profile_and_names_the_rest_in_a_manual
     assert JANE.email not in repr(receipt.to_dict()).lower()
 
 
-def test_erase_with_delete_switched_off_never_calls_delete(sandbox_no_delete: Any) -> None:
-    sim, served = sandbox_no_delete
-    receipt = _connector(sim, served, supports_user_delete=False).erase(_jane_by_email())
+def test_erase_by_default_never_calls_delete_and_asks_to_forget(sandbox: Any) -> None:
+    # Issue 18 point 5: the default no longer tries a user delete no FreshChat source lists.
+    sim, served = sandbox
+    settings = {k: v for k, v in sim.settings(served.url).items() if k != "supports_user_delete"}
+    connector = FreshchatConnector.from_settings("freshchat", settings, ConnectorContext(env=sim.env()))
+    receipt = connector.erase(_jane_by_email())
     assert receipt.changed == {"user": 1}
     assert not any(method == "DELETE" for method, _ in sim.requests)
     assert sim.holdings(JANE.email)["profile_fields"] == 0
+    (step,) = receipt.manual_steps
+    assert step.startswith("Forget the contact in FreshChat (Contacts > Forget)") and _jane_uid(sim) in step
+
+
+def test_the_messages_answer_has_no_pagination_and_is_capped_at_50(sandbox: Any) -> None:
+    # FreshChat's transcript_message_response is {link, messages} (idjoo/freshchat-sdk openapi @ afe30a08), at
+    # most 50 a page (getkarta/freshchat-downloader freshchat_client.py L107).
+    sim, served = sandbox
+    http = _connector(sim, served).http
+    conversations = http.json("GET", f"users/{_jane_uid(sim)}/conversations")["conversations"]
+    (cid,) = [c["id"] for c in conversations if c["status"] == "assigned"]  # the one with 120 messages
+    page = http.json("GET", f"conversations/{cid}/messages", params={"page": 1, "items_per_page": 100})
+    assert set(page) == {"link", "messages"} and len(page["messages"]) == 50
+
+    # Issue 18 point 6: asking for 100 made that full page of 50 look like the last; the connector never asks
+    # above the cap, even when constructed past the settings check.
+    connector = FreshchatConnector("freshchat", http, items_per_page=100)
+    assert len(list(connector.export(_jane_by_email(), entities=["messages"]))) == 127
 
 
 def test_restrict_then_lift(sandbox: Any) -> None:

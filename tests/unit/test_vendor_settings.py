@@ -44,6 +44,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("freshchat", {"base_url": "acme.freshchat.com/v2"}, "base_url"),
     ("freshchat", {"token_env": None}, "token_env"),
     ("freshchat", {"items_per_page": 101}, "items_per_page"),
+    ("freshchat", {"items_per_page": 51}, "items_per_page"),  # above FreshChat's cap of 50 messages a page
     ("freshchat", {"timeout_s": True}, "timeout_s"),
     ("freshchat", {"reference_id_identity": "shoe_size"}, "reference_id_identity"),
     ("freshchat", {"suports_user_delete": False}, "suports_user_delete"),
@@ -85,6 +86,21 @@ def test_salesmanago_addressee_types_are_lower_case_as_on_the_wire() -> None:
     sm = parse(SalesmanagoSettings, "salesmanago", VALID["salesmanago"])
     assert (sm.monitoring_addressee_type, sm.export_addressee_type, sm.stop_monitoring_on_erase) == (
         "email", "email", True)
+
+
+def test_freshchat_defaults_follow_its_sources() -> None:
+    # Issue 18 points 5 and 6 (vendor-source-check.md F7, F6): no FreshChat source has a user DELETE; FreshChat
+    # answers at most 50 messages a page.
+    fc = parse(FreshchatSettings, "freshchat", {k: v for k, v in VALID["freshchat"].items() if k != "items_per_page"})
+    assert (fc.supports_user_delete, fc.items_per_page) == (False, 50)
+
+
+def test_a_message_page_above_freshchats_cap_is_refused_saying_why() -> None:
+    with pytest.raises(PermanentError) as err:
+        parse(FreshchatSettings, "freshchat", {**VALID["freshchat"], "items_per_page": 100})
+    assert str(err.value) == (
+        "freshchat: data map: items_per_page: must be at most 50: FreshChat answers no more than 50 messages a "
+        "page, so a larger page looks like the last one and the export would stop after page 1")
 
 
 @pytest.mark.parametrize(("kind", "change", "key"), INVALID)

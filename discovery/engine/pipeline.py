@@ -266,6 +266,22 @@ def identifiers(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
         return [{"type": i.type, "value": i.value, "source": i.source, "via": i.via, "round": i.round} for i in rows]
 
 
+def reach(found: Discovery) -> dict[str, dict[str, dict[str, int]]]:
+    """Per system and entity: the person's records, the distinct identifiers on them, how many of those are
+    not the person's, and records left alone. Counts only: what a change would touch, person by person."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for system, hits in found.hits.items():
+        for entity in sorted({*hits.counts, *hits.touches, *hits.skipped}):
+            touched = hits.touches.get(entity, set())
+            out.setdefault(system, {})[entity] = {
+                "records": hits.counts.get(entity, 0),
+                "identifiers": len(touched),
+                "not_the_subjects": sum(1 for i in touched if i not in found.identities),
+                "left_alone": sum(hits.skipped.get(entity, {}).values()),
+            }
+    return out
+
+
 def plan_report(found: Discovery, steps: list[PlanStep]) -> dict[str, Any]:
     """What a dry run shows (CLI --json and the API alike): identifiers with their provenance, the steps,
     what the plan refused and why, and systems whose locate failed."""
@@ -273,6 +289,7 @@ def plan_report(found: Discovery, steps: list[PlanStep]) -> dict[str, Any]:
         "identifiers": [{"type": i.type.value, "value": i.value, "source": i.source, "via": i.via or None,
                          "round": found.learned_in_round.get((i.type, i.value), 0)} for i in found.identities],
         "steps": [s.to_dict() for s in steps],
+        "reach": reach(found),
         "refused": [{"system": s.system, "reason": s.reason} for s in refusals(steps)],
         "locate_errors": dict(found.errors),
         "identifiers_refused": dict(found.refused),

@@ -77,6 +77,8 @@ class RefusedView(BaseModel):
 class PlanView(BaseModel):
     identifiers: list[IdentifierView]
     steps: list[StepView]
+    reach: dict[str, dict[str, dict[str, int]]] = Field(description=(
+        "system -> entity -> records, distinct identifiers on them, not_the_subjects, left_alone (counts only)"))
     refused: list[RefusedView]
     locate_errors: dict[str, str]
     identifiers_refused: dict[str, int] = Field(description="per system, identifiers learned without provenance")

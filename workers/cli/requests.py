@@ -63,7 +63,7 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
             data = {"dry_run": True, "type": rtype, "systems": scope, "rounds": found.rounds,
                     "identifiers": report["identifiers"], "locate_errors": report["locate_errors"],
                     "identifiers_refused": report["identifiers_refused"], "refused": report["refused"],
-                    "plan": report["steps"]}
+                    "reach": report["reach"], "plan": report["steps"]}
             emit(data, as_json, lambda: _print_plan(data))
             if data["refused"]:
                 sys.exit(EXIT_FAILED)
@@ -128,6 +128,11 @@ def _print_plan(data: dict[str, Any]) -> None:
         click.echo(f"  {system}: locate failed: {error}")
     for system, n in data["identifiers_refused"].items():
         click.echo(f"  {system}: {n} identifier(s) refused: learned without saying where from")
+    click.echo("Records found (identifiers on them; not this person's; left alone):")
+    for system, entities in data["reach"].items():
+        for entity, n in entities.items():
+            click.echo(f"  {system:<14} {entity:<16} {n['records']:>6} records  {n['identifiers']:>3} identifiers"
+                       f"  {n['not_the_subjects']:>3} not theirs  {n['left_alone']:>4} left alone")
     click.echo("Plan:")
     for s in data["plan"]:
         click.echo(f"  {s['system']:<14} {s['entity']:<16} {s['action']:<17} {s['reason']}")

@@ -1,12 +1,19 @@
 """Mautic REST API (4.x / 5.x) connector.
 
-Facts from shared/vendor-apis.md section 2. A person is one or more Mautic contacts (e-mail is
-not unique in Mautic), found by an exact `where[...]` e-mail filter or by contact id; every
-action covers all of them.
+Facts from shared/vendor-apis.md section 2 and its "settled against the vendors' own source" section.
+A person is one or more Mautic contacts (e-mail is not unique in Mautic), found by an exact
+`where[...]` e-mail filter (or, for addresses Mautic's `where` cannot match, a strict `search`
+checked client-side) or by contact id; every action covers all of them.
+
+Setup: create the API credentials (Settings > API Credentials) **as an admin user** when using
+`auth: oauth2`: Mautic grants the client_credentials flow only to credentials an admin created
+(ApiBundle/Controller/ClientController.php L233-238); others get `unauthorized_client` from the
+token call, which `dsar check` names. The API user needs to view and edit contacts.
 """
 
 from __future__ import annotations
 
+import html
 import re
 import threading
 import time
@@ -45,6 +52,12 @@ log = structlog.get_logger(__name__)
 ENTITIES: tuple[str, ...] = ("contact", "activity", "notes", "segments", "campaigns", "companies", "devices")
 DNC_MANUAL = 3  # Mautic DoNotContact::MANUAL
 DNC_UNSUBSCRIBED = 1  # Mautic DoNotContact::UNSUBSCRIBED (the unsubscribe link sets it)
+DNC_BOUNCED = 2  # Mautic DoNotContact::BOUNCED
+DNC_REASONS = {DNC_UNSUBSCRIBED: "unsubscribed", DNC_BOUNCED: "bounced", DNC_MANUAL: "manual"}
+# Characters Mautic HTML-encodes in `where` values before the SQL `=` (InputHelper::cleanArray ->
+# FILTER_SANITIZE_SPECIAL_CHARS, FetchCommonApiController.php L256), while stored e-mails keep them
+# (InputHelper::email): an address holding one is searched with `search=email:+...` instead.
+WHERE_MANGLED = frozenset("'\"&<>")
 NEWSLETTER_CHANNEL = "email"
 # Why a company is left alone on erasure: it is an organisation other contacts may share, not the person.
 COMPANY_LEFT = "company left alone: an organisation other contacts may share (only the contact's link goes)"
@@ -81,12 +94,26 @@ class MauticConnector(Connector):
     - Contacts in a search result whose stored e-mail differs from the searched one (a
       server ignoring `where`) are dropped; ones without an e-mail in the payload are kept,
       trusting the server's exact filter.
+    - An address with `'`, `"`, `&`, `<` or `>` is never found by `where` (the value is
+      HTML-entity-encoded before the SQL `=`, the stored e-mail is not) [V from code]: it is
+      searched with `search=email:+<address>` (a LIKE without the trailing `%`, so `_` and `%`
+      still match any character) and only contacts whose stored e-mail equals it, ignoring case
+      and surrounding spaces, are kept.
+    - Do-not-contact: Mautic's `dnc/{channel}/remove` removes the first entry on the channel
+      whatever its reason (LeadBundle/Model/DoNotContact.php L28-51), and `dnc/{channel}/add`
+      with reason 3 replaces a bounce (reason 2) but not an unsubscribe (L92-110). So restrict
+      adds ours only where the channel has no entry yet, and lift removes only our own entries
+      (reason 3, comment starting with `dnc_comment`); a channel holding the person's own
+      unsubscribe or a bounce (or someone else's manual entry) is never touched, and the receipt
+      says so. Both read the contact's `doNotContact` entries (in every contact payload).
 
     Marketing retention (`unsubscribed_contacts`, `expired_trials`, `is_unsubscribed`, `trial_ended`):
-    - Unsubscribes are read from the raw stats table `dnc_table` ("lead_donotcontact"; table
-      names are [U], read `GET /api/stats`), rows with reason 1 (UNSUBSCRIBED [V]) on the e-mail
-      channel, filtered with `where ... eq` on the columns `reason` and `channel` [U: column names
-      from the DoNotContact entity]; each contact's e-mail then comes from GET /api/contacts/{id}.
+    - Unsubscribes are read from the raw stats table `dnc_table` ("lead_donotcontact" [V]), rows
+      with reason 1 (UNSUBSCRIBED [V]) on the e-mail channel, filtered with `where ... eq` on the
+      columns `reason` and `channel` [V]; the rows come under `stats` [V: StatsApiController.php
+      L27, L48-49], and a failure comes as HTTP 200 with `errors` [V: L51-58] or, for a table
+      Mautic does not know, with `availableTables` instead of rows: both fail the sweep loudly.
+      Each contact's e-mail then comes from GET /api/contacts/{id}.
     - The trial end is the custom field `trial_field` (no default: no trial sweep), listed with
       `where[0][expr]=lt` and the time as 'Y-m-d H:i:s' in UTC [U: how the instance stores the
       field]; values are re-read client-side (ISO 8601 or 'Y-m-d H:i:s'; no zone = UTC) and a
@@ -280,28 +307,57 @@ class MauticConnector(Connector):
         receipt = Receipt(system=self.name, action="restrict")
         body = {"reason": DNC_MANUAL, "comments": self._dnc_comment()}
         count = 0
-        for contact_id in self._contacts(identities):
+        contacts = self._contacts(identities)
+        for contact_id, contact in contacts.items():
+            entries = self._dnc_of(contact_id, contact)
+            added = False
             for channel in self.config.dnc_channels:
+                theirs = [e for e in _on_channel(entries, channel) if not self._ours(e)]
+                if theirs:
+                    # Adding reason 3 would replace a bounce (DoNotContact.php L92-110) and a later lift
+                    # would then delete it; the person is not contactable on this channel anyway.
+                    receipt.details.append(
+                        f"contact {contact_id} already has do-not-contact on {channel} ({_reasons(theirs)}): "
+                        "left as it is, and lifting the restriction will not remove it")
+                    continue
                 self._request("POST", f"api/contacts/{contact_id}/dnc/{channel}/add", json=body)
                 receipt.vendor_refs.append(f"mautic contact {contact_id} do-not-contact {channel} added")
-            count += 1
+                added = True
+            count += added
         if count:
             receipt.changed["contact"] = count
             channels = ", ".join(self.config.dnc_channels)
             receipt.details.append(f"do-not-contact ({channels}, reason manual) set on {count} contact(s); "
                                    "tracking and segment/campaign membership are unchanged")
-        else:
+        elif not contacts:
             receipt.details.append("no Mautic contact matched; nothing restricted")
         return receipt
 
     def lift_restriction(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
+        """Remove only our own do-not-contact entries (reason manual, our comment).
+
+        Mautic's remove call deletes the first entry on the channel whatever its reason, so it is
+        never called on a channel holding the person's own unsubscribe, a bounce or someone else's
+        manual entry: those stay, and the receipt says so.
+        """
         self._entities(entities)
         receipt = Receipt(system=self.name, action="lift_restriction")
         count = 0
         contacts = self._contacts(identities)
-        for contact_id in contacts:
+        for contact_id, contact in contacts.items():
+            entries = self._dnc_of(contact_id, contact)
             removed = False
             for channel in self.config.dnc_channels:
+                on_channel = _on_channel(entries, channel)
+                theirs = [e for e in on_channel if not self._ours(e)]
+                if theirs:
+                    receipt.details.append(
+                        f"contact {contact_id}: kept the do-not-contact on {channel} ({_reasons(theirs)}); "
+                        "it is not ours to lift" + (", so ours there stays too" if len(theirs) < len(on_channel)
+                                                    else ""))
+                    continue
+                if not on_channel:
+                    continue  # nothing of ours to lift
                 body = self._get_json("POST", f"api/contacts/{contact_id}/dnc/{channel}/remove")
                 if body.get("recordFound") is True:
                     removed = True
@@ -311,6 +367,29 @@ class MauticConnector(Connector):
             receipt.changed["contact"] = count
         receipt.details.append(f"do-not-contact removed from {count} of {len(contacts)} matched contact(s)")
         return receipt
+
+    def _dnc_of(self, contact_id: int, contact: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The contact's do-not-contact entries, from its payload (every contact view carries them)."""
+        entries = contact.get("doNotContact")
+        if entries is None:  # not in this payload: read the contact itself
+            try:
+                entries = _as_dict(self._get(f"api/contacts/{contact_id}").get("contact")).get("doNotContact")
+            except NotFound:
+                return []
+            if entries is None:
+                raise PermanentError(self.name, f"GET {safe_url(self.http.url(f'api/contacts/{contact_id}'))} "
+                                                "answered without doNotContact: cannot tell our do-not-contact "
+                                                "entries from the person's own")
+        return [e for e in _collection(entries) if isinstance(e, dict)]
+
+    def _ours(self, entry: Mapping[str, Any]) -> bool:
+        """Our restriction: reason manual and a comment starting with `dnc_comment` (Mautic stores comments
+        HTML-escaped, InputHelper::clean)."""
+        if _int(entry.get("reason"), default=None) != DNC_MANUAL:
+            return False
+        comment = html.unescape(str(entry.get("comments") or "")).strip()
+        mark = self.config.dnc_comment
+        return comment == mark or comment.startswith(mark + " ")
 
     # -- marketing retention --------------------------------------------------------------
 
@@ -323,7 +402,7 @@ class MauticConnector(Connector):
                       "where[1][col]": "channel", "where[1][expr]": "eq", "where[1][val]": NEWSLETTER_CHANNEL,
                       "start": str(start), "limit": str(self.config.page_size)}
             body = self._get(f"api/stats/{table}", params=params)
-            rows = _collection(body.get(table))
+            rows = self._stats_rows(body, table)
             for row in rows:
                 lead_id = _int(_as_dict(row).get("lead_id"), default=None)
                 if lead_id is not None:
@@ -333,6 +412,28 @@ class MauticConnector(Connector):
                 break
         jobs = [partial(self._contact_email, lead_id) for lead_id in sorted(lead_ids)]
         return sorted(set(in_parallel(jobs, max_workers=self.config.parallel_calls)))
+
+    def _stats_rows(self, body: Mapping[str, Any], table: str) -> list[Any]:
+        """Rows of a GET /api/stats/{table} answer: under `stats` (StatsApiController.php L27, L48-49).
+
+        Mautic answers a failure with HTTP 200 and `errors` (L51-58), and a table it does not serve with
+        `availableTables` and no rows (L43-45): both stop the sweep rather than read as "nobody".
+        """
+        where = f"GET {safe_url(self.http.url(f'api/stats/{table}'))}"
+        errors = body.get("errors")
+        if errors:
+            first = (_collection(errors) or [errors])[0]
+            text = first.get("message") if isinstance(first, dict) else first
+            raise PermanentError(self.name, f"{where} failed: {redact(str(text or 'no message'))[:200]}")
+        if "stats" in body:
+            return _collection(body["stats"])
+        if table in body:  # the table-named key some older notes describe
+            return _collection(body[table])
+        if "availableTables" in body:
+            tables = ", ".join(str(t) for t in _collection(body.get("availableTables"))[:20])
+            raise PermanentError(self.name, f"{where}: Mautic serves no stats table {table!r} "
+                                            f"(dnc_table); it offers: {tables or 'none'}")
+        raise PermanentError(self.name, f"{where} answered without rows (no 'stats' key)")
 
     def expired_trials(self, now: datetime) -> list[str]:
         """E-mails of contacts whose `trial_field` lies before `now`; [] when no trial field is configured."""
@@ -433,16 +534,16 @@ class MauticConnector(Connector):
 
     def _search_email(self, email: str) -> dict[int, dict[str, Any]]:
         # `where ... eq` is an exact match; `search=email:` would be a prefix match (the decoy).
+        # Mautic HTML-encodes `where` values, so an address with one of WHERE_MANGLED never matches
+        # there: it goes through the strict search command (`+`: no trailing %) and an exact check here.
+        by_command = bool(WHERE_MANGLED & set(email))
         found: dict[int, dict[str, Any]] = {}
         start = 0
         while True:
-            params = {
-                "where[0][col]": "email",
-                "where[0][expr]": "eq",
-                "where[0][val]": email,
-                "start": str(start),
-                "limit": str(self.config.page_size),
-            }
+            params: dict[str, str] = (
+                {"search": f"email:+{email}"} if by_command
+                else {"where[0][col]": "email", "where[0][expr]": "eq", "where[0][val]": email})
+            params.update({"start": str(start), "limit": str(self.config.page_size)})
             body = self._get("api/contacts", params=params)
             items = _collection(body.get("contacts"))
             for contact in items:
@@ -450,7 +551,8 @@ class MauticConnector(Connector):
                 if contact_id is None:
                     continue
                 stored = _field_values(contact).get("email")
-                if isinstance(stored, str) and stored.strip().lower() != email:
+                # The search command is a LIKE (`_`, `%` match any character): keep only exact matches.
+                if (isinstance(stored, str) or by_command) and str(stored or "").strip().lower() != email:
                     log.warning("mautic.search_mismatch_dropped", system=self.name, contact_id=contact_id)
                     continue
                 found[contact_id] = contact
@@ -545,7 +647,9 @@ class MauticConnector(Connector):
             assert self._client_credentials is not None
             client_id, client_secret = self._client_credentials
             data = {"client_id": client_id, "client_secret": client_secret, "grant_type": "client_credentials"}
-            resp = self.http.request("POST", TOKEN_PATH, data=data, ok=(200,))
+            resp = self.http.request("POST", TOKEN_PATH, data=data, ok=(200, 400))
+            if resp.status_code != 200:
+                raise PermanentError(self.name, self._token_problem(resp))
             try:
                 body = orjson.loads(resp.content)
             except orjson.JSONDecodeError:
@@ -558,6 +662,16 @@ class MauticConnector(Connector):
             self._token = token
             self._token_expires = self._clock() + float(lifetime or DEFAULT_TOKEN_LIFETIME_S)
             return token
+
+    def _token_problem(self, resp: requests.Response) -> str:
+        error_type, message = _error_info(resp)
+        where = f"POST {safe_url(self.http.url(TOKEN_PATH))} answered HTTP {resp.status_code}"
+        if error_type == "unauthorized_client":
+            # ApiBundle/Controller/ClientController.php L233-238: only credentials an admin creates get the grant.
+            return (f"{where} (unauthorized_client{message}): Mautic does not grant client_credentials to these "
+                    "API credentials; it does so only for credentials created by an admin user. Have an admin "
+                    "create the OAuth2 API credentials (Settings > API Credentials) and use those")
+        return f"{where} ({error_type or 'error'}{message})"
 
     def _drop_token(self, token: str) -> None:
         with self._token_lock:
@@ -604,6 +718,20 @@ def _usable_email(value: Any) -> list[str]:
         return [normalise_email(value)]
     except InvalidEmail:
         return []
+
+
+def _on_channel(entries: list[dict[str, Any]], channel: str) -> list[dict[str, Any]]:
+    return [e for e in entries if e.get("channel") == channel]
+
+
+def _reasons(entries: list[dict[str, Any]]) -> str:
+    """The reasons of do-not-contact entries in words; never the comments (they may name someone)."""
+    names = []
+    for e in entries:
+        reason = _int(e.get("reason"), default=None)
+        name = DNC_REASONS.get(reason, f"reason {reason}")
+        names.append("manual, set by someone else" if reason == DNC_MANUAL else name)
+    return ", ".join(dict.fromkeys(names))
 
 
 def _bearer(token: str) -> dict[str, str]:

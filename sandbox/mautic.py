@@ -10,6 +10,18 @@ stats, page hits and form submissions survive with lead_id NULL), do-not-contact
 custom date field (`trial_ends_at`, compared with `lt`/`gt`/... as MySQL compares the stored
 'Y-m-d H:i:s' text) and the raw stats table `lead_donotcontact` (`GET /api/stats/{table}`).
 Errors use Mautic's envelope `{"errors":[{"code","message","details","type"}]}`.
+
+Behaviour as Mautic 5.1's own source has it (shared/vendor-source-check.md, mautic/mautic @ 24271492):
+- `where[...][val]` is HTML-entity-encoded before the SQL comparison (InputHelper::cleanArray ->
+  FILTER_SANITIZE_SPECIAL_CHARS, FetchCommonApiController.php L256, InputHelper.php L163-176), so an
+  e-mail holding `'"&<>` is never found that way; `search=email:` is a LIKE (`+` = no trailing `%`).
+- the stats API answers rows under `stats` (StatsApiController.php L27, L48-49), an unknown table with
+  `availableTables` (L43-45) and an exception with HTTP 200 `{"errors":[{"message","code"}]}` (L51-58).
+- DNC add with a reason replaces an existing entry of another reason except an unsubscribe, and does
+  nothing when the reason is the same (LeadBundle/Model/DoNotContact.php L92-110); DNC remove deletes
+  the first entry on the channel whatever its reason (L28-51; LeadApiController.php L463-486).
+- client_credentials is granted only to API credentials an admin created (ApiBundle/Controller/
+  ClientController.php L233-238): others get 400 `unauthorized_client` from the token call.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ UNSUBSCRIBED_EMAIL = "kari.hansen@example.net"
 TRIAL_ENDED_EMAIL = "per.olsen@example.org"
 TRIAL_ACTIVE_EMAIL = "liv.berg@example.org"
 WHERE_KEY = re.compile(r"^where\[(\d+)\]\[(col|expr|val)\]$")
+DNC_UNSUBSCRIBED = 1  # DoNotContact::UNSUBSCRIBED, never replaced by an add
 COMPARE: dict[str, Callable[[str, str], bool]] = {
     "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b, "gt": lambda a, b: a > b, "gte": lambda a, b: a >= b}
 
@@ -61,6 +74,17 @@ def _ts(day: int, hour: int = 9) -> str:
     return f"2024-03-{day:02d}T{hour:02d}:00:00+00:00"
 
 
+def _special_chars(value: str) -> str:
+    """PHP's filter_var(FILTER_SANITIZE_SPECIAL_CHARS): '"<>& and characters below 32 as &#NN;."""
+    return "".join(f"&#{ord(c)};" if c in "'\"<>&" or ord(c) < 32 else c for c in value)
+
+
+def _like(pattern: str, value: Any) -> bool:
+    """MySQL `value LIKE pattern` under the default collation: `%` any run, `_` one character, no case."""
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in _norm(pattern))
+    return re.fullmatch(regex, _norm(value), flags=re.DOTALL) is not None
+
+
 def _norm(value: Any) -> str:
     """MySQL's default collation compares case-insensitively and ignores trailing spaces."""
     return str(value if value is not None else "").rstrip().lower()
@@ -77,6 +101,7 @@ class MauticSim:
         self._lock = threading.Lock()
         self.api_enabled = True
         self.basic_auth_enabled = True
+        self.client_created_by_admin = True  # False: the OAuth2 credentials lack the client_credentials grant
         self.tokens: dict[str, float] = {}  # access token -> expiry (time.time())
         self.token_requests = 0
         self._ids: dict[str, int] = {}
@@ -207,6 +232,11 @@ class MauticSim:
                 "page_hits": sum(1 for h in self.page_hits if h["_subject"] == want),
                 "form_submissions": sum(1 for f in self.form_submissions if f["_subject"] == want),
             }
+
+    def add_dnc(self, contact_id: int, channel: str, reason: int, comments: str = "") -> None:
+        """A do-not-contact entry set by Mautic itself (1 unsubscribe link, 2 bounce) or a Mautic user (3)."""
+        with self._lock:
+            self._add_dnc(contact_id, channel, reason, comments)
 
     def dnc_entries(self, contact_id: int, channel: str = "email") -> list[dict[str, Any]]:
         with self._lock:
@@ -359,6 +389,9 @@ class MauticSim:
                                                                                   "or parameter missing"}, 400)
         if params.get("client_id") != self.CLIENT_ID or params.get("client_secret") != self.CLIENT_SECRET:
             return _json({"error": "invalid_client", "error_description": "The client credentials are invalid"}, 400)
+        if not self.client_created_by_admin:  # OAuth2::grantAccessToken, checkRestrictedGrantType
+            return _json({"error": "unauthorized_client",
+                          "error_description": "The grant type is unauthorized for this client_id"}, 400)
         self.token_requests += 1
         token = secrets.token_urlsafe(24)
         self.tokens[token] = time.time() + self.TOKEN_LIFETIME_S
@@ -402,7 +435,8 @@ class MauticSim:
                 where.setdefault(int(m.group(1)), {})[m.group(2)] = value
         rows = list(self.contacts.items())
         for clause in where.values():
-            col, expr, val = clause.get("col", ""), clause.get("expr", ""), clause.get("val", "")
+            # InputHelper::cleanArray: the value compared is HTML-encoded, the stored one is not.
+            col, expr, val = clause.get("col", ""), clause.get("expr", ""), _special_chars(clause.get("val", ""))
             if col not in ("id", *FIELD_ALIASES, *CUSTOM_FIELDS):
                 return _error(400, f"Invalid column {col!r}.")
             if expr not in ("eq", "neq", "like", *COMPARE, "isNull", "isNotNull"):
@@ -422,11 +456,12 @@ class MauticSim:
                 rows = [(cid, c) for cid, c in rows if pattern.match(_norm(get(cid, c)))]
         search = request.args.get("search", "").strip()
         if search.startswith("email:"):
-            term = search[len("email:"):].lower()
-            if term.startswith("+"):  # strict match
-                rows = [(cid, c) for cid, c in rows if _norm(c["fields"]["email"]) == term[1:]]
-            else:  # Mautic's search command is a prefix LIKE: the decoy trap
-                rows = [(cid, c) for cid, c in rows if _norm(c["fields"]["email"]).startswith(term)]
+            # LeadRepository::addSearchCommandWhereClause: l.email LIKE term% (the decoy trap), or LIKE term
+            # with `+` (strict); either way `_` and `%` in the term are wildcards.
+            term = search[len("email:"):]
+            pattern = term[1:] if term.startswith("+") else term + "%"
+            rows = [(cid, c) for cid, c in rows if c["fields"]["email"] is not None
+                    and _like(pattern, c["fields"]["email"])]
         elif search:
             rows = [(cid, c) for cid, c in rows
                     if any(_norm(c["fields"][a]).startswith(search.lower()) for a in ("email", "firstname",
@@ -538,36 +573,46 @@ class MauticSim:
         if reason == 0:
             return _error(400, "Invalid reason code given", None,
                           ["Reason code needs to be an integer and higher than 0."])
-        comments = str(body.get("comments") or "")
+        comments = _special_chars(str(body.get("comments") or ""))  # InputHelper::clean
         existing = [d for d in self.dnc if d["lead_id"] == cid and d["channel"] == channel]
         if existing:
-            existing[0].update(reason=reason, comments=comments)
+            # DoNotContact::addDncForContact: same reason -> nothing; otherwise the first entry on the channel
+            # that is not the contact's own unsubscribe takes the new reason and comment.
+            if existing[0]["reason"] != reason:
+                for entry in existing:
+                    if entry["reason"] != DNC_UNSUBSCRIBED:
+                        entry.update(reason=reason, comments=comments)
+                        break
         else:
             self.dnc.append({"id": self._next("dnc"), "lead_id": cid, "channel": channel, "channelId": channel_id,
                              "reason": reason, "comments": comments, "dateAdded": _ts(20)})
         return _json({"contact": self._contact_view(cid)})
 
     def _stats(self, request: Request, table: str) -> Response:
-        """GET /api/stats/{table}: raw rows; only lead_donotcontact is modelled (eq filters, offset paging)."""
-        if table != "lead_donotcontact":
-            return _error(400, f"The table {table!r} is not available.")
+        """GET /api/stats/{table}: raw rows under `stats`; only lead_donotcontact is modelled (eq filters,
+        offset paging). An unknown table gets the list of tables, a bad filter an `errors` body, both HTTP 200."""
+        if table.strip().lower() != "lead_donotcontact":
+            return _json({"availableTables": ["email_stats", "lead_donotcontact", "page_hits"],
+                          "tableColumns": {"lead_donotcontact": list(DNC_COLUMNS)}})
         rows = [{"id": d["id"], "lead_id": d["lead_id"], "date_added": d["dateAdded"], "reason": d["reason"],
                  "channel": d["channel"], "channel_id": d["channelId"], "comments": d["comments"]}
                 for d in sorted(self.dnc, key=lambda d: d["id"])]
         for clause in _stats_where(request).values():
-            col, expr, val = clause.get("col", ""), clause.get("expr", ""), clause.get("val", "")
+            col, expr, val = clause.get("col", ""), clause.get("expr", ""), _special_chars(clause.get("val", ""))
             if col not in DNC_COLUMNS or expr != "eq":
-                return _error(400, f"Invalid where clause on {col!r}.")
+                return _json({"errors": [{"message": f"Invalid where clause on column {col!r}.", "code": 0}]})
             rows = [r for r in rows if _norm(r[col]) == _norm(val)]
         start, limit = _offset(request)
-        return _json({"total": len(rows), table: rows[start:start + limit]})
+        return _json({"total": len(rows), "stats": rows[start:start + limit]})
 
     def _dnc_remove(self, request: Request, cid: int, channel: str) -> Response:
         if cid not in self.contacts:
             return _error(404, "Item was not found.")
-        before = len(self.dnc)
-        self.dnc = [d for d in self.dnc if not (d["lead_id"] == cid and d["channel"] == channel)]
-        return _json({"recordFound": len(self.dnc) < before, "contact": self._contact_view(cid)})
+        # DoNotContact::removeDncForContact without a reason: the first entry on the channel, whatever its reason.
+        first = next((d for d in self.dnc if d["lead_id"] == cid and d["channel"] == channel), None)
+        if first is not None:
+            self.dnc.remove(first)
+        return _json({"recordFound": first is not None, "contact": self._contact_view(cid)})
 
 
 def _stats_where(request: Request) -> dict[int, dict[str, str]]:

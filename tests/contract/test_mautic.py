@@ -169,6 +169,32 @@ def test_search_pages_by_offset_until_total(vendor, ctx) -> None:
     assert hits.counts == {"contact": 3}
 
 
+def test_an_address_mautic_where_cannot_match_is_found_by_the_strict_search_command(vendor, ctx) -> None:
+    # Regression (issue 18, point 7): `where` values are HTML-entity-encoded before the SQL `=`
+    # (FetchCommonApiController.php L256 -> InputHelper::cleanArray, InputHelper.php L163-176), stored e-mails
+    # keep `'` and `&` (InputHelper::email L333-343): `o'neil` would be searched as `o&#39;neil`. The search
+    # command is `l.email LIKE` (LeadRepository.php L753-756; `+` = strict, no trailing %), where `_` matches
+    # any character: the look-alike it returns is dropped client-side. No `where` call is registered.
+    address = "mary_o'neil&co@example.com"
+    params = {"search": f"email:+{address}", "start": "0", "limit": "2"}
+    found = [contact(61, " Mary_O'Neil&Co@Example.com", first="Mary"), contact(62, "maryxo'neil&co@example.com")]
+    vendor.get(f"{BASE}/api/contacts", json={"total": "2", "contacts": {str(c["id"]): c for c in found}},
+               headers=VERSION, match=[matchers.query_param_matcher(params), auth()])
+    hits = connector(ctx).locate(ids(address))
+    assert hits.counts == {"contact": 1}
+    assert [i.value for i in hits.learned if i.type == IdentityType.MAUTIC_CONTACT_ID] == ["61"]
+
+
+@pytest.mark.parametrize("char", ["'", '"', "&", "<", ">"])
+def test_every_character_mautic_encodes_sends_the_search_command(vendor, ctx, char: str) -> None:
+    address = f"a{char}b@example.com"
+    vendor.get(f"{BASE}/api/contacts", json={"total": "0", "contacts": []}, headers=VERSION,
+               match=[matchers.query_param_matcher({"search": f"email:+{address}", "start": "0", "limit": "2"}),
+                      auth()])
+    conn = connector(ctx)
+    assert conn._search_email(address) == {}  # the address need not be valid: only the query shape is tested
+
+
 def test_locate_by_contact_id_learns_email_and_404_is_not_found(vendor, ctx) -> None:
     vendor.get(f"{BASE}/api/contacts/47", json={"contact": contact(47, "Jane.Doe@Example.com")},
                match=[matchers.query_param_matcher({}), auth()])
@@ -362,16 +388,60 @@ def test_restrict_without_request_id_uses_the_fixed_comment(vendor, ctx) -> None
     assert connector(ctx).restrict(ids(JANE)).changed == {"contact": 1}
 
 
-def test_lift_removes_dnc_and_counts_only_records_found(vendor, ctx) -> None:
-    jane_two_contacts(vendor)
+def dnc(reason: int, channel: str = "email", comments: str = "", n: int = 1) -> dict[str, Any]:
+    """A `doNotContact` entry as every contact view carries it: LeadApiController.php L81 serialises
+    `doNotContactList`, whose fields are LeadBundle/Entity/DoNotContact.php L96-107 (mautic/mautic @ 24271492)."""
+    return {"id": n, "dateAdded": "2025-12-01T10:00:00+00:00", "reason": reason, "comments": comments,
+            "channel": channel, "channelId": None}
+
+
+OURS = "dsar restriction REQ-2024-7"  # the comment restrict() set (request id appended)
+
+
+def test_lift_removes_only_our_own_dnc_and_counts_only_records_found(vendor, ctx) -> None:
+    # Before issue 18 lift called remove on every contact and channel. Mautic's remove deletes the first DNC
+    # entry on the channel whatever its reason (LeadBundle/Model/DoNotContact.php L28-51, no reason passed by
+    # LeadApiController.php L463-486), so it is called only where the channel holds our entry alone.
+    search(vendor, JANE, [with_entries(contact(47, JANE), dnc(3, comments=OURS)), contact(52, JANE)])
     vendor.post(f"{BASE}/api/contacts/47/dnc/email/remove", json={"recordFound": True, "contact": contact(47, JANE)},
                 match=[auth()])
-    vendor.post(f"{BASE}/api/contacts/52/dnc/email/remove", json={"recordFound": False, "contact": contact(52, JANE)},
-                match=[auth()])
+    # No remove for 52: it has no do-not-contact entry (the strict mock fails on any other call).
     receipt = connector(ctx).lift_restriction(ids(JANE))
     assert receipt.changed == {"contact": 1}
     assert receipt.vendor_refs == ["mautic contact 47 do-not-contact email removed"]
     assert all(c.request.body is None for c in vendor.calls if "/dnc/" in c.request.url)
+
+
+def test_lift_never_removes_the_persons_own_unsubscribe_or_a_bounce(vendor, ctx) -> None:
+    # Regression (issue 18, point 2): 47 unsubscribed herself (reason 1), 52 bounced (reason 2) on e-mail and has
+    # our restriction on sms, 53 has a manual entry a Mautic user set (reason 3, another comment).
+    search(vendor, JANE, [
+        with_entries(contact(47, JANE), dnc(1, comments="User unsubscribed.")),
+        with_entries(contact(52, JANE), dnc(2, comments="bounce"), dnc(3, "sms", "dsar restriction REQ-9", n=2)),
+        with_entries(contact(53, JANE), dnc(3, comments="asked on the phone")),
+    ])
+    vendor.post(f"{BASE}/api/contacts/52/dnc/sms/remove", json={"recordFound": True, "contact": contact(52, JANE)},
+                match=[auth()])
+    # Registered nowhere else: a remove on e-mail for any of them would fail the test.
+    receipt = connector(ctx, dnc_channels=["email", "sms"]).lift_restriction(ids(JANE))
+    assert receipt.changed == {"contact": 1}
+    assert receipt.vendor_refs == ["mautic contact 52 do-not-contact sms removed"]
+    text = " ".join(receipt.details)
+    assert "contact 47: kept the do-not-contact on email (unsubscribed)" in text
+    assert "contact 52: kept the do-not-contact on email (bounced)" in text
+    assert "contact 53: kept the do-not-contact on email (manual, set by someone else)" in text
+    assert "phone" not in text and "REQ-9" not in text  # reasons in words, never the comments
+
+
+def test_restrict_leaves_an_existing_unsubscribe_or_bounce_alone(vendor, ctx) -> None:
+    # Adding reason 3 over a bounce replaces it (DoNotContact.php L92-110, $allowOverride at L98), and a lift
+    # would then delete it: a channel already not contactable is left as it is.
+    search(vendor, JANE, [with_entries(contact(47, JANE), dnc(2)), contact(52, JANE)])
+    vendor.post(f"{BASE}/api/contacts/52/dnc/email/add", json={"contact": contact(52, JANE)},
+                match=[matchers.json_params_matcher({"reason": 3, "comments": "dsar restriction"}), auth()])
+    receipt = connector(ctx).restrict(ids(JANE))
+    assert receipt.changed == {"contact": 1}
+    assert any("contact 47 already has do-not-contact on email (bounced)" in d for d in receipt.details)
 
 
 # -- check ----------------------------------------------------------------------------------
@@ -472,6 +542,19 @@ def test_oauth2_bad_client_shows_in_check(vendor, ctx) -> None:
     assert "mautic-secret" not in health.problems[0]
 
 
+def test_oauth2_credentials_not_created_by_an_admin_are_named_in_check(vendor, ctx) -> None:
+    # ApiBundle/Controller/ClientController.php L233-238: only credentials an admin creates get the
+    # client_credentials grant; the OAuth2 server then answers 400 unauthorized_client.
+    vendor.post(f"{BASE}/oauth/v2/token", status=400, match=[matchers.urlencoded_params_matcher(TOKEN_FORM)],
+                json={"error": "unauthorized_client",
+                      "error_description": "The grant type is unauthorized for this client_id"})
+    health = connector(ctx, auth="oauth2").check()
+    assert health.ok is False and len(health.problems) == 1
+    problem = health.problems[0]
+    assert "unauthorized_client" in problem and "created by an admin user" in problem
+    assert "mautic-secret" not in problem
+
+
 # -- settings -------------------------------------------------------------------------------
 
 
@@ -506,12 +589,20 @@ def dnc_rows(vendor: responses.RequestsMock, lead_ids: list[int | None], *, star
               "start": str(start), "limit": "2"}
     rows = [{"id": 100 + n, "lead_id": lid, "date_added": "2025-12-01 10:00:00", "reason": 1, "channel": "email",
              "channel_id": None, "comments": "User unsubscribed."} for n, lid in enumerate(lead_ids, start=start)]
-    vendor.get(f"{BASE}/api/stats/lead_donotcontact", json={"total": total, "lead_donotcontact": rows},
+    # Rows come under `stats`, not under the table name: CoreBundle/Controller/Api/StatsApiController.php L27
+    # ($itemsName = 'stats') and L48-49; Mautic's own EmailApiControllerFunctionalTest.php L319-336 reads ['stats'].
+    # (Until issue 18 this fixture used the table name, the same wrong key as the connector.)
+    vendor.get(f"{BASE}/api/stats/lead_donotcontact", json={"total": total, "stats": rows},
                match=[matchers.query_param_matcher(params), auth()])
 
 
 def with_trial(c: dict[str, Any], ends: str | None) -> dict[str, Any]:
     c["fields"]["all"]["trial_ends_at"] = ends
+    return c
+
+
+def with_entries(c: dict[str, Any], *entries: dict[str, Any]) -> dict[str, Any]:
+    c["doNotContact"] = list(entries)
     return c
 
 
@@ -532,12 +623,35 @@ def test_unsubscribed_contacts_pages_the_dnc_table_and_reads_each_contacts_email
 
 
 def test_unsubscribed_contacts_reads_another_dnc_table_when_configured(vendor, ctx) -> None:
-    vendor.get(f"{BASE}/api/stats/mautic_lead_donotcontact", json={"total": 0, "mautic_lead_donotcontact": []},
+    vendor.get(f"{BASE}/api/stats/mautic_lead_donotcontact", json={"total": 0, "stats": []},
                match=[matchers.query_param_matcher({
                    "where[0][col]": "reason", "where[0][expr]": "eq", "where[0][val]": "1",
                    "where[1][col]": "channel", "where[1][expr]": "eq", "where[1][val]": "email",
                    "start": "0", "limit": "2"}), auth()])
     assert connector(ctx, dnc_table="mautic_lead_donotcontact").unsubscribed_contacts() == []
+
+
+STATS_PARAMS = {"where[0][col]": "reason", "where[0][expr]": "eq", "where[0][val]": "1",
+                "where[1][col]": "channel", "where[1][expr]": "eq", "where[1][val]": "email",
+                "start": "0", "limit": "2"}
+
+
+def test_unsubscribed_contacts_fails_loudly_on_an_errors_body_at_http_200(vendor, ctx) -> None:
+    # StatsApiController.php L51-58: an exception becomes {"errors": [{"message", "code"}]} with HTTP 200.
+    body = {"errors": [{"message": "SQLSTATE[42S22]: Column not found: 1054 Unknown column 'channel'", "code": 0}]}
+    vendor.get(f"{BASE}/api/stats/lead_donotcontact", json=body,
+               match=[matchers.query_param_matcher(STATS_PARAMS), auth()])
+    with pytest.raises(PermanentError) as err:
+        connector(ctx).unsubscribed_contacts()
+    assert "api/stats/lead_donotcontact failed" in str(err.value) and "Unknown column" in str(err.value)
+
+
+def test_unsubscribed_contacts_fails_loudly_when_mautic_does_not_serve_the_table(vendor, ctx) -> None:
+    # StatsApiController.php L43-45: no subscriber served the table -> availableTables/tableColumns, no rows.
+    body = {"availableTables": ["email_stats", "lead_donotcontact", "page_hits"], "tableColumns": {}}
+    vendor.get(f"{BASE}/api/stats/lead_dnc", json=body, match=[matchers.query_param_matcher(STATS_PARAMS), auth()])
+    with pytest.raises(PermanentError, match=r"serves no stats table 'lead_dnc'.*lead_donotcontact"):
+        connector(ctx, dnc_table="lead_dnc").unsubscribed_contacts()
 
 
 def test_expired_trials_filter_with_lt_now_and_drop_what_the_server_should_not_have_returned(vendor, ctx) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.base import ConnectorContext, Identities, Identity, IdentityType
+from connectors.base import ConnectorContext, Identities, Identity, IdentityType, PermanentError
 from connectors.mautic import MauticConnector
-from sandbox.mautic import MauticSim
+from sandbox.mautic import UNSUBSCRIBED_EMAIL, MauticSim
 from sandbox.people import DECOY_EMAIL, JANE, JOHN, OLA
 from sandbox.server import Served
 
@@ -160,3 +160,58 @@ def test_the_company_jane_shares_with_another_contact_is_never_learned_from_or_d
         "company left alone: an organisation other contacts may share (only the contact's link goes)": 1}}
     assert acme in sim.companies and sim.companies[acme]["companyname"] == "Acme AS"
     assert {m["lead_id"] for m in sim.company_members if m["company_id"] == acme} == {decoy}
+
+
+# -- issue 18: vendor behaviour as Mautic's own source has it ------------------------------------
+
+
+def test_the_retention_sweep_reads_the_stats_rows_and_finds_the_unsubscribed(sim: MauticSim, served: Served) -> None:
+    # The sim answers GET /api/stats/{table} under `stats` as Mautic does (StatsApiController.php L27, L48-49);
+    # before issue 18 the connector read the table-named key and the sweep found nobody.
+    assert make(sim, served).unsubscribed_contacts() == [UNSUBSCRIBED_EMAIL]
+
+
+def test_the_retention_sweep_fails_loudly_on_a_table_mautic_does_not_serve(sim: MauticSim, served: Served) -> None:
+    with pytest.raises(PermanentError, match="serves no stats table 'mautic_lead_dnc'"):
+        make(sim, served, dnc_table="mautic_lead_dnc").unsubscribed_contacts()
+
+
+def test_restrict_then_lift_keeps_the_persons_own_unsubscribe_and_a_bounce(sim: MauticSim, served: Served) -> None:
+    conn = make(sim, served)
+    (kari,) = sim.contact_ids(UNSUBSCRIBED_EMAIL)  # unsubscribed herself (reason 1) in seed_demo
+    bounced = sim.add_contact("bo.unce@example.org", "Bo", "Unce")
+    sim.add_dnc(bounced, "email", 2, "hard bounce")
+
+    for address in (UNSUBSCRIBED_EMAIL, "bo.unce@example.org"):
+        restricted = conn.restrict(email(address))
+        assert restricted.changed == {} and "already has do-not-contact on email" in " ".join(restricted.details)
+        lifted = conn.lift_restriction(email(address))
+        assert lifted.changed == {} and "kept the do-not-contact on email" in " ".join(lifted.details)
+
+    # Both entries are as Mautic set them: before issue 18 the lift deleted them (re-subscribing Kari).
+    assert [(e["reason"], e["comments"]) for e in sim.dnc_entries(kari)] == [
+        (1, "unsubscribed via the newsletter footer")]
+    assert [(e["reason"], e["comments"]) for e in sim.dnc_entries(bounced)] == [(2, "hard bounce")]
+    assert conn.is_unsubscribed(UNSUBSCRIBED_EMAIL)
+
+
+@pytest.mark.parametrize("address", ["o'brien&co@example.com", "mary_o'neil@example.com"])
+def test_an_address_with_characters_mautic_encodes_in_where_is_found(
+    sim: MauticSim, served: Served, address: str
+) -> None:
+    # The sim HTML-encodes `where` values as Mautic does (InputHelper::cleanArray): `where ... eq` cannot
+    # match these; the strict search command and the exact client-side check can.
+    cid = sim.add_contact(address, "Pat", "OBrien")
+    lookalike = sim.add_contact(address.replace("_", "x").replace("&", "_"), "Not", "Pat")
+    conn = make(sim, served)
+    hits = conn.locate(email(address))
+    assert {i.value for i in hits.learned if i.type == IdentityType.MAUTIC_CONTACT_ID} == {str(cid)}
+    assert conn.erase(email(address)).changed == {"contact": 1}
+    assert sim.contact_ids(address) == [] and lookalike in sim.contacts
+
+
+def test_check_names_oauth2_credentials_not_created_by_an_admin(sim: MauticSim, served: Served) -> None:
+    sim.client_created_by_admin = False
+    health = make(sim, served).check()
+    assert health.ok is False and "unauthorized_client" in health.problems[0]
+    assert "created by an admin user" in health.problems[0]

@@ -64,9 +64,15 @@ _LOG_ACTION_PREFIX = "log_action_"  # lookup lists: log_action_<table>_<column> 
 CAVEATS = (
     "log_action rows (URLs, page titles) are not deleted at once: Matomo's scheduled task removes them "
     "once no remaining visit uses them",
-    "archived (aggregated) reports are not changed by PrivacyManager.deleteDataSubjects",
     "only the Matomo database is affected: web-server access logs are not, and re-importing such logs "
     "would re-create the visits",
+)
+# deleteDataSubjects remembers the visits' dates for invalidation (plugins/PrivacyManager/Model/DataSubjects.php
+# L121-146, since Matomo 3.10.0): the reports are rebuilt by the next archiving run, no manual step.
+ARCHIVES_NOTE = (
+    "archived reports: PrivacyManager.deleteDataSubjects invalidated the reports of site(s) {sites} for the "
+    "visits' dates (Matomo 3.10 and later); Matomo rebuilds them at its next archiving run (core:archive or "
+    "browser-triggered archiving), so no manual step is needed"
 )
 
 
@@ -76,25 +82,32 @@ def user_id_hash(user_id: str) -> str:
 
 
 def segment_condition(dimension: str, value: str) -> str:
-    """One segment condition; the value is URL-encoded so `,` `;` `@` inside it keep their meaning."""
-    return f"{dimension}=={quote(value, safe='')}"
+    """One segment condition; the value is URL-encoded three times.
+
+    Matomo url-decodes a segment value three times: the whole segment (core/Segment.php L149-177, which
+    keeps the decoded form when both parse alike), each condition (core/Segment/SegmentExpression.php
+    L120) and each value (L140); a maintainer confirms it in matomo-org/matomo PR #13481. Encoded once,
+    `jane+news@example.com` is searched as `jane news@example.com` and a `%xx` in a value is decoded too.
+    """
+    return f"{dimension}=={quote(quote(quote(value, safe=''), safe=''), safe='')}"
 
 
 class MatomoConnector(Connector):
     """Locate, export and erase a person's Matomo visits.
 
-    Behaviour resting on unverified [U] vendor facts or on a judgement, and what switches it:
-    - `findDataSubjects` honouring the `filter_limit` sent over HTTP (Live reads it from the
-      request): we always send it explicitly (setting `filter_limit`, default 401) and treat an
-      answer of `min(filter_limit, 401)` or more rows as truncated, then page through
+    Behaviour resting on vendor facts or on a judgement, and what switches it:
+    - `findDataSubjects` asks Live for 401 visits whatever `filter_limit` the HTTP request sends
+      ([V] PrivacyManager/API.php L100, core/API/Request.php L127, L579-592): we still send it
+      (setting `filter_limit`, default 401) and treat an answer of `min(filter_limit, 401)` or
+      more rows as truncated, then page through
       `Live.getLastVisitsDetails` one site at a time (setting `page_size`; `id_sites: all` is
       resolved with SitesManager.getSitesIdWithAdminAccess, as Live over HTTP with `all` is
-      unverified) until a short page, so either reading of the cap is safe.
+      unverified) until a short page.
     - which identifier the site passes as userId (e-mail or account id): setting `user_id_identity`.
-    - judgement: the archived 'User IDs' report keeps userId values as row labels until its
-      archives are invalidated (read in plugins/UserId/RecordBuilders/Users.php), so erasing visits
-      that carried a userId adds a manual step; setting `userid_reports_manual_step` (default
-      true) turns it off for sites without that report.
+    - archived reports: deleteDataSubjects invalidates the archives of the deleted visits' dates
+      itself (since Matomo 3.10, [V] PrivacyManager/Model/DataSubjects.php L121-146), so the 'User
+      IDs' report loses the userId at the next archiving run; an erasure needs no manual step, and
+      the receipt says so. (The setting `userid_reports_manual_step` is no longer read.)
     - searching `visitorId==<sha1(userId)[:16]>` assumes `enable_userid_overwrites_visitorid=1`
       (Matomo's default); where it is off the search simply finds nothing extra.
     Only the subject's data (issue 9): a visit with a userId that is not the subject's is someone else's
@@ -120,7 +133,6 @@ class MatomoConnector(Connector):
         page_size: int = 100,
         chunk_size: int = 100,
         user_id_identity: str = "email",
-        userid_reports_manual_step: bool = True,
     ) -> None:
         self.name = name
         self.http = http
@@ -130,7 +142,6 @@ class MatomoConnector(Connector):
         self.page_size = page_size
         self.chunk_size = chunk_size
         self.user_id_identity = _USER_ID_IDENTITIES[user_id_identity]
-        self.userid_reports_manual_step = userid_reports_manual_step
 
     @classmethod
     def from_settings(
@@ -161,7 +172,6 @@ class MatomoConnector(Connector):
             page_size=config.page_size,
             chunk_size=config.chunk_size,
             user_id_identity=config.user_id_identity,
-            userid_reports_manual_step=config.userid_reports_manual_step,
         )
 
     # -- the contract -------------------------------------------------------------------------
@@ -259,9 +269,8 @@ class MatomoConnector(Connector):
         if entities is not None and VISITS not in entities and set(self.entities) - set(entities) - {VISITS}:
             receipt.details.append("Matomo cannot delete part of a visit: all its log tables were deleted")
         receipt.details.extend(CAVEATS)
-        with_user_id = [v for v in visits if v.get("userId")]
-        if with_user_id and self.userid_reports_manual_step:
-            receipt.manual_steps.append(_invalidate_step(with_user_id))
+        sites = sorted({str(v["idSite"]) for v in visits}, key=_site_order)
+        receipt.details.append(ARCHIVES_NOTE.format(sites=", ".join(sites)))
         return receipt
 
     def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
@@ -318,9 +327,17 @@ class MatomoConnector(Connector):
 
     def _admin_sites(self) -> list[str]:
         sites = self._call("SitesManager.getSitesIdWithAdminAccess", [])
+        # core/Access.php L399-407: array_unique(array_merge(admin, superuser)) keeps the keys, so a user listed
+        # as both answers a JSON object ({"0": 1, "2": 3}) rather than a list.
+        if isinstance(sites, dict):
+            sites = list(sites.values())
         if not isinstance(sites, list):
-            raise PermanentError(self.name, "SitesManager.getSitesIdWithAdminAccess returned no list")
-        return [str(int(site)) for site in sites]
+            raise PermanentError(self.name, "SitesManager.getSitesIdWithAdminAccess returned no list of site ids")
+        try:
+            return list(dict.fromkeys(str(int(site)) for site in sites))
+        except (TypeError, ValueError):
+            raise PermanentError(self.name, "SitesManager.getSitesIdWithAdminAccess returned a site id that is "
+                                            "not a number") from None
 
     def _user_ids(self, identities: Identities) -> list[str]:
         values = list(identities.of(self.user_id_identity)) + identities.of(IdentityType.MATOMO_USER_ID)
@@ -447,13 +464,5 @@ def _record_id(table: str, row: Mapping[str, Any]) -> str:
     return hashlib.sha1(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
-def _invalidate_step(visits: list[dict[str, Any]]) -> str:
-    sites = sorted({str(v["idSite"]) for v in visits}, key=int)
-    days = sorted(str(v.get("lastActionDateTime") or "")[:10] for v in visits if v.get("lastActionDateTime"))
-    dates = f"{days[0]},{days[-1]}" if days else "<first visit date>,<last visit date>"
-    return (
-        f"Matomo: invalidate the archived reports of site(s) {', '.join(sites)} for the dates {dates} "
-        f"(`./console core:invalidate-report-data --sites={','.join(sites)} --dates={dates}`, or "
-        "CoreAdminHome.invalidateArchivedReports) and let archiving rebuild them: the archived 'User IDs' "
-        "report keeps the erased userId as a row label until then"
-    )
+def _site_order(site: str) -> tuple[int, str]:
+    return (int(site), site) if site.isdigit() else (1 << 62, site)

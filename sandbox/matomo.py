@@ -8,12 +8,20 @@ Written from the vendor notes (shared/vendor-apis.md section 4), not from the co
   without the access a method needs (NoAccessException);
 - every other failure is `{"result":"error","message":...}` with HTTP 200;
 - Live pages with `filter_limit` (HTTP default 100, -1 = all) and `filter_offset`, newest
-  visit first; findDataSubjects reads the same request `filter_limit` (the [U] reading that
-  the HTTP parameter wins over the internal 401);
+  visit first; findDataSubjects asks Live for 401 visits whatever the request's `filter_limit`
+  (PrivacyManager/API.php L100, core/API/Request.php L127, L579-592);
 - segments: `userId`, `visitorId`, `visitIp`, `visitId` with `==` / `!=`, `,` (OR) binding
-  tighter than `;` (AND), values URL-encoded;
+  tighter than `;` (AND); values url-decoded three times, as Matomo does: the whole segment
+  (core/Segment.php L149-177: when decoding changes it and both forms parse into as many
+  conditions, the decoded one), each condition (core/Segment/SegmentExpression.php L120) and
+  each value (L140), each time with PHP's urldecode (`+` is a space);
+- SitesManager.getSitesIdWithAdminAccess is PHP's array_unique(array_merge(admin, superuser))
+  (core/Access.php L399-407): keys survive, so a super user who also has an admin row gets a
+  JSON object such as {"0": 1, "2": 2}, not a list;
 - deleteDataSubjects deletes whole visits at once and answers per-table row counts; it
-  leaves log_action rows (Matomo's cron removes unused ones later).
+  leaves log_action rows (Matomo's cron removes unused ones later), and remembers the visits'
+  dates per site for archive invalidation (PrivacyManager/Model/DataSubjects.php L121-146),
+  kept in `invalidated` for tests.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 import orjson
 from werkzeug.exceptions import HTTPException
@@ -42,6 +50,7 @@ MSG_TOKEN_INVALID = "Unable to authenticate with the provided token. It is eithe
 _VISITS_KEY = re.compile(r"^visits\[(\d+)\]\[([a-z_]+)\]$")
 _CONDITION = re.compile(r"^([A-Za-z_]+)(==|!=)(.*)$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
+FIND_CAP = 401  # PrivacyManager/API.php L100: findDataSubjects' own filter_limit, whatever the request says
 _FIND_COLUMNS = (
     "lastActionDateTime", "idVisit", "idSite", "siteName", "visitorId", "visitIp", "userId", "deviceType",
     "deviceModel", "deviceTypeIcon", "operatingSystem", "operatingSystemIcon", "browser",
@@ -76,6 +85,8 @@ class Token:
     secure_only: bool
     admin_sites: frozenset[int]
     view_sites: frozenset[int]
+    superuser: bool = False
+    admin_rows: tuple[int, ...] = ()  # explicit 'admin' access rows (a super user may keep old ones)
 
 
 def user_id_hash(user_id: str) -> str:
@@ -92,7 +103,7 @@ class MatomoSim:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tokens = {
-            self.TOKEN: Token("admin", True, frozenset(self.SITES), frozenset(self.SITES)),
+            self.TOKEN: Token("admin", True, frozenset(self.SITES), frozenset(self.SITES), superuser=True),
             self.VIEW_TOKEN: Token("viewer", False, frozenset(), frozenset({1})),
         }
         self._visits: dict[int, Visit] = {}
@@ -102,6 +113,7 @@ class MatomoSim:
         self._next_visit = 4700
         self._next_link = 1
         self.calls: list[str] = []  # API methods called, for tests
+        self.invalidated: dict[int, set[date]] = {}  # site -> visit dates remembered for invalidation
         self._map = Map([Rule("/index.php", endpoint="api"), Rule("/", endpoint="api")])
 
     # -- seeding --------------------------------------------------------------------------------
@@ -161,6 +173,12 @@ class MatomoSim:
                               [("https://shop.example.com/account", "Account")])
 
     # -- the test harness side ------------------------------------------------------------------
+
+    def keep_admin_row(self, site: int) -> None:
+        """The super user was an admin of `site` before promotion and keeps that access row."""
+        with self._lock:
+            token = self._tokens[self.TOKEN]
+            token.admin_rows = (*token.admin_rows, site)
 
     def settings(self, base_url: str) -> dict[str, Any]:
         return {
@@ -279,14 +297,25 @@ class MatomoSim:
         return {"value": self.VERSION}
 
     def _admin_sites(self, token: Token | None, params: dict[str, str], request: Request) -> Any:
-        return sorted(token.admin_sites) if token else []
+        if token is None:
+            return []
+        merged = [*token.admin_rows, *(sorted(self.SITES) if token.superuser else sorted(token.admin_sites))]
+        unique: dict[int, int] = {}  # PHP array_unique: the first key of each value survives
+        for key, site in enumerate(merged):
+            if site not in unique.values():
+                unique[key] = site
+        if list(unique) == list(range(len(unique))):
+            return list(unique.values())
+        return {str(k): v for k, v in unique.items()}  # json_encode of a non-list array
 
     def _find(self, token: Token | None, params: dict[str, str], request: Request) -> Any:
         self._need_some(token, "admin")
         if "segment" not in params:
             raise ApiError("Please specify a value for 'segment'.")
         sites = self._site_ids(params.get("idSite"))
-        rows = self._query(sites, params["segment"], None, params)
+        # The nested Live call gets filter_limit=401 and no offset; the request's own values do not count.
+        rows = self._query(sites, params["segment"], None, {**params, "filter_limit": str(FIND_CAP),
+                                                             "filter_offset": "0"})
         return [{k: row[k] for k in _FIND_COLUMNS if k in row} for row in rows]
 
     def _live(self, token: Token | None, params: dict[str, str], request: Request) -> Any:
@@ -398,6 +427,8 @@ class MatomoSim:
         for k in links:
             del self._link[k]
         self._conversions = [row for row in self._conversions if row["idvisit"] not in ids]
+        for v in visits:
+            self.invalidated.setdefault(v.idsite, set()).add(v.last.date())
         for idvisit in ids:
             del self._visits[idvisit]
         return {"log_visit": len(ids), "log_link_visit_action": len(links), "log_conversion_item": 0,
@@ -445,18 +476,42 @@ def _period(period: str | None, when: str | None) -> tuple[date, date] | None:
 
 
 def _segment(text: str) -> Callable[[Visit], bool]:
-    """AND (`;`) of ORs (`,`) of conditions; values arrive URL-encoded inside the segment."""
+    """AND (`;`) of ORs (`,`) of conditions, decoded as core/Segment.php L149-177 decodes the whole segment."""
     if not text:
         return lambda v: True
-    groups = [[_condition(part) for part in group.split(",")] for group in text.split(";")]
+    decoded = unquote_plus(text)
+    if decoded != text:
+        try:
+            parsed = _parse(decoded)
+        except ApiError:
+            parsed = None
+        try:
+            raw = _parse(text)
+        except ApiError:
+            raw = None
+        if raw is not None and (parsed is None or _count(raw) > _count(parsed)):
+            groups = raw
+        else:
+            groups = parsed if parsed is not None else _parse(decoded)
+    else:
+        groups = _parse(text)
     return lambda v: all(any(test(v) for test in group) for group in groups)
 
 
+def _count(groups: list[list[Callable[[Visit], bool]]]) -> int:
+    return sum(len(group) for group in groups)
+
+
+def _parse(text: str) -> list[list[Callable[[Visit], bool]]]:
+    return [[_condition(part) for part in group.split(",")] for group in text.split(";")]
+
+
 def _condition(text: str) -> Callable[[Visit], bool]:
+    text = unquote_plus(text)  # SegmentExpression::parseOperand, L120
     m = _CONDITION.match(text)
     if not m:
         raise ApiError(f"The segment condition '{text[:60]}' is not valid.")
-    name, operator, value = m.group(1), m.group(2), unquote(m.group(3))
+    name, operator, value = m.group(1), m.group(2), unquote_plus(m.group(3))  # L140
     getters: dict[str, Callable[[Visit], str]] = {
         "userId": lambda v: v.user_id or "",
         "visitorId": lambda v: v.visitor_id,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 import pytest
 import responses
@@ -31,7 +31,10 @@ JANE = "jane.doe@example.com"
 JANE_PRELOGIN = "5f1e3d2c1b0a9988"  # her _pk_id visitor id, learned from the account database
 JANE_HASH = hashlib.sha1(JANE.encode()).hexdigest()[:16]  # Matomo: substr(sha1(userId), 0, 16)
 JANE_SEGMENT = ",".join(sorted([f"visitorId=={JANE_HASH}", f"visitorId=={JANE_PRELOGIN}"]))
-JANE_SEGMENT = f"userId==jane.doe%40example.com,{JANE_SEGMENT}"
+# The userId value is url-encoded three times: Matomo decodes the whole segment (core/Segment.php L149-177), each
+# condition (core/Segment/SegmentExpression.php L120) and each value (L140); matomo-org/matomo @ f09912cb, and
+# PR #13481. (Until issue 18 this was encoded once, `jane.doe%40example.com`, as the connector sent it.)
+JANE_SEGMENT = f"userId==jane.doe%252540example.com,{JANE_SEGMENT}"
 
 
 @pytest.fixture
@@ -135,8 +138,32 @@ def test_locate_searches_user_id_its_hash_and_the_prelogin_visitor_id(
     }
     assert all(i.source == "matomo" for i in hits.learned)
     assert [i.via for i in hits.learned] == ["matomo: visit 1/4759 (its userId is the subject's), field visitorId"]
-    # The value is URL-encoded inside the segment, then the parameter is form-encoded.
-    assert "segment=userId%3D%3Djane.doe%2540example.com%2C" in body_text(api.calls[0])
+    # The value is URL-encoded three times inside the segment, then the parameter is form-encoded.
+    assert "segment=userId%3D%3Djane.doe%25252540example.com%2C" in body_text(api.calls[0])
+
+
+def matomo_decodes(segment: str) -> list[str]:
+    """The condition values as Matomo 5.2 reads them: three PHP urldecodes (whole segment, condition, value)."""
+    whole = unquote_plus(segment)  # both forms parse into as many conditions here: the decoded one is kept
+    return [unquote_plus(unquote_plus(condition).partition("==")[2]) for condition in whole.split(",")]
+
+
+@pytest.mark.parametrize("user_id", ["jane+news@example.com", "100%ab@example.com", "a%2Bb@example.com"])
+def test_a_user_id_with_plus_or_percent_reaches_matomo_intact(
+    api: responses.RequestsMock, ctx: ConnectorContext, user_id: str
+) -> None:
+    # Regression (issue 18, point 4): encoded once, `jane+news@example.com` was searched as `jane news@example.com`
+    # and `%ab` was decoded into another character.
+    hashed = hashlib.sha1(user_id.encode()).hexdigest()[:16]
+    triple = user_id.replace("%", "%252525").replace("+", "%25252B").replace("@", "%252540")
+    segment = f"userId=={triple},visitorId=={hashed}"
+    expect(api, "PrivacyManager.findDataSubjects", find_body(segment=segment),
+           [visit(4790, visitor_id="0123456789abcdef", user_id=user_id)])
+
+    hits = make(ctx).locate(Identities([Identity(IdentityType.EMAIL, user_id)]))
+
+    assert hits.counts == {"visits": 1}
+    assert matomo_decodes(segment) == [user_id, hashed]
 
 
 def test_locate_with_account_id_as_user_id(api: responses.RequestsMock, ctx: ConnectorContext) -> None:
@@ -269,10 +296,13 @@ def test_erase_deletes_in_chunks_and_sums_the_table_counts(api: responses.Reques
     assert receipt.changed == {"log_visit": 3, "log_link_visit_action": 17, "log_conversion_item": 0,
                                "log_conversion": 1}
     text = " ".join(receipt.details)
-    assert "log_action" in text and "archived" in text and "web-server" in text
-    # Visits with a userId: the archived User IDs report still names her until reports are invalidated.
-    assert len(receipt.manual_steps) == 1
-    assert "site(s) 1, 2" in receipt.manual_steps[0] and "2024-05-01,2024-05-02" in receipt.manual_steps[0]
+    assert "log_action" in text and "web-server" in text
+    # deleteDataSubjects invalidates the visits' dates itself since Matomo 3.10 (PrivacyManager/Model/
+    # DataSubjects.php L121-146): no manual step, and the receipt says so. (Until issue 18 this expected a manual
+    # "invalidate the archived reports" step and the caveat that archived reports were not changed.)
+    assert receipt.manual_steps == []
+    assert "invalidated the reports of site(s) 1, 2" in text and "no manual step is needed" in text
+    assert "not changed" not in text
     assert JANE not in " ".join(receipt.details + receipt.manual_steps)
 
 
@@ -329,6 +359,21 @@ def test_check_wants_admin_access_to_the_configured_sites(api: responses.Request
     assert make(ctx, id_sites="1,2").check().ok
     health = make(ctx, id_sites="2,3").check()
     assert not health.ok and health.problems == ["the token lacks admin access to site(s) 3"]
+
+
+def test_admin_sites_answered_as_an_object_are_read(api: responses.RequestsMock, ctx: ConnectorContext) -> None:
+    # core/Access.php L399-407: array_unique(array_merge(admin, superuser)) keeps keys, so a super user who also
+    # has an admin row gets e.g. {"0": 2, "1": 1, "3": 3} (json_encode of a non-list array). Before issue 18 the
+    # connector answered "returned no list".
+    expect(api, "SitesManager.getSitesIdWithAdminAccess", {}, {"0": 2, "1": 1, "3": 3})
+    expect(api, "SitesManager.getSitesIdWithAdminAccess", {}, {"0": 2, "1": 1, "3": 3})
+    expect(api, "PrivacyManager.findDataSubjects", find_body(limit=2), [visit(1), visit(2)])
+    expect(api, "Live.getLastVisitsDetails", live_body("2", 0, 100), [])
+    expect(api, "Live.getLastVisitsDetails", live_body("1", 0, 100), [visit(1), visit(2), visit(3)])
+    expect(api, "Live.getLastVisitsDetails", live_body("3", 0, 100), [])
+
+    assert make(ctx, id_sites="1,3").check().ok
+    assert make(ctx, filter_limit=2).locate(jane()).counts == {"visits": 3}
 
 
 def test_check_reports_a_rejected_token(api: responses.RequestsMock, ctx: ConnectorContext) -> None:

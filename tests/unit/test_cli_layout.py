@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.import_graph import ROOT, imports
+
 CLI = ROOT / "workers" / "cli"
 PACKAGE = "workers.cli"
 COMMON = "common"
 ASSEMBLY = {"__init__", "__main__"}
-DYNAMIC_IMPORTERS = {"import_module", "__import__"}
 
 
 def module_files() -> list[Path]:
@@ -31,56 +31,22 @@ def command_modules() -> set[str]:
     return {p.stem for p in module_files()} - ASSEMBLY - {COMMON}
 
 
-def _imported(node: ast.AST, module_names: set[str]) -> list[str]:
-    """The absolute module names one node imports; `from workers.cli import x` imports workers.cli.x
-    when x is a module of the package, else the package itself."""
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    if isinstance(node, ast.ImportFrom):
-        if node.level:  # relative to workers/cli/
-            parts = PACKAGE.split(".")
-            base = parts[: max(len(parts) - (node.level - 1), 0)]
-            module = ".".join([*base, *([node.module] if node.module else [])])
-        else:
-            module = node.module or ""
-        found = []
-        for alias in node.names:
-            if module == PACKAGE and alias.name in module_names:
-                found.append(f"{module}.{alias.name}")
-            elif module == PACKAGE.rsplit(".", 1)[0] and alias.name == PACKAGE.rsplit(".", 1)[1]:
-                found.append(PACKAGE)  # from workers import cli
-            else:
-                found.append(module)
-        return found
-    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-            and isinstance(node.args[0].value, str):
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-        if name in DYNAMIC_IMPORTERS:
-            return [node.args[0].value]
-    return []
-
-
-def bad_imports(source: str, path: Path, module_names: set[str] | None = None) -> list[str]:
+def bad_imports(source: str, path: Path) -> list[str]:
     """'file:line: imports X (why)' for every import of the CLI package other than workers.cli.common."""
-    names = {p.stem for p in module_files()} if module_names is None else module_names
     me = path.stem
     if me in ASSEMBLY:
         return []
     found = []
-    for node in ast.walk(ast.parse(source, filename=str(path))):
-        for target in dict.fromkeys(_imported(node, names)):
-            if target == PACKAGE:
-                why = "the package workers.cli, whose __init__ imports every command module"
-            elif target.startswith(PACKAGE + "."):
-                sub = target.split(".")[2]
-                if sub == COMMON:
-                    continue
-                why = "another command module" if me != COMMON else "a command module"
-            else:
+    for line, target in dict.fromkeys(imports(source, path)):
+        if target == PACKAGE:
+            why = "the package workers.cli, whose __init__ imports every command module"
+        elif target.startswith(PACKAGE + "."):
+            if target.split(".")[2] == COMMON:
                 continue
-            found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}: imports {target} "
-                         f"({why}; import only workers.cli.common)")
+            why = "another command module" if me != COMMON else "a command module"
+        else:
+            continue
+        found.append(f"{path.relative_to(ROOT)}:{line}: imports {target} ({why}; import only workers.cli.common)")
     return found
 
 
@@ -98,17 +64,14 @@ def test_no_cli_module_imports_a_command_module_or_the_package() -> None:
 def test_the_package_imports_every_command_module() -> None:
     """A command module __init__ forgets to import registers nothing: its commands silently vanish."""
     init = CLI / "__init__.py"
-    imported = {t.split(".")[2] for node in ast.walk(ast.parse(init.read_text(encoding="utf-8")))
-                for t in _imported(node, {p.stem for p in module_files()}) if t.startswith(PACKAGE + ".")}
+    imported = {t.split(".")[2] for _, t in imports(init.read_text(encoding="utf-8"), init)
+                if t.startswith(PACKAGE + ".")}
     assert command_modules() <= imported, f"{init.relative_to(ROOT)} must import {command_modules() - imported}"
 
 
 @pytest.mark.parametrize("path", module_files(), ids=lambda p: p.name)
 def test_every_cli_module_says_what_it_holds(path: Path) -> None:
     assert ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))), f"{path} needs an opening docstring"
-
-
-MODULES = {"__init__", "__main__", "common", "requests", "system", "api"}
 
 
 @pytest.mark.parametrize(("module", "source", "line"), [
@@ -132,7 +95,7 @@ MODULES = {"__init__", "__main__", "common", "requests", "system", "api"}
     ("common", "def f():\n    import workers.cli\n", 2),
 ])
 def test_the_check_catches_every_import_form(module: str, source: str, line: int) -> None:
-    found = bad_imports(source, CLI / f"{module}.py", MODULES)
+    found = bad_imports(source, CLI / f"{module}.py")
     assert len(found) == 1, found
     assert found[0].startswith(f"workers/cli/{module}.py:{line}: imports workers.cli"), found
 
@@ -149,4 +112,4 @@ def test_the_check_catches_every_import_form(module: str, source: str, line: int
     ("__main__", "from workers.cli import main"),
 ])
 def test_the_check_leaves_allowed_imports_alone(module: str, source: str) -> None:
-    assert bad_imports(source, CLI / f"{module}.py", MODULES) == []
+    assert bad_imports(source, CLI / f"{module}.py") == []

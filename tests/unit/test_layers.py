@@ -13,41 +13,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.import_graph import ROOT, imports, module_name
 
 # Lower rank may be imported by higher rank, never the other way.
 TOP = {"connectors": 0, "discovery": 1, "workers": 2}
 DOMAIN = {"bundle": 0, "engine": 1, "intake": 2, "schedule": 3}
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def imports(path: Path) -> Iterator[tuple[int, str]]:
-    """(line, absolute module) for every import in the file; relative imports are resolved."""
-    tree = ast.parse(path.read_text(), str(path))
-    package = module_name(path).split(".")
-    if path.name != "__init__.py":
-        package = package[:-1]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            module = ".".join([*base, *([node.module] if node.module else [])])
-            # `from discovery.engine import pipeline` imports the module discovery.engine.pipeline
-            for alias in node.names:
-                yield node.lineno, f"{module}.{alias.name}" if _is_module(f"{module}.{alias.name}") else module
-
-
-def _is_module(name: str) -> bool:
-    path = ROOT.joinpath(*name.split("."))
-    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
 
 
 def sources(*tops: str) -> list[Path]:
@@ -55,9 +25,9 @@ def sources(*tops: str) -> list[Path]:
 
 
 def violations(path: Path) -> Iterator[str]:
-    me = module_name(path)
+    me = module_name(path, ROOT)
     my_top = me.split(".")[0]
-    for line, target in imports(path):
+    for line, target in imports(path.read_text(encoding="utf-8"), path, ROOT):
         where = f"{path.relative_to(ROOT)}:{line} imports {target}"
         top = target.split(".")[0]
         if top in TOP and my_top in TOP and TOP[top] > TOP[my_top]:
@@ -79,7 +49,7 @@ def _domain(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[1] in DOMAIN else None
 
 
-@pytest.mark.parametrize("path", sources("connectors", "discovery", "workers"), ids=lambda p: module_name(p))
+@pytest.mark.parametrize("path", sources("connectors", "discovery", "workers"), ids=lambda p: module_name(p, ROOT))
 def test_imports_follow_the_layers(path: Path) -> None:
     assert list(violations(path)) == []
 

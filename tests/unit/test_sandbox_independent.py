@@ -7,58 +7,24 @@ the tests driving one against the other could not catch them.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.import_graph import OUTSIDE, ROOT, imports
+
 SANDBOX = ROOT / "sandbox"
 FORBIDDEN = ("discovery", "connectors", "workers")
-DYNAMIC_IMPORTERS = {"import_module", "__import__"}
-
-
-def _package_of(path: Path) -> list[str]:
-    """The package a module's relative imports start from: sandbox/x.py and sandbox/__init__.py -> sandbox."""
-    return list(path.resolve().parent.relative_to(ROOT).parts)
-
-
-def _imported(node: ast.AST, package: list[str]) -> list[str]:
-    """The absolute module names one node imports ('..' is the project root, beyond it is '<outside>')."""
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    if isinstance(node, ast.ImportFrom):
-        if node.level:
-            up = node.level - 1
-            if up > len(package):
-                return ["<outside>." + (node.module or "")]
-            base = package[: len(package) - up]
-            module = ".".join([*base, *([node.module] if node.module else [])])
-        else:
-            module = node.module or ""
-        # `from .. import connectors` names the forbidden package as an imported name, not as the module
-        return [module] + [f"{module}.{alias.name}".lstrip(".") for alias in node.names]
-    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-            and isinstance(node.args[0].value, str):
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-        if name in DYNAMIC_IMPORTERS:
-            return [node.args[0].value]
-    return []
 
 
 def forbidden_imports(source: str, path: Path) -> list[str]:
     """'file:line: imports X' for every import of discovery, connectors or workers, wherever it sits."""
-    tree = ast.parse(source, filename=str(path))
-    package = _package_of(path)
-    found = []
-    for node in ast.walk(tree):
-        for module in _imported(node, package):
-            top = module.split(".")[0]
-            if top in FORBIDDEN or top == "<outside>":
-                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {module}")
-                break
-    return sorted(found, key=lambda s: (s.split(":")[0], int(s.split(":")[1])))
+    found = {}
+    for line, module in imports(source, path):
+        top = module.split(".")[0]
+        if top in FORBIDDEN or top == OUTSIDE:
+            found.setdefault(line, f"{path.relative_to(ROOT)}:{line}: imports {module}")
+    return [found[line] for line in sorted(found)]
 
 
 def sandbox_files() -> list[Path]:

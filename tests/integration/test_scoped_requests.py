@@ -133,7 +133,7 @@ def test_a_hold_end_erasure_acts_only_where_the_records_were_held(world: dict[st
     # A full erasure: accounts keeps Jane's orders under the bookkeeping hold, the vendors erase her.
     req = pipeline.submit(rt, wake, "erasure", JANE.email, actor="test").request
     wake.drain()
-    for system in ("mautic", "matomo"):
+    for system in ("mautic", "freshchat"):
         pipeline.confirm_manual(rt, wake, req.id, system, "Did the manual cleanup step", actor="dpo")
     wake.drain()
     assert load(rt, req.id).status == "completed"

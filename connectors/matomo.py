@@ -107,7 +107,7 @@ class MatomoConnector(Connector):
     - archived reports: deleteDataSubjects invalidates the archives of the deleted visits' dates
       itself (since Matomo 3.10, [V] PrivacyManager/Model/DataSubjects.php L121-146), so the 'User
       IDs' report loses the userId at the next archiving run; an erasure needs no manual step, and
-      the receipt says so. (The setting `userid_reports_manual_step` is no longer read.)
+      the receipt says so.
     - searching `visitorId==<sha1(userId)[:16]>` assumes `enable_userid_overwrites_visitorid=1`
       (Matomo's default); where it is off the search simply finds nothing extra.
     Only the subject's data (issue 9): a visit with a userId that is not the subject's is someone else's

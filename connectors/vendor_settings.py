@@ -371,9 +371,6 @@ class MatomoSettings(VendorSettings):
         None, description="Calls per second, shared through Redis; null: no pacing (Matomo has no API limit)"
     )
     timeout_s: PositiveNumber = Field(60.0, description="Read timeout of one call in seconds (connect: at most 5)")
-    userid_reports_manual_step: StrictBool = Field(
-        True, description="After erasing visits with a userId, ask for the 'User IDs' report to be invalidated"
-    )
 
 
 # ---------------------------------------------------------------------- checking

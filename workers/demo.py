@@ -35,7 +35,6 @@ MANUAL_NOTES = {
     "mautic": "Deleted the email_stats, page_hits and form_submissions rows left with lead_id NULL in the "
               "Mautic database",
     "salesmanago": "Deleted the contact permanently in SALESmanago (Contacts > removed contacts)",
-    "matomo": "Invalidated the archived reports for the sites and dates named (core:invalidate-report-data)",
 }
 
 

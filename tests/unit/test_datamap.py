@@ -37,6 +37,18 @@ def test_project_data_map_is_valid() -> None:
     (lambda s: s["entities"]["users"].update(references={"id": "login_log.id"}), "reference cycle"),
     (lambda s: s["entities"]["users"]["identities"].update(fax="fax"), "entities.users.identities.fax"),
     (lambda s: s["entities"]["users"].update(colour="blue"), "entities.users.colour"),
+    # Whose rows (issue 9): one owner per table, learning needs an owner, relations are declared fully.
+    (lambda s: s["entities"]["orders"]["references"].update(server_id="servers.id"),
+     "owning references to servers, users: a row has one owner"),
+    (lambda s: s["entities"]["users"].update(learn=["phone"]), "'learn' needs an owning reference"),
+    (lambda s: s["entities"]["orders"].update(learn=["phone"]), "learn: phone not in 'identities'"),
+    (lambda s: s["entities"]["servers"]["references"].update(user_id={"to": "users.id"}),
+     "references.user_id.owner: Field required"),
+    (lambda s: s["entities"]["servers"]["references"].update(user_id={"to": "users.id", "owner": True,
+                                                                       "export": True}),
+     "'export' is for relations"),
+    (lambda s: s["entities"]["servers"]["references"].update(user_id={"to": "users", "owner": False}),
+     "must be 'entity.column'"),
 ])
 def test_invalid_entries_name_the_key(mutate: Any, message: str) -> None:
     spec = accounts()
@@ -58,3 +70,22 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_data_map(path)
     with pytest.raises(DataMapError, match=r"data map not found"):
         load_data_map(tmp_path / "missing.yaml")
+
+
+def test_relations_may_point_back_and_the_risks_are_named() -> None:
+    """A self-reference (referred_by) is a relation, not ownership: allowed, never a cycle error, and
+    `dsar check` names it with the other shapes worth a second look."""
+    from connectors.sql_map import risks
+
+    spec = accounts()
+    spec["entities"]["users"]["references"] = {"referred_by": {"to": "users.id", "owner": False}}
+    spec["entities"]["orders"]["identities"] = {"phone": "contact_phone"}
+    parsed = parse_system("accounts", spec)
+    assert parsed.entities["users"].relations()["referred_by"].entity == "users"
+    assert not parsed.entities["users"].owners()
+    found = risks(parsed)
+    assert any(r.startswith("entity users: reached through the relation referred_by") for r in found)
+    assert any(r.startswith("entity orders: owned through user_id and holds identity column(s) contact_phone")
+               for r in found)
+    assert "reference cycle users -> users: relations could carry" in " ".join(found)
+    assert risks(parse_system("accounts", accounts())) == []  # the project's own map has none of these

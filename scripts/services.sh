@@ -5,6 +5,8 @@ set -euo pipefail
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+# mysqladmin ping succeeds whenever the server answers, even if it refuses this login
+mariadb_up() { mysqladmin -h 127.0.0.1 -P 3306 --connect-timeout=2 ping >/dev/null 2>&1; }
 
 if ! pg_up; then
   if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
@@ -22,4 +24,17 @@ if ! redis_up; then
   fi
   for _ in $(seq 1 30); do redis_up && break; sleep 1; done
   redis_up || { echo "Redis is not reachable on 127.0.0.1:6379" >&2; exit 1; }
+fi
+
+# MariaDB: the SQL connector's second dialect (tests/integration/test_subject_only.py)
+if ! mariadb_up; then
+  if [ -x /etc/init.d/mariadb ]; then
+    echo "starting MariaDB" >&2
+    /etc/init.d/mariadb start >/dev/null || true
+  elif command -v mariadbd-safe >/dev/null; then
+    echo "starting MariaDB" >&2
+    (mariadbd-safe --bind-address=127.0.0.1 --port=3306 >/dev/null 2>&1 &)
+  fi
+  for _ in $(seq 1 30); do mariadb_up && break; sleep 1; done
+  mariadb_up || { echo "MariaDB is not reachable on 127.0.0.1:3306" >&2; exit 1; }
 fi

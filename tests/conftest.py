@@ -64,6 +64,54 @@ def pg_database(pg_admin: sa.Engine) -> Iterator[str]:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+# MariaDB (the SQL connector's second dialect). How the tests log in as an administrator:
+# DSAR_TEST_MARIADB_URL if set; otherwise root over TCP without a password (this machine's MariaDB has
+# root@127.0.0.1 with no password, and CI runs as root on the same machine); if that is refused, root over
+# the Unix socket (Debian's MariaDB lets the operating-system root user in there without a password).
+# No user, password or grant is created; each test creates and drops only its own dsar_t_<hex> database.
+MARIADB_SOCKET = os.environ.get("DSAR_TEST_MARIADB_SOCKET", "/run/mysqld/mysqld.sock")
+MARIADB_ADMIN_URLS = ([os.environ["DSAR_TEST_MARIADB_URL"]] if os.environ.get("DSAR_TEST_MARIADB_URL") else
+                      ["mysql+pymysql://root@127.0.0.1:3306/",
+                       f"mysql+pymysql://root@localhost/?unix_socket={MARIADB_SOCKET}"])
+
+
+@pytest.fixture(scope="session")
+def mariadb_admin() -> Iterator[sa.Engine]:
+    why = "no login tried"
+    for url in MARIADB_ADMIN_URLS:
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as exc:
+            why = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            engine.dispose()
+            continue
+        yield engine
+        engine.dispose()
+        return
+    _unavailable("MariaDB", why)
+
+
+@pytest.fixture
+def mariadb_database(mariadb_admin: sa.Engine) -> Iterator[str]:
+    """Makes fresh MariaDB databases (returns a mysql+pymysql:// URL) for one test, like pg_database; each is
+    dropped afterwards."""
+    names = []
+
+    def make() -> str:
+        name = f"dsar_t_{uuid.uuid4().hex[:12]}"
+        with mariadb_admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+        names.append(name)
+        return mariadb_admin.url.set(database=name).render_as_string(hide_password=False)
+
+    yield make  # type: ignore[misc]
+    with mariadb_admin.connect() as conn:
+        for name in names:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     import redis

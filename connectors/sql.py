@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import NoSuchTableError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, SQLAlchemyError
 
 from connectors.base import (
     Connector,
@@ -210,6 +210,10 @@ class SqlConnector(Connector):
         wanted = self._wanted(entities)
         now = self.ctx.clock()
         with self._begin() as conn:
+            # Counted before anything changes: masking one table changes what reaches another.
+            for name in self.order:
+                if name in wanted and (first := self._reach(name, identities, conn)) is not None:
+                    self._count_skipped(conn, self._table(name, conn), name, first, receipt.skipped)
             # Children first: a parent's identity columns must stay intact while its children are found.
             for name in reversed(self.order):
                 if name not in wanted:
@@ -220,7 +224,6 @@ class SqlConnector(Connector):
                 cond = reach.mine
                 entity = self.spec.entities[name]
                 table = self._table(name, conn)
-                self._count_skipped(conn, table, name, reach, receipt.skipped)
                 if entity.hold:
                     held = self._held(name, table, entity, now, conn)
                     self._record_hold(conn, table, entity, sa.and_(cond, held), now, receipt, name)
@@ -321,7 +324,6 @@ class SqlConnector(Connector):
             if cond is not None:
                 (shared if type_ in entity.shared_types() else strong).append(cond)
         owned = self._via(entity.owners(), identities, conn, table, memo)
-        related = self._via({c: r for c, r in entity.relations().items() if r.export}, identities, conn, table, memo)
         mine_parts: list[sa.ColumnElement[bool]] = []
         if strong:
             mine_parts.append(sa.or_(*strong))
@@ -331,15 +333,20 @@ class SqlConnector(Connector):
         if shared:
             mine_parts.append(sa.and_(sa.or_(*shared), sa.not_(self._names_other(table, entity, identities, set()))))
         reached = [c for c in (*strong, *shared, owned) if c is not None]
+        mine = sa.or_(*mine_parts) if reached else sa.false()
+        # `mine` is NULL, not false, on a row whose identity column is NULL: negate it only NULL-safe.
+        not_mine = sa.not_(sa.func.coalesce(mine, sa.false()))
+        # Relations are resolved once this entity's own rows are known: a relation may point back at it.
+        memo[name] = _Reach(mine=mine, strong=None, owned=None, others=None, related=None)
+        related = self._via({c: r for c, r in entity.relations().items() if r.export}, identities, conn, table, memo)
         result = None
         if reached:
-            mine = sa.or_(*mine_parts)
             result = _Reach(
                 mine=mine,
                 strong=sa.or_(*strong) if strong else None,
                 owned=owned,
-                others=sa.and_(sa.or_(*reached), sa.not_(mine)),
-                related=sa.and_(related, sa.not_(mine)) if related is not None else None,
+                others=sa.and_(sa.or_(*reached), not_mine),
+                related=sa.and_(related, not_mine) if related is not None else None,
             )
         elif related is not None:
             result = _Reach(mine=sa.false(), strong=None, owned=None, others=None, related=related)
@@ -667,9 +674,18 @@ class _DbErrors:
 
     def __exit__(self, *exc: Any) -> Any:
         try:
-            return self._cm.__exit__(*exc)
+            handled = self._cm.__exit__(*exc)
         except OperationalError as err:
             raise TransientError(self.system, f"database error: {_db_reason(err)}") from None
+        # A driver error raised inside the block (the transaction is rolled back by now) carries the
+        # statement and its parameters, personal data among them: only its first line goes on, scrubbed.
+        error = exc[1] if len(exc) > 1 else None
+        if isinstance(error, OperationalError):
+            raise TransientError(self.system, f"database error: {_db_reason(error)}") from None
+        if isinstance(error, DBAPIError):
+            raise PermanentError(self.system, f"the database refused the change, nothing was changed: "
+                                              f"{_db_reason(error)}") from None
+        return handled
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self._cm, item)

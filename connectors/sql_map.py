@@ -241,6 +241,11 @@ class SqlSystemSpec(BaseModel):
             for ref in entity.owners().values():
                 target = ref.to
                 parent_spec = self.entities[ref.entity]
+                # An owned row that names someone else is left alone: its parent cannot be deleted under it.
+                if parent_spec.erase.strategy == "delete" and set(entity.identities) - set(entity.learn):
+                    raise ValueError(f"entity {ref.entity} is erased by delete, but {name} rows it owns may name "
+                                     "someone else and be kept; mask the parent instead (or list the child's "
+                                     "identity types in 'learn' if they are always the owner's)")
                 # Deleting a parent while a child row may stay (masked, or held) breaks the reference,
                 # unless the child is held exactly as long as the parent (its hold runs from the parent's).
                 if parent_spec.erase.strategy == "delete" and (entity.erase.strategy != "delete" or entity.hold) \

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +24,6 @@ from sandbox import s3 as s3_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("DSAR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("DSAR_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DBS = range(10, 16)  # each test takes one free database, so parallel test runs do not collide
 SECRET = "test-secret-key-0123456789"
 
 
@@ -112,31 +112,67 @@ def mariadb_database(mariadb_admin: sa.Engine) -> Iterator[str]:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
 
 
+class RedisServer:
+    """A redis-server of this test run's own, on a free port: the host's Redis is shared with other
+    programs, so no test writes to it, let alone flushes it. Each caller takes a database of its own."""
+
+    DATABASES = 512
+
+    def __init__(self, directory: Path) -> None:
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            _unavailable("Redis", "redis-server is not installed")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [str(binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--databases", str(self.DATABASES), "--dir", str(directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self._next = iter(range(1, self.DATABASES))
+        client = redis.Redis.from_url(f"{self.url}/0")
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop()
+        _unavailable("Redis", f"redis-server did not start on port {self.port}")
+
+    def database(self) -> str:
+        """The URL of a database no other test has used in this run."""
+        try:
+            return f"{self.url}/{next(self._next)}"
+        except StopIteration:
+            pytest.fail(f"more than {self.DATABASES - 1} Redis databases asked for in one test run")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    import redis
-
-    admin = redis.Redis.from_url(f"{REDIS_URL}/0")
-    try:
-        admin.ping()
-    except redis.RedisError as exc:
-        _unavailable("Redis", type(exc).__name__)
-    token = uuid.uuid4().hex
-    for _ in range(600):
-        db = next((n for n in REDIS_DBS if admin.set(f"dsar:test:db:{n}", token, nx=True, ex=900)), None)
-        if db is not None:
-            break
-        import time
-
-        time.sleep(0.5)
-    else:
-        pytest.fail("no free Redis test database (10-15) within 5 minutes")
-    client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
-    client.flushdb()
-    yield f"{REDIS_URL}/{db}"
-    client.flushdb()
-    if admin.get(f"dsar:test:db:{db}") == token.encode():
-        admin.delete(f"dsar:test:db:{db}")
+def redis_url(redis_server: RedisServer) -> str:
+    """A fresh Redis database URL on the test run's own redis-server."""
+    return redis_server.database()
 
 
 def write_config(tmp_path: Path, ledger_url: str, broker_url: str = "stub://", **worker: object) -> Path:

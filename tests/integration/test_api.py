@@ -11,13 +11,12 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,7 +29,7 @@ import sqlalchemy as sa
 
 from discovery.intake import download_tokens, tickets
 from sandbox.people import JANE, JOHN, OLA
-from tests.conftest import REDIS_DBS, REDIS_URL, ROOT, SECRET, dsar_env, run_dsar, seed_accounts, write_config
+from tests.conftest import ROOT, SECRET, RedisServer, dsar_env, free_port, run_dsar, seed_accounts, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +38,6 @@ FRESHDESK_SECRET = "freshdesk-shared-secret-456"
 EVENTS_SECRET = "account-events-secret-789"
 CALLBACK_SECRET = "callback-signing-secret-000"
 FRESHDESK_KEY = "fd-api-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -72,37 +65,6 @@ class Recorder(BaseHTTPRequestHandler):
         return
 
 
-def claim_redis_db() -> tuple[str, Callable[[], None]]:
-    """A free Redis test database for the module (the same claim keys as tests/conftest.py's fixture)."""
-    import redis
-
-    admin = redis.Redis.from_url(f"{REDIS_URL}/0")
-    try:
-        admin.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Redis is not reachable ({type(exc).__name__}); CI must provide it", pytrace=False)
-        pytest.skip(f"Redis is not reachable ({type(exc).__name__})")
-    token = uuid.uuid4().hex
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        db = next((n for n in REDIS_DBS if admin.set(f"dsar:test:db:{n}", token, nx=True, ex=1800)), None)
-        if db is not None:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("no free Redis test database (10-15) within 5 minutes")
-    client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
-    client.flushdb()
-
-    def release() -> None:
-        client.flushdb()
-        if admin.get(f"dsar:test:db:{db}") == token.encode():
-            admin.delete(f"dsar:test:db:{db}")
-
-    return f"{REDIS_URL}/{db}", release
-
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -116,11 +78,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 class ApiStack:
     """PostgreSQL ledger and account database, Redis, a recorder, `dsar worker` and `dsar serve`."""
 
-    def __init__(self, tmp: Path, pg_admin: sa.Engine, worker: bool = True, **extra_env: str) -> None:
+    def __init__(self, tmp: Path, pg_admin: sa.Engine, redis_server: RedisServer, worker: bool = True,
+                 **extra_env: str) -> None:
         self.tmp, self.pg_admin, self.with_worker, self.extra_env = tmp, pg_admin, worker, extra_env
+        self.redis_server = redis_server
         self.procs: list[subprocess.Popen[bytes]] = []
         self.databases: list[str] = []
-        self.release_redis: Callable[[], None] | None = None
         self.tokens: dict[str, str] = {}
 
     def database(self) -> str:
@@ -142,7 +105,7 @@ class ApiStack:
         ledger_url, accounts_url = self.database(), self.database()
         self.accounts = seed_accounts(accounts_url)
         self.ledger = sa.create_engine(ledger_url)
-        broker, self.release_redis = claim_redis_db()
+        broker = self.redis_server.database()
         self.recorder = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
         self.recorder.calls = []  # type: ignore[attr-defined]
         threading.Thread(target=self.recorder.serve_forever, daemon=True).start()
@@ -195,8 +158,6 @@ class ApiStack:
         for engine in ("ledger", "accounts"):
             if hasattr(self, engine):
                 getattr(self, engine).dispose()
-        if self.release_redis:
-            self.release_redis()
         with self.pg_admin.connect() as conn:
             for name in self.databases:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -248,8 +209,9 @@ class ApiStack:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, pg_admin: sa.Engine) -> Iterator[ApiStack]:
-    with ApiStack(tmp_path_factory.mktemp("api"), pg_admin) as stack:
+def api(tmp_path_factory: pytest.TempPathFactory, pg_admin: sa.Engine,
+        redis_server: RedisServer) -> Iterator[ApiStack]:
+    with ApiStack(tmp_path_factory.mktemp("api"), pg_admin, redis_server) as stack:
         yield stack
 
 
@@ -625,11 +587,12 @@ def test_account_deleted_event_schedules_the_erasure(api: ApiStack) -> None:
 
 
 def test_bundle_in_s3_is_a_redirect_to_a_short_presigned_link(tmp_path: Path, pg_admin: sa.Engine,
+                                                             redis_server: RedisServer,
                                                              s3_server: dict[str, str], s3_bucket: str) -> None:
     s3 = {"DSAR_ARCHIVE_STORE": "s3", "DSAR_ARCHIVE_BUCKET": s3_bucket, "DSAR_ARCHIVE_ENDPOINT_URL":
           s3_server["endpoint_url"], "DSAR_ARCHIVE_REGION": s3_server["region"],
           "AWS_ACCESS_KEY_ID": s3_server["access_key"], "AWS_SECRET_ACCESS_KEY": s3_server["secret_key"]}
-    with ApiStack(tmp_path, pg_admin, **s3) as api:
+    with ApiStack(tmp_path, pg_admin, redis_server, **s3) as api:
         request_id = api.call("POST", "/v1/requests", json={"type": "access", "email": JANE.email}).json()["id"]
         done = api.wait_status(request_id, {"completed", "completed_with_errors"})
         assert done["status"] == "completed"

@@ -20,6 +20,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
 from discovery.intake import tickets
+from tests.conftest import RedisServer
 from tests.integration.test_api import EVENTS_SECRET, FRESHDESK_SECRET, TICKET_SECRET, ApiStack
 
 pytestmark = pytest.mark.integration
@@ -29,8 +30,9 @@ SIGNED = {"/v1/tickets": TICKET_SECRET, "/v1/events/account-deleted": EVENTS_SEC
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, pg_admin: sa.Engine) -> Iterator[ApiStack]:
-    with ApiStack(tmp_path_factory.mktemp("fuzz"), pg_admin, worker=False) as running:
+def stack(tmp_path_factory: pytest.TempPathFactory, pg_admin: sa.Engine,
+          redis_server: RedisServer) -> Iterator[ApiStack]:
+    with ApiStack(tmp_path_factory.mktemp("fuzz"), pg_admin, redis_server, worker=False) as running:
         yield running
 
 

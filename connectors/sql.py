@@ -42,6 +42,11 @@ from connectors.redact import redact
 from connectors.s3_files import RESTRICTED_TAG, S3Files
 from connectors.sql_map import EntitySpec, Fixed, Reference, SqlSystemSpec, parse_system, risks, topological
 
+# Expression indexes (lower(trim(email))) are not reflected, and say so on every table. A process-wide
+# filter: catch_warnings() is not thread-safe, and connectors reflect tables from several threads.
+warnings.filterwarnings("ignore", message="Skipped unsupported reflection of expression-based index",
+                        category=sa.exc.SAWarning)
+
 REDACTED = "[redacted]"
 NAMES_SOMEONE_ELSE = "an identity column names someone else"
 RELATED_NOT_OWNED = "related through a relation, not owned"
@@ -291,9 +296,7 @@ class SqlConnector(Connector):
         if name not in self._tables:
             entity = self.spec.entities[name]
             try:
-                with warnings.catch_warnings():  # expression indexes (lower(trim(email))) are not reflected
-                    warnings.simplefilter("ignore", sa.exc.SAWarning)
-                    table = sa.Table(entity.table, sa.MetaData(), autoload_with=conn)
+                table = sa.Table(entity.table, sa.MetaData(), autoload_with=conn)
             except NoSuchTableError:
                 raise PermanentError(self.name, f"entity {name}: table '{entity.table}' does not exist") from None
             missing = sorted(entity.columns() - set(table.c.keys()))

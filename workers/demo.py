@@ -136,15 +136,10 @@ def _show_access(access: dict[str, Any]) -> None:
         reasons = "; ".join(entry.get("reasons") or [])
         click.echo(f"       {system:<12} {entry['status']:<10} {n:>4} records  ({detail or reasons})")
     learned = [i for i in manifest["subject"]["identifiers"] if i["source"] != "request"]
-    click.echo("     Identifiers learned beyond the e-mail, and from which system (each was then used to search "
-               "every system that accepts it):")
-    by_type: dict[str, list[str]] = {}
+    click.echo("     Identifiers learned beyond the e-mail, and where each came from (each was then used to "
+               "search every system that accepts it; only the person's own records teach one):")
     for i in learned:
-        by_type.setdefault(i["type"], []).append(i["source"])
-    for type_, sources in by_type.items():
-        counts = {src: sources.count(src) for src in sources}
-        click.echo(f"       {type_:<24} from " + ", ".join(f"{src}" + (f" (x{n})" if n > 1 else "")
-                                                      for src, n in counts.items()))
+        click.echo(f"       {i['type']:<24} {i.get('via') or i['source']}")
 
 
 def _show_erasure(erasure: dict[str, Any]) -> None:

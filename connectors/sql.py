@@ -55,13 +55,15 @@ RELATED_NOT_OWNED = "related through a relation, not owned"
 @dataclass(frozen=True)
 class _Reach:
     """WHERE clauses for one entity: the person's rows, those matched by a non-shared identifier, those
-    owned through a declared ownership reference, rows reached but naming someone else, related rows."""
+    owned through a declared ownership reference, rows reached but naming someone else, rows tied to the
+    person's by a relation (`linked`, counted as left alone) and those of them the map exports (`related`)."""
 
     mine: sa.ColumnElement[bool]
     strong: sa.ColumnElement[bool] | None
     owned: sa.ColumnElement[bool] | None
     others: sa.ColumnElement[bool] | None
     related: sa.ColumnElement[bool] | None
+    linked: sa.ColumnElement[bool] | None = None
 
 
 class SqlConnector(Connector):
@@ -342,6 +344,7 @@ class SqlConnector(Connector):
         # Relations are resolved once this entity's own rows are known: a relation may point back at it.
         memo[name] = _Reach(mine=mine, strong=None, owned=None, others=None, related=None)
         related = self._via({c: r for c, r in entity.relations().items() if r.export}, identities, conn, table, memo)
+        linked = self._via(entity.relations(), identities, conn, table, memo)
         result = None
         if reached:
             result = _Reach(
@@ -350,9 +353,10 @@ class SqlConnector(Connector):
                 owned=owned,
                 others=sa.and_(sa.or_(*reached), not_mine),
                 related=sa.and_(related, not_mine) if related is not None else None,
+                linked=sa.and_(linked, not_mine) if linked is not None else None,
             )
-        elif related is not None:
-            result = _Reach(mine=sa.false(), strong=None, owned=None, others=None, related=related)
+        elif linked is not None:
+            result = _Reach(mine=sa.false(), strong=None, owned=None, others=None, related=related, linked=linked)
         memo[name] = result
         return result
 
@@ -396,7 +400,7 @@ class SqlConnector(Connector):
     def _count_skipped(self, conn: Connection, table: sa.Table, name: str, reach: _Reach,
                        into: dict[str, dict[str, int]]) -> None:
         """How many rows the request reached but left alone, and why (counts only, never values)."""
-        for why, cond in ((NAMES_SOMEONE_ELSE, reach.others), (RELATED_NOT_OWNED, reach.related)):
+        for why, cond in ((NAMES_SOMEONE_ELSE, reach.others), (RELATED_NOT_OWNED, reach.linked)):
             if cond is None:
                 continue
             n = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one())

@@ -108,13 +108,14 @@ class Reach:
     mine: dict[str, set[Any]]  # rows that are the person's
     others: dict[str, set[Any]]  # reached (identity match or ownership) but naming someone else
     related: dict[str, set[Any]]  # tied to the person's rows by an exported relation, not theirs
+    linked: dict[str, set[Any]] = field(default_factory=dict)  # tied by any relation, not theirs: left alone
 
     def counts(self) -> dict[str, int]:
         return {e: len(keys) for e, keys in self.mine.items() if keys}
 
     def skipped(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for why, per_entity in ((NAMES_SOMEONE_ELSE, self.others), (RELATED_NOT_OWNED, self.related)):
+        for why, per_entity in ((NAMES_SOMEONE_ELSE, self.others), (RELATED_NOT_OWNED, self.linked)):
             for entity, keys in per_entity.items():
                 if keys:
                     out.setdefault(entity, {})[why] = len(keys)
@@ -204,10 +205,17 @@ def expect_reach(entities: Mapping[str, Mapping[str, Any]], tables: Mapping[str,
         reach.mine[name], reach.others[name] = mine, others
     for name, spec in entities.items():  # relations (possibly cyclic) need every entity's rows first
         pk = spec.get("primary_key", "id")
-        related_in = {c: values_of(e, col) for c, (e, col, owner, export) in references(spec).items()
-                      if not owner and export}
-        reach.related[name] = {row[pk] for row in tables[spec["table"]] if row[pk] not in reach.mine[name]
-                               and any(row[c] is not None and row[c] in vals for c, vals in related_in.items())}
+        linked_in = {c: (export, values_of(e, col)) for c, (e, col, owner, export) in references(spec).items()
+                     if not owner}
+
+        def tied(row: Mapping[str, Any], exported_only: bool,
+                 linked_in: Mapping[str, tuple[bool, set[Any]]] = linked_in) -> bool:
+            return any(row[c] is not None and row[c] in vals for c, (export, vals) in linked_in.items()
+                       if export or not exported_only)
+
+        rows = [row for row in tables[spec["table"]] if row[pk] not in reach.mine[name]]
+        reach.related[name] = {row[pk] for row in rows if tied(row, exported_only=True)}
+        reach.linked[name] = {row[pk] for row in rows if tied(row, exported_only=False)}
     return reach
 
 

@@ -4,7 +4,8 @@
     .venv/bin/python bench/bench_api.py --rate 300 --server-workers 1 --with-worker
 
 What it does (a benchmark, not a test: it writes down what it measures):
-  - environment: a fresh PostgreSQL ledger database, Redis db 8 (flushed) as the broker, a SQLite
+  - environment: a fresh PostgreSQL ledger database, a redis-server of its own on a free port as the
+    broker (started and stopped by this script; the host's shared Redis is not touched), a SQLite
     account database; an admin API token made with `dsar token create`;
   - starts `dsar serve --workers N` on 127.0.0.1 (and, with --with-worker, one `dsar worker` that
     discovers and answers the requests meanwhile, sharing the two CPUs);
@@ -37,13 +38,13 @@ from typing import Any
 import orjson
 import redis
 import sqlalchemy as sa
+from own_redis import own_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT))
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/8"
 SECRET = "bench-secret-key-0123456789"
 KEEPALIVE_S = 3.0  # uvicorn closes idle keep-alive connections after 5 s; reuse younger ones only
 DSAR = [sys.executable, "-m", "workers.cli"]
@@ -70,14 +71,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def environment(workdir: Path, port: int) -> tuple[dict[str, str], str]:
+def environment(workdir: Path, port: int, broker: str) -> tuple[dict[str, str], str]:
     name = f"dsar_bench_api_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     ledger = sa.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    redis.Redis.from_url(REDIS_URL).flushdb()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "datamap.yaml").write_text((ROOT / "config" / "datamap.yaml").read_text())
     config = workdir / "dsar.toml"
@@ -85,7 +85,7 @@ def environment(workdir: Path, port: int) -> tuple[dict[str, str], str]:
 [ledger]
 url = "{ledger}"
 [broker]
-url = "{REDIS_URL}"
+url = "{broker}"
 [archive]
 path = "{workdir / 'archive'}"
 staging_path = "{workdir / 'staging'}"
@@ -190,10 +190,14 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="per-request client timeout, s")
     ap.add_argument("--label", default="api")
     args = ap.parse_args()
+    with own_redis() as redis_base:  # the broker: a redis-server of this run's own, empty at start
+        return run(args, f"{redis_base}/0")
 
+
+def run(args: argparse.Namespace, broker: str) -> int:
     workdir = OUT / f"{args.label}-run"
     port = free_port()
-    env, dbname = environment(workdir, port)
+    env, dbname = environment(workdir, port, broker)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         made = subprocess.run([*DSAR, "token", "create", "bench", "--scope", "submit"], env=env, cwd=ROOT,
@@ -235,7 +239,7 @@ def main() -> int:
             in_ledger = conn.execute(sa.text("SELECT count(*) FROM requests WHERE id = ANY(:ids)"),
                                      {"ids": accepted}).scalar_one()
         ledger.dispose()
-        queued = redis.Redis.from_url(REDIS_URL).hlen("dramatiq:dsar.msgs") if not args.with_worker else None
+        queued = redis.Redis.from_url(broker).hlen("dramatiq:dsar.msgs") if not args.with_worker else None
         report = {
             "label": args.label, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                              "python": platform.python_version()},

@@ -4,8 +4,10 @@
     .venv/bin/python bench/bench_backbone.py           # this file
 
 What it does (a benchmark, not a test: it asserts no timing, it writes down what it measures):
-  - environment: a fresh PostgreSQL ledger database (dropped and recreated), Redis db 9 (flushed),
-    the seeded account DB, archive and staging under bench/out/;
+  - environment: a fresh PostgreSQL ledger database (dropped and recreated), a redis-server of its own
+    on a free port as the broker (started and stopped by this script; the host's shared Redis is not
+    touched; --redis-url: an empty database of yours instead, never flushed), the seeded account DB,
+    archive and staging under bench/out/;
   - starts one worker: `.venv/bin/dsar worker --processes 1 --threads 8` (subprocess, own session);
   - warm-up: one request (the worker's first: connectors built, tables reflected), reported apart;
   - sequential: N access requests, one at a time, for distinct seeded people (their e-mails as
@@ -47,6 +49,7 @@ from urllib.request import url2pathname
 
 import psycopg
 import sqlalchemy as sa
+from own_redis import broker_redis
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,10 +99,10 @@ def fresh_ledger(url: str) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(u.database)))
 
 
-def set_env(args: argparse.Namespace) -> dict[str, str]:
+def set_env(args: argparse.Namespace, broker: str) -> dict[str, str]:
     env = {
         "DSAR_LEDGER_URL": args.ledger_url,
-        "DSAR_BROKER_URL": f"redis://127.0.0.1:6379/{args.redis_db}",
+        "DSAR_BROKER_URL": broker,
         "DSAR_ACCOUNTS_DB_URL": args.accounts_url,
         "DSAR_SECRET_KEY": "bench-secret-key-0123456789abcdef",
         "DSAR_ARCHIVE_PATH": str(WORK / "archive"),
@@ -564,7 +567,7 @@ def other_load(own: set[int]) -> dict[str, Any]:
     return {"loadavg": Path("/proc/loadavg").read_text().split()[:3], "other_processes": others}
 
 
-def machine() -> dict[str, Any]:
+def machine(broker: str) -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
@@ -574,7 +577,9 @@ def machine() -> dict[str, Any]:
     import dramatiq
     import redis
 
-    rv = redis.Redis(host="127.0.0.1", port=6379).info("server")["redis_version"]
+    client = redis.Redis.from_url(broker)  # the Redis this run uses: its own redis-server unless --redis-url
+    rv = client.info("server")["redis_version"]
+    client.close()
     return {"nproc": os.cpu_count(), "mem_total": mem, "cpu": cpu, "python": platform.python_version(),
             "postgresql": pgv, "redis": rv, "dramatiq": dramatiq.__version__}
 
@@ -583,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Backbone benchmark (see module docstring).")
     ap.add_argument("--accounts-url", default=ACCOUNTS_URL)
     ap.add_argument("--ledger-url", default=LEDGER_URL, help="dropped and recreated")
-    ap.add_argument("--redis-db", type=int, default=9, help="flushed")
+    ap.add_argument("--redis-url", default=None,
+                    help="an empty Redis database of yours as the broker (checked empty, never flushed); "
+                         "default: a redis-server of this run's own on a free port")
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--sequential", type=int, default=30)
     ap.add_argument("--idle-gap", type=float, default=1.5, help="idle seconds before each request, idle series")
@@ -599,21 +606,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="INFO", help="DSAR_LOG_LEVEL for the worker (default INFO)")
     ap.add_argument("--label", default="backbone")
     args = ap.parse_args(argv)
+    with broker_redis(args.redis_url) as broker:
+        return run(args, broker)
 
+
+def run(args: argparse.Namespace, broker: str) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(WORK, ignore_errors=True)
-    env = set_env(args)
+    env = set_env(args, broker)
     fresh_ledger(args.ledger_url)
-    import redis
-
-    redis.Redis(host="127.0.0.1", port=6379, db=args.redis_db).flushdb()
 
     set_identity_indexes(args.accounts_url, args.identity_indexes)
     n_people = 1 + 2 * args.sequential + args.burst * args.burst_rounds + args.in_process + 5 + 1
     people = pick_people(args.accounts_url, n_people)
     take = iter(people)
     result: dict[str, Any] = {"label": args.label, "started": datetime.now().isoformat(timespec="seconds"),
-                              "machine": machine(), "code": code_version(), "args": vars(args), "argv": sys.argv}
+                              "machine": machine(broker), "code": code_version(), "args": vars(args), "argv": sys.argv}
     with psycopg.connect(pg(args.accounts_url)) as c:
         result["accounts_db"] = {t: scalar(c, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))
                                  for t in ("users", "servers", "orders", "login_log")}

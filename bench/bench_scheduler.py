@@ -4,8 +4,9 @@
 
 What it does (a benchmark, not a test: it asserts no timing, it writes down what it measures):
   - environment: a fresh PostgreSQL ledger database `dsar_bench_scheduler` (dropped and recreated),
-    Redis db 7 as the broker (flushed: no worker consumes, so only the scheduler's own work is timed),
-    settings under bench/out/scheduler/;
+    a redis-server of its own on a free port as the broker (started and stopped by this script; the
+    host's shared Redis is not touched; flushed between the two runs: no worker consumes, so only the
+    scheduler's own work is timed), settings under bench/out/scheduler/;
   - seeds N due `erasure` actions for N distinct subjects (one bulk insert, not timed);
   - one scheduler: `dsar scheduler --once --batch B --json` (the installed entry point, a subprocess),
     timed from start to exit (process start-up and schema check included);
@@ -32,6 +33,7 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
+from own_redis import own_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -39,7 +41,6 @@ sys.path.insert(0, str(ROOT))
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 LEDGER_DB = "dsar_bench_scheduler"
-REDIS_URL = "redis://127.0.0.1:6379/7"
 SECRET = "bench-secret-key-0123456789"
 
 
@@ -52,7 +53,7 @@ def fresh_ledger() -> str:
     return sa.make_url(ADMIN_URL).set(database=LEDGER_DB).render_as_string(hide_password=False)
 
 
-def write_config(work: Path, ledger: str) -> Path:
+def write_config(work: Path, ledger: str, broker: str) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     (work / "datamap.yaml").write_text((ROOT / "config" / "datamap.yaml").read_text())
     path = work / "dsar.toml"
@@ -60,7 +61,7 @@ def write_config(work: Path, ledger: str) -> Path:
 [ledger]
 url = "{ledger}"
 [broker]
-url = "{REDIS_URL}"
+url = "{broker}"
 [archive]
 path = "{work / 'archive'}"
 staging_path = "{work / 'staging'}"
@@ -137,11 +138,15 @@ def main() -> int:
     parser.add_argument("--actions", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=200)
     args = parser.parse_args()
+    with own_redis() as redis_base:  # the broker: a redis-server of this run's own, empty at start
+        return run(args, f"{redis_base}/0")
+
+
+def run(args: argparse.Namespace, broker: str) -> int:
     work = OUT / "scheduler"
     ledger = fresh_ledger()
-    config = write_config(work, ledger)
-    queue = redis.Redis.from_url(REDIS_URL)
-    queue.flushdb()
+    config = write_config(work, ledger, broker)
+    queue = redis.Redis.from_url(broker)
 
     report: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -156,7 +161,7 @@ def main() -> int:
                                "schedulers": results, "check": verify(ledger, ids)}
     print(f"one scheduler: {args.actions} due actions -> requests in {seconds:.1f}s "
           f"({args.actions / seconds:.0f}/s)")
-    queue.flushdb()
+    queue.flushdb()  # this run's own redis-server: the second run starts with an empty queue too
 
     ids = seed(ledger, args.actions, args.actions)
     seconds, results = run_schedulers(config, 2, args.batch)
@@ -166,7 +171,6 @@ def main() -> int:
     print(f"two schedulers: {args.actions} due actions -> requests in {seconds:.1f}s "
           f"({args.actions / seconds:.0f}/s); split {sorted(check['split_by_scheduler'].values())}, "
           f"run twice: {check['actions_run_twice']}, max attempts {check['max_attempts']}")
-    queue.flushdb()
     (OUT / "scheduler.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {OUT / 'scheduler.json'}")
     return 0

@@ -1,6 +1,6 @@
 """Vendor benchmark: access requests across all five systems, the vendors simulated on 127.0.0.1.
 
-    .venv/bin/python bench/bench_vendors.py              # both parts, PostgreSQL ledger, Redis broker
+    .venv/bin/python bench/bench_vendors.py              # both parts, PostgreSQL ledger, Redis broker of its own
     .venv/bin/python bench/bench_vendors.py --part a --runs 10 --worker-timeout-ms 100
 
 (a) latency: every simulator behind sandbox.server.Throttle(latency_s=0.05); one access request for
@@ -15,13 +15,17 @@
 
 The pipeline runs in this process the way `dsar worker` runs it: the real Dramatiq actors on a
 RedisBroker consumed by an in-process dramatiq.Worker (--threads), ledger on PostgreSQL, account
-database in SQLite (a file). `--broker stub` uses the in-process StubBroker instead (part a only:
-pacing is then per process, not shared through Redis).
+database in SQLite (a file). The RedisBroker's Redis is a redis-server of this run's own on a free port
+(started and stopped by this script; the host's shared Redis is not touched); --redis-url (or
+DSAR_BENCH_REDIS_URL) points it at an empty database of yours instead, which is checked empty and never
+flushed. `--broker stub` uses the in-process StubBroker instead (part a only: pacing is then per process,
+not shared through Redis).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from own_redis import broker_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -218,12 +223,6 @@ def breakdown(rt: Any, request_id: str) -> dict[str, float]:
     return out
 
 
-def flush_redis(url: str) -> None:
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
-
-
 # -- the two parts ---------------------------------------------------------------------------
 
 def part_a(args: argparse.Namespace, ledger_url: str, pipe: Pipeline) -> dict[str, Any]:
@@ -316,7 +315,9 @@ def main() -> int:
                         help="Dramatiq worker_timeout: the longest idle poll of the Redis queue (dramatiq's "
                              "default 1000, which `dsar worker` uses)")
     parser.add_argument("--broker", choices=("redis", "stub"), default="redis")
-    parser.add_argument("--redis-url", default=os.environ.get("DSAR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
+    parser.add_argument("--redis-url", default=os.environ.get("DSAR_BENCH_REDIS_URL"),
+                        help="an empty Redis database of yours for the broker (checked empty, never flushed); "
+                             "default: a redis-server of this run's own on a free port")
     parser.add_argument("--pg-admin-url", default=os.environ.get(
         "DSAR_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
@@ -327,12 +328,13 @@ def main() -> int:
     print(f"command: {' '.join(sys.argv)}")
     print(f"settings: latency {args.latency * 1000:.0f} ms/call, broker {args.broker}, worker threads {args.threads}, "
           f"worker_timeout {args.worker_timeout_ms} ms, ledger PostgreSQL, accounts SQLite")
-    if args.broker == "redis":
-        flush_redis(args.redis_url)
     logging.getLogger("dramatiq").setLevel(os.environ.get("DSAR_BENCH_DRAMATIQ_LOG", "CRITICAL"))  # retries: counted
     warnings.filterwarnings("ignore", category=sa.exc.SAWarning)  # reflection of the expression index
     pipe = Pipeline(args.threads, args.worker_timeout_ms)
-    with pg_database(args.pg_admin_url) as ledger_url:
+    with contextlib.ExitStack() as stack:
+        if args.broker == "redis":  # the worker consumes it until pipe.stop(): the server outlives the worker
+            args.redis_url = stack.enter_context(broker_redis(args.redis_url))
+        ledger_url = stack.enter_context(pg_database(args.pg_admin_url))
         try:
             report(args, ledger_url, pipe)
         finally:
@@ -350,8 +352,7 @@ def report(args: argparse.Namespace, ledger_url: str, pipe: Pipeline) -> None:
         print("    median seconds by step (ledger timestamps): "
               + ", ".join(f"{k} {v:.3f}" for k, v in a["parts"].items()))
         print("    HTTP calls per request: " + ", ".join(f"{k} {v:.0f}" for k, v in a["calls_per_request"].items()))
-    if args.part in ("b", "both"):
-        flush_redis(args.redis_url)
+    if args.part in ("b", "both"):  # no flush in between: part a's requests are complete, the same worker goes on
         b = part_b(args, ledger_url, pipe)
         zero = all(s["throttled"] == 0 for s in b["sims"].values())
         print(f"\n(b) {b['requests']} access requests ({b['distinct_people']} distinct people) submitted at once; "

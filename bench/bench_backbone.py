@@ -530,7 +530,10 @@ def explain_locate(bench: Bench, email: str, learned: list[tuple[str, str]]) -> 
     with conn.engine.connect() as c:  # type: ignore[attr-defined]
         for label, idents in (("round0_email", seed), ("round1_all_identifiers", full)):
             for entity in conn.order:  # type: ignore[attr-defined]
-                cond = conn._matched(entity, idents, c)  # type: ignore[attr-defined]  # the connector's WHERE
+                reach = conn._reach(entity, idents, c)  # type: ignore[attr-defined]  # the connector's WHERE
+                if reach is None:
+                    continue
+                cond = reach.mine
                 table = conn._table(entity, c)  # type: ignore[attr-defined]
                 stmt = sa.select(sa.func.count()).select_from(table).where(cond)
                 text = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint services bench clean
+.PHONY: install demo test lint services bench clean messages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 services:
 	@scripts/services.sh
+
+## Extract the translatable texts into every catalogue (discovery/i18n/locales); NEW=sv starts a language.
+messages: $(STAMP)
+	$(PY) scripts/messages.py $(if $(NEW),--new $(NEW))
 
 bench: $(STAMP) services
 	$(PY) bench/seed_accounts.py

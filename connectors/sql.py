@@ -97,7 +97,7 @@ class SqlConnector(Connector):
             else:
                 erase = "mask " + ", ".join(f"{c} ({_method_name(m)})" for c, m in e.erase.mask.items())
             restrict = ", ".join(f"set {c}={v!r}" for c, v in e.restrict.set.items()) if e.restrict else None
-            hold = Hold(e.hold.years, e.hold.from_, e.hold.reason) if e.hold else None
+            hold = Hold(e.hold.years, e.hold.from_, e.hold.reason_text()) if e.hold else None
             out[name] = EntityPolicy(erase=erase, restrict=restrict, hold=hold,
                                      categories=tuple(sorted(set(e.fields.values()))),
                                      provided_by_subject=e.provided_by_subject)
@@ -455,7 +455,9 @@ class SqlConnector(Connector):
             "entity": name,
             "records": count,
             "until": until.isoformat() if until else None,
-            "reason": entity.hold.reason,
+            "reason": entity.hold.reason_text(),
+            # every language's text, for the bundle page written in the person's language
+            **({"reasons": dict(entity.hold.reason)} if isinstance(entity.hold.reason, dict) else {}),
             "restricted_with": dict(entity.restrict.set),
             "ends": [{"until": end.isoformat(), "records": n} for _, (end, n) in sorted(ends.items())],
         }
@@ -463,7 +465,7 @@ class SqlConnector(Connector):
             entry["files"] = files
             entry["restricted_files_with"] = {"tag": RESTRICTED_TAG, "value": "the date the hold ends"}
         receipt.held.append(entry)
-        receipt.details.append(f"{name}: {count} kept and restricted under hold ({entity.hold.reason})"
+        receipt.details.append(f"{name}: {count} kept and restricted under hold ({entity.hold.reason_text()})"
                                + (f", with {files} file(s) tagged {RESTRICTED_TAG}" if files else ""))
 
     def _bucket(self, entity: EntitySpec) -> str:

@@ -90,7 +90,21 @@ class HoldSpec(BaseModel):
     # the date column the hold runs from; "entity.column" takes it from the referenced parent row
     # (invoice lines are kept as long as their invoice)
     from_: str = Field(alias="from")
-    reason: str = Field(min_length=3)
+    # the law behind the hold, for the person: one text, or one per language ({en: ..., nb: ...})
+    reason: str | dict[str, str] = Field(min_length=1)
+
+    @field_validator("reason")
+    @classmethod
+    def _readable(cls, value: str | dict[str, str]) -> str | dict[str, str]:
+        if any(len(text.strip()) < 3 for text in ([value] if isinstance(value, str) else value.values())):
+            raise ValueError("give the reason in words (3 characters at least)")
+        return value
+
+    def reason_text(self) -> str:
+        """The reason for logs, plans and receipts: the English text when there are several."""
+        if isinstance(self.reason, str):
+            return self.reason
+        return self.reason.get("en") or next(iter(self.reason.values()))
 
     def parent(self) -> tuple[str, str] | None:
         """(entity, column) when the date is the referenced parent's, else None."""

@@ -35,14 +35,16 @@ import orjson
 
 from discovery.bundle.page import render_index
 from discovery.bundle.staging import Staging, safe_name
+from discovery.i18n.languages import N_, SOURCE
 
 FORMAT = "dsar-bundle/2"
 CHUNK = 1024 * 1024
 SAMPLES = 5  # records per entity previewed in index.html
 MAX_CSV_COLUMNS = 500  # wider than this is not a table anyone reads: JSON only
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-CSV_NOTE = ("CSV cells that begin with = + - @, a tab or a carriage return start with an added ' so that a "
-            "spreadsheet shows them as text instead of running them as a formula; the JSON file has them as they are")
+CSV_NOTE = N_("CSV cells that begin with = + - @, a tab or a carriage return start with an added ' so that a "
+               "spreadsheet shows them as text instead of running them as a formula; the JSON file has them as they "
+               "are")
 
 Progress = Callable[[str, str, int], None]
 
@@ -67,12 +69,13 @@ class SystemPart:
 
 @dataclass
 class BundleView:
-    """What the person is told, from the data map: the controller, each system's description, and for a
+    """What the person is told, from the data map, in `language`: the controller, each system's description, and for a
     portability request the fields each entity may carry (system -> entity -> fields kept, fields left out)."""
 
     controller: dict[str, Any] = field(default_factory=dict)
     systems: dict[str, dict[str, Any]] = field(default_factory=dict)
     portable: dict[str, dict[str, tuple[frozenset[str], list[str]]]] = field(default_factory=dict)
+    language: str = SOURCE  # what index.html is written in; recorded in the manifest
 
 
 @dataclass
@@ -251,8 +254,8 @@ def build_bundle(out: Sink, header: dict[str, Any], parts: Iterable[SystemPart],
                 _write_receipt(w, part, request_id, entry)
         for system, entry in systems.items():
             _entity_statuses(entry, plan_by_system.get(system, []))
-        manifest = {**header, "format": FORMAT, "controller": view.controller, "systems": systems,
-                    "totals": {"records": sum(totals.values()), **totals}, "csv_note": CSV_NOTE}
+        manifest = {**header, "format": FORMAT, "language": view.language, "controller": view.controller,
+                    "systems": systems, "totals": {"records": sum(totals.values()), **totals}, "csv_note": CSV_NOTE}
         page = render_index(manifest, samples).encode()
         w.bytes("index.html", page)
         manifest["files"] = dict(sorted(w.files.items()))

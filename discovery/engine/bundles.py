@@ -21,6 +21,7 @@ from discovery.bundle.build import BundleView
 from discovery.bundle.staging import safe_name
 from discovery.engine.datamap import DataMap
 from discovery.engine.ledger import AuditEvent, Request
+from discovery.i18n.languages import SOURCE, language
 
 if TYPE_CHECKING:
     from discovery.engine.runtime import Runtime
@@ -28,13 +29,16 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-def bundle_view(data_map: DataMap, policies: Mapping[str, Mapping[str, EntityPolicy]], request_type: str
-                ) -> BundleView:
-    """The data map's descriptions for index.html and the manifest, and portability's field lists."""
+def bundle_view(data_map: DataMap, policies: Mapping[str, Mapping[str, EntityPolicy]], request_type: str,
+                language_code: str = SOURCE) -> BundleView:
+    """The data map's descriptions for index.html and the manifest, in the request's language (the manifest
+    records the texts the person was given), and portability's field lists."""
+    lang = language(language_code)
     systems: dict[str, dict[str, Any]] = {}
     portable: dict[str, dict[str, tuple[frozenset[str], list[str]]]] = {}
     for name, system in data_map.systems.items():
-        about = system.info.model_dump(exclude={"kind", "enabled"})
+        about: dict[str, Any] = {key: [lang.text(v) for v in value] if isinstance(value, list) else lang.text(value)
+                 for key, value in system.info.model_dump(exclude={"kind", "enabled"}).items()}
         about["categories"] = {e: list(p.categories) for e, p in policies.get(name, {}).items() if p.categories}
         systems[name] = about
         if request_type != "portability" or system.info.kind != "sql":
@@ -47,7 +51,8 @@ def bundle_view(data_map: DataMap, policies: Mapping[str, Mapping[str, EntityPol
             if e.portable is not None:
                 portable.setdefault(name, {})[safe_name(entity)] = (
                     frozenset(e.portable), sorted(set(e.fields) - set(e.portable)))
-    return BundleView(controller=data_map.controller.model_dump(), systems=systems, portable=portable)
+    controller = {key: lang.text(value) for key, value in data_map.controller.model_dump().items()}
+    return BundleView(controller=controller, systems=systems, portable=portable, language=lang.code)
 
 
 def bundle_unavailable(req: Request, now: datetime) -> str | None:

@@ -4,19 +4,35 @@ The YAML file has a `systems` mapping. The keys below (`SYSTEM_KEYS`) describe a
 the person and the planner; everything else in a system's entry is that connector's own
 settings (a SQL system's tables and columns, a vendor's base URL and token variable), which
 the connector validates itself.
+
+What the person reads (a system's title, purpose, legal basis ..., the controller's texts) is a plain
+string, the same in every language, or one per language code: `purpose: {en: ..., nb: ...}`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.base import Connector, ConnectorContext, ConnectorError
 from connectors.registry import KINDS, build
+from discovery.i18n.languages import LANGUAGES, Text, missing_texts
+
+
+def _known_languages(value: Text) -> Text:
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(LANGUAGES))
+        if unknown:
+            raise ValueError(f"unknown language(s) {', '.join(unknown)} (known: {', '.join(LANGUAGES)})")
+    return value
+
+
+# a text for the person: one string, or {language code: string}
+LocalText = Annotated[str | dict[str, str], AfterValidator(_known_languages)]
 
 
 class DataMapError(Exception):
@@ -29,14 +45,14 @@ class SystemInfo(BaseModel):
     model_config = ConfigDict(extra="ignore")
     kind: str
     enabled: bool = True
-    title: str = ""
-    purpose: str = ""
-    legal_basis: str = ""
-    retention: str = ""
-    processors: list[str] = Field(default_factory=list)
-    location: str = ""
-    source: str = ""
-    holds: str = ""  # what the system holds about a person, in the privacy policy's words
+    title: LocalText = ""
+    purpose: LocalText = ""
+    legal_basis: LocalText = ""
+    retention: LocalText = ""
+    processors: list[LocalText] = Field(default_factory=list)
+    location: LocalText = ""
+    source: LocalText = ""
+    holds: LocalText = ""  # what the system holds about a person, in the privacy policy's words
 
 
 SYSTEM_KEYS = set(SystemInfo.model_fields) - {"kind"}
@@ -44,11 +60,29 @@ SYSTEM_KEYS = set(SystemInfo.model_fields) - {"kind"}
 
 class Controller(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    contact: str
-    supervisory_authority: str = "Datatilsynet (the Norwegian Data Protection Authority)"
+    name: LocalText
+    contact: str  # an e-mail address: also the sender of notices
+    # where a person complains (Art. 77): the same authority, address and site in every language
+    supervisory_authority: LocalText = Field(default_factory=lambda: {
+        "en": "Datatilsynet (the Norwegian Data Protection Authority)", "nb": "Datatilsynet"})
+    supervisory_authority_address: LocalText = "Postboks 458 Sentrum, 0105 Oslo"
     supervisory_authority_url: str = "https://www.datatilsynet.no/"
-    privacy_policy_url: str = ""
+    privacy_policy_url: LocalText = ""
+
+
+CONTROLLER_TEXTS = ("name", "supervisory_authority", "supervisory_authority_address", "privacy_policy_url")
+
+
+def untranslated(data_map: DataMap, code: str) -> list[str]:
+    """The data map's texts given per language but not in `code` (`dsar check` warns about them)."""
+    found = [f"controller.{key}" for key in CONTROLLER_TEXTS
+             if missing_texts(getattr(data_map.controller, key), code)]
+    for name, system in data_map.systems.items():
+        for key in sorted(SYSTEM_KEYS - {"enabled"}):
+            value = getattr(system.info, key)
+            items = value if isinstance(value, list) else [value]
+            found += [f"systems.{name}.{key}" for item in items if missing_texts(item, code)][:1]
+    return found
 
 
 class DataMapFile(BaseModel):

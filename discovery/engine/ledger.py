@@ -116,6 +116,9 @@ class Request(Base):
     systems: Mapped[list[Any] | None]
     # an operator's reason to change records that also name other people (the plan refuses otherwise)
     confirm_others: Mapped[str | None] = mapped_column(sa.Text)
+    # what the person is written to in (bundle page, ticket note): a code of discovery.i18n; NULL on requests
+    # older than languages, which read as requests.language
+    language: Mapped[str | None] = mapped_column(sa.String(8))
     bundle_path: Mapped[str | None] = mapped_column(sa.String(1024))  # a local path or s3://bucket/key
     bundle_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     bundle_size: Mapped[int | None] = mapped_column(sa.BigInteger)

@@ -50,8 +50,9 @@ from discovery.engine.ledger import (
     Task,
     TaskStatus,
 )
-from discovery.engine.planner import OUT_OF_SCOPE, PlanStep, SystemView, plan, refusals, tasks_of
+from discovery.engine.planner import NOT_FOUND, OUT_OF_SCOPE, PlanStep, SystemView, plan, refusals, tasks_of
 from discovery.engine.runtime import Runtime
+from discovery.i18n.languages import UnknownLanguage, language_code
 
 log = structlog.get_logger(__name__)
 
@@ -98,13 +99,14 @@ class Submitted:
 def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: str | None = None,
            actor: str = "cli", *, source: str = "cli", requester_email: str | None = None,
            callback_url: str | None = None, systems: list[str] | None = None, confirm_others: str | None = None,
-           _attempt: int = 1) -> Submitted:
+           language: str | None = None, _attempt: int = 1) -> Submitted:
     """Create a request, or return the open one for the same subject, type and scope (or the same webhook ticket).
 
     `systems` limits the request to those systems (None: every enabled system). When the requester
     is not the subject (a ticket from another address), the request waits in `awaiting_verification`
     until an operator confirms the identity (`verify_request`). `confirm_others`: an operator's reason to
     carry out a change although it touches records that also name other people (the plan refuses otherwise).
+    `language`: what the person is written to in (None: the settings' requests.language).
     """
     if confirm_others is not None and len(confirm_others.strip()) < 3:
         raise InvalidInput("--confirm-others needs a reason (at least 3 characters)")
@@ -113,6 +115,10 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
     except ValueError:
         raise InvalidInput(f"unknown request type '{request_type}' "
                            f"(one of: {', '.join(t.value for t in RequestType)})") from None
+    try:
+        lang = language_code(language) if language else rt.settings.requests.language
+    except UnknownLanguage as exc:
+        raise InvalidInput(str(exc)) from None
     subject = normalise_email(email)
     scope = check_scope(rt, systems)
     requester = normalise_email(requester_email) if requester_email else None
@@ -127,6 +133,7 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
         systems=scope,
     )
     request.confirm_others = confirm_others.strip() if confirm_others else None
+    request.language = lang
     try:
         with rt.sessions.begin() as s:
             s.add(request)
@@ -134,7 +141,7 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
             s.add(SubjectIdentity(request_id=request.id, type=IdentityType.EMAIL.value, value=subject,
                                   source="request", round=0))
             audit(s, "request.received", actor, request, type=rtype.value, ticket=ticket, source=source,
-                  needs_verification=needs_verification, systems=scope,
+                  needs_verification=needs_verification, systems=scope, language=lang,
                   confirm_others=request.confirm_others)  # the operator's reason, audited with the request
     except IntegrityError:
         with rt.sessions() as s:
@@ -148,7 +155,7 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
                 raise
             return submit(rt, wake, request_type, email, ticket, actor, source=source,
                           requester_email=requester_email, callback_url=callback_url, systems=scope,
-                          confirm_others=confirm_others, _attempt=_attempt + 1)
+                          confirm_others=confirm_others, language=language, _attempt=_attempt + 1)
         log.info("request.duplicate", request_id=existing.id)
         return Submitted(existing, created=False)
     log.info("request.received", request_id=request.id, type=rtype.value, needs_verification=needs_verification)
@@ -516,6 +523,7 @@ def merge_request(rt: Runtime, request_id: str,
         hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}
         tasks = list(req.tasks)
         request_type = req.type
+        lang = req.language or rt.settings.requests.language
         scope = list(req.systems) if req.systems is not None else None
         header = {
             "format": BUNDLE_FORMAT,
@@ -536,7 +544,7 @@ def merge_request(rt: Runtime, request_id: str,
         parts: list[SystemPart] = []
         for system, hit in sorted(hits.items()):
             if not hit.found and not hit.error and not any(t.system == system for t in tasks):
-                parts.append(SystemPart(system, "skipped", reason="the person was not found in this system"))
+                parts.append(SystemPart(system, "skipped", reason=NOT_FOUND))
         if scope is not None:
             enabled = {system.name for system in rt.data_map.enabled()}
             for system in sorted(enabled - set(scope) - set(hits)):
@@ -552,7 +560,7 @@ def merge_request(rt: Runtime, request_id: str,
         policies = {name: conn.policies() for name, conn in rt.connectors().items()}
     except (DataMapError, ConnectorError):  # the bundle still says what failed; it only lacks categories
         policies = {}
-    view = bundle_view(rt.data_map, policies, request_type)
+    view = bundle_view(rt.data_map, policies, request_type, lang)
     with archive_store(rt.settings, rt.env).writer(
             bundle_key(request_id), size_hint=staged_size(rt.staging, request_id, parts)) as out:
         built = build_bundle(out, header, parts, rt.staging, view, progress)

@@ -12,8 +12,12 @@ from typing import Any
 
 from connectors.base import EntityPolicy
 from discovery.engine.ledger import RequestType
+from discovery.i18n.languages import N_
 
-OUT_OF_SCOPE = "outside this request's scope"
+# Reasons stay English in the ledger and the manifest; the fixed ones are in the catalogue, so the bundle
+# page shows them in the person's language.
+OUT_OF_SCOPE = N_("outside this request's scope")
+NOT_FOUND = N_("the person was not found in this system")
 REFUSED = "refused"  # a step's action when carrying it out would change another person's records
 CHANGES = (RequestType.ERASURE, RequestType.RESTRICTION, RequestType.LIFT_RESTRICTION)
 
@@ -57,7 +61,7 @@ def plan(request_type: RequestType | str, systems: list[SystemView], confirmed: 
             steps.append(PlanStep(system.name, "*", "skip", OUT_OF_SCOPE, None))
             continue
         if system.found is False:
-            steps.append(PlanStep(system.name, "*", "skip", "the person was not found in this system", None))
+            steps.append(PlanStep(system.name, "*", "skip", NOT_FOUND, None))
             continue
         prefix = f"locate failed ({system.locate_error}); acting on the identifiers known. " if system.found is None \
             else ""
@@ -80,12 +84,12 @@ def refusals(steps: list[PlanStep]) -> list[PlanStep]:
 
 def _entity_steps(rtype: RequestType, system: str, entity: str, policy: EntityPolicy, prefix: str) -> list[PlanStep]:
     if rtype == RequestType.ACCESS:
-        return [PlanStep(system, entity, "export", prefix + "Art. 15: a copy of the personal data", "export")]
+        return [PlanStep(system, entity, "export", prefix + N_("Art. 15: a copy of the personal data"), "export")]
     if rtype == RequestType.PORTABILITY:
         if not policy.provided_by_subject:
             return [PlanStep(system, entity, "skip",
-                             "not provided by the person; Art. 20 covers data they provided", None)]
-        return [PlanStep(system, entity, "export", prefix + "Art. 20: data the person provided", "export")]
+                             N_("not provided by the person; Art. 20 covers data they provided"), None)]
+        return [PlanStep(system, entity, "export", prefix + N_("Art. 20: data the person provided"), "export")]
     if rtype == RequestType.ERASURE:
         if policy.hold:
             hold = policy.hold
@@ -99,10 +103,10 @@ def _entity_steps(rtype: RequestType, system: str, entity: str, policy: EntityPo
         return [PlanStep(system, entity, "erase", prefix + f"Art. 17: {policy.erase}", "erase")]
     # restriction and its lifting
     if policy.restrict is None:
-        return [PlanStep(system, entity, "skip", "no restriction is mapped for this entity", None)]
+        return [PlanStep(system, entity, "skip", N_("no restriction is mapped for this entity"), None)]
     if rtype == RequestType.RESTRICTION:
         return [PlanStep(system, entity, "restrict", prefix + f"Art. 18: {policy.restrict}", "restrict")]
-    return [PlanStep(system, entity, "lift_restriction", prefix + "restriction lifted", "lift_restriction")]
+    return [PlanStep(system, entity, "lift_restriction", prefix + N_("restriction lifted"), "lift_restriction")]
 
 
 def tasks_of(steps: list[PlanStep]) -> dict[tuple[str, str], list[str]]:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from discovery.bundle.archive import ArchiveSettings
+from discovery.i18n.languages import SOURCE, UnknownLanguage, language_code
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # discovery/engine/settings.py -> the checkout
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "dsar.toml"
@@ -58,6 +59,16 @@ class DataMapSettings(_Section):
 
 class RequestSettings(_Section):
     due_days: int = Field(30, ge=1, le=30)  # Art. 12(3): one month
+    # what people are written to in when a request, ticket or notice names no language (en, nb)
+    language: str = SOURCE
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        try:
+            return language_code(value)
+        except UnknownLanguage as exc:
+            raise ValueError(str(exc)) from None
 
 
 class WorkerSettings(_Section):
@@ -100,6 +111,7 @@ class ApiSettings(_Section):
     freshdesk_type_field: str = "cf_dsar_request_type"  # ticket field holding the request type
     freshdesk_subject_field: str = "cf_dsar_subject_email"  # ticket field: the subject, when not the requester
     freshdesk_tag_prefix: str = "dsar-"  # or a tag such as dsar-erasure
+    freshdesk_language_field: str = "cf_dsar_language"  # ticket field: the person's language (en, nb), optional
 
     @field_validator("public_url", "callback_url")
     @classmethod

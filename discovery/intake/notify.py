@@ -4,6 +4,7 @@ The notifier is chosen by settings ([schedule] notifier): `outbox` (the embedded
 each notice as an .eml file into a folder for a mail system or a person to pick up; `smtp` sends
 it; `webhook` POSTs it as JSON to a mail service. Secrets (SMTP login, webhook token) come from
 the environment variables the settings name. Logs carry the notice's reference, never the address.
+Notices are written in a language of discovery.i18n (the texts are in its catalogue).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Protocol
 import requests
 
 from discovery.engine.settings import ScheduleSettings
+from discovery.i18n.languages import Language
 
 
 class NotifyError(Exception):
@@ -47,6 +49,30 @@ class Notifier(Protocol):
 def make_notice(kind: str, to: str, subject: str, body: str, due_at: datetime) -> Notice:
     ref = hashlib.sha256(f"{kind}:{to}:{due_at.date().isoformat()}".encode()).hexdigest()[:20]
     return Notice(to=to, subject=subject, body=body, kind=kind, ref=ref)
+
+
+def inactivity_notice(lang: Language, to: str, controller: str, contact: str, last: datetime | None,
+                      due: datetime, months: int) -> Notice:
+    """The notice before an inactivity erasure (the privacy policy's promise), in `lang`."""
+    _ = lang.gettext
+    since = _("since {date}").format(date=lang.date(last)) if last else _("for a long time")
+    body = "\n\n".join([
+        _("Hello,"),
+        lang.ngettext(
+            "your account with {controller} has not been used {since}. As our privacy policy says, accounts "
+            "inactive for {months} month are deleted with the personal data we hold about you.",
+            "your account with {controller} has not been used {since}. As our privacy policy says, accounts "
+            "inactive for {months} months are deleted with the personal data we hold about you.", months,
+        ).format(controller=controller, since=since, months=lang.number(months)),
+        _("Unless you log in before {date}, your account and its data will be erased on that day. Records the law "
+          "obliges us to keep (such as invoices, for 5 years under the Bookkeeping Act, bokføringsloven § 13) are "
+          "kept, restricted, until it allows erasure.").format(date=lang.date(due)),
+        _("Questions: {contact}").format(contact=contact),
+        controller,
+    ]) + "\n"
+    subject = _("Your {controller} account will be deleted on {date}").format(controller=controller,
+                                                                             date=lang.date(due))
+    return make_notice("inactivity_notice", to, subject, body, due)
 
 
 class OutboxNotifier:

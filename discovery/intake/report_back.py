@@ -4,6 +4,8 @@ Two channels, each used when it applies: a signed POST of the outcome to the req
 URL (or the configured default for webhook tickets), and for Freshdesk tickets a private note on
 the ticket with the outcome and the person's download link. Both are tried; any failure is raised
 afterwards so pipeline.run_completion_hooks logs and audits it. Neither carries the subject's e-mail.
+The note is written in the request's language (the agent forwards the link to the person); the callback's
+JSON is for machines and carries the language code.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from connectors.redact import redact, safe_url
 from discovery.engine.ledger import Request, RequestStatus, Task
 from discovery.engine.pipeline import audit
 from discovery.engine.runtime import Runtime
+from discovery.i18n.languages import N_, SOURCE, language
 from discovery.intake.download_tokens import download_link
 from discovery.intake.tickets import SIGNATURE_HEADER, sign
 
@@ -47,7 +50,7 @@ def report_back(rt: Runtime, request_id: str) -> None:
         return
     now = rt.clock()
     link = download_link(rt.settings, req.id, now) if req.bundle_path and req.status in _FINISHED else None
-    outcome = outcome_of(req, tasks, link)
+    outcome = outcome_of(req, tasks, link, req.language or rt.settings.requests.language)
     done: dict[str, Any] = {}
     problems: list[str] = []
     if callback:
@@ -76,10 +79,12 @@ def _why(exc: Exception) -> str:
     return redact(str(exc))[:300] or type(exc).__name__
 
 
-def outcome_of(req: Request, tasks: list[Task], link: tuple[str, datetime] | None) -> dict[str, Any]:
+def outcome_of(req: Request, tasks: list[Task], link: tuple[str, datetime] | None,
+               language_code: str = SOURCE) -> dict[str, Any]:
     return {
         "event": "request.finished",
         "request": {"id": req.id, "type": req.type, "status": req.status, "ticket": req.ticket_ref,
+                    "language": language_code,
                     "source": req.source, "received_at": req.received_at.isoformat(),
                     "due_at": req.due_at.isoformat(),
                     "completed_at": req.completed_at.isoformat() if req.completed_at else None,
@@ -103,19 +108,40 @@ def post_callback(rt: Runtime, url: str, outcome: dict[str, Any], now: datetime)
         client.close()
 
 
+TYPE_NAME = {"access": N_("access request"), "portability": N_("portability request"),
+             "erasure": N_("erasure request"), "restriction": N_("restriction request"),
+             "lift_restriction": N_("request to lift a restriction")}
+STATUS_NAME = {"completed": N_("completed"), "completed_with_errors": N_("completed with errors"),
+               "failed": N_("failed"), "done": N_("done"), "unsupported": N_("not possible in this system"),
+               "awaiting_manual": N_("waiting for a manual step")}
+
+
 def note_html(outcome: dict[str, Any]) -> str:
+    """The private note on the ticket, in the request's language; system names and errors stay as recorded."""
     req = outcome["request"]
+    lang = language(req.get("language") or SOURCE)
+    _ = lang.gettext
+
+    def tr(message: str, **parts: str) -> str:  # the translated text escaped, then the HTML parts put in
+        return html.escape(_(message)).format(**parts)
+
+    def word(names: dict[str, str], key: str) -> str:
+        return html.escape(_(names[key]) if key in names else key)
+
     e = html.escape
-    lines = [f"<p><b>dsar</b>: {e(req['type'])} request <code>{e(req['id'])}</code> finished: "
-             f"<b>{e(req['status'])}</b>.</p>"]
+    request_id = "<code>" + e(req["id"]) + "</code>"
+    status = "<b>" + word(STATUS_NAME, req["status"]) + "</b>"
+    lines = ["<p>" + tr("{dsar}: {type} {id} finished: {status}.", dsar="<b>dsar</b>",
+                        type=word(TYPE_NAME, req["type"]), id=request_id, status=status) + "</p>"]
     if outcome["download"]:
         d = outcome["download"]
-        lines.append(f"<p>Download link for the person (valid until {e(d['expires_at'][:16])} UTC): "
-                     f"<a href=\"{e(d['url'])}\">{e(d['url'])}</a></p>")
-    items = "".join(f"<li>{e(t['system'])} {e(t['action'])}: {e(t['status'])}"
+        link = '<a href="' + e(d["url"]) + '">' + e(d["url"]) + "</a>"
+        lines.append("<p>" + tr("Download link for the person (valid until {until}): {link}",
+                                until=e(lang.datetime(d["expires_at"])), link=link) + "</p>")
+    items = "".join(f"<li>{e(t['system'])} {e(t['action'])}: {word(STATUS_NAME, t['status'])}"
                     + (f" ({e(t['error'])})" if t["error"] else "") + "</li>" for t in outcome["tasks"])
     if items:
         lines.append(f"<ul>{items}</ul>")
     if req["error"]:
-        lines.append(f"<p>Errors: {e(req['error'])}</p>")
+        lines.append("<p>" + tr("Errors: {errors}", errors=e(req["error"])) + "</p>")
     return "".join(lines)

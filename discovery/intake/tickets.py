@@ -5,7 +5,8 @@ Generic webhook (`POST /v1/tickets`), JSON:
     {"ticket_id": "4711", "requester_email": "jane@example.com",
      "subject_email": "optional, when the person asked about is not the requester",
      "type": "access | portability | erasure | restriction | lift_restriction",
-     "callback_url": "optional https:// URL for the outcome"}
+     "callback_url": "optional https:// URL for the outcome",
+     "language": "optional: what the person is written to in, e.g. nb or en"}
 
 signed in the header `X-Dsar-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`.
 The timestamp bounds replays; the same scheme signs account-service events and dsar's own callbacks.
@@ -28,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from discovery.engine.ledger import RequestType
+from discovery.i18n.languages import UnknownLanguage, language_code
 
 SIGNATURE_HEADER = "X-Dsar-Signature"
 _SIG = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})$")
@@ -96,6 +98,8 @@ class TicketWebhook(BaseModel):
                                       description="The person the request is about, when not the requester")
     type: str = Field(min_length=1, max_length=40, description="Request type, e.g. access or erasure")
     callback_url: str | None = Field(None, max_length=1024, description="Where dsar posts the outcome (signed)")
+    language: str | None = Field(None, max_length=35, description=(
+        "The person's language (nb, en, nb-NO, ...); unknown or omitted: the settings' requests.language"))
 
     @field_validator("callback_url")
     @classmethod
@@ -114,12 +118,23 @@ class TicketIntake:
     subject_email: str
     requester_email: str
     callback_url: str | None = None
+    language: str | None = None  # a code of discovery.i18n, or None: the default
+
+
+def ticket_language(value: str | None) -> str | None:
+    """A helpdesk's language field as a code we write in; one we do not write in falls back to the default:
+    the person still gets an answer, which matters more than its language."""
+    try:
+        return language_code(value) if value else None
+    except UnknownLanguage:
+        return None
 
 
 def from_webhook(body: TicketWebhook) -> TicketIntake:
     return TicketIntake(ticket_id=body.ticket_id, type=request_type(body.type),
                         subject_email=body.subject_email or body.requester_email,
-                        requester_email=body.requester_email, callback_url=body.callback_url)
+                        requester_email=body.requester_email, callback_url=body.callback_url,
+                        language=ticket_language(body.language))
 
 
 @dataclass(frozen=True)
@@ -127,13 +142,15 @@ class FreshdeskFields:
     type_field: str = "cf_dsar_request_type"
     subject_field: str = "cf_dsar_subject_email"
     tag_prefix: str = "dsar-"
+    language_field: str = "cf_dsar_language"
 
 
 def from_freshdesk(payload: Any, fields: FreshdeskFields) -> TicketIntake:
     """Read a Freshdesk webhook body; keys may carry Freshdesk's `ticket_` prefix or not.
 
     Accepts `{"freshdesk_webhook": {...}}` (what Freshdesk's "simple" mode sends) or the flat object.
-    The type comes from the ticket field `fields.type_field`, else from a tag `<tag_prefix><type>`.
+    The type comes from the ticket field `fields.type_field`, else from a tag `<tag_prefix><type>`; the
+    language from the ticket field `fields.language_field` (optional).
     """
     data = payload.get("freshdesk_webhook", payload) if isinstance(payload, Mapping) else None
     if not isinstance(data, Mapping):
@@ -151,8 +168,10 @@ def from_freshdesk(payload: Any, fields: FreshdeskFields) -> TicketIntake:
     if not rtype:
         raise TicketError(f"no request type: set the ticket field '{fields.type_field}' "
                           f"or a tag '{fields.tag_prefix}<type>'")
+    language = _field(data, fields.language_field, f"ticket_{fields.language_field}", "language") \
+        if fields.language_field else None
     return TicketIntake(ticket_id=ticket_id, type=request_type(rtype), subject_email=subject or requester,
-                        requester_email=requester)
+                        requester_email=requester, language=ticket_language(language))
 
 
 def _field(data: Mapping[str, Any], *names: str) -> str | None:

@@ -19,7 +19,8 @@ import structlog
 from connectors.sql import SqlConnector
 from discovery.engine.ledger import ScheduledAction
 from discovery.engine.runtime import Runtime
-from discovery.intake.notify import Notice, Notifier, NotifyError, make_notice, make_notifier
+from discovery.i18n.languages import language
+from discovery.intake.notify import Notice, Notifier, NotifyError, inactivity_notice, make_notifier
 from discovery.schedule import scheduler
 
 log = structlog.get_logger(__name__)
@@ -98,14 +99,8 @@ def _pending(rt: Runtime, email: str) -> bool:
 
 
 def _notice(rt: Runtime, email: str, last: datetime | None, due: datetime) -> Notice:
+    # No request exists yet, so no language was chosen: the settings' default (the account does not say)
+    lang = language(rt.settings.requests.language)
     controller = rt.data_map.controller
-    months = rt.settings.schedule.inactivity_months
-    since = f"since {last:%d %B %Y}" if last else "for a long time"
-    body = (
-        f"Hello,\n\nyour account with {controller.name} has not been used {since}. As our privacy policy says, "
-        f"accounts inactive for {months} months are deleted with the personal data we hold about you.\n\n"
-        f"Unless you log in before {due:%d %B %Y}, your account and its data will be erased on that day. "
-        "Records the law obliges us to keep (such as invoices) are kept, restricted, until it allows erasure.\n\n"
-        f"Questions: {controller.contact}\n\n{controller.name}\n")
-    return make_notice("inactivity_notice", email, f"Your {controller.name} account will be deleted on "
-                                                  f"{due:%d %B %Y}", body, due)
+    return inactivity_notice(lang, email, lang.text(controller.name), controller.contact, last, due,
+                             rt.settings.schedule.inactivity_months)

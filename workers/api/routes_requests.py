@@ -50,7 +50,8 @@ def submit(body: SubmitBody, rt: RT, wake: Wake, who: Submit) -> JSONResponse:
     """Submit a request: 202 with its id (200 with the existing id when one is open already)."""
     return submitted(pipeline.submit(rt, wake, body.type.value, body.email, body.ticket, actor=f"api:{who.name}",
                                      source="api", callback_url=body.callback_url, systems=body.systems,
-                                     confirm_others=body.confirm_others))
+                                     confirm_others=body.confirm_others,
+                                     language=body.language.value if body.language else None))
 
 
 @router.post("/v1/plans", response_model=PlanView, tags=["requests"], responses=ERRORS)

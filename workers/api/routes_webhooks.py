@@ -69,7 +69,8 @@ def _parse(model: type[M], body: bytes) -> M:
 def _submit_ticket(rt: Runtime, wake: pipeline.Wakeups, intake: tickets.TicketIntake, source: str) -> JSONResponse:
     return submitted(pipeline.submit(rt, wake, intake.type, intake.subject_email, intake.ticket_id,
                                      actor=f"webhook:{source}", source=source,
-                                     requester_email=intake.requester_email, callback_url=intake.callback_url))
+                                     requester_email=intake.requester_email, callback_url=intake.callback_url,
+                                     language=intake.language))
 
 
 _TICKET_DONE = {200: {"model": Submitted, "description": "this ticket made a request already"}, **ERRORS}
@@ -91,7 +92,8 @@ async def ticket_webhook(request: Request, rt: RT, wake: Wake, signature: Signat
                      "Freshdesk 'Trigger webhook' JSON (see docs/architecture.md); the shared secret goes in "
                      "the header named by api.freshdesk_secret_header"), "examples": [{"freshdesk_webhook": {
                          "ticket_id": "4711", "ticket_requester_email": "jane@example.com",
-                         "ticket_cf_dsar_request_type": "Access", "ticket_tags": "dsar-access"}}]}}}}})
+                         "ticket_cf_dsar_request_type": "Access", "ticket_tags": "dsar-access",
+                         "ticket_cf_dsar_language": "nb"}}]}}}}})
 async def freshdesk_webhook(request: Request, rt: RT, wake: Wake) -> JSONResponse:
     """Freshdesk's webhook: a ticket with a request type in a ticket field or tag becomes a request."""
     settings = rt.settings.api
@@ -107,7 +109,8 @@ async def freshdesk_webhook(request: Request, rt: RT, wake: Wake) -> JSONRespons
     except orjson.JSONDecodeError:
         fail(422, "validation_error", "body is not JSON")
     intake = tickets.from_freshdesk(payload, tickets.FreshdeskFields(
-        settings.freshdesk_type_field, settings.freshdesk_subject_field, settings.freshdesk_tag_prefix))
+        settings.freshdesk_type_field, settings.freshdesk_subject_field, settings.freshdesk_tag_prefix,
+        settings.freshdesk_language_field))
     return await run_in_threadpool(_submit_ticket, rt, wake, intake, "freshdesk")
 
 

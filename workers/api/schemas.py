@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from discovery.engine.ledger import RequestStatus, RequestType
+from discovery.i18n.languages import LanguageCode
 
 NoNul = Field(pattern=r"^[^\x00]*$")  # PostgreSQL text cannot hold NUL: refuse it at the door
 
@@ -48,9 +49,11 @@ class PlanBody(_Body):
 
 class SubmitBody(PlanBody):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
-        {"type": "access", "email": "jane@example.com", "ticket": "4711"}]})
+        {"type": "access", "email": "jane@example.com", "ticket": "4711", "language": "nb"}]})
     ticket: Annotated[str | None, Field(max_length=128), NoNul] = None
     callback_url: Annotated[str | None, Field(max_length=1024, pattern=r"^https?://[^\x00]+$")] = None
+    language: LanguageCode | None = Field(default=None, description=(
+        "what the person is written to in (bundle page, ticket note); omitted: the settings' requests.language"))
 
 
 class IdentifierView(BaseModel):
@@ -117,6 +120,7 @@ class RequestSummary(BaseModel):
     original_due_at: datetime | None
     extension_reason: str | None
     completed_at: datetime | None
+    language: str | None = Field(description="what the person is written to in (en, nb)")
 
 
 class RequestView(RequestSummary):

@@ -33,7 +33,7 @@ def summary(req: LedgerRequest, now: datetime) -> dict[str, Any]:
             "received_at": req.received_at, "due_at": req.due_at,
             "days_left": deadlines.days_left(req.due_at, now) if is_open else None,
             "overdue": is_open and req.due_at < now, "original_due_at": req.original_due_at,
-            "extension_reason": req.extension_reason, "completed_at": req.completed_at}
+            "extension_reason": req.extension_reason, "completed_at": req.completed_at, "language": req.language}
 
 
 def view(req: LedgerRequest, tasks: list[Task], now: datetime,

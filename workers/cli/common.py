@@ -167,6 +167,7 @@ def status_data(rt: Runtime, request_id: str) -> dict[str, Any]:
     now = rt.clock()
     return {
         "id": req.id, "type": req.type, "status": req.status, "ticket": req.ticket_ref, "systems": req.systems,
+        "language": req.language,
         "received_at": req.received_at.isoformat(), "due_at": req.due_at.isoformat(),
         "days_left": (req.due_at - now).days if req.status in OPEN_STATUSES else None,
         "completed_at": req.completed_at.isoformat() if req.completed_at else None,

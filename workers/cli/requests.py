@@ -41,10 +41,13 @@ from workers.inprocess import in_process_worker_if_embedded
               help="Only in this system (repeatable); default: every enabled system.")
 @click.option("--confirm-others", metavar="REASON",
               help="Go ahead although the change touches records that also name other people (audited).")
+@click.option("--language", metavar="CODE",
+              help="What the person is written to in: nb or en (default: the settings' requests.language).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str | None, wait: bool, timeout: float,
-                dry_run: bool, systems: tuple[str, ...], confirm_others: str | None, as_json: bool) -> None:
+                dry_run: bool, systems: tuple[str, ...], confirm_others: str | None, language: str | None,
+                as_json: bool) -> None:
     """Submit an access, portability, erasure, restriction or lift-restriction request.
 
     An erasure or restriction whose records also name other people is refused for that system
@@ -73,7 +76,7 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
 
         with in_process_worker_if_embedded(app.is_embedded()):
             submitted = pipeline.submit(rt, WAKE, rtype, email, ticket, actor="cli", systems=scope,
-                                        confirm_others=confirm_others)
+                                        confirm_others=confirm_others, language=language)
             req = submitted.request
             if not as_json:
                 click.echo(("Submitted" if submitted.created else "Already open (same person and type)")

@@ -475,6 +475,26 @@ def test_freshdesk_webhook_creates_once_and_gets_a_private_note(api: ApiStack) -
     assert by_tag.status_code == 202 and by_tag.json()["type"] == "restriction"
 
 
+def test_the_language_from_the_api_and_a_freshdesk_ticket(api: ApiStack) -> None:
+    body = {"type": "access", "email": unique_email("lang"), "language": "nb"}
+    is_error(api.call("POST", "/v1/requests", token="submitter", json={**body, "language": "de"}), 422,
+             "validation_error")
+    submitted = api.call("POST", "/v1/requests", token="submitter", json=body)
+    assert submitted.status_code == 202, submitted.text
+    assert api.wait_status(submitted.json()["id"], {"completed", "completed_with_errors"})["language"] == "nb"
+
+    ticket = str(int(time.time() * 1000) % 10_000_000 + 20_000_000)
+    payload = {"freshdesk_webhook": {"ticket_id": ticket, "ticket_requester_email": unique_email("fdnb"),
+                                     "ticket_cf_dsar_request_type": "Erasure", "ticket_cf_dsar_language": "nb"}}
+    created = api.freshdesk(payload)
+    assert created.status_code == 202, created.text
+    done = api.wait_status(created.json()["id"], {"completed", "completed_with_errors"})
+    assert done["language"] == "nb"
+    (note,) = api.recorded(f"/api/v2/tickets/{ticket}/notes")
+    text = orjson.loads(note["body"])["body"]
+    assert "krav om sletting" in text and "er ferdig" in text and "Nedlastingslenke til personen" in text
+
+
 # -- deadlines, manual steps, events ---------------------------------------------------------
 
 def held_request(api: ApiStack) -> str:

@@ -14,15 +14,12 @@ import sqlalchemy as sa
 
 from connectors.base import Identities, Identity, IdentityType
 from discovery.bundle.archive import local_path
-from discovery.engine import db, pipeline
+from discovery.engine import pipeline
 from discovery.engine.ledger import AuditEvent, Request, Task
-from discovery.engine.runtime import Runtime
-from discovery.engine.settings import load_settings
 from sandbox.launch import Sandbox
 from sandbox.matomo import user_id_hash
 from sandbox.people import DECOY_EMAIL, JANE, JOHN, OLA
-from tests.conftest import SECRET, seed_accounts, write_config
-from tests.helpers import SyncWakeups
+from tests.helpers import sandbox_world
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +28,9 @@ SYSTEMS = {"accounts", "freshchat", "mautic", "salesmanago", "matomo"}
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    with Sandbox(tmp_path / "sandbox") as sandbox:
-        accounts_url = f"sqlite:///{tmp_path / 'accounts.db'}"
-        accounts = seed_accounts(accounts_url)
-        config = write_config(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}")
-        environ = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": accounts_url,
-                   "DSAR_DATA_MAP_PATH": str(sandbox.datamap_path), **sandbox.env()}
-        rt = Runtime(load_settings(config, environ), env=environ)
-        db.upgrade(rt.engine)
-        assert set(rt.connectors()) == SYSTEMS
-        yield {"rt": rt, "wake": SyncWakeups(rt), "sandbox": sandbox, "accounts": accounts}
-        rt.close()
-        accounts.dispose()
+    with sandbox_world(tmp_path) as world:
+        assert set(world["rt"].connectors()) == SYSTEMS
+        yield world
 
 
 def run(world: dict[str, Any], request_type: str, email: str = JANE.email) -> Request:

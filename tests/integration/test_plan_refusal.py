@@ -13,15 +13,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from discovery.engine import db, pipeline
+from discovery.engine import pipeline
 from discovery.engine.ledger import Request, RequestStatus, SubjectIdentity, TaskStatus
-from discovery.engine.runtime import Runtime
-from discovery.engine.settings import load_settings
 from discovery.intake.api_tokens import create_token
 from sandbox.launch import Sandbox
 from sandbox.people import JANE, JOHN
-from tests.conftest import SECRET, seed_accounts, write_config
-from tests.helpers import SyncWakeups
+from tests.helpers import sandbox_world
 from workers.api import create_app
 
 pytestmark = pytest.mark.integration
@@ -29,18 +26,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    with Sandbox(tmp_path / "sandbox") as sandbox:
-        shared = sandbox.sims["freshchat"].seed_shared()  # type: ignore[attr-defined]
-        accounts_url = f"sqlite:///{tmp_path / 'accounts.db'}"
-        accounts = seed_accounts(accounts_url)
-        config = write_config(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}")
-        environ = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": accounts_url,
-                   "DSAR_DATA_MAP_PATH": str(sandbox.datamap_path), **sandbox.env()}
-        rt = Runtime(load_settings(config, environ), env=environ)
-        db.upgrade(rt.engine)
-        yield {"rt": rt, "wake": SyncWakeups(rt), "sandbox": sandbox, "shared": shared}
-        rt.close()
-        accounts.dispose()
+    # A conversation Jane shares with John in FreshChat: erasing it would erase John's messages too.
+    def share(sandbox: Sandbox) -> None:
+        sandbox.sims["freshchat"].seed_shared()  # type: ignore[attr-defined]
+
+    with sandbox_world(tmp_path, seed=share) as world:
+        yield world
 
 
 def test_the_dry_run_refuses_the_system_and_names_no_one(world: dict[str, Any]) -> None:

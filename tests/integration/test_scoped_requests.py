@@ -16,16 +16,13 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from discovery.bundle.archive import local_path
-from discovery.engine import db, pipeline
+from discovery.engine import pipeline
 from discovery.engine.ledger import Request, ScheduledAction, SystemHit
 from discovery.engine.runtime import Runtime
-from discovery.engine.settings import load_settings
 from discovery.intake.api_tokens import create_token
 from discovery.schedule import scheduler
-from sandbox.launch import Sandbox
 from sandbox.people import JANE
-from tests.conftest import SECRET, seed_accounts, write_config
-from tests.helpers import SyncWakeups, rows
+from tests.helpers import rows, sandbox_world
 from workers.api import create_app
 
 pytestmark = pytest.mark.integration
@@ -40,19 +37,10 @@ class Clock:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    with Sandbox(tmp_path / "sandbox") as sandbox:
-        accounts_url = f"sqlite:///{tmp_path / 'accounts.db'}"
-        accounts = seed_accounts(accounts_url)
-        config = write_config(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}")
-        environ = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": accounts_url,
-                   "DSAR_DATA_MAP_PATH": str(sandbox.datamap_path), **sandbox.env()}
-        clock = Clock(datetime.now(UTC))
-        rt = Runtime(load_settings(config, environ), env=environ, now=clock)
-        rt.completion_hooks.append(scheduler.record_hold_ends)  # as workers.app.setup registers it
-        db.upgrade(rt.engine)
-        yield {"rt": rt, "wake": SyncWakeups(rt), "sandbox": sandbox, "accounts": accounts, "clock": clock}
-        rt.close()
-        accounts.dispose()
+    clock = Clock(datetime.now(UTC))
+    with sandbox_world(tmp_path, now=clock) as world:
+        world["rt"].completion_hooks.append(scheduler.record_hold_ends)  # as workers.app.setup registers it
+        yield {**world, "clock": clock}
 
 
 def load(rt: Runtime, request_id: str) -> Request:

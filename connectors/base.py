@@ -13,6 +13,61 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def N_(message: str) -> str:
+    """Marks a text for the message catalogue (Babel's extractor finds `N_`); it is translated where it is shown."""
+    return message
+
+
+def _same(message: str) -> str:
+    return message
+
+
+@dataclass(frozen=True)
+class Note:
+    """A text a person may read, kept as its English template and its values so it can be shown in their
+    language later (gettext's deferred translation): `msgid` is in the catalogue, `params` fill its {names}.
+
+    A value is text or a number shown as it is (entity, system, column names, vendor ids), another Note
+    (translated in turn), or a per-language text from the data map ({"en": ..., "nb": ...}).
+    """
+
+    msgid: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def render(self, translate: Callable[[str], str] = _same) -> str:
+        """The text, translated with `translate` (the English template by default)."""
+        return translate(self.msgid).format(**{k: _value(v, translate) for k, v in self.params.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"msgid": self.msgid, "params": {k: v.to_dict() if isinstance(v, Note) else v
+                                                for k, v in self.params.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Note:
+        return cls(str(data["msgid"]), {k: cls.from_dict(v) if is_note(v) else v
+                                        for k, v in (data.get("params") or {}).items()})
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def is_note(value: Any) -> bool:
+    """A Note as serialised by `Note.to_dict`."""
+    return isinstance(value, Mapping) and isinstance(value.get("msgid"), str) and set(value) <= {"msgid", "params"}
+
+
+def note(msgid: str, **params: Any) -> Note:
+    return Note(msgid, params)
+
+
+def _value(value: Any, translate: Callable[[str], str]) -> Any:
+    if isinstance(value, Note):
+        return value.render(translate)
+    if isinstance(value, Mapping):  # a per-language text: the English one here
+        return value.get("en") or next(iter(value.values()), "")
+    return value
+
+
 class IdentityType(enum.StrEnum):
     """Identifier types through which systems link one person."""
 
@@ -34,9 +89,17 @@ class Identity:
     # Provenance of a learned identifier: system, table, column and the row's path from a direct match
     # (e.g. "accounts: users (matched directly), column phone"). Discovery refuses a learned one without.
     via: str = field(default="", compare=False)
+    # the same provenance as a Note, so the bundle page can show it in the person's language
+    via_note: Note | None = field(default=None, compare=False)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"type": str(self.type), "value": self.value, "source": self.source, "via": self.via}
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": str(self.type), "value": self.value, "source": self.source, "via": self.via,
+                "via_note": self.via_note.to_dict() if self.via_note else None}
+
+    @classmethod
+    def learned(cls, type_: IdentityType, value: str, source: str, via: Note) -> Identity:
+        """A learned identifier with its provenance, as English text and as a Note."""
+        return cls(type_, value, source=source, via=via.render(), via_note=via)
 
 
 class Identities:
@@ -119,6 +182,21 @@ class Receipt:
     manual_steps: list[str] = field(default_factory=list)  # what a person must still do by hand
     held: list[dict[str, Any]] = field(default_factory=list)  # kept under a legal hold, with until
     skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # entity -> why -> records left alone
+    # `details` and `manual_steps` as Notes, for the bundle page in the person's language (see `note`)
+    notes: list[Note] = field(default_factory=list)
+    manual_notes: list[Note] = field(default_factory=list)
+
+    def note(self, msgid: str, **params: Any) -> None:
+        """A line of `details`: its English text, and the Note the bundle page translates."""
+        text = Note(msgid, params)
+        self.details.append(text.render())
+        self.notes.append(text)
+
+    def manual(self, msgid: str, **params: Any) -> None:
+        """A manual step: its English text in `manual_steps`, and its Note."""
+        text = Note(msgid, params)
+        self.manual_steps.append(text.render())
+        self.manual_notes.append(text)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +208,8 @@ class Receipt:
             "manual_steps": self.manual_steps,
             "held": self.held,
             "skipped": self.skipped,
+            "notes": [n.to_dict() for n in self.notes],
+            "manual_notes": [n.to_dict() for n in self.manual_notes],
         }
 
 

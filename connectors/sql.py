@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, SQLAlchemyError
 
 from connectors.base import (
+    N_,
     Connector,
     ConnectorContext,
     EntityPolicy,
@@ -48,8 +49,8 @@ warnings.filterwarnings("ignore", message="Skipped unsupported reflection of exp
                         category=sa.exc.SAWarning)
 
 REDACTED = "[redacted]"
-NAMES_SOMEONE_ELSE = "an identity column names someone else"
-RELATED_NOT_OWNED = "related through a relation, not owned"
+NAMES_SOMEONE_ELSE = N_("an identity column names someone else")
+RELATED_NOT_OWNED = N_("related through a relation, not owned")
 
 
 @dataclass(frozen=True)
@@ -239,12 +240,14 @@ class SqlConnector(Connector):
                 files = self._delete_files(conn, table, entity, cond)
                 if files:
                     receipt.changed[f"{name}.files"] = files
-                    receipt.details.append(f"{name}: {files} file(s) deleted from S3")
+                    receipt.note(N_("{entity}: {count} file(s) deleted from S3"), entity=name, count=files)
                 changed = self._erase_rows(conn, table, entity, cond)
                 if changed:
                     receipt.changed[name] = changed
-                    how = "deleted" if entity.erase.strategy == "delete" else "masked"
-                    receipt.details.append(f"{name}: {changed} {how}")
+                    if entity.erase.strategy == "delete":
+                        receipt.note(N_("{entity}: {count} deleted"), entity=name, count=changed)
+                    else:
+                        receipt.note(N_("{entity}: {count} masked"), entity=name, count=changed)
         return receipt
 
     def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
@@ -465,8 +468,13 @@ class SqlConnector(Connector):
             entry["files"] = files
             entry["restricted_files_with"] = {"tag": RESTRICTED_TAG, "value": "the date the hold ends"}
         receipt.held.append(entry)
-        receipt.details.append(f"{name}: {count} kept and restricted under hold ({entity.hold.reason_text()})"
-                               + (f", with {files} file(s) tagged {RESTRICTED_TAG}" if files else ""))
+        reason = dict(entity.hold.reason) if isinstance(entity.hold.reason, dict) else entity.hold.reason
+        if files:
+            receipt.note(N_("{entity}: {count} kept and restricted under hold ({reason}), with {files} file(s) "
+                            "tagged {tag}"), entity=name, count=count, reason=reason, files=files, tag=RESTRICTED_TAG)
+        else:
+            receipt.note(N_("{entity}: {count} kept and restricted under hold ({reason})"), entity=name, count=count,
+                         reason=reason)
 
     def _bucket(self, entity: EntitySpec) -> str:
         assert entity.files is not None and self.spec.s3 is not None
@@ -619,11 +627,18 @@ class SqlConnector(Connector):
                 changed = int(conn.execute(sa.update(table).where(sa.and_(cond, differs)).values(**spec.set)).rowcount)
                 if changed:
                     receipt.changed[name] = changed
-                    receipt.details.append(f"{name}: {changed} {'restricted' if which == 'restrict' else 'lifted'}")
+                    if which == "restrict":
+                        receipt.note(N_("{entity}: {count} restricted"), entity=name, count=changed)
+                    else:
+                        receipt.note(N_("{entity}: {count} lifted"), entity=name, count=changed)
                 if files:
                     receipt.changed[f"{name}.files"] = files
-                    receipt.details.append(f"{name}: {files} file(s) {'tagged' if which == 'restrict' else 'untagged'} "
-                                           f"{RESTRICTED_TAG}")
+                    if which == "restrict":
+                        receipt.note(N_("{entity}: {count} file(s) tagged {tag}"), entity=name, count=files,
+                                     tag=RESTRICTED_TAG)
+                    else:
+                        receipt.note(N_("{entity}: {count} file(s) untagged {tag}"), entity=name, count=files,
+                                     tag=RESTRICTED_TAG)
         return receipt
 
     def _check_entity(self, inspector: Any, name: str, entity: EntitySpec, health: Health) -> None:

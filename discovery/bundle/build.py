@@ -346,6 +346,8 @@ def _write_receipt(w: _Writer, part: SystemPart, request_id: str, entry: dict[st
                               "vendor_refs": part.receipt.get("vendor_refs", []),
                               "manual_steps": part.receipt.get("manual_steps", []),
                               "details": part.receipt.get("details", []), "confirmations": part.confirmations,
+                              "notes": part.receipt.get("notes", []),
+                              "manual_notes": part.receipt.get("manual_notes", []),
                               **written})
 
 
@@ -366,7 +368,8 @@ def _entity_statuses(entry: dict[str, Any], steps: list[dict[str, Any]]) -> None
         item = entry["entities"].setdefault(entity, {})
         task = by_task.get(step.get("task") or "")
         status = "skipped" if step["action"] == "skip" else (task["status"] if task else entry["status"])
-        item.setdefault("steps", []).append({"action": step["action"], "reason": step["reason"], "status": status})
+        item.setdefault("steps", []).append({"action": step["action"], "reason": step["reason"], "status": status,
+                                             **({"note": step["note"]} if step.get("note") else {})})
         if step["action"] != "export" and entity in changed:
             item["changed"] = changed[entity]
         if entity in held:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import orjson
 
+from connectors.base import is_note
 from discovery.i18n.languages import N_, SOURCE, Language, Text, language
 
 STYLE = """
@@ -102,6 +103,33 @@ class _Page:
         """Reasons from the engine are English; the fixed ones are in the catalogue (marked where they are made)."""
         return self.lang.known(str(text)) if text else ""
 
+    def note(self, note: Any, fallback: Any = "") -> str:
+        """A Note (connectors.base, serialised as {"msgid", "params"}) in this language: its template from the
+        catalogue, its values as they are (numbers per locale, data-map texts in this language, Notes in turn).
+        Without a note (an older bundle, a text written without one): the plain `fallback`, as `reason` shows it."""
+        if not is_note(note):
+            return self.reason(fallback)
+        params = {k: self._value(v) for k, v in (note.get("params") or {}).items()}
+        try:
+            return self._(note["msgid"]).format(**params)
+        except (KeyError, IndexError, ValueError):  # a translation that does not fit its values
+            return str(note["msgid"]).format(**params)
+
+    def _value(self, value: Any) -> Any:
+        if is_note(value):
+            return self.note(value)
+        if isinstance(value, dict):
+            return self.lang.text(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self.lang.number(value)
+        return value
+
+    def notes(self, notes: Any, plain: Any) -> list[str]:
+        """Lines written as Notes in this language, else the plain (English) lines."""
+        if notes and len(notes) == len(plain or []):
+            return [self.note(n) for n in notes]
+        return [str(line) for line in plain or []]
+
 
 def render_index(manifest: dict[str, Any], samples: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
     p = _Page(language(manifest.get("language") or SOURCE))
@@ -151,6 +179,8 @@ def _identifiers(p: _Page, manifest: dict[str, Any]) -> list[str]:
 def _learned_from(p: _Page, identifier: dict[str, Any]) -> str:
     if identifier.get("source") == "request":
         return p.tr("your request")
+    if is_note(identifier.get("via_note")):
+        return esc(p.note(identifier["via_note"]))
     return esc(identifier.get("via") or identifier.get("source"))
 
 
@@ -223,7 +253,7 @@ def _entities(p: _Page, system: str, entities: dict[str, Any], categories: dict[
             links.append(_link(e["file"], "JSON"))
         if e.get("csv"):
             links.append(_link(e["csv"]["file"], "CSV"))
-        steps = "; ".join(f"{p.known(ACTION_NAME, s['action'])}: {p.reason(s['reason'])}"
+        steps = "; ".join(f"{p.known(ACTION_NAME, s['action'])}: {p.note(s.get('note'), s['reason'])}"
                           for s in e.get("steps", []) if s.get("reason"))
         left_out = e.get("fields_left_out")
         extra = ('<br><span class="small">' + p.tr("Left out (not provided by you): {fields}",
@@ -296,12 +326,12 @@ def _receipts(p: _Page, receipts: list[dict[str, Any]]) -> list[str]:
         for ref in r.get("vendor_refs") or []:
             out.append("<li>" + p.tr("Reference at the provider: {ref}", ref=esc(ref)) + "</li>")
         todo = p._("confirmed done, see below") if r.get("confirmations") else p._("still to be done by a person")
-        for step in r.get("manual_steps") or []:
+        for step in p.notes(r.get("manual_notes"), r.get("manual_steps")):
             out.append("<li>" + p.tr("Manual step ({todo}): {step}", todo=esc(todo), step=esc(step)) + "</li>")
         for c in r.get("confirmations") or []:
             out.append("<li>" + p.tr("Confirmed {at}: {note}", at=esc(lang.datetime(c.get("at"))),
                                     note=esc(c.get("note"))) + "</li>")
-        for line in r.get("details") or []:
+        for line in p.notes(r.get("notes"), r.get("details")):
             out.append(f"<li class=\"small\">{esc(line)}</li>")
         out.append("</ul>")
     return out

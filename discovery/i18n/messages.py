@@ -16,7 +16,9 @@ from babel.messages.pofile import read_po, write_po
 from discovery.i18n.languages import DOMAIN, LANGUAGES, SOURCE, catalogue_path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("discovery",)  # the CLI's own messages (workers/) stay English, for the operator
+# the CLI's own messages (workers/) stay English, for the operator; connectors mark (N_) the receipt texts,
+# skipped reasons and provenance they write as Notes, which the bundle page translates
+SOURCES = ("discovery", "connectors")
 KEYWORDS: dict[str, tuple[int, ...] | None] = {"_": None, "gettext": None, "N_": None, "tr": None,
                                                "ngettext": (1, 2), "tr_n": (1, 2)}
 HEADER = "Messages dsar shows to people and helpdesks"

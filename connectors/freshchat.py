@@ -13,6 +13,7 @@ import requests
 import structlog
 
 from connectors.base import (
+    N_,
     Connector,
     ConnectorContext,
     EntityPolicy,
@@ -21,6 +22,7 @@ from connectors.base import (
     Identities,
     Identity,
     IdentityType,
+    Note,
     PermanentError,
     Receipt,
     Record,
@@ -38,10 +40,10 @@ log = structlog.get_logger(__name__)
 ENTITIES = ("user", "conversations", "messages")
 # A reserved, non-personal address (RFC 2606 .invalid): the health check must not search for anyone real.
 PROBE_EMAIL = "dsar-healthcheck@invalid"
-FORGET_STEP = "Forget the contact in FreshChat (Contacts > Forget)"
+FORGET_STEP = N_("Forget the contact in FreshChat (Contacts > Forget)")
 # Why records are left alone: they belong to a conversation the subject shares with another FreshChat user.
-OTHER_USERS_MESSAGE = "another user's message in a conversation shared with the subject"
-SHARED_CONVERSATION = "holds another user's messages; not deleted or changed (only the subject's part is theirs)"
+OTHER_USERS_MESSAGE = N_("another user's message in a conversation shared with the subject")
+SHARED_CONVERSATION = N_("holds another user's messages; not deleted or changed (only the subject's part is theirs)")
 
 
 @dataclass
@@ -252,10 +254,8 @@ class FreshchatConnector(Connector):
                 # Deleting the user may delete its conversations with it, and no call deletes only the
                 # subject's messages: blank the profile instead and leave the shared conversations alone.
                 _skip(receipt, "conversations", len(shared))
-                receipt.details.append(
-                    f"{len(shared)} conversation(s) also hold another user's messages: the user is not deleted "
-                    "(that could delete them); the profile is blanked instead"
-                )
+                receipt.note(N_("{count} conversation(s) also hold another user's messages: the user is not deleted "
+                                "(that could delete them); the profile is blanked instead"), count=len(shared))
                 self._blank(user, receipt, shared)
                 continue
             path = f"users/{_seg(user.id)}"
@@ -266,14 +266,15 @@ class FreshchatConnector(Connector):
                     state = "requested" if resp.status_code == 202 else "done"
                     receipt.vendor_refs.append(f"user {user.id}: deletion {state} (HTTP {resp.status_code}"
                                                f"{_envelope_text(resp)})")
-                    receipt.details.append(f"DELETE /users/{{id}}: deletion {state}"
-                                           + (", carried out asynchronously by FreshChat" if state == "requested"
-                                              else ""))
+                    if state == "requested":
+                        receipt.note(N_("DELETE /users/{{id}}: deletion requested, carried out asynchronously by "
+                                        "FreshChat"))
+                    else:
+                        receipt.note(N_("DELETE /users/{{id}}: deletion done"))
                     continue
-                receipt.details.append(
-                    f"DELETE /users/{{id}} answered HTTP {resp.status_code}{_envelope_text(resp)}: user deletion "
-                    "is not available; blanking the profile instead"
-                )
+                receipt.note(N_("DELETE /users/{{id}} answered HTTP {status}{answer}: user deletion is not "
+                                "available; blanking the profile instead"), status=resp.status_code,
+                             answer=_envelope_text(resp))
             self._blank(user, receipt)
         return receipt
 
@@ -289,10 +290,10 @@ class FreshchatConnector(Connector):
                 resolved = self._resolve_open_conversations(user, own, receipt)
                 if resolved:
                     _count(receipt, "conversations", resolved)
-                receipt.details.append(f"resolved {resolved} open conversation(s)")
+                receipt.note(N_("resolved {count} open conversation(s)"), count=resolved)
             if "user" in wanted and self._set_restricted(user, "true"):
                 _count(receipt, "user")
-                receipt.details.append(f"user property '{self.restricted_property}' set to true")
+                receipt.note(N_("user property '{property}' set to true"), property=self.restricted_property)
         return receipt
 
     def lift_restriction(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
@@ -302,9 +303,8 @@ class FreshchatConnector(Connector):
         for user in self._resolve(identities).values():
             if self._set_restricted(user, "false"):
                 _count(receipt, "user")
-                receipt.details.append(
-                    f"user property '{self.restricted_property}' set to false; resolved conversations stay resolved"
-                )
+                receipt.note(N_("user property '{property}' set to false; resolved conversations stay resolved"),
+                             property=self.restricted_property)
         return receipt
 
     def check(self) -> Health:
@@ -467,7 +467,7 @@ class FreshchatConnector(Connector):
     def _blank(self, user: _User, receipt: Receipt, shared: list[str] | None = None) -> None:
         profile = self._profile(user)
         if profile is None:
-            receipt.details.append("user no longer exists; nothing to blank")
+            receipt.note(N_("user no longer exists; nothing to blank"))
             return
         properties = [
             {"name": p["name"], "value": ""} for p in profile.get("properties") or []
@@ -478,18 +478,19 @@ class FreshchatConnector(Connector):
         try:
             self.http.request("PUT", f"users/{_seg(user.id)}", json=body)
         except NotFound:
-            receipt.details.append("user no longer exists; nothing to blank")
+            receipt.note(N_("user no longer exists; nothing to blank"))
             return
         _count(receipt, "user")
-        receipt.details.append(
-            f"profile blanked (names, e-mail, phone, reference id, {len(properties)} propert(y/ies)); "
-            "conversations and messages remain until the contact is forgotten"
-        )
-        step = f"{FORGET_STEP}: user id {user.id} (removes its conversations and messages)"
+        receipt.note(N_("profile blanked (names, e-mail, phone, reference id, {count} propert(y/ies)); "
+                        "conversations and messages remain until the contact is forgotten"), count=len(properties))
         if shared:
-            step += (f"; but conversation(s) {', '.join(shared)} also hold another user's messages and Forget "
-                     "deletes them too: forget the contact only once those are settled (another person's data)")
-        receipt.manual_steps.append(step)
+            receipt.manual(N_("{forget}: user id {id} (removes its conversations and messages); but conversation(s) "
+                              "{conversations} also hold another user's messages and Forget deletes them too: forget "
+                              "the contact only once those are settled (another person's data)"),
+                           forget=Note(FORGET_STEP), id=user.id, conversations=", ".join(shared))
+        else:
+            receipt.manual(N_("{forget}: user id {id} (removes its conversations and messages)"),
+                           forget=Note(FORGET_STEP), id=user.id)
 
     def _resolve_open_conversations(self, user: _User, own: set[str], receipt: Receipt) -> int:
         """Resolve the user's open conversations; one shared with another user is left as it is."""

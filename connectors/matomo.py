@@ -19,6 +19,7 @@ import requests
 import structlog
 
 from connectors.base import (
+    N_,
     Connector,
     ConnectorContext,
     ConnectorError,
@@ -51,7 +52,7 @@ _VISITOR_ID = re.compile(r"^[0-9a-f]{16}$")
 _USER_ID_IDENTITIES = {"email": IdentityType.EMAIL, "account_id": IdentityType.ACCOUNT_ID}
 # Why a visit that a search reached is left alone: it carries a userId that is not the subject's
 # (a visitor id shared by two people, e.g. one computer, or a site with enable_userid_overwrites_visitorid=0).
-OTHER_USER_ID = "visit of another userId on a shared visitor id"
+OTHER_USER_ID = N_("visit of another userId on a shared visitor id")
 # Columns that identify one exported row per log table (values are strings in the export).
 _ROW_KEYS: dict[str, tuple[str, ...]] = {
     "log_visit": ("idvisit",),
@@ -62,14 +63,14 @@ _ROW_KEYS: dict[str, tuple[str, ...]] = {
 _LOG_ACTION_PREFIX = "log_action_"  # lookup lists: log_action_<table>_<column> -> {idaction, name}
 
 CAVEATS = (
-    "log_action rows (URLs, page titles) are not deleted at once: Matomo's scheduled task removes them "
-    "once no remaining visit uses them",
-    "only the Matomo database is affected: web-server access logs are not, and re-importing such logs "
-    "would re-create the visits",
+    N_("log_action rows (URLs, page titles) are not deleted at once: Matomo's scheduled task removes them "
+       "once no remaining visit uses them"),
+    N_("only the Matomo database is affected: web-server access logs are not, and re-importing such logs "
+       "would re-create the visits"),
 )
 # deleteDataSubjects remembers the visits' dates for invalidation (plugins/PrivacyManager/Model/DataSubjects.php
 # L121-146, since Matomo 3.10.0): the reports are rebuilt by the next archiving run, no manual step.
-ARCHIVES_NOTE = (
+ARCHIVES_NOTE = N_(
     "archived reports: PrivacyManager.deleteDataSubjects invalidated the reports of site(s) {sites} for the "
     "visits' dates (Matomo 3.10 and later); Matomo rebuilds them at its next archiving run (core:archive or "
     "browser-triggered archiving), so no manual step is needed"
@@ -238,14 +239,14 @@ class MatomoConnector(Connector):
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         receipt = Receipt(self.name, "erase")
         if entities is not None and not set(entities) & set(self.entities):
-            receipt.details.append("no Matomo entity selected; nothing erased")
+            receipt.note(N_("no Matomo entity selected; nothing erased"))
             return receipt
         visits, others = self._subject_visits(identities)
         if others:
             receipt.skipped[VISITS] = {OTHER_USER_ID: others}
-            receipt.details.append(f"{others} visit(s) on a shared visitor id carry another userId: left alone")
+            receipt.note(N_("{count} visit(s) on a shared visitor id carry another userId: left alone"), count=others)
         if not visits:
-            receipt.details.append("no visits found; nothing to erase")
+            receipt.note(N_("no visits found; nothing to erase"))
             return receipt
         calls = 0
         # Chunked to keep the POST body small (Matomo PR #12803). A retried chunk is harmless:
@@ -262,15 +263,14 @@ class MatomoConnector(Connector):
                     raise PermanentError(
                         self.name, f"PrivacyManager.deleteDataSubjects returned a non-numeric count for {table}"
                     ) from None
-        receipt.details.append(
-            f"deleted {len(visits)} visits with {calls} PrivacyManager.deleteDataSubjects call(s); "
-            "Matomo deletes whole visits from every log table"
-        )
+        receipt.note(N_("deleted {count} visits with {calls} PrivacyManager.deleteDataSubjects call(s); Matomo "
+                        "deletes whole visits from every log table"), count=len(visits), calls=calls)
         if entities is not None and VISITS not in entities and set(self.entities) - set(entities) - {VISITS}:
-            receipt.details.append("Matomo cannot delete part of a visit: all its log tables were deleted")
-        receipt.details.extend(CAVEATS)
+            receipt.note(N_("Matomo cannot delete part of a visit: all its log tables were deleted"))
+        for caveat in CAVEATS:
+            receipt.note(caveat)
         sites = sorted({str(v["idSite"]) for v in visits}, key=_site_order)
-        receipt.details.append(ARCHIVES_NOTE.format(sites=", ".join(sites)))
+        receipt.note(ARCHIVES_NOTE, sites=", ".join(sites))
         return receipt
 
     def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:

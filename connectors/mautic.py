@@ -27,6 +27,7 @@ import requests
 import structlog
 
 from connectors.base import (
+    N_,
     Connector,
     ConnectorContext,
     ConnectorError,
@@ -60,14 +61,15 @@ DNC_REASONS = {DNC_UNSUBSCRIBED: "unsubscribed", DNC_BOUNCED: "bounced", DNC_MAN
 WHERE_MANGLED = frozenset("'\"&<>")
 NEWSLETTER_CHANNEL = "email"
 # Why a company is left alone on erasure: it is an organisation other contacts may share, not the person.
-COMPANY_LEFT = "company left alone: an organisation other contacts may share (only the contact's link goes)"
+COMPANY_LEFT = N_("company left alone: an organisation other contacts may share (only the contact's link goes)")
+ALREADY_GONE = N_("contact {id} was already gone (HTTP 404)")
 TOKEN_PATH = "oauth/v2/token"
 TOKEN_MARGIN_S = 60.0  # renew a little before expiry so a token never dies mid-request
 DEFAULT_TOKEN_LIFETIME_S = 3600.0  # Mautic's default api_oauth2_access_token_lifetime (60 min)
 
 # Rows Mautic keeps with lead_id set to NULL when a contact is deleted (ON DELETE SET NULL), and
 # form results for which the API has no delete call (vendor-apis.md 2.4).
-RESIDUE_STEP = (
+RESIDUE_STEP = N_(
     "Mautic keeps rows about the deleted contact(s) {ids} with lead_id set to NULL, which the API cannot "
     "remove: e-mail send stats (table email_stats, column email_address still holds the address), page hits "
     "(table page_hits, with IP addresses) and form submissions (table form_submissions plus the per-form "
@@ -280,26 +282,26 @@ class MauticConnector(Connector):
             try:
                 companies += len(_collection(self._get(f"api/contacts/{contact_id}/companies").get("companies")))
             except NotFound:
-                receipt.details.append(f"contact {contact_id} was already gone (HTTP 404)")
+                receipt.note(ALREADY_GONE, id=contact_id)
                 continue
             try:
                 self._request("DELETE", f"api/contacts/{contact_id}/delete")
             except NotFound:
-                receipt.details.append(f"contact {contact_id} was already gone (HTTP 404)")
+                receipt.note(ALREADY_GONE, id=contact_id)
                 continue
             deleted.append(contact_id)
             receipt.vendor_refs.append(f"mautic contact {contact_id} deleted")
         if deleted:
             receipt.changed["contact"] = len(deleted)
-            receipt.details.append(f"deleted {len(deleted)} contact(s) with their notes, segment and campaign "
-                                   "memberships, company links, devices, do-not-contact entries and timeline")
-            receipt.manual_steps.append(RESIDUE_STEP.format(ids=", ".join(map(str, deleted))))
+            receipt.note(N_("deleted {count} contact(s) with their notes, segment and campaign memberships, company "
+                            "links, devices, do-not-contact entries and timeline"), count=len(deleted))
+            receipt.manual(RESIDUE_STEP, ids=", ".join(map(str, deleted)))
         else:
-            receipt.details.append("no Mautic contact matched; nothing deleted")
+            receipt.note(N_("no Mautic contact matched; nothing deleted"))
         if companies:
             receipt.skipped["companies"] = {COMPANY_LEFT: companies}
-            receipt.details.append(f"{companies} company link(s) went with the contact(s); the companies themselves "
-                                   "were left alone")
+            receipt.note(N_("{count} company link(s) went with the contact(s); the companies themselves were left "
+                            "alone"), count=companies)
         return receipt
 
     def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
@@ -316,9 +318,9 @@ class MauticConnector(Connector):
                 if theirs:
                     # Adding reason 3 would replace a bounce (DoNotContact.php L92-110) and a later lift
                     # would then delete it; the person is not contactable on this channel anyway.
-                    receipt.details.append(
-                        f"contact {contact_id} already has do-not-contact on {channel} ({_reasons(theirs)}): "
-                        "left as it is, and lifting the restriction will not remove it")
+                    receipt.note(N_("contact {id} already has do-not-contact on {channel} ({reasons}): left as it is, "
+                                    "and lifting the restriction will not remove it"), id=contact_id, channel=channel,
+                                 reasons=_reasons(theirs))
                     continue
                 self._request("POST", f"api/contacts/{contact_id}/dnc/{channel}/add", json=body)
                 receipt.vendor_refs.append(f"mautic contact {contact_id} do-not-contact {channel} added")
@@ -327,10 +329,10 @@ class MauticConnector(Connector):
         if count:
             receipt.changed["contact"] = count
             channels = ", ".join(self.config.dnc_channels)
-            receipt.details.append(f"do-not-contact ({channels}, reason manual) set on {count} contact(s); "
-                                   "tracking and segment/campaign membership are unchanged")
+            receipt.note(N_("do-not-contact ({channels}, reason manual) set on {count} contact(s); tracking and "
+                            "segment/campaign membership are unchanged"), channels=channels, count=count)
         elif not contacts:
-            receipt.details.append("no Mautic contact matched; nothing restricted")
+            receipt.note(N_("no Mautic contact matched; nothing restricted"))
         return receipt
 
     def lift_restriction(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
@@ -351,10 +353,13 @@ class MauticConnector(Connector):
                 on_channel = _on_channel(entries, channel)
                 theirs = [e for e in on_channel if not self._ours(e)]
                 if theirs:
-                    receipt.details.append(
-                        f"contact {contact_id}: kept the do-not-contact on {channel} ({_reasons(theirs)}); "
-                        "it is not ours to lift" + (", so ours there stays too" if len(theirs) < len(on_channel)
-                                                    else ""))
+                    if len(theirs) < len(on_channel):
+                        receipt.note(N_("contact {id}: kept the do-not-contact on {channel} ({reasons}); it is not "
+                                        "ours to lift, so ours there stays too"), id=contact_id, channel=channel,
+                                     reasons=_reasons(theirs))
+                    else:
+                        receipt.note(N_("contact {id}: kept the do-not-contact on {channel} ({reasons}); it is not "
+                                        "ours to lift"), id=contact_id, channel=channel, reasons=_reasons(theirs))
                     continue
                 if not on_channel:
                     continue  # nothing of ours to lift
@@ -365,7 +370,8 @@ class MauticConnector(Connector):
             count += removed
         if count:
             receipt.changed["contact"] = count
-        receipt.details.append(f"do-not-contact removed from {count} of {len(contacts)} matched contact(s)")
+        receipt.note(N_("do-not-contact removed from {count} of {total} matched contact(s)"), count=count,
+                     total=len(contacts))
         return receipt
 
     def _dnc_of(self, contact_id: int, contact: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import orjson
 import structlog
 
 from connectors.base import (
+    N_,
     Attachment,
     Connector,
     ConnectorContext,
@@ -28,6 +29,7 @@ from connectors.base import (
     Identities,
     Identity,
     IdentityType,
+    Note,
     PermanentError,
     Receipt,
     Record,
@@ -426,12 +428,12 @@ class SalesmanagoConnector(Connector):
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         receipt = Receipt(self.name, "erase")
         if entities is not None and "contact" not in set(entities):
-            receipt.details.append("nothing erased: SALESmanago erases whole contacts only (entity 'contact')")
+            receipt.note(N_("nothing erased: SALESmanago erases whole contacts only (entity 'contact')"))
             return receipt
         contacts = self._find(identities)
         receipt.changed["contact"] = 0
         if not contacts:
-            receipt.details.append("no contact with these e-mail addresses for this owner; nothing to erase")
+            receipt.note(N_("no contact with these e-mail addresses for this owner; nothing to erase"))
             return receipt
         stopped = 0
         not_stopped: list[tuple[str, str]] = []  # (contactId, why) where stopMonitoring failed
@@ -454,63 +456,53 @@ class SalesmanagoConnector(Connector):
             receipt.changed["contact"] += 1
         count = receipt.changed["contact"]
         if self.stop_monitoring_on_erase:
-            receipt.details.append(f"{self.paths['stop_monitoring']}: web monitoring stopped for {stopped} contact(s)")
+            receipt.note(N_("{call}: web monitoring stopped for {count} contact(s)"),
+                         call=self.paths["stop_monitoring"], count=stopped)
         for contact_id, why in not_stopped:
-            receipt.details.append(f"contact {contact_id}: {why}; the contact was deleted all the same")
+            receipt.note(N_("contact {id}: {error}; the contact was deleted all the same"), id=contact_id, error=why)
         if not_stopped:
             ids = ", ".join(contact_id for contact_id, _ in not_stopped)
-            receipt.manual_steps.append(
-                f"web monitoring was not stopped for contact(s) {ids} before the delete "
-                f"({self.paths['stop_monitoring']} failed, see the details): make sure SALESmanago no longer monitors "
-                "the person, e.g. by running contact/stopMonitoring for the e-mail again once the cause is fixed"
-            )
-        receipt.details.append(
-            f"{self.paths['delete']} permanently={str(self.delete_permanently).lower()} for {count} contact(s)"
-        )
-        receipt.details.append(
-            "SALESmanago purges removed contacts in its nightly job (02:00-04:00); until then a re-import, "
-            "an API upsert or a new sign-up can restore the contact"
-        )
-        receipt.details.append(
-            "export files made earlier by contact/export/data are not deleted by this call; their links expire "
-            "on the vendor's schedule"
-        )
+            receipt.manual(N_("web monitoring was not stopped for contact(s) {ids} before the delete ({call} failed, "
+                              "see the details): make sure SALESmanago no longer monitors the person, e.g. by running "
+                              "contact/stopMonitoring for the e-mail again once the cause is fixed"),
+                           ids=ids, call=self.paths["stop_monitoring"])
+        receipt.note(N_("{call} permanently={permanently} for {count} contact(s)"), call=self.paths["delete"],
+                     permanently=str(self.delete_permanently).lower(), count=count)
+        receipt.note(N_("SALESmanago purges removed contacts in its nightly job (02:00-04:00); until then a re-import, "
+                        "an API upsert or a new sign-up can restore the contact"))
+        receipt.note(N_("export files made earlier by contact/export/data are not deleted by this call; their links "
+                        "expire on the vendor's schedule"))
         # Every v2 call is scoped by `owner` (vendor-apis.md 3.1), and what contact/delete does to a contact
         # that other SALESmanago users also own is not documented: say what may remain. A detail, not a manual
         # step: the other owners are unknown here, and a step on every erasure would hold each one open.
-        receipt.details.append(
-            f"SALESmanago: contact/delete acted for the configured owner only; if other SALESmanago users (owners) "
-            f"also hold the contact(s) {', '.join(_contact_ids(contacts))}, check under each of them that it is "
-            "gone and delete it there too (Contacts, or contact/delete with that owner)"
-        )
+        receipt.note(N_("SALESmanago: contact/delete acted for the configured owner only; if other SALESmanago users "
+                        "(owners) also hold the contact(s) {ids}, check under each of them that it is gone and delete "
+                        "it there too (Contacts, or contact/delete with that owner)"),
+                     ids=", ".join(_contact_ids(contacts)))
         if not self.delete_permanently:
-            receipt.manual_steps.append(
-                "standard removal only (delete_permanently is false): delete the contact permanently in "
-                "SALESmanago (Contacts > removed contacts) or wait for the nightly purge and confirm it"
-            )
+            receipt.manual(N_("standard removal only (delete_permanently is false): delete the contact permanently in "
+                              "SALESmanago (Contacts > removed contacts) or wait for the nightly purge and confirm it"))
         return receipt
 
     def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         return self._flip(identities, "restrict", ("optout", "phone_optout", "stop_monitoring"),
-                          "e-mail and phone opted out, web monitoring stopped")
+                          N_("e-mail and phone opted out, web monitoring stopped"))
 
     def lift_restriction(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         calls = ("optin", "phone_optin", "restore_monitoring") if self.lift_opt_in else ("restore_monitoring",)
         receipt = self._flip(identities, "lift_restriction", calls,
-                             "e-mail and phone opted in, web monitoring restored" if self.lift_opt_in
-                             else "web monitoring restored")
+                             N_("e-mail and phone opted in, web monitoring restored") if self.lift_opt_in
+                             else N_("web monitoring restored"))
         if not self.lift_opt_in and receipt.changed.get("contact"):
-            receipt.manual_steps.append(
-                "e-mail and phone stay opted out (lift_opt_in is false): opt the person in again only with "
-                "fresh consent"
-            )
+            receipt.manual(N_("e-mail and phone stay opted out (lift_opt_in is false): opt the person in again only "
+                              "with fresh consent"))
         return receipt
 
     def _flip(self, identities: Identities, action: str, calls: tuple[str, ...], summary: str) -> Receipt:
         receipt = Receipt(self.name, action, changed={"contact": 0})
         contacts = self._find(identities)
         if not contacts:
-            receipt.details.append("no contact with these e-mail addresses for this owner; nothing changed")
+            receipt.note(N_("no contact with these e-mail addresses for this owner; nothing changed"))
             return receipt
         for contact in contacts:
             email = self._stored_email(contact)
@@ -522,9 +514,8 @@ class SalesmanagoConnector(Connector):
                     body = {"email": email}
                 self._post(call, body)
             receipt.changed["contact"] += 1
-        receipt.details.append(
-            f"{', '.join(self.paths[c] for c in calls)}: {summary} for {receipt.changed['contact']} contact(s)"
-        )
+        receipt.note(N_("{calls}: {summary} for {count} contact(s)"), calls=", ".join(self.paths[c] for c in calls),
+                     summary=Note(summary), count=receipt.changed["contact"])
         return receipt
 
     # ------------------------------------------------------------------ health

@@ -228,6 +228,11 @@ class Hold:
     years: int
     from_field: str
     reason: str
+    # the reason per language when the data map gives one ({"en": ..., "nb": ...}), for the bundle page
+    reasons: Mapping[str, str] | None = field(default=None, compare=False)
+
+
+RESTRICT = Note(N_("restrict"))
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,15 @@ class EntityPolicy:
     hold: Hold | None = None
     categories: tuple[str, ...] = ()
     provided_by_subject: bool = True  # Art. 20: part of a portability export
+    # `erase` and `restrict` as Notes, so the bundle page shows the plan's reasons in the person's language
+    erase_note: Note | None = field(default=None, compare=False)
+    restrict_note: Note | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, erase: Note, restrict: Note | None = RESTRICT, **rest: Any) -> EntityPolicy:
+        """A policy whose descriptions are Notes: their English text in `erase`/`restrict`, the Notes beside."""
+        return cls(erase=erase.render(), restrict=restrict.render() if restrict else None, erase_note=erase,
+                   restrict_note=restrict, **rest)
 
 
 class ConnectorError(Exception):

@@ -28,6 +28,7 @@ from connectors.base import (
     Record,
     TransientError,
     UnsupportedAction,
+    note,
 )
 from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.http import HttpClient, NotFound, RetryPolicy, in_parallel, paginate
@@ -161,18 +162,18 @@ class FreshchatConnector(Connector):
         self.http.close()
 
     def policies(self) -> dict[str, EntityPolicy]:
-        with_contact = ("deleted with the contact; where the API cannot delete users, forgotten by hand "
-                        "(Contacts > Forget)")
+        with_contact = Note(N_("deleted with the contact; where the API cannot delete users, forgotten by hand "
+                               "(Contacts > Forget)"))
         return {
-            "user": EntityPolicy(
-                erase=("DELETE the FreshChat user; where unsupported, blank the profile and forget the contact by hand"
-                       if self.supports_user_delete else
-                       "blank the profile (PUT) and forget the contact by hand (Contacts > Forget)"),
-                restrict=f"user property '{self.restricted_property}' set to true",
+            "user": EntityPolicy.of(
+                Note(N_("DELETE the FreshChat user; where unsupported, blank the profile and forget the contact by "
+                        "hand") if self.supports_user_delete else
+                     N_("blank the profile (PUT) and forget the contact by hand (Contacts > Forget)")),
+                note(N_("user property '{property}' set to true"), property=self.restricted_property),
             ),
-            "conversations": EntityPolicy(erase=with_contact, restrict="open conversations resolved"),
+            "conversations": EntityPolicy.of(with_contact, Note(N_("open conversations resolved"))),
             # No per-message restriction exists; the user property and resolved conversations cover them.
-            "messages": EntityPolicy(erase=with_contact, restrict=None),
+            "messages": EntityPolicy.of(with_contact, None),
         }
 
     # ------------------------------------------------------------------ actions

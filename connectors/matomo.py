@@ -29,6 +29,7 @@ from connectors.base import (
     Identities,
     Identity,
     IdentityType,
+    Note,
     PermanentError,
     Receipt,
     Record,
@@ -181,13 +182,13 @@ class MatomoConnector(Connector):
         return {self.user_id_identity, IdentityType.MATOMO_VISITOR_ID, IdentityType.MATOMO_USER_ID}
 
     def policies(self) -> dict[str, EntityPolicy]:
-        whole_visit = "PrivacyManager.deleteDataSubjects (whole visits, synchronous)"
+        whole_visit = Note(N_("PrivacyManager.deleteDataSubjects (whole visits, synchronous)"))
         # Restriction is planned so that the request reports it as not possible, with the reason,
         # rather than silently skipping the system (restrict() raises UnsupportedAction).
-        no_restriction = "not possible: Matomo has no per-person restriction (browser-side opt-out only)"
-        policies = {entity: EntityPolicy(erase=whole_visit, restrict=None) for entity in self.entities}
-        policies[VISITS] = EntityPolicy(erase=whole_visit, restrict=no_restriction)
-        policies["log_action"] = EntityPolicy(erase="removed by Matomo's scheduled task once unused", restrict=None)
+        no_restriction = Note(N_("not possible: Matomo has no per-person restriction (browser-side opt-out only)"))
+        policies = {entity: EntityPolicy.of(whole_visit, None) for entity in self.entities}
+        policies[VISITS] = EntityPolicy.of(whole_visit, no_restriction)
+        policies["log_action"] = EntityPolicy.of(Note(N_("removed by Matomo's scheduled task once unused")), None)
         return policies
 
     def locate(self, identities: Identities) -> Hits:

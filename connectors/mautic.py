@@ -37,10 +37,12 @@ from connectors.base import (
     Identities,
     Identity,
     IdentityType,
+    Note,
     PermanentError,
     Receipt,
     Record,
     UnsupportedAction,
+    note,
 )
 from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.http import HttpClient, NotFound, RetryPolicy, in_parallel, paginate
@@ -190,19 +192,20 @@ class MauticConnector(Connector):
         return {IdentityType.EMAIL, IdentityType.MAUTIC_CONTACT_ID}
 
     def policies(self) -> dict[str, EntityPolicy]:
-        with_contact = "deleted with the contact (DELETE /api/contacts/{id}/delete)"
+        with_contact = Note(N_("deleted with the contact (DELETE /api/contacts/{{id}}/delete)"))
         return {
-            "contact": EntityPolicy(erase="delete the contact (DELETE /api/contacts/{id}/delete)",
-                                    restrict="do-not-contact on " + ", ".join(self.config.dnc_channels)),
-            "activity": EntityPolicy(erase=with_contact + "; e-mail stats, page hits, form results stay (manual)",
-                                     restrict=None),
-            "notes": EntityPolicy(erase=with_contact, restrict=None, provided_by_subject=False),
-            "segments": EntityPolicy(erase=with_contact, restrict=None, provided_by_subject=False),
-            "campaigns": EntityPolicy(erase=with_contact, restrict=None, provided_by_subject=False),
-            "companies": EntityPolicy(erase="the contact's link to a company goes with the contact; the company "
-                                            "itself (shared with other contacts) is left alone",
-                                      restrict=None, provided_by_subject=False),
-            "devices": EntityPolicy(erase=with_contact, restrict=None),
+            "contact": EntityPolicy.of(Note(N_("delete the contact (DELETE /api/contacts/{{id}}/delete)")),
+                                       note(N_("do-not-contact on {channels}"),
+                                            channels=", ".join(self.config.dnc_channels))),
+            "activity": EntityPolicy.of(Note(N_("deleted with the contact (DELETE /api/contacts/{{id}}/delete); "
+                                                "e-mail stats, page hits, form results stay (manual)")), None),
+            "notes": EntityPolicy.of(with_contact, None, provided_by_subject=False),
+            "segments": EntityPolicy.of(with_contact, None, provided_by_subject=False),
+            "campaigns": EntityPolicy.of(with_contact, None, provided_by_subject=False),
+            "companies": EntityPolicy.of(Note(N_("the contact's link to a company goes with the contact; the company "
+                                                 "itself (shared with other contacts) is left alone")),
+                                         None, provided_by_subject=False),
+            "devices": EntityPolicy.of(with_contact, None),
         }
 
     def locate(self, identities: Identities) -> Hits:

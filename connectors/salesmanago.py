@@ -193,12 +193,12 @@ class SalesmanagoConnector(Connector):
         return {IdentityType.EMAIL}
 
     def policies(self) -> dict[str, EntityPolicy]:
-        whole = "contact/delete (the whole contact, with everything the vendor holds about it)"
+        whole = Note(N_("contact/delete (the whole contact, with everything the vendor holds about it)"))
         return {
-            "contact": EntityPolicy(erase=whole, restrict="opt-out of e-mail and phone, stop monitoring"),
-            "export_file": EntityPolicy(erase=whole, restrict=None, provided_by_subject=False),
-            "export_contact": EntityPolicy(erase=whole),
-            "export_tag": EntityPolicy(erase=whole, provided_by_subject=False),
+            "contact": EntityPolicy.of(whole, Note(N_("opt-out of e-mail and phone, stop monitoring"))),
+            "export_file": EntityPolicy.of(whole, None, provided_by_subject=False),
+            "export_contact": EntityPolicy.of(whole),
+            "export_tag": EntityPolicy.of(whole, provided_by_subject=False),
         }
 
     def close(self) -> None:

@@ -33,10 +33,12 @@ from connectors.base import (
     Identities,
     Identity,
     IdentityType,
+    Note,
     PermanentError,
     Receipt,
     Record,
     TransientError,
+    note,
 )
 from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.redact import redact
@@ -94,12 +96,15 @@ class SqlConnector(Connector):
         out = {}
         for name, e in self.spec.entities.items():
             if e.erase.strategy == "delete":
-                erase = "delete rows"
+                erase = Note(N_("delete rows"))
             else:
-                erase = "mask " + ", ".join(f"{c} ({_method_name(m)})" for c, m in e.erase.mask.items())
-            restrict = ", ".join(f"set {c}={v!r}" for c, v in e.restrict.set.items()) if e.restrict else None
-            hold = Hold(e.hold.years, e.hold.from_, e.hold.reason_text()) if e.hold else None
-            out[name] = EntityPolicy(erase=erase, restrict=restrict, hold=hold,
+                erase = note(N_("mask {columns}"),
+                             columns=", ".join(f"{c} ({_method_name(m)})" for c, m in e.erase.mask.items()))
+            restrict = note(N_("set {values}"), values=", ".join(f"{c}={v!r}" for c, v in e.restrict.set.items())) \
+                if e.restrict else None
+            hold = Hold(e.hold.years, e.hold.from_, e.hold.reason_text(),
+                        reasons=dict(e.hold.reason) if isinstance(e.hold.reason, dict) else None) if e.hold else None
+            out[name] = EntityPolicy.of(erase, restrict, hold=hold,
                                      categories=tuple(sorted(set(e.fields.values()))),
                                      provided_by_subject=e.provided_by_subject)
         return out

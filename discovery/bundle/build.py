@@ -363,6 +363,8 @@ def _entity_statuses(entry: dict[str, Any], steps: list[dict[str, Any]]) -> None
             held.setdefault(h.get("entity", ""), []).append(h)
     for step in steps:
         if step["entity"] == "*":
+            if step.get("note"):  # a reason for the whole system (a refusal, say), for the page in the language
+                entry.setdefault("reason_notes", {})[step["reason"]] = step["note"]
             continue
         entity = safe_name(step["entity"])  # staging names entities the same way
         item = entry["entities"].setdefault(entity, {})

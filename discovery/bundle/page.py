@@ -215,7 +215,8 @@ def _system(p: _Page, system: str, entry: dict[str, Any], samples: dict[tuple[st
     text = p.lang.text
     out = [f'<h2 id="sys-{esc(quote(system))}">{esc(_title(p, system, about))}</h2>']
     if status != "done":
-        reasons = "; ".join(p.reason(r) for r in entry.get("reasons") or []) or p.status(status)
+        notes = entry.get("reason_notes") or {}
+        reasons = "; ".join(p.note(notes.get(r), r) for r in entry.get("reasons") or []) or p.status(status)
         label = p.tr("Not complete") if status in ("failed", "awaiting_manual") else p.tr("Note")
         out.append(f'<p class="note"><strong>{label} ({esc(p.status(status))}):</strong> {esc(reasons)}</p>')
     processors: list[Text] = about.get("processors") or []

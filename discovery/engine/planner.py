@@ -7,15 +7,15 @@ rows still inside the hold, erase the rest; both are carried out by the system's
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import EntityPolicy
+from connectors.base import EntityPolicy, Note, note
 from discovery.engine.ledger import RequestType
 from discovery.i18n.languages import N_
 
-# Reasons stay English in the ledger and the manifest; the fixed ones are in the catalogue, so the bundle
-# page shows them in the person's language.
+# Reasons stay English in the ledger and the manifest (`reason`); each step also keeps its reason as a Note
+# (msgid + values, `note`), so the bundle page shows it in the person's language.
 OUT_OF_SCOPE = N_("outside this request's scope")
 NOT_FOUND = N_("the person was not found in this system")
 REFUSED = "refused"  # a step's action when carrying it out would change another person's records
@@ -29,9 +29,15 @@ class PlanStep:
     action: str  # export | erase | restrict | lift_restriction | skip
     reason: str
     task: str | None  # the (system, task) that carries it out; None for skip
+    note: Note | None = field(default=None, compare=False)  # `reason` as a Note, for the person's language
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"system": self.system, "entity": self.entity, "action": self.action, "reason": self.reason,
+                "task": self.task, "note": self.note.to_dict() if self.note else None}
+
+
+def _step(system: str, entity: str, action: str, why: Note, task: str | None) -> PlanStep:
+    return PlanStep(system, entity, action, why.render(), task, why)
 
 
 @dataclass(frozen=True)
@@ -58,23 +64,27 @@ def plan(request_type: RequestType | str, systems: list[SystemView], confirmed: 
     steps: list[PlanStep] = []
     for system in systems:
         if not system.in_scope:
-            steps.append(PlanStep(system.name, "*", "skip", OUT_OF_SCOPE, None))
+            steps.append(_step(system.name, "*", "skip", Note(OUT_OF_SCOPE), None))
             continue
         if system.found is False:
-            steps.append(PlanStep(system.name, "*", "skip", NOT_FOUND, None))
+            steps.append(_step(system.name, "*", "skip", Note(NOT_FOUND), None))
             continue
-        prefix = f"locate failed ({system.locate_error}); acting on the identifiers known. " if system.found is None \
-            else ""
         if rtype in CHANGES and system.others and not confirmed:
-            steps.append(PlanStep(system.name, "*", REFUSED,
-                                  f"would change records holding {system.others} identifier(s) that are not this "
-                                  "person's; confirm with a reason (--confirm-others) to go ahead", None))
+            steps.append(_step(system.name, "*", REFUSED, note(
+                N_("would change records holding {count} identifier(s) that are not this person's; confirm with a "
+                   "reason (--confirm-others) to go ahead"), count=system.others), None))
             continue
         for entity, policy in system.policies.items():
-            steps.extend(_entity_steps(rtype, system.name, entity, policy, prefix))
+            for step in _entity_steps(rtype, system.name, entity, policy):
+                if system.found is None and step.action != "skip":
+                    step = _step(step.system, step.entity, step.action, note(
+                        N_("locate failed ({error}); acting on the identifiers known. {reason}"),
+                        error=system.locate_error, reason=step.note), step.task)
+                steps.append(step)
         for entity, why in system.skipped.items():
             for reason, n in why.items():
-                steps.append(PlanStep(system.name, entity, "skip", f"{n} record(s) left alone: {reason}", None))
+                steps.append(_step(system.name, entity, "skip", note(N_("{count} record(s) left alone: {reason}"),
+                                                                     count=n, reason=Note(reason)), None))
     return steps
 
 
@@ -82,31 +92,35 @@ def refusals(steps: list[PlanStep]) -> list[PlanStep]:
     return [s for s in steps if s.action == REFUSED]
 
 
-def _entity_steps(rtype: RequestType, system: str, entity: str, policy: EntityPolicy, prefix: str) -> list[PlanStep]:
+def _entity_steps(rtype: RequestType, system: str, entity: str, policy: EntityPolicy) -> list[PlanStep]:
     if rtype == RequestType.ACCESS:
-        return [PlanStep(system, entity, "export", prefix + N_("Art. 15: a copy of the personal data"), "export")]
+        return [_step(system, entity, "export", Note(N_("Art. 15: a copy of the personal data")), "export")]
     if rtype == RequestType.PORTABILITY:
         if not policy.provided_by_subject:
-            return [PlanStep(system, entity, "skip",
-                             N_("not provided by the person; Art. 20 covers data they provided"), None)]
-        return [PlanStep(system, entity, "export", prefix + N_("Art. 20: data the person provided"), "export")]
+            return [_step(system, entity, "skip",
+                          Note(N_("not provided by the person; Art. 20 covers data they provided")), None)]
+        return [_step(system, entity, "export", Note(N_("Art. 20: data the person provided")), "export")]
+    erase = policy.erase_note or policy.erase
+    restrict = policy.restrict_note or policy.restrict
     if rtype == RequestType.ERASURE:
         if policy.hold:
             hold = policy.hold
+            reason = dict(hold.reasons) if hold.reasons else hold.reason
             return [
-                PlanStep(system, entity, "restrict",
-                         prefix + f"records less than {hold.years} years old by {hold.from_field} are kept for "
-                         f"{hold.reason}; restricted ({policy.restrict}) until the hold ends", "erase"),
-                PlanStep(system, entity, "erase",
-                         prefix + f"records past the {hold.years}-year hold: {policy.erase}", "erase"),
+                _step(system, entity, "restrict", note(
+                    N_("records less than {years} years old by {column} are kept for {reason}; restricted ({how}) "
+                       "until the hold ends"), years=hold.years, column=hold.from_field, reason=reason,
+                    how=restrict), "erase"),
+                _step(system, entity, "erase", note(N_("records past the {years}-year hold: {how}"),
+                                                    years=hold.years, how=erase), "erase"),
             ]
-        return [PlanStep(system, entity, "erase", prefix + f"Art. 17: {policy.erase}", "erase")]
+        return [_step(system, entity, "erase", note(N_("Art. 17: {how}"), how=erase), "erase")]
     # restriction and its lifting
     if policy.restrict is None:
-        return [PlanStep(system, entity, "skip", N_("no restriction is mapped for this entity"), None)]
+        return [_step(system, entity, "skip", Note(N_("no restriction is mapped for this entity")), None)]
     if rtype == RequestType.RESTRICTION:
-        return [PlanStep(system, entity, "restrict", prefix + f"Art. 18: {policy.restrict}", "restrict")]
-    return [PlanStep(system, entity, "lift_restriction", prefix + N_("restriction lifted"), "lift_restriction")]
+        return [_step(system, entity, "restrict", note(N_("Art. 18: {how}"), how=restrict), "restrict")]
+    return [_step(system, entity, "lift_restriction", Note(N_("restriction lifted")), "lift_restriction")]
 
 
 def tasks_of(steps: list[PlanStep]) -> dict[tuple[str, str], list[str]]:

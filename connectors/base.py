@@ -10,7 +10,7 @@ import abc
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 
 def N_(message: str) -> str:
@@ -51,7 +51,7 @@ class Note:
         return self.render()
 
 
-def is_note(value: Any) -> bool:
+def is_note(value: Any) -> TypeGuard[Mapping[str, Any]]:
     """A Note as serialised by `Note.to_dict`."""
     return isinstance(value, Mapping) and isinstance(value.get("msgid"), str) and set(value) <= {"msgid", "params"}
 

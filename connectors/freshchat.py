@@ -63,7 +63,7 @@ class _User:
     id: str
     data: dict[str, Any]
     full: bool  # True when `data` came from GET /users/{id}, not from a search listing
-    how: str = "matched"  # how it was reached: matched by e-mail, reference id or user id
+    how: str = N_("matched")  # how it was reached: matched by e-mail, reference id or user id
 
 
 class FreshchatConnector(Connector):
@@ -349,17 +349,17 @@ class FreshchatConnector(Connector):
         return users
 
     def _by_email(self, form: str, email: str) -> list[tuple[Any, bool, str]]:
-        return [(c, False, "matched by e-mail") for c in self._search("email", form)
+        return [(c, False, N_("matched by e-mail")) for c in self._search("email", form)
                 if _same_email(c.get("email"), email)]
 
     def _by_reference(self, ref: str) -> list[tuple[Any, bool, str]]:
         # The search may not be exact; trust only a user whose reference_id is ours.
-        return [(c, False, "matched by reference_id") for c in self._search("reference_id", ref)
+        return [(c, False, N_("matched by reference_id")) for c in self._search("reference_id", ref)
                 if str(c.get("reference_id") or "") == ref]
 
     def _by_id(self, uid: str) -> list[tuple[Any, bool, str]]:
         data = self._get_or_none(f"users/{_seg(uid)}")
-        return [(data, True, "matched by user id")] if isinstance(data, dict) and str(data.get("id") or "") == uid \
+        return [(data, True, N_("matched by user id"))] if isinstance(data, dict) and str(data.get("id") or "") == uid \
             else []
 
     def _search(self, field: str, value: str) -> list[dict[str, Any]]:
@@ -379,8 +379,9 @@ class FreshchatConnector(Connector):
         touches: set[Identity] = set()
 
         def learn(user: _User, type_: IdentityType, value: str, field: str) -> None:
-            via = f"{self.name}: user {user.id} ({user.how}), field {field}"
-            identity = Identity(type_, value, source=self.name, via=via)
+            identity = Identity.learned(type_, value, self.name, note(
+                N_("{system}: user {id} ({how}), field {field}"), system=self.name, id=user.id, how=Note(user.how),
+                field=field))
             touches.add(identity)
             if identity not in identities and identity not in learned:
                 learned.append(identity)

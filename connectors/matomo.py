@@ -34,6 +34,7 @@ from connectors.base import (
     Receipt,
     Record,
     UnsupportedAction,
+    note,
 )
 from connectors.http import HttpClient, RetryPolicy, paginate
 from connectors.ratelimit import make_rate_limiter
@@ -206,9 +207,9 @@ class MatomoConnector(Connector):
             if not _VISITOR_ID.match(value) or value in seen:
                 continue
             seen.add(value)
-            via = (f"{self.name}: visit {visit['idSite']}/{visit['idVisit']} (its userId is the subject's), "
-                   "field visitorId")
-            identity = Identity(IdentityType.MATOMO_VISITOR_ID, value, source=self.name, via=via)
+            identity = Identity.learned(IdentityType.MATOMO_VISITOR_ID, value, self.name, note(
+                N_("{system}: visit {site}/{visit} (its userId is the subject's), field {field}"), system=self.name,
+                site=str(visit["idSite"]), visit=str(visit["idVisit"]), field="visitorId"))
             if identity not in identities:
                 learned.append(identity)
         hits = Hits(self.name, found=bool(visits), counts={VISITS: len(visits)} if visits else {}, learned=learned)

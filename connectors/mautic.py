@@ -216,8 +216,9 @@ class MauticConnector(Connector):
         for contact_id, contact in contacts.items():
             # Only the contact's own fields: never its companies, owner (a Mautic user) or anyone sharing them.
             def learn(type_: IdentityType, value: str, field: str, contact_id: int = contact_id) -> None:
-                via = f"{self.name}: contact {contact_id} ({how.get(contact_id, 'matched')}), field {field}"
-                identity = Identity(type_, value, source=self.name, via=via)
+                identity = Identity.learned(type_, value, self.name, note(
+                    N_("{system}: contact {id} ({how}), field {field}"), system=self.name, id=str(contact_id),
+                    how=Note(how.get(contact_id, N_("matched"))), field=field))
                 learned.append(identity)
                 touches.add(identity)
 
@@ -228,7 +229,7 @@ class MauticConnector(Connector):
                 try:
                     learn(IdentityType.EMAIL, normalise_email(email), "email")
                 except InvalidEmail:
-                    log.warning("mautic.unusable_email", system=self.name, contact_id=contact_id)
+                    log.warning("mautic.unusable_email", system=self.name, contact_id=str(contact_id))
             for key in ("phone", "mobile"):
                 phone = _normalise_phone(values.get(key))
                 if phone:
@@ -285,12 +286,12 @@ class MauticConnector(Connector):
             try:
                 companies += len(_collection(self._get(f"api/contacts/{contact_id}/companies").get("companies")))
             except NotFound:
-                receipt.note(ALREADY_GONE, id=contact_id)
+                receipt.note(ALREADY_GONE, id=str(contact_id))
                 continue
             try:
                 self._request("DELETE", f"api/contacts/{contact_id}/delete")
             except NotFound:
-                receipt.note(ALREADY_GONE, id=contact_id)
+                receipt.note(ALREADY_GONE, id=str(contact_id))
                 continue
             deleted.append(contact_id)
             receipt.vendor_refs.append(f"mautic contact {contact_id} deleted")
@@ -322,8 +323,8 @@ class MauticConnector(Connector):
                     # Adding reason 3 would replace a bounce (DoNotContact.php L92-110) and a later lift
                     # would then delete it; the person is not contactable on this channel anyway.
                     receipt.note(N_("contact {id} already has do-not-contact on {channel} ({reasons}): left as it is, "
-                                    "and lifting the restriction will not remove it"), id=contact_id, channel=channel,
-                                 reasons=_reasons(theirs))
+                                    "and lifting the restriction will not remove it"), id=str(contact_id),
+                                 channel=channel, reasons=_reasons(theirs))
                     continue
                 self._request("POST", f"api/contacts/{contact_id}/dnc/{channel}/add", json=body)
                 receipt.vendor_refs.append(f"mautic contact {contact_id} do-not-contact {channel} added")
@@ -358,11 +359,11 @@ class MauticConnector(Connector):
                 if theirs:
                     if len(theirs) < len(on_channel):
                         receipt.note(N_("contact {id}: kept the do-not-contact on {channel} ({reasons}); it is not "
-                                        "ours to lift, so ours there stays too"), id=contact_id, channel=channel,
+                                        "ours to lift, so ours there stays too"), id=str(contact_id), channel=channel,
                                      reasons=_reasons(theirs))
                     else:
                         receipt.note(N_("contact {id}: kept the do-not-contact on {channel} ({reasons}); it is not "
-                                        "ours to lift"), id=contact_id, channel=channel, reasons=_reasons(theirs))
+                                        "ours to lift"), id=str(contact_id), channel=channel, reasons=_reasons(theirs))
                     continue
                 if not on_channel:
                     continue  # nothing of ours to lift
@@ -522,7 +523,7 @@ class MauticConnector(Connector):
             for form in email_forms(email):
                 for contact_id, contact in self._search_email(form).items():
                     found[contact_id] = contact
-                    reached.setdefault(contact_id, "matched by e-mail")
+                    reached.setdefault(contact_id, N_("matched by e-mail"))
         for raw_id in identities.of(IdentityType.MAUTIC_CONTACT_ID):
             if not raw_id.strip().isdigit():
                 continue  # a Mautic contact id is an integer; anything else cannot match
@@ -536,7 +537,7 @@ class MauticConnector(Connector):
             by_id = body.get("contact")
             if isinstance(by_id, dict):
                 found[contact_id] = by_id
-                reached[contact_id] = "matched by contact id"
+                reached[contact_id] = N_("matched by contact id")
         if how is not None:
             how.update(reached)
         return dict(sorted(found.items()))
@@ -562,7 +563,7 @@ class MauticConnector(Connector):
                 stored = _field_values(contact).get("email")
                 # The search command is a LIKE (`_`, `%` match any character): keep only exact matches.
                 if (isinstance(stored, str) or by_command) and str(stored or "").strip().lower() != email:
-                    log.warning("mautic.search_mismatch_dropped", system=self.name, contact_id=contact_id)
+                    log.warning("mautic.search_mismatch_dropped", system=self.name, contact_id=str(contact_id))
                     continue
                 found[contact_id] = contact
             start += len(items)

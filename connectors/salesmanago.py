@@ -34,6 +34,7 @@ from connectors.base import (
     Receipt,
     Record,
     TransientError,
+    note,
 )
 from connectors.emails import email_forms
 from connectors.http import HttpClient, NotFound, RetryPolicy
@@ -285,13 +286,17 @@ class SalesmanagoConnector(Connector):
             # visible to several SALESmanago users (owners): their e-mails are staff accounts, never learned.
             contact_id = contact.get("contactId")
             key = contact_id if isinstance(contact_id, str) and contact_id else "?"
-            via = f"{self.name}: contact {key} (matched by e-mail, for the configured owner), field "
+
+            def via(field: str, key: str = key) -> Note:
+                return note(N_("{system}: contact {id} (matched by e-mail, for the configured owner), field {field}"),
+                            system=self.name, id=key, field=field)
+
             if isinstance(contact_id, str) and contact_id:
-                learned.append(Identity(IdentityType.SALESMANAGO_CONTACT_ID, contact_id, source=self.name,
-                                        via=via + "contactId"))
+                learned.append(Identity.learned(IdentityType.SALESMANAGO_CONTACT_ID, contact_id, self.name,
+                                                via("contactId")))
             phone = _PHONE_JUNK.sub("", str(contact.get("phone") or ""))
             if len(phone.lstrip("+")) >= 5:
-                learned.append(Identity(IdentityType.PHONE, phone, source=self.name, via=via + "phone"))
+                learned.append(Identity.learned(IdentityType.PHONE, phone, self.name, via("phone")))
             touches.update(learned)
             touches.update(i for i in identities if i.type == IdentityType.EMAIL
                            and i.value.lower() == self._stored_email(contact).lower())

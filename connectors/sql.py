@@ -153,9 +153,10 @@ class SqlConnector(Connector):
         """Identifiers from rows that are the person's: all identity columns of rows matched directly by a
         non-shared identifier, and the `learn` columns of rows owned through a declared ownership path."""
         entity = self.spec.entities[name]
-        sources: list[tuple[sa.ColumnElement[bool], dict[IdentityType, str], str]] = []
+        sources: list[tuple[sa.ColumnElement[bool], dict[IdentityType, str], Note]] = []
         if reach.strong is not None and entity.identities:
-            sources.append((reach.strong, dict(entity.identities), f"{entity.table} (matched directly)"))
+            sources.append((reach.strong, dict(entity.identities), note(N_("{table} (matched directly)"),
+                                                                        table=entity.table)))
         learn = {t: entity.identities[t] for t in entity.learn}
         if reach.owned is not None and learn:
             sources.append((sa.and_(reach.owned, reach.mine), learn, self._path(name)))
@@ -165,16 +166,17 @@ class SqlConnector(Connector):
                 for (type_, column), value in zip(columns.items(), row, strict=True):
                     learned = _identity_value(type_, value)
                     if learned:
-                        hits.learned.append(Identity(type_, learned, source=self.name,
-                                                     via=f"{self.name}: {path}, column {column}"))
+                        hits.learned.append(Identity.learned(type_, learned, self.name, note(
+                            N_("{system}: {path}, column {column}"), system=self.name, path=path, column=column)))
 
-    def _path(self, name: str) -> str:
+    def _path(self, name: str) -> Note:
         """How a row of `name` is reached from a directly matched row, along ownership only."""
         entity = self.spec.entities[name]
         column, ref = next(iter(entity.owners().items()))
         parent = self.spec.entities[ref.entity]
-        start = f"{parent.table} (matched directly)" if parent.identities else self._path(ref.entity)
-        return f"{start} -> {entity.table} (owned through {column})"
+        start = note(N_("{table} (matched directly)"), table=parent.table) if parent.identities \
+            else self._path(ref.entity)
+        return note(N_("{start} -> {table} (owned through {column})"), start=start, table=entity.table, column=column)
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
         wanted = self._wanted(entities)

@@ -167,6 +167,7 @@ class SubjectIdentity(Base):
     source: Mapped[str] = mapped_column(sa.String(64))
     round: Mapped[int] = mapped_column(default=0)
     via: Mapped[str | None] = mapped_column(sa.Text)  # provenance: system, table, column, path from a direct match
+    via_note: Mapped[dict[str, Any] | None]  # the same as a Note ({"msgid", "params"}), for the person's language
 
 
 class SystemHit(Base):

@@ -27,8 +27,10 @@ from connectors.base import (
     Identities,
     Identity,
     IdentityType,
+    Note,
     TransientError,
     UnsupportedAction,
+    is_note,
 )
 from connectors.emails import normalise_email
 from connectors.redact import redact
@@ -225,7 +227,8 @@ def verify_request(rt: Runtime, wake: Wakeups, request_id: str, actor: str, note
 
 def known_identities(s: Session, request_id: str) -> Identities:
     rows = s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id))
-    return Identities(Identity(IdentityType(r.type), r.value, r.source, r.via or "") for r in rows)
+    return Identities(Identity(IdentityType(r.type), r.value, r.source, r.via or "",
+                               Note.from_dict(r.via_note) if is_note(r.via_note) else None) for r in rows)
 
 
 def system_views(rt: Runtime, found: Discovery, systems: list[str] | None = None) -> list[SystemView]:
@@ -338,6 +341,7 @@ def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
             if (ident.type.value, ident.value) not in have:
                 s.add(SubjectIdentity(request_id=request_id, type=ident.type.value, value=ident.value,
                                       source=ident.source, via=ident.via or None,
+                                      via_note=ident.via_note.to_dict() if ident.via_note else None,
                                       round=found.learned_in_round.get((ident.type, ident.value), 0)))
         for name in asked:
             hits = found.hits.get(name)
@@ -517,7 +521,8 @@ def merge_request(rt: Runtime, request_id: str,
             raise NotFoundError(f"unknown request {request_id}")
         if req.status != RequestStatus.MERGING:
             return None  # not ready, or merged already by an earlier delivery
-        identities = [{"type": i.type, "value": i.value, "source": i.source, "round": i.round, "via": i.via}
+        identities = [{"type": i.type, "value": i.value, "source": i.source, "round": i.round, "via": i.via,
+                       "via_note": i.via_note}
                       for i in s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id)
                                          .order_by(SubjectIdentity.id))]
         hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}

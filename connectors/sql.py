@@ -67,6 +67,8 @@ class _Reach:
     others: sa.ColumnElement[bool] | None
     related: sa.ColumnElement[bool] | None
     linked: sa.ColumnElement[bool] | None = None
+    # the person's rows are exactly those matched by a non-shared identifier (no owned or shared path)
+    mine_is_strong: bool = False
 
 
 class SqlConnector(Connector):
@@ -116,9 +118,10 @@ class SqlConnector(Connector):
 
     def locate(self, identities: Identities) -> Hits:
         hits = Hits(system=self.name, found=False)
+        memo: dict[str, _Reach | None] = {}  # each entity's clauses, built once and shared by its children
         with self._connect() as conn:
             for name in self.order:
-                reach = self._reach(name, identities, conn)
+                reach = self._reach(name, identities, conn, memo)
                 if reach is None:
                     continue
                 table = self._table(name, conn)
@@ -129,7 +132,8 @@ class SqlConnector(Connector):
                 hits.counts[name] = int(count)
                 hits.found = True
                 self._learn(conn, table, name, reach, hits)
-                self._touches(conn, table, name, reach, hits)
+                if not reach.mine_is_strong:  # else _learn read the same rows' identifiers
+                    self._touches(conn, table, name, reach, hits)
         return hits
 
     def _touches(self, conn: Connection, table: sa.Table, name: str, reach: _Reach, hits: Hits) -> None:
@@ -165,6 +169,8 @@ class SqlConnector(Connector):
             for row in conn.execute(sa.select(*cols).where(cond).distinct().limit(1000)):
                 for (type_, column), value in zip(columns.items(), row, strict=True):
                     learned = _identity_value(type_, value)
+                    if learned and reach.mine_is_strong:  # these rows are all a change would touch here
+                        hits.touches.setdefault(name, set()).add(Identity(type_, learned, source=self.name))
                     if learned:
                         hits.learned.append(Identity.learned(type_, learned, self.name, note(
                             N_("{system}: {path}, column {column}"), system=self.name, path=path, column=column)))
@@ -180,11 +186,12 @@ class SqlConnector(Connector):
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
         wanted = self._wanted(entities)
+        memo: dict[str, _Reach | None] = {}
         with self._connect() as conn:
             for name in self.order:
                 if name not in wanted:
                     continue
-                reach = self._reach(name, identities, conn)
+                reach = self._reach(name, identities, conn, memo)
                 if reach is None:
                     continue
                 entity = self.spec.entities[name]
@@ -224,16 +231,17 @@ class SqlConnector(Connector):
         receipt = Receipt(system=self.name, action="erase")
         wanted = self._wanted(entities)
         now = self.ctx.clock()
+        memo: dict[str, _Reach | None] = {}  # clauses, not rows: the database evaluates them at each statement
         with self._begin() as conn:
             # Counted before anything changes: masking one table changes what reaches another.
             for name in self.order:
-                if name in wanted and (first := self._reach(name, identities, conn)) is not None:
+                if name in wanted and (first := self._reach(name, identities, conn, memo)) is not None:
                     self._count_skipped(conn, self._table(name, conn), name, first, receipt.skipped)
             # Children first: a parent's identity columns must stay intact while its children are found.
             for name in reversed(self.order):
                 if name not in wanted:
                     continue
-                reach = self._reach(name, identities, conn)
+                reach = self._reach(name, identities, conn, memo)
                 if reach is None:
                     continue
                 cond = reach.mine
@@ -361,9 +369,13 @@ class SqlConnector(Connector):
                 mine=mine,
                 strong=sa.or_(*strong) if strong else None,
                 owned=owned,
-                others=sa.and_(sa.or_(*reached), not_mine),
+                # Only an owned row or a shared-identifier match can name someone else: counting is skipped
+                # where it cannot (a table without identity columns, or reached only by its own).
+                others=sa.and_(sa.or_(*reached), not_mine) if entity.identities and (owned is not None or shared)
+                else None,
                 related=sa.and_(related, not_mine) if related is not None else None,
                 linked=sa.and_(linked, not_mine) if linked is not None else None,
+                mine_is_strong=bool(strong) and owned is None and not shared,
             )
         elif linked is not None:
             result = _Reach(mine=sa.false(), strong=None, owned=None, others=None, related=related, linked=linked)
@@ -617,13 +629,14 @@ class SqlConnector(Connector):
     def _set_flags(self, identities: Identities, entities: Iterable[str] | None, which: str) -> Receipt:
         receipt = Receipt(system=self.name, action="restrict" if which == "restrict" else "lift_restriction")
         wanted = self._wanted(entities)
+        memo: dict[str, _Reach | None] = {}
         with self._begin() as conn:
             for name in self.order:
                 entity = self.spec.entities[name]
                 spec = entity.restrict if which == "restrict" else entity.lift
                 if name not in wanted or spec is None:
                     continue
-                reach = self._reach(name, identities, conn)
+                reach = self._reach(name, identities, conn, memo)
                 if reach is None:
                     continue
                 cond = reach.mine

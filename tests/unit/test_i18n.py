@@ -258,3 +258,26 @@ def test_catalogues_compile_in_memory_without_a_build_step() -> None:
     languages._translations.cache_clear()
     assert language("nb").gettext("Your rights") == "Rettighetene dine"
     assert not list(catalogue_path("nb").parent.glob("*.mo"))  # nothing compiled is kept in the tree
+
+
+def test_notes_keep_the_english_text_and_render_in_the_language() -> None:
+    """Texts written below the i18n layer (connectors, planner) are Notes: English where they are kept, the
+    person's language on the page; a page for an older bundle (plain text only) shows the plain text."""
+    from connectors.base import Note, Receipt, is_note, note
+    from discovery.bundle.page import _Page
+
+    receipt = Receipt("accounts", "erase")
+    receipt.note("{entity}: {count} kept and restricted under hold ({reason})", entity="orders", count=1234,
+                 reason={"en": "the Bookkeeping Act", "nb": "bokføringsloven § 13"})
+    assert receipt.details == ["orders: 1234 kept and restricted under hold (the Bookkeeping Act)"]
+    stored = receipt.to_dict()["notes"][0]
+    assert is_note(stored) and Note.from_dict(stored).render() == receipt.details[0]
+    nested = note("{count} record(s) left alone: {reason}", count=2,
+                  reason=Note("an identity column names someone else"))
+    assert Note.from_dict(nested.to_dict()) == nested
+    nb = _Page(language("nb"))
+    assert nb.note(stored) == f"orders: {language('nb').number(1234)} beholdt og begrenset på grunn av lovpålagt " \
+                              "oppbevaring (bokføringsloven § 13)"
+    assert nb.note(nested.to_dict()) == "2 post(er) ikke endret: en identitetskolonne navngir en annen person"
+    assert nb.notes([], ["users: 1 masked"]) == ["users: 1 masked"]  # an older bundle: its English lines
+    assert nb.note(None, "the person was not found in this system") == "personen ble ikke funnet i dette systemet"

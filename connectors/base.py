@@ -10,7 +10,7 @@ import abc
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, Self, TypeGuard
 
 
 def N_(message: str) -> str:
@@ -28,7 +28,8 @@ class Note:
     language later (gettext's deferred translation): `msgid` is in the catalogue, `params` fill its {names}.
 
     A value is text or a number shown as it is (entity, system, column names, vendor ids), another Note
-    (translated in turn), or a per-language text from the data map ({"en": ..., "nb": ...}).
+    (translated in turn), a per-language text from the data map ({"en": ..., "nb": ...}), or a list of
+    these (shown joined with ", ").
     """
 
     msgid: str
@@ -39,13 +40,11 @@ class Note:
         return translate(self.msgid).format(**{k: _value(v, translate) for k, v in self.params.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"msgid": self.msgid, "params": {k: v.to_dict() if isinstance(v, Note) else v
-                                                for k, v in self.params.items()}}
+        return {"msgid": self.msgid, "params": {k: _dump(v) for k, v in self.params.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Note:
-        return cls(str(data["msgid"]), {k: cls.from_dict(v) if is_note(v) else v
-                                        for k, v in (data.get("params") or {}).items()})
+        return cls(str(data["msgid"]), {k: _load(v) for k, v in (data.get("params") or {}).items()})
 
     def __str__(self) -> str:
         return self.render()
@@ -60,9 +59,27 @@ def note(msgid: str, **params: Any) -> Note:
     return Note(msgid, params)
 
 
+def _dump(value: Any) -> Any:
+    if isinstance(value, Note):
+        return value.to_dict()
+    if isinstance(value, list | tuple):
+        return [_dump(v) for v in value]
+    return value
+
+
+def _load(value: Any) -> Any:
+    if is_note(value):
+        return Note.from_dict(value)
+    if isinstance(value, list):
+        return [_load(v) for v in value]
+    return value
+
+
 def _value(value: Any, translate: Callable[[str], str]) -> Any:
     if isinstance(value, Note):
         return value.render(translate)
+    if isinstance(value, list | tuple):
+        return ", ".join(str(_value(v, translate)) for v in value)
     if isinstance(value, Mapping):  # a per-language text: the English one here
         return value.get("en") or next(iter(value.values()), "")
     return value
@@ -260,10 +277,17 @@ class ConnectorError(Exception):
 
     transient = False
 
-    def __init__(self, system: str, message: str) -> None:
+    def __init__(self, system: str, message: str, note: Note | None = None) -> None:
         super().__init__(f"{system}: {message}")
         self.system = system
         self.message = message
+        # the same text as a Note, where a person may read it (the bundle page shows a task's failure)
+        self.note = note
+
+    @classmethod
+    def of(cls, system: str, text: Note) -> Self:
+        """The error with its English text from `text` and the Note beside it."""
+        return cls(system, text.render(), note=text)
 
 
 class TransientError(ConnectorError):

@@ -243,9 +243,8 @@ class FreshchatConnector(Connector):
 
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         if "user" not in self._wanted(entities):
-            raise UnsupportedAction(
-                self.name, "FreshChat erases whole contacts; conversations or messages alone cannot be deleted"
-            )
+            raise UnsupportedAction.of(self.name, Note(N_(
+                "FreshChat erases whole contacts; conversations or messages alone cannot be deleted")))
         receipt = Receipt(self.name, "erase")
         users = self._resolve(identities)
         own = set(users)
@@ -282,7 +281,8 @@ class FreshchatConnector(Connector):
     def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         wanted = self._wanted(entities)
         if not wanted & {"user", "conversations"}:
-            raise UnsupportedAction(self.name, "restriction applies to the user and its conversations, not messages")
+            raise UnsupportedAction.of(self.name, Note(N_(
+                "restriction applies to the user and its conversations, not messages")))
         receipt = Receipt(self.name, "restrict")
         users = self._resolve(identities)
         own = set(users)
@@ -299,7 +299,7 @@ class FreshchatConnector(Connector):
 
     def lift_restriction(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         if "user" not in self._wanted(entities):
-            raise UnsupportedAction(self.name, "lifting a restriction changes the user property only")
+            raise UnsupportedAction.of(self.name, Note(N_("lifting a restriction changes the user property only")))
         receipt = Receipt(self.name, "lift_restriction")
         for user in self._resolve(identities).values():
             if self._set_restricted(user, "false"):

@@ -276,19 +276,15 @@ class MatomoConnector(Connector):
         return receipt
 
     def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
-        raise UnsupportedAction(
-            self.name,
+        raise UnsupportedAction.of(self.name, Note(N_(
             "Matomo has no per-person server-side restriction: its opt-out is browser-side only "
             "(opt-out cookie / consent); the integrating site must stop sending this person's userId "
-            "or stop tracking them, and past visits can only be erased",
-        )
+            "or stop tracking them, and past visits can only be erased")))
 
     def lift_restriction(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
-        raise UnsupportedAction(
-            self.name,
+        raise UnsupportedAction.of(self.name, Note(N_(
             "Matomo has no per-person server-side restriction to lift: opt-out and consent are browser-side "
-            "only; the integrating site decides whether it tracks this person again",
-        )
+            "only; the integrating site decides whether it tracks this person again")))
 
     def check(self) -> Health:
         health = Health(self.name, ok=True)

@@ -275,8 +275,8 @@ class MauticConnector(Connector):
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         wanted = self._entities(entities)
         if "contact" not in wanted:
-            raise UnsupportedAction(self.name, "Mautic erases whole contacts (everything linked goes with them); "
-                                               "include entity 'contact'")
+            raise UnsupportedAction.of(self.name, Note(N_("Mautic erases whole contacts (everything linked goes with "
+                                                          "them); include entity 'contact'")))
         receipt = Receipt(system=self.name, action="erase")
         deleted: list[int] = []
         companies = 0

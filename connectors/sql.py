@@ -100,10 +100,11 @@ class SqlConnector(Connector):
             if e.erase.strategy == "delete":
                 erase = Note(N_("delete rows"))
             else:
-                erase = note(N_("mask {columns}"),
-                             columns=", ".join(f"{c} ({_method_name(m)})" for c, m in e.erase.mask.items()))
-            restrict = note(N_("set {values}"), values=", ".join(f"{c}={v!r}" for c, v in e.restrict.set.items())) \
-                if e.restrict else None
+                erase = note(N_("mask {columns}"), columns=[note(N_("{column} ({method})"), column=c,
+                                                                 method=_method_name(m))
+                                                            for c, m in e.erase.mask.items()])
+            restrict = note(N_("set {values}"), values=[note(N_("{column} to {value}"), column=c, value=repr(v))
+                                                        for c, v in e.restrict.set.items()]) if e.restrict else None
             hold = Hold(e.hold.years, e.hold.from_, e.hold.reason_text(),
                         reasons=dict(e.hold.reason) if isinstance(e.hold.reason, dict) else None) if e.hold else None
             out[name] = EntityPolicy.of(erase, restrict, hold=hold,
@@ -714,21 +715,23 @@ class _DbErrors:
         try:
             return self._cm.__enter__()  # type: ignore[no-any-return]
         except OperationalError as exc:
-            raise TransientError(self.system, f"database unreachable: {_db_reason(exc)}") from None
+            raise TransientError.of(self.system, note(N_("database unreachable: {reason}"),
+                                                      reason=_db_reason(exc))) from None
 
     def __exit__(self, *exc: Any) -> Any:
         try:
             handled = self._cm.__exit__(*exc)
         except OperationalError as err:
-            raise TransientError(self.system, f"database error: {_db_reason(err)}") from None
+            raise TransientError.of(self.system, note(N_("database error: {reason}"), reason=_db_reason(err))) from None
         # A driver error raised inside the block (the transaction is rolled back by now) carries the
         # statement and its parameters, personal data among them: only its first line goes on, scrubbed.
         error = exc[1] if len(exc) > 1 else None
         if isinstance(error, OperationalError):
-            raise TransientError(self.system, f"database error: {_db_reason(error)}") from None
+            raise TransientError.of(self.system, note(N_("database error: {reason}"),
+                                                      reason=_db_reason(error))) from None
         if isinstance(error, DBAPIError):
-            raise PermanentError(self.system, f"the database refused the change, nothing was changed: "
-                                              f"{_db_reason(error)}") from None
+            raise PermanentError.of(self.system, note(N_("the database refused the change, nothing was changed: "
+                                                         "{reason}"), reason=_db_reason(error))) from None
         return handled
 
     def __getattr__(self, item: str) -> Any:
@@ -740,8 +743,13 @@ def _db_reason(exc: SQLAlchemyError) -> str:
     return redact(text)[:200]
 
 
-def _method_name(method: Any) -> str:
-    return "fixed value" if isinstance(method, Fixed) else str(method)
+# how a column is masked, as a word the bundle page translates (the data map's names, in English)
+MASK_METHODS = {"null": N_("null"), "hash": N_("hash"), "redact": N_("redact")}
+FIXED_VALUE = N_("fixed value")
+
+
+def _method_name(method: Any) -> Note:
+    return Note(FIXED_VALUE if isinstance(method, Fixed) else MASK_METHODS.get(str(method), str(method)))
 
 
 def _python_type(col: sa.Column[Any]) -> type | None:

@@ -63,6 +63,7 @@ class SystemPart:
     staged: dict[str, Any] | None = None  # Staging.write() result
     receipt: dict[str, Any] | None = None
     reason: str | None = None
+    reason_note: dict[str, Any] | None = None  # the reason as a Note (connectors.base), for the page's language
     finished_at: str | None = None
     confirmations: list[dict[str, Any]] = field(default_factory=list)  # manual steps confirmed by a person
 
@@ -274,6 +275,8 @@ def _merge_status(entry: dict[str, Any], part: SystemPart) -> None:
         entry["status"] = part.status
     if part.reason:
         entry.setdefault("reasons", []).append(part.reason)
+        if part.reason_note:
+            entry.setdefault("reason_notes", {})[part.reason] = part.reason_note
     if part.action:
         entry["actions"].append({"action": part.action, "status": part.status, "finished_at": part.finished_at,
                                  "reason": part.reason})

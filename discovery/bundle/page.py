@@ -120,6 +120,8 @@ class _Page:
             return self.note(value)
         if isinstance(value, dict):
             return self.lang.text(value)
+        if isinstance(value, list):  # several values (masked columns, say), each in turn
+            return ", ".join(str(self._value(v)) for v in value)
         if isinstance(value, int) and not isinstance(value, bool):
             return self.lang.number(value)
         return value

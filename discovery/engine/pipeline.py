@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connectors.base import (
+    N_,
     Connector,
     ConnectorError,
     Hits,
@@ -31,6 +32,7 @@ from connectors.base import (
     TransientError,
     UnsupportedAction,
     is_note,
+    note,
 )
 from connectors.emails import normalise_email
 from connectors.redact import redact
@@ -409,20 +411,38 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
                 status = TaskStatus.AWAITING_MANUAL
     except UnsupportedAction as exc:
         status, error = TaskStatus.UNSUPPORTED, exc.message
+        result = _failure(_error_note(exc, N_("this system cannot do this: {error}")))
     except TransientError as exc:
         if attempts < rt.settings.worker.max_attempts:
             _release(rt, task_id, redact(exc.message))
             log.warning("task.retry", request_id=request_id, task_id=task_id, system=system, error=redact(exc.message))
             raise RetryLater(f"{system} {action}: {redact(exc.message)}") from None
         status, error = TaskStatus.FAILED, f"gave up after {attempts} attempts: {redact(exc.message)}"
+        result = _failure(note(N_("gave up after {attempts} attempts: {error}"), attempts=attempts,
+                               error=_error_note(exc)))
     except ConnectorError as exc:
         status, error = TaskStatus.FAILED, redact(exc.message)
+        result = _failure(_error_note(exc))
     except Exception as exc:  # a bug or an unexpected library error: fail the task, keep the worker
         log.exception("task.crash", request_id=request_id, task_id=task_id, system=system)
         status, error = TaskStatus.FAILED, f"internal error: {type(exc).__name__}: {redact(str(exc))[:300]}"
+        result = _failure(note(N_("internal error: {error}"), error=error.removeprefix("internal error: ")))
     finally:
         keeper.stop()
     finish_task(rt, wake, task_id, status, error, result)
+
+
+def _error_note(exc: ConnectorError, wrapper: str = N_("the system answered with an error: {error}")) -> Note:
+    """A failure as a person reads it: the connector's Note (its text values scrubbed like `error`), or the
+    error text as a value in a translated sentence."""
+    if exc.note is None:
+        return note(wrapper, error=redact(exc.message))
+    return Note(exc.note.msgid, {k: redact(v) if isinstance(v, str) else v for k, v in exc.note.params.items()})
+
+
+def _failure(why: Note) -> dict[str, Any]:
+    """A failed or unsupported task's result: no receipt, only why (the bundle page shows it translated)."""
+    return {"error_note": why.to_dict()}
 
 
 class LeaseKeeper:
@@ -556,9 +576,11 @@ def merge_request(rt: Runtime, request_id: str,
                 parts.append(SystemPart(system, "skipped", reason=OUT_OF_SCOPE))
         for t in tasks:
             staged = t.result if t.action == "export" and t.status == TaskStatus.DONE else None
-            receipt = t.result if t.action != "export" and t.result else None
+            failure = (t.result or {}).get("error_note")
+            receipt = t.result if t.action != "export" and t.result and not failure else None
             parts.append(SystemPart(t.system, str(t.status), t.action, staged=staged, receipt=receipt,
-                                    reason=t.error, finished_at=t.finished_at.isoformat() if t.finished_at else None,
+                                    reason=t.error, reason_note=failure,
+                                    finished_at=t.finished_at.isoformat() if t.finished_at else None,
                                     confirmations=confirmed.get((t.system, t.action), [])))
         failed = [t for t in tasks if t.status == TaskStatus.FAILED]
     try:

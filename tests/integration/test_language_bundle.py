@@ -13,9 +13,14 @@ from typing import Any
 
 import pytest
 
+from connectors.base import Note, note
+from connectors.sql import _method_name
+from connectors.sql_map import Fixed
 from discovery.bundle.archive import local_path
+from discovery.bundle.page import _Page
 from discovery.engine import pipeline
 from discovery.engine.ledger import Request
+from discovery.i18n.languages import language
 from sandbox.launch import Sandbox
 from sandbox.people import JANE
 from tests.helpers import sandbox_world
@@ -40,10 +45,11 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
         yield world
 
 
-def erase(world: dict[str, Any], **options: Any) -> str:
-    """An erasure in Norwegian, its manual steps confirmed; the text of its bundle page."""
+def erase(world: dict[str, Any], request_type: str = "erasure", **options: Any) -> str:
+    """An erasure (or another change) in Norwegian, its manual steps confirmed; the text of its bundle page."""
     rt, wake = world["rt"], world["wake"]
-    request_id = pipeline.submit(rt, wake, "erasure", JANE.email, actor="test", language="nb", **options).request.id
+    request_id = pipeline.submit(rt, wake, request_type, JANE.email, actor="test", language="nb",
+                                 **options).request.id
     wake.drain()
     with rt.sessions() as s:
         req = s.get(Request, request_id)
@@ -71,9 +77,9 @@ def test_a_norwegian_erasure_page_has_no_english_receipt_plan_or_provenance_text
     assert "SALESmanago fjerner slettede kontakter for godt i nattjobben sin" in page
     assert "så ingen manuelle trinn trengs" in page  # Matomo's archived reports
     # the plan's reasons, with their values, and the refusal
-    assert "sletting: art. 17: maskere email (hash)" in page
+    assert "sletting: art. 17: maskere email (hashet)" in page
     assert "poster som er mindre enn 5 år gamle etter ordered_at, beholdes på grunn av bokføringsloven § 13" in page
-    assert "behandlingen begrenses (sette processing_restricted=True)" in page
+    assert "behandlingen begrenses (sette processing_restricted til True)" in page
     assert "ville endret poster med 1 identifikator(er) som ikke tilhører denne personen" in page
     # how we found her
     assert "accounts: users (funnet direkte), kolonnen phone" in page
@@ -92,3 +98,29 @@ def test_a_norwegian_erasure_page_has_no_english_receipt_plan_or_provenance_text
     for text in (page, freshchat):
         assert [english for english in ENGLISH if english in text] == []
 
+
+
+def test_a_norwegian_restriction_page_says_in_norwegian_why_matomo_cannot_restrict(world: dict[str, Any]) -> None:
+    page = erase(world, "restriction", systems=["accounts", "matomo"])
+    assert "Merk (ikke mulig i dette systemet): Matomo har ingen måte å begrense behandlingen for én person på " \
+           "serveren: reservasjonen (opt-out) finnes bare i nettleseren" in page
+    assert "begrensning: art. 18: sette processing_restricted til True" in page
+    assert "per-person server-side" not in page and " set to " not in page
+    assert [english for english in ENGLISH if english in page] == []
+
+
+def test_masking_methods_and_failures_read_in_norwegian() -> None:
+    nb, en = _Page(language("nb")), _Page(language("en"))
+    mask = note("mask {columns}", columns=[note("{column} ({method})", column=c, method=_method_name(m)) for c, m in
+                                           [("email", "hash"), ("full_name", "redact"), ("phone", "null"),
+                                            ("password_hash", Fixed(fixed="!erased"))]])
+    assert nb.note(mask.to_dict()) == "maskere email (hashet), full_name (sladdet), phone (tømt), password_hash " \
+                                      "(fast verdi)"
+    assert en.note(mask.to_dict()) == mask.render() == "mask email (hash), full_name (redact), phone (null), " \
+                                                       "password_hash (fixed value)"
+    assert Note.from_dict(mask.to_dict()) == mask
+    refused = note("the database refused the change, nothing was changed: {reason}", reason="23505 unique violation")
+    gave_up = note("gave up after {attempts} attempts: {error}", attempts=3,
+                   error=note("the system answered with an error: {error}", error="HTTP 503"))
+    assert nb.note(refused.to_dict()) == "databasen avviste endringen, ingenting ble endret: 23505 unique violation"
+    assert nb.note(gave_up.to_dict()) == "ga opp etter 3 forsøk: systemet svarte med en feil: HTTP 503"

@@ -347,7 +347,7 @@ class SqlConnector(Connector):
             cond = self._identity_in(table.c[column], type_, identities.of(type_))
             if cond is not None:
                 (shared if type_ in entity.shared_types() else strong).append(cond)
-        owned = self._via(entity.owners(), identities, conn, table, memo)
+        owned = _any(self._via(entity.owners(), identities, conn, table, memo).values())
         mine_parts: list[sa.ColumnElement[bool]] = []
         if strong:
             mine_parts.append(sa.or_(*strong))
@@ -362,8 +362,9 @@ class SqlConnector(Connector):
         not_mine = sa.not_(sa.func.coalesce(mine, sa.false()))
         # Relations are resolved once this entity's own rows are known: a relation may point back at it.
         memo[name] = _Reach(mine=mine, strong=None, owned=None, others=None, related=None)
-        related = self._via({c: r for c, r in entity.relations().items() if r.export}, identities, conn, table, memo)
-        linked = self._via(entity.relations(), identities, conn, table, memo)
+        tied = self._via(entity.relations(), identities, conn, table, memo)
+        related = _any(cond for column, cond in tied.items() if entity.references[column].export)
+        linked = _any(tied.values())
         result = None
         if reached:
             result = _Reach(
@@ -384,16 +385,16 @@ class SqlConnector(Connector):
         return result
 
     def _via(self, refs: dict[str, Reference], identities: Identities, conn: Connection, table: sa.Table,
-             memo: dict[str, _Reach | None]) -> sa.ColumnElement[bool] | None:
-        """Rows whose reference column points at a row that is the person's."""
-        conds = []
+             memo: dict[str, _Reach | None]) -> dict[str, sa.ColumnElement[bool]]:
+        """Per reference column: its rows that point at a row that is the person's."""
+        conds: dict[str, sa.ColumnElement[bool]] = {}
         for column, ref in refs.items():
             parent_reach = self._reach(ref.entity, identities, conn, memo)
             if parent_reach is None:
                 continue
             parent = self._table(ref.entity, conn)
-            conds.append(table.c[column].in_(sa.select(parent.c[ref.column]).where(parent_reach.mine)))
-        return sa.or_(*conds) if conds else None
+            conds[column] = table.c[column].in_(sa.select(parent.c[ref.column]).where(parent_reach.mine))
+        return conds
 
     @staticmethod
     def _identity_in(col: sa.Column[Any], type_: IdentityType, values: list[str]) -> sa.ColumnElement[bool] | None:
@@ -750,6 +751,12 @@ FIXED_VALUE = N_("fixed value")
 
 def _method_name(method: Any) -> Note:
     return Note(FIXED_VALUE if isinstance(method, Fixed) else MASK_METHODS.get(str(method), str(method)))
+
+
+def _any(conds: Iterable[sa.ColumnElement[bool]]) -> sa.ColumnElement[bool] | None:
+    """OR of the clauses, or None when there are none (nothing reaches the rows that way)."""
+    found = list(conds)
+    return sa.or_(*found) if found else None
 
 
 def _python_type(col: sa.Column[Any]) -> type | None:

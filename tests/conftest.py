@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +46,27 @@ def pg_admin() -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def pg_database(pg_admin: sa.Engine) -> Iterator[str]:
-    """A fresh PostgreSQL database URL for one test; dropped afterwards."""
-    urls = []
+def _databases(admin: sa.Engine, create: str, drop: str) -> Iterator[Callable[[], str]]:
+    """Makes fresh databases (`create`/`drop` take the name) for one test; drops only those afterwards."""
+    names: list[str] = []
 
     def make() -> str:
         name = f"dsar_t_{uuid.uuid4().hex[:12]}"
-        with pg_admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        urls.append(name)
-        return pg_admin.url.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(sa.text(create.format(name=name)))
+        names.append(name)
+        return admin.url.set(database=name).render_as_string(hide_password=False)
 
-    yield make  # type: ignore[misc]
-    with pg_admin.connect() as conn:
-        for name in urls:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield make
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(sa.text(drop.format(name=name)))
+
+
+@pytest.fixture
+def pg_database(pg_admin: sa.Engine) -> Iterator[Callable[[], str]]:
+    """Makes fresh PostgreSQL database URLs for one test; each is dropped afterwards."""
+    yield from _databases(pg_admin, 'CREATE DATABASE "{name}"', 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # MariaDB (the SQL connector's second dialect). How the tests log in as an administrator:
@@ -94,22 +99,10 @@ def mariadb_admin() -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def mariadb_database(mariadb_admin: sa.Engine) -> Iterator[str]:
-    """Makes fresh MariaDB databases (returns a mysql+pymysql:// URL) for one test, like pg_database; each is
-    dropped afterwards."""
-    names = []
-
-    def make() -> str:
-        name = f"dsar_t_{uuid.uuid4().hex[:12]}"
-        with mariadb_admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-        names.append(name)
-        return mariadb_admin.url.set(database=name).render_as_string(hide_password=False)
-
-    yield make  # type: ignore[misc]
-    with mariadb_admin.connect() as conn:
-        for name in names:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+def mariadb_database(mariadb_admin: sa.Engine) -> Iterator[Callable[[], str]]:
+    """Makes fresh MariaDB database URLs (mysql+pymysql://) for one test, like pg_database."""
+    yield from _databases(mariadb_admin, "CREATE DATABASE `{name}` CHARACTER SET utf8mb4",
+                          "DROP DATABASE IF EXISTS `{name}`")
 
 
 class RedisServer:

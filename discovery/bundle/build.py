@@ -33,9 +33,10 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from connectors.base import N_
 from discovery.bundle.page import render_index
 from discovery.bundle.staging import Staging, safe_name
-from discovery.i18n.languages import N_, SOURCE
+from discovery.i18n.languages import SOURCE
 
 FORMAT = "dsar-bundle/2"
 CHUNK = 1024 * 1024

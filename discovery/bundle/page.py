@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import orjson
 
-from connectors.base import is_note
-from discovery.i18n.languages import N_, SOURCE, Language, Text, language
+from connectors.base import N_, is_note
+from discovery.i18n.languages import SOURCE, Language, Text, language
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;

@@ -275,7 +275,13 @@ def identifiers(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
     with rt.sessions() as s:
         rows = s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id)
                          .order_by(SubjectIdentity.round, SubjectIdentity.id))
-        return [{"type": i.type, "value": i.value, "source": i.source, "via": i.via, "round": i.round} for i in rows]
+        return [_identifier(i) for i in rows]
+
+
+def _identifier(i: SubjectIdentity) -> dict[str, Any]:
+    """One stored identifier as status, the API and the bundle manifest show it."""
+    return {"type": i.type, "value": i.value, "source": i.source, "via": i.via, "via_note": i.via_note,
+            "round": i.round}
 
 
 def reach(found: Discovery) -> dict[str, dict[str, dict[str, int]]]:
@@ -541,10 +547,8 @@ def merge_request(rt: Runtime, request_id: str,
             raise NotFoundError(f"unknown request {request_id}")
         if req.status != RequestStatus.MERGING:
             return None  # not ready, or merged already by an earlier delivery
-        identities = [{"type": i.type, "value": i.value, "source": i.source, "round": i.round, "via": i.via,
-                       "via_note": i.via_note}
-                      for i in s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id)
-                                         .order_by(SubjectIdentity.id))]
+        identities = [_identifier(i) for i in s.scalars(
+            sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id).order_by(SubjectIdentity.id))]
         hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}
         tasks = list(req.tasks)
         request_type = req.type

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import EntityPolicy, Note, note
+from connectors.base import N_, EntityPolicy, Note, note
 from discovery.engine.ledger import RequestType
-from discovery.i18n.languages import N_
 
 # Reasons stay English in the ledger and the manifest (`reason`); each step also keeps its reason as a Note
 # (msgid + values, `note`), so the bundle page shows it in the person's language.

@@ -53,11 +53,6 @@ class UnknownLanguage(ValueError):
     pass
 
 
-def N_(message: str) -> str:
-    """Marks a text for the catalogue where it is defined; it is translated where it is shown."""
-    return message
-
-
 def language_code(value: str) -> str:
     """'nb', 'NB', 'nb-NO', 'nb_NO', 'no', 'Norsk' -> 'nb'; an unknown language raises UnknownLanguage."""
     key = value.strip().lower().replace("-", "_")

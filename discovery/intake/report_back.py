@@ -17,13 +17,14 @@ from typing import Any
 import orjson
 import structlog
 
+from connectors.base import N_
 from connectors.freshdesk import FreshdeskClient
 from connectors.http import HttpClient, RetryPolicy
 from connectors.redact import redact, safe_url
 from discovery.engine.ledger import Request, RequestStatus, Task
 from discovery.engine.pipeline import audit
 from discovery.engine.runtime import Runtime
-from discovery.i18n.languages import N_, SOURCE, language
+from discovery.i18n.languages import SOURCE, language
 from discovery.intake.download_tokens import download_link
 from discovery.intake.tickets import SIGNATURE_HEADER, sign
 

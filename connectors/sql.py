@@ -8,14 +8,10 @@ and nothing is pulled into memory to find it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,14 +39,24 @@ from connectors.base import (
 from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.redact import redact
 from connectors.s3_files import RESTRICTED_TAG, S3Files
-from connectors.sql_map import EntitySpec, Fixed, Reference, SqlSystemSpec, parse_system, risks, topological
+from connectors.sql_check import check_system
+from connectors.sql_map import EntitySpec, Fixed, Reference, SqlSystemSpec, parse_system, topological
+from connectors.sql_values import (
+    as_datetime,
+    bound_for,
+    carries,
+    jsonable,
+    marker_value,
+    mask_value,
+    python_type,
+    same,
+)
 
 # Expression indexes (lower(trim(email))) are not reflected, and say so on every table. A process-wide
 # filter: catch_warnings() is not thread-safe, and connectors reflect tables from several threads.
 warnings.filterwarnings("ignore", message="Skipped unsupported reflection of expression-based index",
                         category=sa.exc.SAWarning)
 
-REDACTED = "[redacted]"
 NAMES_SOMEONE_ELSE = N_("an identity column names someone else")
 RELATED_NOT_OWNED = N_("related through a relation, not owned")
 
@@ -87,7 +93,7 @@ class SqlConnector(Connector):
         spec = parse_system(name, dict(settings))
         url = ctx.secret(name, "url_env", spec.url_env)
         try:
-            engine = sa.create_engine(url, pool_pre_ping=True)
+            engine = sa.create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
         except (SQLAlchemyError, ValueError) as exc:
             raise PermanentError(name, f"bad database URL in {spec.url_env}: {redact(str(exc))[:200]}") from None
         return cls(name, spec, engine, ctx)
@@ -207,7 +213,7 @@ class SqlConnector(Connector):
                     .execution_options(yield_per=500)
                 for row in conn.execute(query):
                     values = dict(row._mapping)
-                    data = {k: _jsonable(values[k]) for k in shown}
+                    data = {k: jsonable(values[k]) for k in shown}
                     record = Record(entity=name, record_id=str(data[entity.primary_key]), fields=data)
                     if entity.files and self.s3:
                         bucket = self._bucket(entity)
@@ -225,7 +231,7 @@ class SqlConnector(Connector):
         query = sa.select(*(table.c[c] for c in cols)).where(related).order_by(table.c[entity.primary_key]) \
             .execution_options(yield_per=500)
         for row in conn.execute(query):
-            data = {k: _jsonable(v) for k, v in row._mapping.items()}
+            data = {k: jsonable(v) for k, v in row._mapping.items()}
             yield Record(entity=f"{name}.related", record_id=str(data[entity.primary_key]), fields=data)
 
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
@@ -273,25 +279,7 @@ class SqlConnector(Connector):
         return self._set_flags(identities, entities, "lift")
 
     def check(self) -> Health:
-        health = Health(system=self.name, ok=True)
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-                inspector = sa.inspect(conn)
-                for name, entity in self.spec.entities.items():
-                    self._check_entity(inspector, name, entity, health)
-                health.warnings += risks(self.spec)
-                if self.spec.inactivity and inspector.has_table(self.spec.entities[self.spec.inactivity.entity].table):
-                    try:
-                        self._activity(self._table(self.spec.inactivity.entity, conn))
-                    except PermanentError as exc:
-                        health.problems.append(exc.message)
-        except OperationalError as exc:
-            health.problems.append(f"cannot connect to the database: {_db_reason(exc)}")
-        if self.s3:
-            health.problems += self.s3.problems({self._bucket(e) for e in self.spec.entities.values() if e.files})
-        health.ok = not health.problems
-        return health
+        return check_system(self)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -415,7 +403,7 @@ class SqlConnector(Connector):
                 continue
             col = table.c[column]
             present: sa.ColumnElement[bool] = col.is_not(None)
-            if _python_type(col) is str:
+            if python_type(col) is str:
                 present = sa.and_(present, sa.func.trim(col) != "")
             theirs = self._identity_in(col, type_, identities.of(type_))
             conds.append(sa.and_(present, sa.not_(theirs)) if theirs is not None else present)
@@ -451,7 +439,7 @@ class SqlConnector(Connector):
               conn: Connection) -> sa.ColumnElement[bool]:
         assert entity.hold is not None
         expr, col = self._hold_date(name, table, entity, conn)
-        bound = _bound_for(col, _years_before(now, entity.hold.years))
+        bound = bound_for(col, _years_before(now, entity.hold.years))
         # A row without the date cannot be shown to be past its hold: keep it.
         return sa.or_(expr >= bound, expr.is_(None))
 
@@ -469,7 +457,7 @@ class SqlConnector(Connector):
         for day, n in groups:
             if day is None:
                 continue
-            end = _add_years(_as_datetime(day), entity.hold.years)
+            end = _add_years(as_datetime(day), entity.hold.years)
             slot = ends.setdefault(end.date(), [end, 0])
             slot[0], slot[1] = max(slot[0], end), slot[1] + int(n)
         files = self._restrict_files(conn, table, entity, cond, expr)
@@ -517,7 +505,7 @@ class SqlConnector(Connector):
         bucket, template, kept = self._bucket(entity), entity.files.template(), 0
         for row in self._file_rows(conn, table, entity, cond, hold_date):
             day = row["_x0"]
-            value = _add_years(_as_datetime(day), entity.hold.years).date().isoformat() if day else "held"
+            value = _add_years(as_datetime(day), entity.hold.years).date().isoformat() if day else "held"
             for obj in self.s3.find(bucket, template, row):
                 self.s3.set_restricted(bucket, obj.key, value)
                 kept += 1
@@ -563,15 +551,15 @@ class SqlConnector(Connector):
         with self._connect() as conn:
             table = self._table(spec.entity, conn)
             activity, col = self._activity(table)
-            conds = [activity < _bound_for(col, cutoff)]
+            conds = [activity < bound_for(col, cutoff)]
             for column, value in (entity.restrict.set.items() if entity.restrict else ()):
-                conds.append(sa.or_(table.c[column].is_(None), table.c[column] != value))
+                conds.append(sa.not_(carries(table.c[column], value)))
             email = table.c[entity.identities[IdentityType.EMAIL]]
             query = sa.select(email, activity).where(*conds).order_by(table.c[entity.primary_key]) \
                 .execution_options(yield_per=500)
             for stored, last in conn.execute(query):
                 try:
-                    yield normalise_email(str(stored)), _as_datetime(last) if last is not None else None
+                    yield normalise_email(str(stored)), as_datetime(last) if last is not None else None
                 except InvalidEmail:
                     continue
 
@@ -587,7 +575,7 @@ class SqlConnector(Connector):
             cond = reach.mine
             activity, _col = self._activity(self._table(spec.entity, conn))
             latest = conn.execute(sa.select(sa.func.max(activity)).where(cond)).scalar_one()
-        return _as_datetime(latest) if latest is not None else None
+        return as_datetime(latest) if latest is not None else None
 
     def _activity(self, table: sa.Table) -> tuple[sa.ColumnElement[Any], sa.Column[Any]]:
         spec = self.spec.inactivity
@@ -606,31 +594,19 @@ class SqlConnector(Connector):
         pks = [row[0] for row in conn.execute(sa.select(pk).where(cond))]
         changed = 0
         for key in pks:
-            values = {col: self._mask_value(table, entity, col, how, key) for col, how in entity.erase.mask.items()}
+            values = {col: mask_value(table.c[col], how, row=f"{entity.table}:{key}", secret_key=self.ctx.secret_key)
+                      for col, how in entity.erase.mask.items()}
             current = conn.execute(sa.select(*(table.c[c] for c in values)).where(pk == key)).one()
-            if all(_same(a, b) for a, b in zip(current, values.values(), strict=True)):
+            if all(same(a, b) for a, b in zip(current, values.values(), strict=True)):
                 continue  # already erased: a re-run changes nothing
             conn.execute(sa.update(table).where(pk == key).values(**values))
             changed += 1
         return changed
 
-    def _mask_value(self, table: sa.Table, entity: EntitySpec, column: str, method: Any, key: Any) -> Any:
-        if isinstance(method, Fixed):
-            return method.fixed
-        if method == "null":
-            return None
-        if method == "redact":
-            return REDACTED
-        # Keyed by row and column, not by the old value, so masking twice gives the same result
-        # and the value cannot be reversed by hashing guesses.
-        digest = hmac.new(self.ctx.secret_key, f"{entity.table}:{key}:{column}".encode(), hashlib.sha256)
-        value = f"erased-{digest.hexdigest()[:24]}"
-        length = getattr(table.c[column].type, "length", None)
-        return value[:length] if length else value
-
     def _set_flags(self, identities: Identities, entities: Iterable[str] | None, which: str) -> Receipt:
         receipt = Receipt(system=self.name, action="restrict" if which == "restrict" else "lift_restriction")
         wanted = self._wanted(entities)
+        now = self.ctx.clock()
         memo: dict[str, _Reach | None] = {}
         with self._begin() as conn:
             for name in self.order:
@@ -644,9 +620,10 @@ class SqlConnector(Connector):
                 cond = reach.mine
                 table = self._table(name, conn)
                 self._count_skipped(conn, table, name, reach, receipt.skipped)
-                differs = sa.or_(*(sa.or_(table.c[c].is_(None), table.c[c] != v) for c, v in spec.set.items()))
+                marks = {c: marker_value(table.c[c], v, now) for c, v in spec.set.items()}
+                differs = sa.or_(*(sa.not_(carries(table.c[c], v)) for c, v in spec.set.items()))
                 files = self._flag_files(conn, table, entity, cond, which)
-                changed = int(conn.execute(sa.update(table).where(sa.and_(cond, differs)).values(**spec.set)).rowcount)
+                changed = int(conn.execute(sa.update(table).where(sa.and_(cond, differs)).values(**marks)).rowcount)
                 if changed:
                     receipt.changed[name] = changed
                     if which == "restrict":
@@ -663,48 +640,6 @@ class SqlConnector(Connector):
                                      tag=RESTRICTED_TAG)
         return receipt
 
-    def _check_entity(self, inspector: Any, name: str, entity: EntitySpec, health: Health) -> None:
-        if not inspector.has_table(entity.table):
-            health.problems.append(f"entity {name}: table '{entity.table}' does not exist")
-            return
-        columns = {c["name"]: c for c in inspector.get_columns(entity.table)}
-        for col in sorted(entity.columns() - set(columns)):
-            health.problems.append(f"entity {name}: column '{col}' does not exist in table {entity.table}")
-        unique_cols = {tuple(u["column_names"]) for u in inspector.get_unique_constraints(entity.table)}
-        unique_cols |= {tuple(i["column_names"]) for i in inspector.get_indexes(entity.table) if i.get("unique")}
-        for col, method in entity.erase.mask.items():
-            info = columns.get(col)
-            if info is None:
-                continue
-            if method == "null" and not info.get("nullable", True):
-                health.problems.append(f"entity {name}: masks NOT NULL column {col} with null")
-            if (isinstance(method, Fixed) or method == "redact") and (col,) in unique_cols:
-                health.problems.append(f"entity {name}: column {col} is unique; mask it with 'hash', not one value")
-        mapped = entity.columns()
-        for col in sorted(set(columns) - mapped):
-            health.warnings.append(f"entity {name}: column {entity.table}.{col} is not in the data map (not exported)")
-        self._check_identity_indexes(inspector, name, entity, health)
-
-    def _check_identity_indexes(self, inspector: Any, name: str, entity: EntitySpec, health: Health) -> None:
-        """Every identity column is searched on every request: without an index each search scans the table."""
-        indexes = inspector.get_indexes(entity.table)
-        leading = {i["column_names"][0] for i in indexes if i.get("column_names") and i["column_names"][0]}
-        leading |= {entity.primary_key}
-        leading |= {c for u in inspector.get_unique_constraints(entity.table) for c in u["column_names"][:1]}
-        for type_, column in entity.identities.items():
-            if type_ == IdentityType.EMAIL:
-                if self.engine.dialect.name != "postgresql":
-                    continue  # SQLite does not report expression indexes
-                indexed = any(column in (expr or "") and "lower" in (expr or "")
-                              for i in indexes for expr in i.get("expressions") or [])
-                if not indexed:
-                    health.warnings.append(
-                        f"entity {name}: no index on lower(trim({column})); locating will scan {entity.table}")
-            elif column not in leading:
-                health.warnings.append(f"entity {name}: identity column {column} ({type_}) has no index; "
-                                       f"locating will scan {entity.table}")
-
-
 class _DbErrors:
     """Context manager that turns driver errors into connector errors without leaking values."""
 
@@ -717,29 +652,38 @@ class _DbErrors:
             return self._cm.__enter__()  # type: ignore[no-any-return]
         except OperationalError as exc:
             raise TransientError.of(self.system, note(N_("database unreachable: {reason}"),
-                                                      reason=_db_reason(exc))) from None
+                                                      reason=db_reason(exc))) from None
 
     def __exit__(self, *exc: Any) -> Any:
         try:
             handled = self._cm.__exit__(*exc)
         except OperationalError as err:
-            raise TransientError.of(self.system, note(N_("database error: {reason}"), reason=_db_reason(err))) from None
+            raise TransientError.of(self.system, note(N_("database error: {reason}"), reason=db_reason(err))) from None
         # A driver error raised inside the block (the transaction is rolled back by now) carries the
         # statement and its parameters, personal data among them: only its first line goes on, scrubbed.
         error = exc[1] if len(exc) > 1 else None
         if isinstance(error, OperationalError):
             raise TransientError.of(self.system, note(N_("database error: {reason}"),
-                                                      reason=_db_reason(error))) from None
+                                                      reason=db_reason(error))) from None
         if isinstance(error, DBAPIError):
             raise PermanentError.of(self.system, note(N_("the database refused the change, nothing was changed: "
-                                                         "{reason}"), reason=_db_reason(error))) from None
+                                                         "{reason}"), reason=db_reason(error))) from None
         return handled
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self._cm, item)
 
 
-def _db_reason(exc: SQLAlchemyError) -> str:
+# An unreachable database must fail a locate or export in seconds, not after the TCP timeout.
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    driver = sa.engine.make_url(url).get_backend_name()
+    return {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if driver in ("postgresql", "mysql", "mariadb") else {}
+
+
+def db_reason(exc: SQLAlchemyError) -> str:
     text = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return redact(text)[:200]
 
@@ -759,29 +703,16 @@ def _any(conds: Iterable[sa.ColumnElement[bool]]) -> sa.ColumnElement[bool] | No
     return sa.or_(*found) if found else None
 
 
-def _python_type(col: sa.Column[Any]) -> type | None:
-    try:
-        return col.type.python_type  # type: ignore[no-any-return]
-    except NotImplementedError:
-        return None
 
 
-def _bound_for(col: sa.Column[Any], moment: datetime) -> date | datetime:
-    """`moment` in the column's own type: a date, a naive UTC datetime, or an aware one."""
-    python_type = _python_type(col)
-    if python_type is date:
-        return moment.date()
-    if python_type is datetime and not getattr(col.type, "timezone", False):
-        return moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
 
 
 def _coerce(col: sa.Column[Any], values: list[str]) -> list[Any]:
     """Identity values arrive as text; compare them in the column's own type (keeps indexes usable)."""
-    python_type = _python_type(col)
+    kind = python_type(col)
     out: list[Any] = []
     for v in values:
-        if python_type is int:
+        if kind is int:
             if v.lstrip("-").isdigit():
                 out.append(int(v))
         else:
@@ -800,28 +731,10 @@ def _identity_value(type_: IdentityType, value: Any) -> str | None:
     return str(value).strip() or None
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, bytes | memoryview):
-        return bytes(value).hex()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
 
 
-def _same(current: Any, new: Any) -> bool:
-    return current == new or (current is not None and new is not None and str(current) == str(new))
 
 
-def _as_datetime(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
 def _add_years(moment: datetime, years: int) -> datetime:

@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.base import Identities, Identity, IdentityType, PermanentError, Receipt, Record
-from connectors.sql import REDACTED, RELATED_NOT_OWNED, SqlConnector
+from connectors.sql import RELATED_NOT_OWNED, SqlConnector
 from connectors.sql_map import parse_system
+from connectors.sql_values import REDACTED
 from discovery.engine.discover import discover
 from tests.subject_schemas import (
     SCENARIOS,

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from connectors.base import ConnectorContext, Identities, Identity, IdentityType
-from connectors.sql import REDACTED, SqlConnector
+from connectors.sql import SqlConnector
 from connectors.sql_map import parse_system
+from connectors.sql_values import REDACTED
 from discovery.engine.discover import discover
 
 pytestmark = pytest.mark.integration

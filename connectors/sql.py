@@ -213,7 +213,7 @@ class SqlConnector(Connector):
                     .execution_options(yield_per=500)
                 for row in conn.execute(query):
                     values = dict(row._mapping)
-                    data = {k: jsonable(values[k]) for k in shown}
+                    data = {k: jsonable(values[k], table.c[k]) for k in shown}
                     record = Record(entity=name, record_id=str(data[entity.primary_key]), fields=data)
                     if entity.files and self.s3:
                         bucket = self._bucket(entity)
@@ -231,7 +231,7 @@ class SqlConnector(Connector):
         query = sa.select(*(table.c[c] for c in cols)).where(related).order_by(table.c[entity.primary_key]) \
             .execution_options(yield_per=500)
         for row in conn.execute(query):
-            data = {k: jsonable(v) for k, v in row._mapping.items()}
+            data = {k: jsonable(v, table.c[k]) for k, v in row._mapping.items()}
             yield Record(entity=f"{name}.related", record_id=str(data[entity.primary_key]), fields=data)
 
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:

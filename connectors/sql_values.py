@@ -21,8 +21,9 @@ REDACTED = "[redacted]"
 NOW, TODAY = "now", "today"
 
 
-def jsonable(value: Any) -> Any:
-    """A column value as JSON (the export's representation of its type)."""
+def jsonable(value: Any, column: sa.Column[Any] | None = None) -> Any:
+    """A column value as JSON (the export's representation of its type); `column` tells ambiguous
+    Python values apart (a timedelta is a PostgreSQL interval or a MariaDB TIME)."""
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Decimal):
@@ -69,6 +70,16 @@ def carries(column: sa.Column[Any], value: Any) -> sa.ColumnElement[bool]:
     if value is None or value in (NOW, TODAY):
         return column.is_(None) if value is None else column.is_not(None)
     return sa.func.coalesce(column == value, sa.false())
+
+
+def mask_problem(column: sa.Column[Any], method: Any) -> str | None:
+    """Why `method` cannot mask `column` (its value could not be stored there), or None. For `dsar check`."""
+    return None
+
+
+def marker_problem(column: sa.Column[Any], value: Any) -> str | None:
+    """Why the `set` value cannot be written to `column`, or None. For `dsar check`."""
+    return None
 
 
 def same(current: Any, new: Any) -> bool:

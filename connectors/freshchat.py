@@ -45,6 +45,9 @@ FORGET_STEP = N_("Forget the contact in FreshChat (Contacts > Forget)")
 # Why records are left alone: they belong to a conversation the subject shares with another FreshChat user.
 OTHER_USERS_MESSAGE = N_("another user's message in a conversation shared with the subject")
 SHARED_CONVERSATION = N_("holds another user's messages; not deleted or changed (only the subject's part is theirs)")
+# A write whose reply says it changed nothing: the task fails (issue 10 point 9), quoting the reply.
+NOTHING_CHANGED = N_("{call} answered that it changed nothing ({answer}); the task is not done")
+_BLANKED = ("first_name", "last_name", "email", "phone", "reference_id")
 
 
 @dataclass
@@ -89,6 +92,12 @@ class FreshchatConnector(Connector):
       setting `restricted_property` (default "gdpr_restricted"); the property is written with the
       user's other properties kept, in case PUT replaces the whole list [U].
     - 429 `Retry-After` is honoured when sent [U], else exponential backoff (connectors.http).
+    - A write must not be a no-op (issue 10 point 9), but FreshChat's write replies are known from client
+      schemas only: `PUT /users/{id}` answers the user [L: idjoo openapi `user`], `PUT /conversations/{id}`
+      the conversation [L: botpress], `DELETE /users/{id}` has no known reply [U]. So a reply is held to
+      what it shows and nothing more: a returned user whose blanked fields are still set, whose restriction
+      property lacks our value, or a conversation whose status is not `resolved`, fails the task; a reply
+      without those fields (or a user delete's 200/202/204) is taken as done.
     Conversations are exported `parallel_calls` at a time (default 4), paced by the shared rate limit.
 
     Only the subject's data (issue 9): identifiers are learned from the user's own profile, never from a
@@ -478,10 +487,14 @@ class FreshchatConnector(Connector):
         body = {"first_name": "", "last_name": "", "email": "", "phone": "", "reference_id": "",
                 "properties": properties}
         try:
-            self.http.request("PUT", f"users/{_seg(user.id)}", json=body)
+            resp = self.http.request("PUT", f"users/{_seg(user.id)}", json=body)
         except NotFound:
             receipt.note(N_("user no longer exists; nothing to blank"))
             return
+        reply = _reply(resp)
+        still = [key for key in _BLANKED if key in reply and reply[key] not in ("", None)]
+        if still:  # the user came back with the fields we blanked still set: the update did nothing there
+            self._nothing_changed("PUT /users/{id}", f"{', '.join(still)} still set in the returned user")
         _count(receipt, "user")
         receipt.note(N_("profile blanked (names, e-mail, phone, reference id, {count} propert(y/ies)); "
                         "conversations and messages remain until the contact is forgotten"), count=len(properties))
@@ -505,9 +518,12 @@ class FreshchatConnector(Connector):
             if detail is None or str(detail.get("status") or "").lower() == "resolved":
                 continue
             try:
-                self.http.request("PUT", f"conversations/{_seg(conversation.id)}", json={"status": "resolved"})
+                resp = self.http.request("PUT", f"conversations/{_seg(conversation.id)}", json={"status": "resolved"})
             except NotFound:
                 continue
+            status = _reply(resp).get("status")
+            if status is not None and str(status).lower() != "resolved":
+                self._nothing_changed("PUT /conversations/{id}", f"status={status}")
             resolved += 1
         return resolved
 
@@ -528,10 +544,20 @@ class FreshchatConnector(Connector):
         if not replaced:
             properties.append({"name": self.restricted_property, "value": value})
         try:
-            self.http.request("PUT", f"users/{_seg(user.id)}", json={"properties": properties})
+            resp = self.http.request("PUT", f"users/{_seg(user.id)}", json={"properties": properties})
         except NotFound:
             return False
+        returned = _reply(resp).get("properties")
+        if isinstance(returned, list):
+            name = self.restricted_property
+            values = [p.get("value") for p in returned if isinstance(p, dict) and p.get("name") == name]
+            if str(values[-1] if values else None).lower() != value:
+                shown = f"{self.restricted_property}={values[-1]}" if values else f"no {self.restricted_property}"
+                self._nothing_changed("PUT /users/{id}", f"{shown} in the returned user's properties")
         return True
+
+    def _nothing_changed(self, call: str, answer: str) -> None:
+        raise PermanentError.of(self.name, note(NOTHING_CHANGED, call=call, answer=redact(answer)[:200]))
 
     def _wanted(self, entities: Iterable[str] | None) -> set[str]:
         if entities is None:
@@ -604,6 +630,15 @@ def _skip(receipt: Receipt, entity: str, n: int = 1) -> None:
 
 def _count(receipt: Receipt, entity: str, n: int = 1) -> None:
     receipt.changed[entity] = receipt.changed.get(entity, 0) + n
+
+
+def _reply(resp: requests.Response) -> dict[str, Any]:
+    """A write's JSON reply as an object ({} when there is none or it is not JSON: nothing to hold it to)."""
+    try:
+        body = orjson.loads(resp.content) if resp.content else None
+    except orjson.JSONDecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _envelope_text(resp: requests.Response) -> str:

@@ -62,6 +62,8 @@ _ROW_KEYS: dict[str, tuple[str, ...]] = {
     "log_conversion": ("idvisit", "idgoal", "buster"),
     "log_conversion_item": ("idvisit", "idorder", "idaction_sku"),
 }
+# A write whose reply says it changed nothing: the task fails (issue 10 point 9), quoting the reply.
+NOTHING_CHANGED = N_("{call} answered that it changed nothing ({answer}); the task is not done")
 _LOG_ACTION_PREFIX = "log_action_"  # lookup lists: log_action_<table>_<column> -> {idaction, name}
 
 CAVEATS = (
@@ -251,20 +253,30 @@ class MatomoConnector(Connector):
             receipt.note(N_("no visits found; nothing to erase"))
             return receipt
         calls = 0
-        # Chunked to keep the POST body small (Matomo PR #12803). A retried chunk is harmless:
-        # deleting visits already gone deletes nothing.
+        # Chunked to keep the POST body small (Matomo PR #12803).
         for chunk in _chunks(visits, self.chunk_size):
             counts = self._call("PrivacyManager.deleteDataSubjects", _visits_params(chunk))
             calls += 1
             if not isinstance(counts, dict):
                 raise PermanentError(self.name, "PrivacyManager.deleteDataSubjects returned no per-table counts")
+            numbers: dict[str, int] = {}
             for table, count in counts.items():
                 try:
-                    receipt.changed[table] = receipt.changed.get(table, 0) + int(count)
+                    numbers[str(table)] = int(count)
                 except (TypeError, ValueError):
                     raise PermanentError(
                         self.name, f"PrivacyManager.deleteDataSubjects returned a non-numeric count for {table}"
                     ) from None
+            # The reply counts the rows deleted per log table ([V] PrivacyManager DataSubjectsTest); visits we
+            # just found that delete no row anywhere were not deleted by this call (gone meanwhile, or a
+            # retried call whose first attempt did it): not "done" (issue 10 point 9). The next run finds none.
+            if not any(numbers.values()):
+                words = ", ".join(f"{table}={count}" for table, count in numbers.items()) or "no table counts"
+                raise PermanentError.of(self.name, note(
+                    NOTHING_CHANGED, call=f"PrivacyManager.deleteDataSubjects ({len(chunk)} visit(s))",
+                    answer=words[:200]))
+            for table, count in numbers.items():
+                receipt.changed[table] = receipt.changed.get(table, 0) + count
         receipt.note(N_("deleted {count} visits with {calls} PrivacyManager.deleteDataSubjects call(s); Matomo "
                         "deletes whole visits from every log table"), count=len(visits), calls=calls)
         if entities is not None and VISITS not in entities and set(self.entities) - set(entities) - {VISITS}:

@@ -65,6 +65,8 @@ NEWSLETTER_CHANNEL = "email"
 # Why a company is left alone on erasure: it is an organisation other contacts may share, not the person.
 COMPANY_LEFT = N_("company left alone: an organisation other contacts may share (only the contact's link goes)")
 ALREADY_GONE = N_("contact {id} was already gone (HTTP 404)")
+# A write whose reply says it changed nothing: the task fails (issue 10 point 9), quoting the reply.
+NOTHING_CHANGED = N_("{call} answered that it changed nothing ({answer}); the task is not done")
 TOKEN_PATH = "oauth/v2/token"
 TOKEN_MARGIN_S = 60.0  # renew a little before expiry so a token never dies mid-request
 DEFAULT_TOKEN_LIFETIME_S = 3600.0  # Mautic's default api_oauth2_access_token_lifetime (60 min)
@@ -93,8 +95,12 @@ class MauticConnector(Connector):
     - No documented upper bound on `limit`: paging advances by the items actually returned
       and by the vendor's `maxPages`/`total`, so a server-side cap only costs extra calls;
       `activity_page_size` / `page_size` tune it.
-    - The delete response's `contact.id` is expected to be null; success is read from the
-      HTTP status only, never from that body.
+    - The delete response's `contact.id` is expected to be null, so the id is never compared; a
+      200 must still carry the deleted `contact` [V: CommonApiController::deleteEntityAction], and
+      one without it (or with `errors`) fails the task. A 404 means the contact is already gone.
+    - Every write must say it acted (issue 10 point 9) [V, vendor-apis.md 2.5]: `dnc/{channel}/add`
+      answers the contact with `doNotContact` holding the entry on that channel, `dnc/{channel}/remove`
+      answers `recordFound: true`; a reply that says otherwise fails the task with its words.
     - Contacts in a search result whose stored e-mail differs from the searched one (a
       server ignoring `where`) are dropped; ones without an e-mail in the payload are kept,
       trusting the server's exact filter.
@@ -288,11 +294,14 @@ class MauticConnector(Connector):
             except NotFound:
                 receipt.note(ALREADY_GONE, id=str(contact_id))
                 continue
+            path = f"api/contacts/{contact_id}/delete"
             try:
-                self._request("DELETE", f"api/contacts/{contact_id}/delete")
+                answer = self._get_json("DELETE", path)
             except NotFound:
                 receipt.note(ALREADY_GONE, id=str(contact_id))
                 continue
+            if answer.get("errors") or not isinstance(answer.get("contact"), dict):
+                self._nothing_changed("DELETE", path, _answer_words(answer, "no contact in the reply"))
             deleted.append(contact_id)
             receipt.vendor_refs.append(f"mautic contact {contact_id} deleted")
         if deleted:
@@ -326,7 +335,14 @@ class MauticConnector(Connector):
                                     "and lifting the restriction will not remove it"), id=str(contact_id),
                                  channel=channel, reasons=_reasons(theirs))
                     continue
-                self._request("POST", f"api/contacts/{contact_id}/dnc/{channel}/add", json=body)
+                path = f"api/contacts/{contact_id}/dnc/{channel}/add"
+                answer = self._get_json("POST", path, json=body)
+                # The reply is the contact with doNotContact now populated (LeadApiController::addDncAction).
+                after = _as_dict(answer.get("contact")).get("doNotContact")
+                if answer.get("errors") or not _on_channel([e for e in _collection(after) if isinstance(e, dict)],
+                                                           channel):
+                    self._nothing_changed("POST", path, _answer_words(
+                        answer, f"the contact in the reply has no do-not-contact entry on {channel}"))
                 receipt.vendor_refs.append(f"mautic contact {contact_id} do-not-contact {channel} added")
                 added = True
             count += added
@@ -367,16 +383,22 @@ class MauticConnector(Connector):
                     continue
                 if not on_channel:
                     continue  # nothing of ours to lift
-                body = self._get_json("POST", f"api/contacts/{contact_id}/dnc/{channel}/remove")
-                if body.get("recordFound") is True:
-                    removed = True
-                    receipt.vendor_refs.append(f"mautic contact {contact_id} do-not-contact {channel} removed")
+                path = f"api/contacts/{contact_id}/dnc/{channel}/remove"
+                body = self._get_json("POST", path)
+                if body.get("recordFound") is not True:
+                    # Our entry was there when read: a reply saying none was found removed nothing.
+                    self._nothing_changed("POST", path, _answer_words(body, "no recordFound in the reply"))
+                removed = True
+                receipt.vendor_refs.append(f"mautic contact {contact_id} do-not-contact {channel} removed")
             count += removed
         if count:
             receipt.changed["contact"] = count
         receipt.note(N_("do-not-contact removed from {count} of {total} matched contact(s)"), count=count,
                      total=len(contacts))
         return receipt
+
+    def _nothing_changed(self, method: str, path: str, answer: str) -> None:
+        raise PermanentError.of(self.name, note(NOTHING_CHANGED, call=f"{method} {path}", answer=answer))
 
     def _dnc_of(self, contact_id: int, contact: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The contact's do-not-contact entries, from its payload (every contact view carries them)."""
@@ -742,6 +764,18 @@ def _reasons(entries: list[dict[str, Any]]) -> str:
         name = DNC_REASONS.get(reason, f"reason {reason}")
         names.append("manual, set by someone else" if reason == DNC_MANUAL else name)
     return ", ".join(dict.fromkeys(names))
+
+
+def _answer_words(body: Mapping[str, Any], missing: str) -> str:
+    """What a write's reply says, for an error: its `errors` message, its recordFound, or `missing`."""
+    errors = _collection(body.get("errors"))
+    if errors:
+        first = errors[0]
+        text = first.get("message") if isinstance(first, dict) else first
+        return redact(f"errors: {text}")[:200]
+    if "recordFound" in body:
+        return f"recordFound={orjson.dumps(body['recordFound']).decode()}"
+    return missing
 
 
 def _bearer(token: str) -> dict[str, str]:

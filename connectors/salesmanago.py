@@ -11,6 +11,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,8 +55,22 @@ _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _PHONE_JUNK = re.compile(r"[\s().-]")
 
 
+@dataclass(frozen=True)
+class _Held:
+    """A contact as one owner (SALESmanago user) holds it. `place` is the owner's 1-based position in the data
+    map's `owners`: texts a person reads name the owner by it, never by the staff member's e-mail."""
+
+    owner: str
+    place: int
+    contact: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return str(self.contact.get("contactId") or _stored(self.contact).lower())
+
+
 class SalesmanagoConnector(Connector):
-    """SALESmanago v2 API, keyed by e-mail within one owner (the SALESmanago user owning contacts).
+    """SALESmanago v2 API, keyed by e-mail within each owner (the SALESmanago users owning contacts).
 
     Settings: `SalesmanagoSettings` in connectors.vendor_settings (tables in docs/datamap.md); the
     vendor paths (DEFAULT_PATHS) and export data types (DEFAULT_DATA_TYPES) are defined there too.
@@ -82,10 +97,15 @@ class SalesmanagoConnector(Connector):
     - no rate limit is documented [U]: `rate_per_second`; HTTP 428 ("timeout on SM api" in the
       official util) is a TransientError.
     - lookups by phone or externalId do not exist [U]: only e-mail is accepted.
-    - a contact other SALESmanago users (owners) also hold: every v2 call is scoped by `owner`, and what
-      contact/delete does for the other owners is not documented [U]; erase deletes for the configured
-      owner and its receipt always says (a detail line) to check the other owners. Only the contact's own
-      fields (contactId, phone) are learned, never an owner's e-mail.
+    - several owners (`owners`): every v2 call is scoped by `owner`, so each owner's contacts are searched in
+      turn; a contact is exported once (the export job runs under the first owner holding it) and erased,
+      restricted and lifted under every listed owner holding it. What contact/delete does for owners not
+      listed is not documented [U]: the erase receipt always says (a detail line) to check them. Only the
+      contact's own fields (contactId, phone) are learned, with the owner's place in `owners` as provenance,
+      never an owner's e-mail.
+    - a write that did nothing fails the task (`_acted`): beyond `success: true`, the reply shapes are known
+      from client libraries only [L], so a field that is absent says nothing; one that is present and says
+      "nothing" (result false, an empty contactId or contactIds) is a no-op.
     """
 
     entities = ("contact", "export_file", "export_contact", "export_tag")
@@ -98,7 +118,7 @@ class SalesmanagoConnector(Connector):
         client_id: str,
         api_key: str,
         api_secret: str,
-        owner: str,
+        owners: Iterable[str],
         ctx: ConnectorContext,
         poll_interval_s: float = 5.0,
         poll_timeout_s: float = 300.0,
@@ -120,7 +140,9 @@ class SalesmanagoConnector(Connector):
     ) -> None:
         self.name = name
         self.ctx = ctx
-        self.owner = owner
+        self.owners = tuple(owners)
+        if not self.owners:
+            raise PermanentError(name, "data map: owners: at least one SALESmanago owner e-mail is required")
         self._client_id = client_id
         self._api_key = api_key
         # requestTime is not part of the hash, so the sha is fixed for the connector's life.
@@ -169,7 +191,7 @@ class SalesmanagoConnector(Connector):
             client_id=ctx.secret(name, "client_id_env", config.client_id_env),
             api_key=ctx.secret(name, "api_key_env", config.api_key_env),
             api_secret=ctx.secret(name, "api_secret_env", config.api_secret_env),
-            owner=config.owner,
+            owners=config.owners,
             ctx=ctx,
             poll_interval_s=config.poll_interval_s,
             poll_timeout_s=config.poll_timeout_s,
@@ -207,7 +229,7 @@ class SalesmanagoConnector(Connector):
 
     # ------------------------------------------------------------------ calls
 
-    def _auth(self) -> dict[str, Any]:
+    def _auth(self, owner: str) -> dict[str, Any]:
         now = self.ctx.clock()
         request_time = int(now.timestamp()) * 1000 + now.microsecond // 1000  # ms, no float rounding
         return {
@@ -215,15 +237,15 @@ class SalesmanagoConnector(Connector):
             "apiKey": self._api_key,
             "requestTime": request_time,
             "sha": self._sha,
-            "owner": self.owner,
+            "owner": owner,
         }
 
-    def _post(self, call: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST one v2 call; return its body when `success` is true, else raise naming the call."""
+    def _post(self, call: str, body: Mapping[str, Any], owner: str) -> dict[str, Any]:
+        """POST one v2 call under `owner`; return its body when `success` is true, else raise naming the call."""
         path = self.paths[call]
         try:
             resp = self.http.request(
-                "POST", path, json={**self._auth(), **body}, headers={"Content-Type": CONTENT_TYPE},
+                "POST", path, json={**self._auth(owner), **body}, headers={"Content-Type": CONTENT_TYPE},
                 ok=(200, 201, 428),
             )
         except NotFound as exc:
@@ -243,53 +265,100 @@ class SalesmanagoConnector(Connector):
             if "not authenticated" in message.lower():
                 hint = "check clientId, apiKey, apiSecret and owner"
                 raise PermanentError(self.name, f"{path} refused the credentials ({message}); {hint}")
-            raise PermanentError(self.name, f"{path} answered success=false ({message or 'no message'})")
+            raise PermanentError.of(self.name, note(N_("{call} answered success=false ({message})"), call=path,
+                                                    message=message or "no message"))
         return payload
 
-    def _find(self, identities: Identities) -> list[dict[str, Any]]:
-        """The owner's contacts whose stored e-mail is exactly one of the subject's (any case)."""
+    def _write(self, call: str, body: Mapping[str, Any], held: _Held) -> dict[str, Any]:
+        """A write call under the owner holding the contact, failing when the reply says it changed nothing."""
+        answer = self._post(call, body, held.owner)
+        self._acted(call, answer, held)
+        return answer
+
+    def _acted(self, call: str, answer: Mapping[str, Any], held: _Held) -> None:
+        """Raise when a write's reply says it changed nothing for the contact `held`.
+
+        What a successful reply carries (vendor-apis.md 3.4-3.5, each known from client libraries only [L]):
+        contact/delete `{"success": true, "message": [], "result": ...}` (tomaszcekalo ResultResponse has
+        `result` as a string, the vendor-apis example has none); contact/optout, optin and the phone variants
+        `{"success": true, "message": [], "contactId": "<uuid>"}`; stop/restoreMonitoring only `success` and
+        `message` (tomaszcekalo BaseResponse). The shapes are unsure, so this is lenient where they are: a
+        field that is absent says nothing. A field that is present and says "nothing" fails: `result` false,
+        `contactId` empty or another contact's, `contactIds` (tomaszcekalo ContactIdsResponse, "unique IDs of
+        updated contacts") empty.
+        """
+        problem = None
+        result = answer.get("result", True)
+        if result is False or result is None or (isinstance(result, str) and result.strip().lower() in ("false", "")):
+            problem = "result"
+        if "contactId" in answer:
+            said = answer.get("contactId")
+            ours = held.contact.get("contactId")
+            if not said or (ours and str(said) != str(ours)):
+                problem = problem or "contactId"
+        if "contactIds" in answer and not answer.get("contactIds"):
+            problem = problem or "contactIds"
+        if problem is None:
+            return
+        raise PermanentError.of(self.name, note(
+            N_("{call} under owner {owner} answered that it changed nothing for contact {id} ({answer}); the task "
+               "is not done"), call=self.paths[call], owner=held.place, id=_contact_id(held.contact),
+            answer=_answer_words(answer)))
+
+    def _find(self, identities: Identities) -> list[_Held]:
+        """Each owner's contacts whose stored e-mail is exactly one of the subject's (any case), owner by owner
+        in the order of `owners`; a contact several owners hold comes once per owner."""
         forms: set[str] = set()
         for value in identities.of(IdentityType.EMAIL):
             text = value.strip().lower()
             if text:
                 forms.update(email_forms(text))
-        found: dict[str, dict[str, Any]] = {}
         ordered = sorted(forms)
-        for start in range(0, len(ordered), 50):  # the vendor's per-call e-mail limit on list calls [L]
-            payload = self._post("basic", {"email": ordered[start:start + 50]})
-            contacts = payload.get("contacts") or []
-            if not isinstance(contacts, list):
-                raise PermanentError(self.name, f"{self.paths['basic']} returned 'contacts' that is not a list")
-            for contact in contacts:
-                # The vendor's own matching is not documented: keep exact matches only, so a
-                # neighbour such as jane.doe@example.com.au is never taken for Jane.
-                if not isinstance(contact, dict):
-                    continue
-                email = str(contact.get("email") or "").strip().lower()
-                if email in forms:
-                    key = str(contact.get("contactId") or email)
-                    found.setdefault(key, contact)
-        return [found[key] for key in sorted(found)]
+        held: list[_Held] = []
+        for place, owner in enumerate(self.owners, start=1):
+            found: dict[str, dict[str, Any]] = {}
+            for start in range(0, len(ordered), 50):  # the vendor's per-call e-mail limit on list calls [L]
+                payload = self._post("basic", {"email": ordered[start:start + 50]}, owner)
+                contacts = payload.get("contacts") or []
+                if not isinstance(contacts, list):
+                    raise PermanentError(self.name, f"{self.paths['basic']} returned 'contacts' that is not a list")
+                for contact in contacts:
+                    # The vendor's own matching is not documented: keep exact matches only, so a
+                    # neighbour such as jane.doe@example.com.au is never taken for Jane.
+                    if not isinstance(contact, dict):
+                        continue
+                    email = _stored(contact).lower()
+                    if email in forms:
+                        found.setdefault(str(contact.get("contactId") or email), contact)
+            held.extend(_Held(owner, place, found[key]) for key in sorted(found))
+        return held
 
     @staticmethod
-    def _stored_email(contact: Mapping[str, Any]) -> str:
-        return str(contact.get("email") or "").strip()
+    def _distinct(held: list[_Held]) -> dict[str, list[_Held]]:
+        """The holdings by contact, in the order first found: one contact, every owner holding it."""
+        by_contact: dict[str, list[_Held]] = {}
+        for item in held:
+            by_contact.setdefault(item.key, []).append(item)
+        return by_contact
 
     # ------------------------------------------------------------------ locate / export
 
     def locate(self, identities: Identities) -> Hits:
-        contacts = self._find(identities)
+        contacts = self._distinct(self._find(identities))
         learned: list[Identity] = []
         touches: set[Identity] = set()
-        for contact in contacts:
+        for holdings in contacts.values():
             # Only the contact's own fields (contactId, phone; the e-mail is what found it). A contact may be
-            # visible to several SALESmanago users (owners): their e-mails are staff accounts, never learned.
+            # visible to several SALESmanago users (owners): their e-mails are staff accounts, never learned,
+            # and the provenance names an owner by its place in the data map's `owners`.
+            contact = holdings[0].contact
             contact_id = contact.get("contactId")
             key = contact_id if isinstance(contact_id, str) and contact_id else "?"
+            places = ", ".join(str(h.place) for h in holdings)
 
-            def via(field: str, key: str = key) -> Note:
-                return note(N_("{system}: contact {id} (matched by e-mail, for the configured owner), field {field}"),
-                            system=self.name, id=key, field=field)
+            def via(field: str, key: str = key, places: str = places) -> Note:
+                return note(N_("{system}: contact {id} (matched by e-mail under owner {owners} of the data map's "
+                               "owners), field {field}"), system=self.name, id=key, owners=places, field=field)
 
             if isinstance(contact_id, str) and contact_id:
                 learned.append(Identity.learned(IdentityType.SALESMANAGO_CONTACT_ID, contact_id, self.name,
@@ -299,7 +368,8 @@ class SalesmanagoConnector(Connector):
                 learned.append(Identity.learned(IdentityType.PHONE, phone, self.name, via("phone")))
             touches.update(learned)
             touches.update(i for i in identities if i.type == IdentityType.EMAIL
-                           and i.value.lower() == self._stored_email(contact).lower())
+                           and i.value.lower() == _stored(contact).lower())
+        learned = list(dict.fromkeys(learned))
         hits = Hits(self.name, found=bool(contacts), counts={"contact": len(contacts)} if contacts else {},
                     learned=learned)
         if touches:
@@ -308,27 +378,31 @@ class SalesmanagoConnector(Connector):
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
         wanted = set(entities) if entities is not None else None
-        contacts = self._find(identities)
-        if not contacts:
+        # Each contact once, with the first owner holding it: the export job is owner-scoped like every call.
+        firsts = [holdings[0] for holdings in self._distinct(self._find(identities)).values()]
+        if not firsts:
             return
         if wanted is None or "contact" in wanted:
-            for index, contact in enumerate(contacts):
-                yield Record("contact", str(contact.get("contactId") or f"contact-{index}"), contact)
+            for index, item in enumerate(firsts):
+                yield Record("contact", str(item.contact.get("contactId") or f"contact-{index}"), item.contact)
         if wanted is not None and not any(entity.startswith("export_") for entity in wanted):
             return
-        yield from self._export_job(contacts, wanted)
+        for owner in self.owners:
+            contacts = [item.contact for item in firsts if item.owner == owner]
+            if contacts:
+                yield from self._export_job(contacts, wanted, owner)
 
-    def _export_job(self, contacts: list[dict[str, Any]], wanted: set[str] | None) -> Iterator[Record]:
-        emails = sorted({self._stored_email(c) for c in contacts if self._stored_email(c)})
+    def _export_job(self, contacts: list[dict[str, Any]], wanted: set[str] | None, owner: str) -> Iterator[Record]:
+        emails = sorted({_stored(c) for c in contacts if _stored(c)})
         started = self._post("export", {
             "contacts": [{"addresseeType": self.export_addressee_type, "value": email} for email in emails],
             "data": [{"dataType": data_type} for data_type in self.export_data_types],
-        })
+        }, owner)
         request_id = started.get("requestId")
         if not isinstance(request_id, str | int) or request_id == "":
             raise PermanentError(self.name, f"{self.paths['export']} returned no requestId")
         request_id = str(request_id)
-        file_url = self._wait_for_file(request_id)
+        file_url = self._wait_for_file(request_id, owner)
         content, content_type = self._download(file_url, request_id)
 
         records: list[Record] = []
@@ -351,12 +425,12 @@ class SalesmanagoConnector(Connector):
                 "data_types": list(self.export_data_types),
             }, attachments=[Attachment(file_name, content_type, lambda: _chunks(content))])
 
-    def _wait_for_file(self, request_id: str) -> str:
+    def _wait_for_file(self, request_id: str, owner: str) -> str:
         """Poll job/status until it names a fileUrl, within poll_timeout_s."""
         deadline = self._monotonic() + self.poll_timeout_s
         polls = 0
         while True:
-            status = self._post("job_status", {"requestId": request_id})
+            status = self._post("job_status", {"requestId": request_id}, owner)
             polls += 1
             file_url = status.get("fileUrl")
             if isinstance(file_url, str) and file_url:
@@ -435,31 +509,32 @@ class SalesmanagoConnector(Connector):
         if entities is not None and "contact" not in set(entities):
             receipt.note(N_("nothing erased: SALESmanago erases whole contacts only (entity 'contact')"))
             return receipt
-        contacts = self._find(identities)
+        held = self._find(identities)
         receipt.changed["contact"] = 0
-        if not contacts:
-            receipt.note(N_("no contact with these e-mail addresses for this owner; nothing to erase"))
+        if not held:
+            receipt.note(N_("no contact with these e-mail addresses under the data map's owners; nothing to erase"))
             return receipt
         stopped = 0
         not_stopped: list[tuple[str, str]] = []  # (contactId, why) where stopMonitoring failed
-        for contact in contacts:
-            email = self._stored_email(contact)
+        for item in held:
+            email = _stored(item.contact)
             if self.stop_monitoring_on_erase:
                 # A removed contact that is still monitored keeps being tracked (vendor article). A failure
                 # here must never keep the contact from being deleted: it is reported instead.
                 try:
-                    self._post("stop_monitoring", {"contacts": [{"addresseeType": self.monitoring_addressee_type,
-                                                                 "value": email}]})
+                    self._write("stop_monitoring", {"contacts": [{"addresseeType": self.monitoring_addressee_type,
+                                                                  "value": email}]}, item)
                     stopped += 1
                 except ConnectorError as exc:
                     log.warning("salesmanago.stop_monitoring_failed", system=self.name, error=exc.message)
-                    not_stopped.append((_contact_ids([contact])[0], exc.message))
-            answer = self._post("delete", {"email": email, "permanently": self.delete_permanently})
+                    not_stopped.append((_contact_id(item.contact), exc.message))
+            # Under the owner holding it: contact/delete is owner-scoped like every v2 call.
+            answer = self._write("delete", {"email": email, "permanently": self.delete_permanently}, item)
             request_id = answer.get("requestId")
             if isinstance(request_id, str | int) and str(request_id):
                 receipt.vendor_refs.append(str(request_id))
-            receipt.changed["contact"] += 1
-        count = receipt.changed["contact"]
+        contacts = self._distinct(held)
+        count = receipt.changed["contact"] = len(contacts)
         if self.stop_monitoring_on_erase:
             receipt.note(N_("{call}: web monitoring stopped for {count} contact(s)"),
                          call=self.paths["stop_monitoring"], count=stopped)
@@ -478,12 +553,14 @@ class SalesmanagoConnector(Connector):
         receipt.note(N_("export files made earlier by contact/export/data are not deleted by this call; their links "
                         "expire on the vendor's schedule"))
         # Every v2 call is scoped by `owner` (vendor-apis.md 3.1), and what contact/delete does to a contact
-        # that other SALESmanago users also own is not documented: say what may remain. A detail, not a manual
-        # step: the other owners are unknown here, and a step on every erasure would hold each one open.
-        receipt.note(N_("SALESmanago: contact/delete acted for the configured owner only; if other SALESmanago users "
-                        "(owners) also hold the contact(s) {ids}, check under each of them that it is gone and delete "
-                        "it there too (Contacts, or contact/delete with that owner)"),
-                     ids=", ".join(_contact_ids(contacts)))
+        # that SALESmanago users not in `owners` also hold is not documented: say what may remain. A detail, not
+        # a manual step: those users are unknown here, and a step on every erasure would hold each one open.
+        where = "; ".join(f"{key}: {', '.join(str(h.place) for h in items)}" for key, items in contacts.items())
+        receipt.note(N_("SALESmanago: contact/delete acts for one owner at a time and ran under each owner of the "
+                        "data map holding the contact (contact: owner place in `owners`: {where}); if other "
+                        "SALESmanago users (owners) also hold the contact(s) {ids}, check under each of them that it "
+                        "is gone and delete it there too (Contacts, or contact/delete with that owner)"),
+                     where=where, ids=", ".join(_contact_id(items[0].contact) for items in contacts.values()))
         if not self.delete_permanently:
             receipt.manual(N_("standard removal only (delete_permanently is false): delete the contact permanently in "
                               "SALESmanago (Contacts > removed contacts) or wait for the nightly purge and confirm it"))
@@ -505,20 +582,20 @@ class SalesmanagoConnector(Connector):
 
     def _flip(self, identities: Identities, action: str, calls: tuple[str, ...], summary: str) -> Receipt:
         receipt = Receipt(self.name, action, changed={"contact": 0})
-        contacts = self._find(identities)
-        if not contacts:
-            receipt.note(N_("no contact with these e-mail addresses for this owner; nothing changed"))
+        held = self._find(identities)
+        if not held:
+            receipt.note(N_("no contact with these e-mail addresses under the data map's owners; nothing changed"))
             return receipt
-        for contact in contacts:
-            email = self._stored_email(contact)
+        for item in held:  # under every owner holding the contact: opt-outs and monitoring are owner-scoped too
+            email = _stored(item.contact)
             for call in calls:
                 if call in ("stop_monitoring", "restore_monitoring"):
                     body: dict[str, Any] = {"contacts": [{"addresseeType": self.monitoring_addressee_type,
                                                           "value": email}]}
                 else:
                     body = {"email": email}
-                self._post(call, body)
-            receipt.changed["contact"] += 1
+                self._write(call, body, item)
+        receipt.changed["contact"] = len(self._distinct(held))
         receipt.note(N_("{calls}: {summary} for {count} contact(s)"), calls=", ".join(self.paths[c] for c in calls),
                      summary=Note(summary), count=receipt.changed["contact"])
         return receipt
@@ -529,11 +606,13 @@ class SalesmanagoConnector(Connector):
         health = Health(self.name, ok=True)
         if not self._https:
             health.warnings.append("base_url is not https: credentials travel in clear text")
-        try:
-            self._post("basic", {"email": [self.probe_email]})
-        except ConnectorError as exc:
-            health.ok = False
-            health.problems.append(exc.message)
+        for place, owner in enumerate(self.owners, start=1):  # each owner: a misspelt one is refused here
+            try:
+                self._post("basic", {"email": [self.probe_email]}, owner)
+            except ConnectorError as exc:
+                health.ok = False
+                prefix = f"owner {place} of owners: " if len(self.owners) > 1 else ""
+                health.problems.append(prefix + exc.message)
         return health
 
 
@@ -547,9 +626,24 @@ def _vendor_messages(payload: Mapping[str, Any]) -> str:
     return redact("; ".join(parts))[:200]
 
 
-def _contact_ids(contacts: list[dict[str, Any]]) -> list[str]:
-    """The contacts' vendor ids, for receipts (no e-mail addresses)."""
-    return [str(c.get("contactId") or "(no contactId)") for c in contacts]
+def _answer_words(payload: Mapping[str, Any]) -> str:
+    """The reply's own words for an error: its result and id fields and its messages, scrubbed and short."""
+    parts = [f"{key}={orjson.dumps(payload[key]).decode()}" for key in ("success", "result", "contactId", "contactIds")
+             if key in payload]
+    message = _vendor_messages(payload)
+    if message:
+        parts.append(f"message: {message}")
+    return redact(", ".join(parts))[:200]
+
+
+def _stored(contact: Mapping[str, Any]) -> str:
+    """The contact's stored e-mail, as SALESmanago holds it."""
+    return str(contact.get("email") or "").strip()
+
+
+def _contact_id(contact: Mapping[str, Any]) -> str:
+    """The contact's vendor id, for receipts (never its e-mail address)."""
+    return str(contact.get("contactId") or "(no contactId)")
 
 
 def _chunks(content: bytes) -> Iterator[bytes]:

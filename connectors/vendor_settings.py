@@ -30,6 +30,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonDict
@@ -273,8 +274,14 @@ class SalesmanagoSettings(VendorSettings):
     client_id_env: str = _secret("Variable holding the client id")
     api_key_env: str = _secret("Variable holding the API key")
     api_secret_env: str = _secret("Variable holding the API secret (only its hash is sent)")
-    owner: Annotated[Text, AfterValidator(_owner_email)] = Field(
-        description="E-mail of the SALESmanago user owning the contacts (not a secret)"
+    owner: Annotated[Text, AfterValidator(_owner_email)] | None = Field(
+        None, description="E-mail of the one SALESmanago user owning the contacts (not a secret); the same as "
+                          "`owners` with one entry"
+    )
+    owners: tuple[Annotated[Text, AfterValidator(_owner_email)], ...] = Field(
+        (), description="E-mails of the SALESmanago users (owners) whose contacts are searched, in order; a person "
+                        "is erased and restricted under each owner holding them. Give `owner` or `owners`",
+        json_schema_extra={"type": "list of e-mails"},
     )
     poll_interval_s: PositiveNumber = Field(5.0, description="Seconds between polls of the export job")
     poll_timeout_s: PositiveNumber = Field(
@@ -319,6 +326,28 @@ class SalesmanagoSettings(VendorSettings):
         if unknown:
             raise ValueError(f"unknown call(s) {', '.join(unknown)}; known: {', '.join(sorted(SALESMANAGO_PATHS))}")
         return value
+
+    @field_validator("owners", mode="before")
+    @classmethod
+    def _owner_list(cls, value: Any) -> Any:
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            raise ValueError("must be a list of owner e-mails, e.g. [owner@shop.example]")
+        return value
+
+    @model_validator(mode="after")
+    def _one_owner_list(self) -> SalesmanagoSettings:
+        # `owner` (one user) is kept working as a one-element `owners`; giving both is ambiguous.
+        if self.owner is not None and self.owners:
+            raise ValueError("give either owner or owners, not both")
+        owners = (self.owner,) if self.owner is not None else self.owners
+        if not owners:
+            raise ValueError("owner: required: the e-mail of the SALESmanago user owning the contacts (or owners, "
+                             "a list of them)")
+        folded = [o.lower() for o in owners]
+        if len(set(folded)) < len(folded):
+            raise ValueError("owners: an owner is listed twice")
+        object.__setattr__(self, "owners", tuple(owners))  # the model is frozen: set once, here
+        return self
 
 
 # ---------------------------------------------------------------------- Matomo

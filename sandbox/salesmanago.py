@@ -2,11 +2,13 @@
 
 What it models: POST-only JSON calls under /api/ with the credentials in the body (any apiKey
 whose sha = sha1(apiKey + clientId + apiSecret) matches, as clients that send a fresh apiKey per
-call rely on); failures at HTTP 200 as {"success": false, "message": [...]}; contacts owned by
-one SALESmanago user (`owner`); the asynchronous GDPR export job (job/status answers "not ready"
-for the first polls, then a fileUrl served under /files/); delete (permanent: gone at once;
-standard: flagged `deleted`, kept until `nightly_purge`); e-mail/phone opt-out/in and web
-monitoring stop/restore. An addressee is `{addresseeType, value}` with the type spelt as on the
+call rely on); failures at HTTP 200 as {"success": false, "message": [...]}; contacts held by one
+or more SALESmanago users (owners, `OWNERS`), every call scoped by the body's `owner` (an owner
+holding no such contact answers as if it did not exist); the asynchronous GDPR export job
+(job/status answers "not ready" for the first polls, then a fileUrl served under /files/);
+delete (permanent: gone at once; standard: flagged `deleted`, kept until `nightly_purge`; one
+owner of several: gone for that owner only [U]); e-mail/phone opt-out/in and web monitoring
+stop/restore. An addressee is `{addresseeType, value}` with the type spelt as on the
 wire, lower case (`email`, `contact_id`: SALESmanago's own sanis/salesmanago-api-sso-util @ 3bce697c,
 src/Model/LoyaltyProgramModel.php L9-18; vendor-source-check.md S9); any other spelling, such as
 "EMAIL", answers success=false. Unknown paths answer 404, other methods 405.
@@ -46,6 +48,7 @@ class SalesmanagoSim:
     API_SECRET = "sim-api-secret"
     OWNER = "owner@shop.example"
     OTHER_OWNER = "sales2@shop.example"  # a second SALESmanago user account of the same client
+    OWNERS = (OWNER, OTHER_OWNER)
     POLLS_UNTIL_READY = 2  # job/status answers "not ready" this many times first
 
     def __init__(self) -> None:
@@ -77,7 +80,7 @@ class SalesmanagoSim:
 
     def add_contact(self, email: str, name: str, phone: str = "", *, contact_id: str | None = None,
                     tags: Iterable[str] = (), events: Iterable[dict[str, Any]] = (),
-                    visits: Iterable[str] = ()) -> str:
+                    visits: Iterable[str] = (), owners: Iterable[str] = (OWNER,)) -> str:
         contact_id = contact_id or str(uuid.uuid4())
         with self._lock:
             self.contacts[contact_id] = {
@@ -90,7 +93,7 @@ class SalesmanagoSim:
                 "visits": [{"url": url, "date": _NOW_MS} for url in visits],
                 # The SALESmanago users (owners) holding the contact; never part of an answer (no vendor
                 # text shows owners in contact/basic).
-                "owners": [self.OWNER],
+                "owners": list(owners),
             }
             self.monitored[contact_id] = True
         return contact_id
@@ -117,6 +120,13 @@ class SalesmanagoSim:
             found = self._by_email(JANE.email, self.OWNER)
             assert found is not None
             found["owners"].append(self.OTHER_OWNER)
+
+    def move_to(self, email: str, owner: str) -> None:
+        """The contact with this e-mail is held by `owner` alone (e.g. the second owner's sales team)."""
+        with self._lock:
+            found = self._by_email(email)
+            assert found is not None and owner in self.OWNERS
+            found["owners"] = [owner]
 
     def owners(self, email: str) -> list[str]:
         """The owners still holding the contact with this e-mail ([] when none)."""
@@ -161,13 +171,14 @@ class SalesmanagoSim:
                 del self.monitored[cid]
             return len(gone)
 
-    def settings(self, base_url: str) -> dict[str, Any]:
+    def settings(self, base_url: str, owners: Iterable[str] | None = None) -> dict[str, Any]:
+        """Data-map settings: the one `owner` by default, or an `owners` list."""
         return {
             "base_url": f"{base_url.rstrip('/')}/api",
             "client_id_env": "DSAR_SM_SIM_CLIENT_ID",
             "api_key_env": "DSAR_SM_SIM_API_KEY",
             "api_secret_env": "DSAR_SM_SIM_API_SECRET",
-            "owner": self.OWNER,
+            **({"owner": self.OWNER} if owners is None else {"owners": list(owners)}),
             "poll_interval_s": 0.01,
             "poll_timeout_s": 5.0,
         }
@@ -211,7 +222,7 @@ class SalesmanagoSim:
             return _answer(False, ["Invalid request body"], status=400)
         if not self._authenticated(body):
             return _answer(False, ["User not authenticated"])
-        if body.get("owner") not in (self.OWNER, self.OTHER_OWNER):
+        if body.get("owner") not in self.OWNERS:
             return _answer(False, ["Owner not found"])
         with self._lock:
             self.calls.append(method)

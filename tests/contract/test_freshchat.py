@@ -397,6 +397,61 @@ def test_lift_sets_the_configured_property_to_false(ctx: ConnectorContext, vendo
     assert receipt.changed == {"user": 1}
 
 
+# ---------------------------------------------------------------------------- a write that did nothing (issue 10 pt 9)
+
+
+def _nothing_changed(call: str, answer: str) -> str:
+    return f"{call} answered that it changed nothing ({answer}); the task is not done"
+
+
+def test_a_blanking_put_that_returns_the_user_unchanged_fails(
+    ctx: ConnectorContext, vendor: responses.RequestsMock
+) -> None:
+    # PUT /users/{id} answers the user [L: idjoo openapi `user`]: one still holding e-mail and phone was not blanked.
+    _get(vendor, f"/users/{JANE_ID}", _user())
+    _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": []})
+    _send(vendor, responses.PUT, f"/users/{JANE_ID}", _user(**{**BLANKED, "email": JANE_EMAIL, "phone": JANE_PHONE}),
+          sent=BLANKED)
+    with pytest.raises(PermanentError) as info:
+        _connector(ctx).erase(_uid())
+    assert info.value.message == _nothing_changed("PUT /users/{id}", "email, phone still set in the returned user")
+    assert JANE_EMAIL not in info.value.message
+
+
+def test_a_restriction_property_the_reply_does_not_show_fails(
+    ctx: ConnectorContext, vendor: responses.RequestsMock
+) -> None:
+    _get(vendor, f"/users/{JANE_ID}", _user(properties=[{"name": "plan", "value": "pro"}]))
+    sent = [{"name": "plan", "value": "pro"}, {"name": "gdpr_restricted", "value": "true"}]
+    _send(vendor, responses.PUT, f"/users/{JANE_ID}", _user(properties=[{"name": "plan", "value": "pro"}]),
+          sent={"properties": sent})
+    with pytest.raises(PermanentError) as info:
+        _connector(ctx).restrict(_uid(), entities=["user"])
+    assert info.value.message == _nothing_changed("PUT /users/{id}",
+                                                  "no gdpr_restricted in the returned user's properties")
+
+
+def test_a_lift_the_reply_shows_still_restricted_fails(ctx: ConnectorContext, vendor: responses.RequestsMock) -> None:
+    current = [{"name": "gdpr_restricted", "value": "true"}]
+    _get(vendor, f"/users/{JANE_ID}", _user(properties=current))
+    _send(vendor, responses.PUT, f"/users/{JANE_ID}", _user(properties=current),
+          sent={"properties": [{"name": "gdpr_restricted", "value": "false"}]})
+    with pytest.raises(PermanentError, match=r"gdpr_restricted=true in the returned user's properties"):
+        _connector(ctx).lift_restriction(_uid())
+
+
+def test_a_resolve_the_reply_shows_still_open_fails(ctx: ConnectorContext, vendor: responses.RequestsMock) -> None:
+    _get(vendor, f"/users/{JANE_ID}", _user())
+    _get(vendor, f"/users/{JANE_ID}/conversations", {"conversations": [{"id": "c1"}]})
+    _get(vendor, "/conversations/c1", _conversation("c1", "assigned"))
+    _get(vendor, "/conversations/c1/messages", _messages_page("c1", 0, 2, 1),
+         query={"page": "1", "items_per_page": "50"})
+    _send(vendor, responses.PUT, "/conversations/c1", _conversation("c1", "assigned"), sent={"status": "resolved"})
+    with pytest.raises(PermanentError) as info:
+        _connector(ctx).restrict(_uid(), entities=["conversations"])
+    assert info.value.message == _nothing_changed("PUT /conversations/{id}", "status=assigned")
+
+
 # ---------------------------------------------------------------------------- check and errors
 
 

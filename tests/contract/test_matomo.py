@@ -337,6 +337,24 @@ def test_erase_selected_by_the_located_entity(api: responses.RequestsMock, ctx: 
     assert set(connector.policies()) == set(connector.entities) and "visits" in connector.entities
 
 
+def test_a_delete_that_deleted_no_row_fails_with_the_counts(api: responses.RequestsMock, ctx: ConnectorContext) -> None:
+    # deleteDataSubjects answers the rows it deleted per log table ([V] PrivacyManager DataSubjectsTest); for visits
+    # that are gone (deleted meanwhile, say in Matomo's own GDPR tool) it answers zeros: nothing was done.
+    expect(api, "PrivacyManager.findDataSubjects", find_body(), [visit(61), visit(62)])
+    expect(api, "PrivacyManager.deleteDataSubjects", visits_body((1, 61)),
+           {"log_visit": 1, "log_link_visit_action": 2, "log_conversion_item": 0, "log_conversion": 0})
+    expect(api, "PrivacyManager.deleteDataSubjects", visits_body((1, 62)),
+           {"log_visit": 0, "log_link_visit_action": 0, "log_conversion_item": 0, "log_conversion": 0})
+
+    with pytest.raises(PermanentError) as info:
+        make(ctx, chunk_size=1).erase(jane())
+
+    assert info.value.message == (
+        "PrivacyManager.deleteDataSubjects (1 visit(s)) answered that it changed nothing (log_visit=0, "
+        "log_link_visit_action=0, log_conversion_item=0, log_conversion=0); the task is not done")
+    assert info.value.note is not None
+
+
 def test_restrict_and_lift_are_unsupported(ctx: ConnectorContext) -> None:
     connector = make(ctx)
     with pytest.raises(UnsupportedAction, match="browser-side"):

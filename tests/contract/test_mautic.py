@@ -373,7 +373,9 @@ def test_erase_needs_the_contact_entity(ctx) -> None:
 def test_restrict_adds_manual_dnc_on_email_for_each_contact_with_request_id(vendor, ctx) -> None:
     jane_two_contacts(vendor)
     for cid in (47, 52):
-        vendor.post(f"{BASE}/api/contacts/{cid}/dnc/email/add", json={"contact": contact(cid, JANE)},
+        # The reply is the contact with doNotContact now populated (LeadApiController::addDncAction, vendor-apis 2.5).
+        vendor.post(f"{BASE}/api/contacts/{cid}/dnc/email/add",
+                    json={"contact": with_entries(contact(cid, JANE), dnc(3, comments=OURS))},
                     match=[matchers.json_params_matcher({"reason": 3, "comments": "dsar restriction REQ-2024-7"}),
                            auth()])
     receipt = connector(ctx, request_id="REQ-2024-7").restrict(ids(JANE))
@@ -383,7 +385,8 @@ def test_restrict_adds_manual_dnc_on_email_for_each_contact_with_request_id(vend
 
 def test_restrict_without_request_id_uses_the_fixed_comment(vendor, ctx) -> None:
     search(vendor, JANE, [contact(47, JANE)])
-    vendor.post(f"{BASE}/api/contacts/47/dnc/email/add", json={"contact": contact(47, JANE)},
+    vendor.post(f"{BASE}/api/contacts/47/dnc/email/add",
+                json={"contact": with_entries(contact(47, JANE), dnc(3, comments="dsar restriction"))},
                 match=[matchers.json_params_matcher({"reason": 3, "comments": "dsar restriction"}), auth()])
     assert connector(ctx).restrict(ids(JANE)).changed == {"contact": 1}
 
@@ -437,11 +440,55 @@ def test_restrict_leaves_an_existing_unsubscribe_or_bounce_alone(vendor, ctx) ->
     # Adding reason 3 over a bounce replaces it (DoNotContact.php L92-110, $allowOverride at L98), and a lift
     # would then delete it: a channel already not contactable is left as it is.
     search(vendor, JANE, [with_entries(contact(47, JANE), dnc(2)), contact(52, JANE)])
-    vendor.post(f"{BASE}/api/contacts/52/dnc/email/add", json={"contact": contact(52, JANE)},
+    vendor.post(f"{BASE}/api/contacts/52/dnc/email/add",
+                json={"contact": with_entries(contact(52, JANE), dnc(3, comments="dsar restriction"))},
                 match=[matchers.json_params_matcher({"reason": 3, "comments": "dsar restriction"}), auth()])
     receipt = connector(ctx).restrict(ids(JANE))
     assert receipt.changed == {"contact": 1}
     assert any("contact 47 already has do-not-contact on email (bounced)" in d for d in receipt.details)
+
+
+# -- a write that did nothing fails (issue 10 point 9) ---------------------------------------------------
+
+
+def nothing_changed(call: str, answer: str) -> str:
+    return f"{call} answered that it changed nothing ({answer}); the task is not done"
+
+
+@pytest.mark.parametrize("reply, words", [
+    ({}, "no contact in the reply"),
+    ({"errors": [{"code": 500, "message": "Could not delete jane@example.com", "details": []}]},
+     "errors: Could not delete <email>"),
+], ids=["no_contact", "errors_at_200"])
+def test_a_delete_whose_reply_holds_no_deleted_contact_fails(vendor, ctx, reply: dict[str, Any], words: str) -> None:
+    # A 200 answers {"contact": <the deleted entity>} (CommonApiController::deleteEntityAction, vendor-apis.md 2.4).
+    search(vendor, JANE, [contact(47, JANE)])
+    plain(vendor, 47, "companies", {"total": 0, "companies": []})
+    vendor.delete(f"{BASE}/api/contacts/47/delete", json=reply, match=[matchers.query_param_matcher({}), auth()])
+    with pytest.raises(PermanentError) as info:
+        connector(ctx).erase(ids(JANE))
+    assert info.value.message == nothing_changed("DELETE api/contacts/47/delete", words)
+    assert info.value.note is not None and info.value.note.params["answer"] == words
+
+
+def test_a_dnc_add_whose_reply_shows_no_entry_fails(vendor, ctx) -> None:
+    search(vendor, JANE, [contact(47, JANE)])
+    vendor.post(f"{BASE}/api/contacts/47/dnc/email/add", json={"contact": contact(47, JANE)},
+                match=[matchers.json_params_matcher({"reason": 3, "comments": "dsar restriction"}), auth()])
+    with pytest.raises(PermanentError) as info:
+        connector(ctx).restrict(ids(JANE))
+    assert info.value.message == nothing_changed(
+        "POST api/contacts/47/dnc/email/add", "the contact in the reply has no do-not-contact entry on email")
+
+
+def test_a_dnc_remove_answering_record_not_found_fails(vendor, ctx) -> None:
+    # {"recordFound": false, "contact": ...} is Mautic's reply when nothing was removed (vendor-apis.md 2.5).
+    search(vendor, JANE, [with_entries(contact(47, JANE), dnc(3, comments=OURS))])
+    vendor.post(f"{BASE}/api/contacts/47/dnc/email/remove", json={"recordFound": False, "contact": contact(47, JANE)},
+                match=[matchers.query_param_matcher({}), auth()])
+    with pytest.raises(PermanentError) as info:
+        connector(ctx).lift_restriction(ids(JANE))
+    assert info.value.message == nothing_changed("POST api/contacts/47/dnc/email/remove", "recordFound=false")
 
 
 # -- check ----------------------------------------------------------------------------------

@@ -77,21 +77,21 @@ def connector(fixed_ctx: ConnectorContext, clock: FakeClock) -> SalesmanagoConne
     )
 
 
-def auth() -> dict[str, Any]:
+def auth(owner: str = OWNER) -> dict[str, Any]:
     # Computed here from the test credentials, independently of the connector: sha1(apiKey + clientId + apiSecret).
     return {
         "clientId": "sm-client",
         "apiKey": "sm-key",
         "requestTime": REQUEST_TIME,
         "sha": hashlib.sha1(b"sm-key" + b"sm-client" + b"sm-secret").hexdigest(),
-        "owner": OWNER,
+        "owner": owner,
     }
 
 
-def body(**fields: Any) -> list[Any]:
-    """Strict matchers for one v2 call: the exact JSON body and the documented Content-Type."""
+def body(owner: str = OWNER, **fields: Any) -> list[Any]:
+    """Strict matchers for one v2 call under `owner`: the exact JSON body and the documented Content-Type."""
     return [
-        matchers.json_params_matcher({**auth(), **fields}, strict_match=True),
+        matchers.json_params_matcher({**auth(owner), **fields}, strict_match=True),
         matchers.header_matcher({"Content-Type": "application/json;charset=UTF-8"}),
     ]
 
@@ -111,14 +111,15 @@ def jane_contact(**overrides: Any) -> dict[str, Any]:
     return {**contact, **overrides}
 
 
-def monitoring(email: str = "Jane.Doe@Example.com") -> list[Any]:
+def monitoring(email: str = "Jane.Doe@Example.com", owner: str = OWNER) -> list[Any]:
     """Matchers of contact/stopMonitoring or restoreMonitoring for one e-mail, `addresseeType` in lower case as on
     the wire (sso-util src/Model/LoyaltyProgramModel.php L9-18)."""
-    return body(contacts=[{"addresseeType": "email", "value": email}])
+    return body(owner, contacts=[{"addresseeType": "email", "value": email}])
 
 
-def add_basic(vendor: responses.RequestsMock, contacts: list[dict[str, Any]], email: str = JANE) -> None:
-    vendor.post(f"{BASE}/contact/basic", match=body(email=[email]),
+def add_basic(vendor: responses.RequestsMock, contacts: list[dict[str, Any]], email: str = JANE,
+              owner: str = OWNER) -> None:
+    vendor.post(f"{BASE}/contact/basic", match=body(owner, email=[email]),
                 json={"success": True, "message": [], "contacts": contacts})
 
 
@@ -421,6 +422,152 @@ def test_lift_without_opt_in_only_restores_monitoring(
 
     assert receipt.changed == {"contact": 1}
     assert "fresh consent" in receipt.manual_steps[0]
+
+
+# ---------------------------------------------------------------------- several owners (issue 10 point 8)
+
+SECOND = "sales2@shop.example"
+
+
+@pytest.fixture
+def two_owners(fixed_ctx: ConnectorContext) -> SalesmanagoConnector:
+    settings = {**{k: v for k, v in SETTINGS.items() if k != "owner"}, "owners": [OWNER, SECOND]}
+    return SalesmanagoConnector.from_settings("salesmanago", settings, fixed_ctx, retry=FAST_RETRY)
+
+
+def test_two_owners_locate_the_contact_under_the_second_and_say_so(
+    vendor: responses.RequestsMock, two_owners: SalesmanagoConnector
+) -> None:
+    add_basic(vendor, [])  # the first owner holds no Jane
+    add_basic(vendor, [jane_contact()], owner=SECOND)
+
+    hits = two_owners.locate(jane())
+
+    assert hits.counts == {"contact": 1}
+    via = f"salesmanago: contact {JANE_ID} (matched by e-mail under owner 2 of the data map's owners), field "
+    assert {(i.type, i.via) for i in hits.learned} == {
+        (IdentityType.SALESMANAGO_CONTACT_ID, via + "contactId"), (IdentityType.PHONE, via + "phone")}
+    assert SECOND not in repr([i.to_dict() for i in hits.learned])  # a staff e-mail is never provenance
+
+
+def test_two_owners_erase_under_the_owner_holding_the_contact(
+    vendor: responses.RequestsMock, two_owners: SalesmanagoConnector
+) -> None:
+    add_basic(vendor, [])
+    add_basic(vendor, [jane_contact()], owner=SECOND)
+    vendor.post(f"{BASE}/contact/stopMonitoring", match=monitoring(owner=SECOND), json={"success": True, "message": []})
+    vendor.post(f"{BASE}/contact/delete", match=body(SECOND, email="Jane.Doe@Example.com", permanently=True),
+                json={"success": True, "message": [], "result": "OK"})
+
+    receipt = two_owners.erase(jane())
+
+    assert receipt.changed == {"contact": 1}
+    (where,) = [line for line in receipt.details if "ran under each owner" in line]
+    assert f"{JANE_ID}: 2" in where and SECOND not in where
+    assert [orjson.loads(c.request.body)["owner"] for c in vendor.calls] == [OWNER, SECOND, SECOND, SECOND]
+
+
+def test_a_contact_both_owners_hold_is_erased_under_each_and_exported_once(
+    vendor: responses.RequestsMock, two_owners: SalesmanagoConnector
+) -> None:
+    add_basic(vendor, [jane_contact()])
+    add_basic(vendor, [jane_contact()], owner=SECOND)
+    for owner in (OWNER, SECOND):
+        vendor.post(f"{BASE}/contact/optout", match=body(owner, email="Jane.Doe@Example.com"),
+                    json={"success": True, "message": [], "contactId": JANE_ID})
+        vendor.post(f"{BASE}/contact/phoneoptout", match=body(owner, email="Jane.Doe@Example.com"),
+                    json={"success": True, "message": [], "contactId": JANE_ID})
+        vendor.post(f"{BASE}/contact/stopMonitoring", match=monitoring(owner=owner),
+                    json={"success": True, "message": []})
+
+    receipt = two_owners.restrict(jane())
+
+    assert receipt.changed == {"contact": 1}  # one contact, restricted under both owners
+    assert sorted(orjson.loads(c.request.body)["owner"] for c in vendor.calls
+                  if c.request.url.endswith("/contact/optout")) == sorted([OWNER, SECOND])
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"owners": [OWNER, SECOND]}, "either owner or owners"),
+    ({"owner": None, "owners": []}, "owner: required"),
+    ({"owner": None, "owners": OWNER}, "must be a list"),
+    ({"owner": None, "owners": [OWNER, OWNER.upper()]}, "listed twice"),
+    ({"owner": None, "owners": [OWNER, "sales-team"]}, "owners.1"),
+])
+def test_bad_owner_lists_are_named(fixed_ctx: ConnectorContext, change: dict[str, Any], problem: str) -> None:
+    settings = {k: v for k, v in {**SETTINGS, **change}.items() if v is not None}
+
+    with pytest.raises(PermanentError, match=problem):
+        SalesmanagoConnector.from_settings("salesmanago", settings, fixed_ctx)
+
+
+# ---------------------------------------------------------------------- a write that did nothing (issue 10 point 9)
+
+
+@pytest.mark.parametrize("answer, words", [
+    ({"success": True, "message": [], "result": False}, "success=true, result=false"),
+    ({"success": True, "message": ["Contact not deleted"], "result": "false"},
+     'success=true, result="false", message: Contact not deleted'),
+    ({"success": True, "message": [], "contactIds": []}, "success=true, contactIds=[]"),
+], ids=["result_false", "result_false_text", "contact_ids_empty"])
+def test_a_delete_that_did_nothing_fails_with_the_replys_words(
+    vendor: responses.RequestsMock, connector: SalesmanagoConnector, answer: dict[str, Any], words: str
+) -> None:
+    add_basic(vendor, [jane_contact()])
+    vendor.post(f"{BASE}/contact/stopMonitoring", match=monitoring(), json={"success": True, "message": []})
+    vendor.post(f"{BASE}/contact/delete", match=body(email="Jane.Doe@Example.com", permanently=True), json=answer)
+
+    with pytest.raises(PermanentError) as info:
+        connector.erase(jane())
+
+    assert info.value.message == ("contact/delete under owner 1 answered that it changed nothing for contact "
+                                  f"{JANE_ID} ({words}); the task is not done")
+    assert info.value.note is not None and info.value.note.params["answer"] == words
+    assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize("call, answer", [
+    ("optout", {"success": True, "message": [], "contactId": None}),
+    ("optout", {"success": True, "message": [], "contactId": "0000-someone-else"}),
+    ("phoneoptout", {"success": True, "message": [], "contactId": ""}),
+    ("stopMonitoring", {"success": False, "message": ["Contact Jane.Doe@Example.com not found"]}),
+])
+def test_a_restriction_call_that_did_nothing_fails_with_the_replys_words(
+    vendor: responses.RequestsMock, connector: SalesmanagoConnector, call: str, answer: dict[str, Any]
+) -> None:
+    add_basic(vendor, [jane_contact()])
+    done = {"success": True, "message": [], "contactId": JANE_ID}
+    order = ["optout", "phoneoptout", "stopMonitoring"]
+    for earlier in order[:order.index(call)]:
+        match = monitoring() if earlier == "stopMonitoring" else body(email="Jane.Doe@Example.com")
+        vendor.post(f"{BASE}/contact/{earlier}", match=match, json=done)
+    match = monitoring() if call == "stopMonitoring" else body(email="Jane.Doe@Example.com")
+    vendor.post(f"{BASE}/contact/{call}", match=match, json=answer)
+
+    with pytest.raises(PermanentError) as info:
+        connector.restrict(jane())
+
+    assert info.value.message.startswith(f"contact/{call} ")
+    if answer["success"]:
+        assert f"changed nothing for contact {JANE_ID} (success=true, contactId=" in info.value.message
+    else:
+        assert info.value.message == "contact/stopMonitoring answered success=false (Contact <email> not found)"
+    assert "jane" not in info.value.message.lower()
+
+
+@pytest.mark.parametrize("call", ["optin", "phoneoptin"])
+def test_a_lift_call_that_did_nothing_fails(
+    vendor: responses.RequestsMock, connector: SalesmanagoConnector, call: str
+) -> None:
+    add_basic(vendor, [jane_contact(optedOut=True, optedOutPhone=True)])
+    if call == "phoneoptin":
+        vendor.post(f"{BASE}/contact/optin", match=body(email="Jane.Doe@Example.com"),
+                    json={"success": True, "message": [], "contactId": JANE_ID})
+    vendor.post(f"{BASE}/contact/{call}", match=body(email="Jane.Doe@Example.com"),
+                json={"success": True, "message": [], "contactIds": {}})
+
+    with pytest.raises(PermanentError, match=f"contact/{call} under owner 1 answered that it changed nothing"):
+        connector.lift_restriction(jane())
 
 
 # ---------------------------------------------------------------------- check and errors

@@ -123,7 +123,7 @@ def test_salesmanago_learns_the_contacts_own_fields_never_an_owner(vendor, sales
 
     hits = salesmanago.locate(sm.jane())
 
-    via = f"salesmanago: contact {sm.JANE_ID} (matched by e-mail, for the configured owner), field "
+    via = f"salesmanago: contact {sm.JANE_ID} (matched by e-mail under owner 1 of the data map's owners), field "
     assert {(i.type, i.value, i.via) for i in hits.learned} == {
         (IdentityType.SALESMANAGO_CONTACT_ID, sm.JANE_ID, via + "contactId"),
         (IdentityType.PHONE, "+4791234567", via + "phone"),
@@ -146,7 +146,8 @@ def test_salesmanago_erase_deletes_for_the_configured_owner_and_names_what_may_r
     assert receipt.changed == {"contact": 1}
     assert receipt.manual_steps == []
     (step,) = [line for line in receipt.details if "owner" in line]
-    assert "acted for the configured owner only" in step and sm.JANE_ID in step
+    assert "ran under each owner of the data map holding the contact" in step and sm.JANE_ID in step
+    assert f"{sm.JANE_ID}: 1" in step  # the owner by its place in `owners`, never its e-mail
     assert "other SALESmanago users (owners)" in step
     assert "jane" not in step.lower() and OTHER_OWNER not in step
 

@@ -3,16 +3,19 @@
 A person's rows are found by identity columns (e-mail compared as lower(trim(col)), so an
 expression index on that makes the lookup an index scan) and by following references from
 rows already found, any number of hops, as nested sub-selects: the database does the joins
-and nothing is pulled into memory to find it.
+and nothing is pulled into memory to find it. An erasure then reads the keys of every row it
+will change before it changes any (so the order of changes cannot change what is found), and
+changes them by key, deleting rows that hold a foreign key before the rows it points at.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -40,7 +43,7 @@ from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.redact import redact
 from connectors.s3_files import RESTRICTED_TAG, S3Files
 from connectors.sql_check import check_system
-from connectors.sql_map import EntitySpec, Fixed, Reference, SqlSystemSpec, parse_system, topological
+from connectors.sql_map import EntitySpec, Fixed, HoldSpec, Reference, SqlSystemSpec, parse_system, topological
 from connectors.sql_values import (
     as_datetime,
     bound_for,
@@ -59,6 +62,13 @@ warnings.filterwarnings("ignore", message="Skipped unsupported reflection of exp
 
 NAMES_SOMEONE_ELSE = N_("an identity column names someone else")
 RELATED_NOT_OWNED = N_("related through a relation, not owned")
+# a row several tables own (an address of customers and orders) that someone else's row owns too
+OWNED_BY_SOMEONE_ELSE = N_("also owned through someone else's record")
+
+# keys changed per statement when an erasure acts on the keys it read
+KEY_CHUNK = 500
+
+Key = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -73,8 +83,24 @@ class _Reach:
     others: sa.ColumnElement[bool] | None
     related: sa.ColumnElement[bool] | None
     linked: sa.ColumnElement[bool] | None = None
+    # owned rows that someone else's row owns too (left alone)
+    contested: sa.ColumnElement[bool] | None = None
     # the person's rows are exactly those matched by a non-shared identifier (no owned or shared path)
     mine_is_strong: bool = False
+
+
+@dataclass
+class _Erasure:
+    """What an erasure will do to one entity, read before anything changes: keys of the rows to erase, of
+    those restricted under the entity's own hold and of those kept with a held owner, and the receipt's
+    `held` entries for the latter two."""
+
+    erase: list[Key] = field(default_factory=list)
+    held: list[Key] = field(default_factory=list)
+    kept: int = 0  # rows of an entity the map keeps (erase: keep)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    hold_date: sa.ColumnElement[Any] | None = None  # the own hold's date (for the files' tags)
 
 
 class SqlConnector(Connector):
@@ -105,14 +131,24 @@ class SqlConnector(Connector):
         for name, e in self.spec.entities.items():
             if e.erase.strategy == "delete":
                 erase = Note(N_("delete rows"))
+            elif e.erase.strategy == "keep":
+                erase = note(N_("kept, never erased: {reason}"), reason=_text(e.erase.reason))
             else:
                 erase = note(N_("mask {columns}"), columns=[note(N_("{column} ({method})"), column=c,
                                                                  method=_method_name(m))
                                                             for c, m in e.erase.mask.items()])
             restrict = note(N_("set {values}"), values=[note(N_("{column} to {value}"), column=c, value=repr(v))
                                                         for c, v in e.restrict.set.items()]) if e.restrict else None
-            hold = Hold(e.hold.years, e.hold.from_, e.hold.reason_text(),
-                        reasons=dict(e.hold.reason) if isinstance(e.hold.reason, dict) else None) if e.hold else None
+            hold = None
+            if e.hold and e.hold.with_ is None:
+                assert e.hold.years is not None and e.hold.from_ is not None
+                hold = Hold(e.hold.years, e.hold.from_, e.hold.reason_text(),
+                            reasons=dict(e.hold.reason) if isinstance(e.hold.reason, dict) else None)
+            held_with = sorted({r.entity for _, r in self.spec.held_parents(name)})
+            if held_with and e.erase.strategy != "keep":
+                # nothing is written to these rows: they wait for their owner's hold, and go with it
+                erase = note(N_("{how}, except records kept while the {parents} record owning them is held"),
+                             how=erase, parents=", ".join(held_with))
             out[name] = EntityPolicy.of(erase, restrict, hold=hold,
                                      categories=tuple(sorted(set(e.fields.values()))),
                                      provided_by_subject=e.provided_by_subject)
@@ -147,9 +183,9 @@ class SqlConnector(Connector):
         """The identifiers on the rows a change would touch, normalised in Python: a second look, independent
         of the SQL that picked the rows, which the plan compares with everything known of the person."""
         entity = self.spec.entities[name]
-        if not entity.identities:
+        columns = entity.identity_columns()
+        if not columns:
             return
-        columns = list(entity.identities.items())
         touched: set[Identity] = set()
         query = sa.select(*(table.c[c] for _, c in columns)).where(reach.mine).distinct().limit(1000)
         for row in conn.execute(query):
@@ -164,17 +200,17 @@ class SqlConnector(Connector):
         """Identifiers from rows that are the person's: all identity columns of rows matched directly by a
         non-shared identifier, and the `learn` columns of rows owned through a declared ownership path."""
         entity = self.spec.entities[name]
-        sources: list[tuple[sa.ColumnElement[bool], dict[IdentityType, str], Note]] = []
+        sources: list[tuple[sa.ColumnElement[bool], list[tuple[IdentityType, str]], Note]] = []
         if reach.strong is not None and entity.identities:
-            sources.append((reach.strong, dict(entity.identities), note(N_("{table} (matched directly)"),
-                                                                        table=entity.table)))
-        learn = {t: entity.identities[t] for t in entity.learn}
+            sources.append((reach.strong, entity.identity_columns(), note(N_("{table} (matched directly)"),
+                                                                          table=entity.table)))
+        learn = [(t, c) for t, c in entity.identity_columns() if t in entity.learn]
         if reach.owned is not None and learn:
             sources.append((sa.and_(reach.owned, reach.mine), learn, self._path(name)))
         for cond, columns, path in sources:
-            cols = [table.c[c] for c in columns.values()]
+            cols = [table.c[c] for _, c in columns]
             for row in conn.execute(sa.select(*cols).where(cond).distinct().limit(1000)):
-                for (type_, column), value in zip(columns.items(), row, strict=True):
+                for (type_, column), value in zip(columns, row, strict=True):
                     learned = _identity_value(type_, value)
                     if learned and reach.mine_is_strong:  # these rows are all a change would touch here
                         hits.touches.setdefault(name, set()).add(Identity(type_, learned, source=self.name))
@@ -183,9 +219,10 @@ class SqlConnector(Connector):
                             N_("{system}: {path}, column {column}"), system=self.name, path=path, column=column)))
 
     def _path(self, name: str) -> Note:
-        """How a row of `name` is reached from a directly matched row, along ownership only."""
+        """How a row of `name` is reached from a directly matched row, along ownership only (the first
+        owning reference, when there are several)."""
         entity = self.spec.entities[name]
-        column, ref = next(iter(entity.owners().items()))
+        column, ref = entity.owners()[0]
         parent = self.spec.entities[ref.entity]
         start = note(N_("{table} (matched directly)"), table=parent.table) if parent.identities \
             else self._path(ref.entity)
@@ -203,18 +240,18 @@ class SqlConnector(Connector):
                     continue
                 entity = self.spec.entities[name]
                 table = self._table(name, conn)
-                pk = table.c[entity.primary_key]
-                shown = [entity.primary_key, *(c for c in entity.fields if c != entity.primary_key)]
+                keys = entity.key_columns()
+                shown = [*keys, *(c for c in entity.fields if c not in keys)]
                 if reach.related is not None:
                     yield from self._export_related(conn, table, name, reach.related, shown)
                 cond = reach.mine
                 extra = [c for c in (entity.files.template().fields if entity.files else ()) if c not in shown]
-                query = sa.select(*(table.c[c] for c in (*shown, *extra))).where(cond).order_by(pk) \
-                    .execution_options(yield_per=500)
+                query = sa.select(*(table.c[c] for c in (*shown, *extra))).where(cond) \
+                    .order_by(*(table.c[k] for k in keys)).execution_options(yield_per=500)
                 for row in conn.execute(query):
                     values = dict(row._mapping)
                     data = {k: jsonable(values[k], table.c[k]) for k in shown}
-                    record = Record(entity=name, record_id=str(data[entity.primary_key]), fields=data)
+                    record = Record(entity=name, record_id=record_id(data[k] for k in keys), fields=data)
                     if entity.files and self.s3:
                         bucket = self._bucket(entity)
                         record.attachments = [self.s3.attachment(bucket, obj.key, obj.key)
@@ -226,51 +263,153 @@ class SqlConnector(Connector):
         """Rows tied to the person by a relation the map exports (`export: true`): someone else's rows, so
         their identity columns are left out (Art. 15(4): the copy must not disclose other people)."""
         entity = self.spec.entities[name]
-        hidden = set(entity.identities.values())
+        hidden = {c for _, c in entity.identity_columns()}
         cols = [c for c in shown if c not in hidden]
-        query = sa.select(*(table.c[c] for c in cols)).where(related).order_by(table.c[entity.primary_key]) \
-            .execution_options(yield_per=500)
-        for row in conn.execute(query):
-            data = {k: jsonable(v, table.c[k]) for k, v in row._mapping.items()}
-            yield Record(entity=f"{name}.related", record_id=str(data[entity.primary_key]), fields=data)
+        keys = entity.key_columns()
+        query = sa.select(*(table.c[c] for c in (*cols, *(k for k in keys if k not in cols)))).where(related) \
+            .order_by(*(table.c[k] for k in keys)).execution_options(yield_per=500)
+        for n, row in enumerate(conn.execute(query), 1):
+            values = dict(row._mapping)
+            data = {k: jsonable(values[k], table.c[k]) for k in cols}
+            # a key that is an identity column would disclose the other person: number the rows instead
+            rid = str(n) if hidden & set(keys) else record_id(jsonable(values[k], table.c[k]) for k in keys)
+            yield Record(entity=f"{name}.related", record_id=rid, fields=data)
 
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         receipt = Receipt(system=self.name, action="erase")
         wanted = self._wanted(entities)
         now = self.ctx.clock()
-        memo: dict[str, _Reach | None] = {}  # clauses, not rows: the database evaluates them at each statement
+        memo: dict[str, _Reach | None] = {}
         with self._begin() as conn:
-            # Counted before anything changes: masking one table changes what reaches another.
+            # Every row is found before anything changes: masking or deleting one table changes what the
+            # clauses of another find (an address is found through the customer row pointing at it).
+            plans: dict[str, _Erasure] = {}
             for name in self.order:
-                if name in wanted and (first := self._reach(name, identities, conn, memo)) is not None:
-                    self._count_skipped(conn, self._table(name, conn), name, first, receipt.skipped)
-            # Children first: a parent's identity columns must stay intact while its children are found.
-            for name in reversed(self.order):
-                if name not in wanted:
-                    continue
-                reach = self._reach(name, identities, conn, memo)
-                if reach is None:
-                    continue
-                cond = reach.mine
-                entity = self.spec.entities[name]
-                table = self._table(name, conn)
-                if entity.hold:
-                    held = self._held(name, table, entity, now, conn)
-                    self._record_hold(conn, table, entity, sa.and_(cond, held), now, receipt, name)
-                    cond = sa.and_(cond, sa.not_(held))
-                # Files go before their rows: once a row is gone, nothing says which files were its.
-                files = self._delete_files(conn, table, entity, cond)
-                if files:
-                    receipt.changed[f"{name}.files"] = files
-                    receipt.note(N_("{entity}: {count} file(s) deleted from S3"), entity=name, count=files)
-                changed = self._erase_rows(conn, table, entity, cond)
-                if changed:
-                    receipt.changed[name] = changed
-                    if entity.erase.strategy == "delete":
-                        receipt.note(N_("{entity}: {count} deleted"), entity=name, count=changed)
-                    else:
-                        receipt.note(N_("{entity}: {count} masked"), entity=name, count=changed)
+                if name in wanted and (reach := self._reach(name, identities, conn, memo)) is not None:
+                    table = self._table(name, conn)
+                    self._count_skipped(conn, table, name, reach, receipt.skipped)
+                    plans[name] = self._plan_erasure(conn, name, table, reach.mine, now)
+            for name in self._change_order(conn, plans):
+                try:
+                    self._apply_erasure(conn, name, plans[name], receipt)
+                except DBAPIError as exc:
+                    if isinstance(exc, OperationalError):
+                        raise
+                    raise PermanentError.of(self.name, note(
+                        N_("entity {entity} (table {table}): the database refused the change, nothing was "
+                           "changed: {reason}"), entity=name, table=self.spec.entities[name].table,
+                        reason=db_reason(exc))) from None
         return receipt
+
+    def _plan_erasure(self, conn: Connection, name: str, table: sa.Table, cond: sa.ColumnElement[bool],
+                      now: datetime) -> _Erasure:
+        """The keys an erasure will change, and what it keeps and why, read before anything changes."""
+        entity = self.spec.entities[name]
+        plan = _Erasure()
+        if entity.erase.strategy == "keep":
+            plan.kept = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one())
+            return plan
+        if entity.hold and entity.hold.with_ is None:
+            assert entity.hold.years is not None and entity.restrict is not None
+            own = self._held(name, table, entity, now, conn)
+            expr, _col = self._hold_date(name, table, entity, conn)
+            entry = self._hold_entry(conn, name, expr, sa.and_(cond, own), entity.hold.years, entity.hold.reason)
+            if entry:
+                entry["restricted_with"] = dict(entity.restrict.set)
+                plan.entries.append(entry)
+                plan.held = self._keys(conn, table, entity, sa.and_(cond, own))
+                plan.hold_date = expr
+            cond = sa.and_(cond, sa.not_(own))
+        # A row owned by a held row is kept, and not written, while that row is held (whatever the map says).
+        by_parent = self._held_by_parent(name, table, now, conn)
+        if by_parent is not None:
+            source = self._parent_hold_source(name, table, conn)
+            if source is not None:
+                expr, root, parent = source
+                reason = entity.hold.reason if entity.hold and entity.hold.reason else root.reason
+                assert root.years is not None and reason is not None
+                entry = self._hold_entry(conn, name, expr, sa.and_(cond, by_parent), root.years, reason)
+                if entry:
+                    entry["kept_with"] = parent
+                    plan.entries.append(entry)
+                    plan.notes.append((N_("{entity}: {count} kept unchanged while the {parent} record owning them "
+                                          "is held ({reason})"),
+                                       {"entity": name, "count": entry["records"], "parent": parent,
+                                        "reason": _text(reason)}))
+            cond = sa.and_(cond, sa.not_(by_parent))
+        plan.erase = self._keys(conn, table, entity, cond)
+        return plan
+
+    def _apply_erasure(self, conn: Connection, name: str, plan: _Erasure, receipt: Receipt) -> None:
+        entity = self.spec.entities[name]
+        table = self._table(name, conn)
+        if entity.erase.strategy == "keep":
+            if plan.kept:
+                receipt.note(N_("{entity}: {count} kept, never erased ({reason})"), entity=name, count=plan.kept,
+                             reason=_text(entity.erase.reason))
+            return
+        for entry in plan.entries:
+            if "kept_with" in entry:
+                receipt.held.append(entry)
+                continue
+            assert entity.hold is not None and entity.restrict is not None and plan.hold_date is not None
+            held = _keys_in(table, entity, plan.held)
+            files = self._restrict_files(conn, table, entity, held, plan.hold_date)
+            conn.execute(sa.update(table).where(held).values(**entity.restrict.set))
+            if entity.files:
+                entry["files"] = files
+                entry["restricted_files_with"] = {"tag": RESTRICTED_TAG, "value": "the date the hold ends"}
+            receipt.held.append(entry)
+            reason = _text(entity.hold.reason)
+            if files:
+                receipt.note(N_("{entity}: {count} kept and restricted under hold ({reason}), with {files} file(s) "
+                                "tagged {tag}"), entity=name, count=entry["records"], reason=reason, files=files,
+                             tag=RESTRICTED_TAG)
+            else:
+                receipt.note(N_("{entity}: {count} kept and restricted under hold ({reason})"), entity=name,
+                             count=entry["records"], reason=reason)
+        for msgid, params in plan.notes:
+            receipt.note(msgid, **params)
+        if not plan.erase:
+            return
+        # Files go before their rows: once a row is gone, nothing says which files were its.
+        files = self._delete_files(conn, table, entity, _keys_in(table, entity, plan.erase))
+        if files:
+            receipt.changed[f"{name}.files"] = files
+            receipt.note(N_("{entity}: {count} file(s) deleted from S3"), entity=name, count=files)
+        changed = self._erase_rows(conn, name, table, entity, plan.erase)
+        if changed:
+            receipt.changed[name] = changed
+            if entity.erase.strategy == "delete":
+                receipt.note(N_("{entity}: {count} deleted"), entity=name, count=changed)
+            else:
+                receipt.note(N_("{entity}: {count} masked"), entity=name, count=changed)
+
+    def _keys(self, conn: Connection, table: sa.Table, entity: EntitySpec, cond: sa.ColumnElement[bool]) -> list[Key]:
+        cols = [table.c[k] for k in entity.key_columns()]
+        return list(dict.fromkeys(tuple(row) for row in conn.execute(sa.select(*cols).where(cond))))
+
+    def _change_order(self, conn: Connection, plans: dict[str, _Erasure]) -> list[str]:
+        """Children first (the map's order reversed), and a table holding a foreign key before the table it
+        points at, by the database's own foreign keys (an address after the customers pointing at it)."""
+        names = [n for n in reversed(self.order) if n in plans]
+        by_table: dict[str, list[str]] = {}
+        for n in names:
+            by_table.setdefault(self._table(n, conn).name, []).append(n)
+        after: dict[str, set[str]] = {n: set() for n in names}  # entity -> entities to change before it
+        for n in names:
+            for fk in self._table(n, conn).foreign_keys:
+                for target in by_table.get(fk.target_fullname.split(".")[-2], []):
+                    if target != n:
+                        after[target].add(n)
+        out: list[str] = []
+        left = list(names)
+        while left:
+            # a cycle of foreign keys falls back to the map's order
+            pick = next((n for n in left if not after[n] & set(left)), left[0])
+            out.append(pick)
+            left.remove(pick)
+        return out
 
     def restrict(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         return self._set_flags(identities, entities, "restrict")
@@ -331,17 +470,19 @@ class SqlConnector(Connector):
         table = self._table(name, conn)
         strong: list[sa.ColumnElement[bool]] = []
         shared: list[sa.ColumnElement[bool]] = []
-        for type_, column in entity.identities.items():
+        for type_, column in entity.identity_columns():
             cond = self._identity_in(table.c[column], type_, identities.of(type_))
             if cond is not None:
                 (shared if type_ in entity.shared_types() else strong).append(cond)
-        owned = _any(self._via(entity.owners(), identities, conn, table, memo).values())
+        owned = _any(cond for _, _, cond in self._via(entity.owners(), identities, conn, table, memo))
+        contested = self._contested(name, table, identities, conn, memo) if owned is not None else None
         mine_parts: list[sa.ColumnElement[bool]] = []
         if strong:
             mine_parts.append(sa.or_(*strong))
         learnable = set(entity.learn)
         if owned is not None:
-            mine_parts.append(sa.and_(owned, sa.not_(self._names_other(table, entity, identities, learnable))))
+            ok = [owned, sa.not_(self._names_other(table, entity, identities, learnable))]
+            mine_parts.append(sa.and_(*ok, sa.not_(contested)) if contested is not None else sa.and_(*ok))
         if shared:
             mine_parts.append(sa.and_(sa.or_(*shared), sa.not_(self._names_other(table, entity, identities, set()))))
         reached = [c for c in (*strong, *shared, owned) if c is not None]
@@ -351,38 +492,61 @@ class SqlConnector(Connector):
         # Relations are resolved once this entity's own rows are known: a relation may point back at it.
         memo[name] = _Reach(mine=mine, strong=None, owned=None, others=None, related=None)
         tied = self._via(entity.relations(), identities, conn, table, memo)
-        related = _any(cond for column, cond in tied.items() if entity.references[column].export)
-        linked = _any(tied.values())
+        related = _any(cond for _, ref, cond in tied if ref.export)
+        linked = _any(cond for _, _, cond in tied)
         result = None
         if reached:
+            owned_too = sa.and_(owned, contested) if owned is not None and contested is not None else None
+            others = None
+            # Only an owned row or a shared-identifier match can name someone else: counting is skipped
+            # where it cannot (a table without identity columns, or reached only by its own).
+            if entity.identities and (owned is not None or shared):
+                others = sa.and_(sa.or_(*reached), not_mine)
+                if owned_too is not None:  # counted once, as owned by someone else too
+                    others = sa.and_(others, sa.not_(owned_too))
             result = _Reach(
                 mine=mine,
                 strong=sa.or_(*strong) if strong else None,
                 owned=owned,
-                # Only an owned row or a shared-identifier match can name someone else: counting is skipped
-                # where it cannot (a table without identity columns, or reached only by its own).
-                others=sa.and_(sa.or_(*reached), not_mine) if entity.identities and (owned is not None or shared)
-                else None,
+                others=others,
                 related=sa.and_(related, not_mine) if related is not None else None,
                 linked=sa.and_(linked, not_mine) if linked is not None else None,
                 mine_is_strong=bool(strong) and owned is None and not shared,
+                contested=sa.and_(owned_too, not_mine) if owned_too is not None else None,
             )
         elif linked is not None:
             result = _Reach(mine=sa.false(), strong=None, owned=None, others=None, related=related, linked=linked)
         memo[name] = result
         return result
 
-    def _via(self, refs: dict[str, Reference], identities: Identities, conn: Connection, table: sa.Table,
-             memo: dict[str, _Reach | None]) -> dict[str, sa.ColumnElement[bool]]:
-        """Per reference column: its rows that point at a row that is the person's."""
-        conds: dict[str, sa.ColumnElement[bool]] = {}
-        for column, ref in refs.items():
+    def _via(self, refs: list[tuple[str, Reference]], identities: Identities, conn: Connection, table: sa.Table,
+             memo: dict[str, _Reach | None]) -> list[tuple[str, Reference, sa.ColumnElement[bool]]]:
+        """Per reference: this table's rows whose column holds the value of the other entity's column on a
+        row that is the person's (whichever table holds the foreign key: the clause is the same)."""
+        conds: list[tuple[str, Reference, sa.ColumnElement[bool]]] = []
+        for column, ref in refs:
             parent_reach = self._reach(ref.entity, identities, conn, memo)
             if parent_reach is None:
                 continue
             parent = self._table(ref.entity, conn)
-            conds[column] = table.c[column].in_(sa.select(parent.c[ref.column]).where(parent_reach.mine))
+            conds.append((column, ref, table.c[column].in_(sa.select(parent.c[ref.column]).where(parent_reach.mine))))
         return conds
+
+    def _contested(self, name: str, table: sa.Table, identities: Identities, conn: Connection,
+                   memo: dict[str, _Reach | None]) -> sa.ColumnElement[bool] | None:
+        """Rows an owning reference ties to a row that is not the person's: an address their customer row
+        and someone else's order both point at is someone else's too, and left alone. None where no such row
+        can exist: a reference to the other entity's whole key names one row, the person's."""
+        conds: list[sa.ColumnElement[bool]] = []
+        for column, ref in self.spec.entities[name].owners():
+            if self.spec.entities[ref.entity].key_columns() == [ref.column]:
+                continue
+            parent_reach = self._reach(ref.entity, identities, conn, memo)
+            parent = self._table(ref.entity, conn)
+            target = parent.c[ref.column]
+            theirs = sa.not_(sa.func.coalesce(parent_reach.mine, sa.false())) if parent_reach else sa.true()
+            conds.append(table.c[column].in_(sa.select(target).where(target.is_not(None), theirs)))
+        return sa.func.coalesce(sa.or_(*conds), sa.false()) if conds else None
 
     @staticmethod
     def _identity_in(col: sa.Column[Any], type_: IdentityType, values: list[str]) -> sa.ColumnElement[bool] | None:
@@ -398,7 +562,7 @@ class SqlConnector(Connector):
                      exempt: set[IdentityType]) -> sa.ColumnElement[bool]:
         """The row holds, in an identity column not in `exempt`, an identifier that is not the person's."""
         conds: list[sa.ColumnElement[bool]] = []
-        for type_, column in entity.identities.items():
+        for type_, column in entity.identity_columns():
             if type_ in exempt:
                 continue
             col = table.c[column]
@@ -412,7 +576,8 @@ class SqlConnector(Connector):
     def _count_skipped(self, conn: Connection, table: sa.Table, name: str, reach: _Reach,
                        into: dict[str, dict[str, int]]) -> None:
         """How many rows the request reached but left alone, and why (counts only, never values)."""
-        for why, cond in ((NAMES_SOMEONE_ELSE, reach.others), (RELATED_NOT_OWNED, reach.linked)):
+        for why, cond in ((NAMES_SOMEONE_ELSE, reach.others), (RELATED_NOT_OWNED, reach.linked),
+                          (OWNED_BY_SOMEONE_ELSE, reach.contested)):
             if cond is None:
                 continue
             n = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one())
@@ -421,69 +586,98 @@ class SqlConnector(Connector):
 
     def _hold_date(self, name: str, table: sa.Table, entity: EntitySpec,
                    conn: Connection) -> tuple[sa.ColumnElement[Any], sa.Column[Any]]:
-        """The date a row's hold runs from (its own column, or its referenced parent's), and that column."""
-        assert entity.hold is not None
+        """The date a row's own hold runs from (its own column, or its referenced parent's), and that column."""
+        assert entity.hold is not None and entity.hold.from_ is not None
         parent = entity.hold.parent()
         if parent is None:
             return table.c[entity.hold.from_], table.c[entity.hold.from_]
         parent_name, parent_col = parent
-        ref_col, target = next((c, r.to) for c, r in entity.owners().items() if r.entity == parent_name)
+        ref_col, ref = next((c, r) for c, r in entity.owners() if r.entity == parent_name)
         parent_table = self._table(parent_name, conn)
         if parent_col not in parent_table.c:
             raise PermanentError(self.name, f"entity {name}: hold.from column {parent_col} not in {parent_table.name}")
         col = parent_table.c[parent_col]
-        expr = sa.select(col).where(parent_table.c[target.split(".")[1]] == table.c[ref_col]).scalar_subquery()
+        expr = sa.select(col).where(parent_table.c[ref.column] == table.c[ref_col]).limit(1).scalar_subquery()
         return expr, col
 
     def _held(self, name: str, table: sa.Table, entity: EntitySpec, now: datetime,
               conn: Connection) -> sa.ColumnElement[bool]:
-        assert entity.hold is not None
+        """Rows within their own dated hold."""
+        assert entity.hold is not None and entity.hold.years is not None
         expr, col = self._hold_date(name, table, entity, conn)
         bound = bound_for(col, _years_before(now, entity.hold.years))
         # A row without the date cannot be shown to be past its hold: keep it.
         return sa.or_(expr >= bound, expr.is_(None))
 
-    def _record_hold(self, conn: Connection, table: sa.Table, entity: EntitySpec,
-                     cond: sa.ColumnElement[bool], now: datetime, receipt: Receipt, name: str) -> None:
-        assert entity.hold is not None and entity.restrict is not None
-        expr, _col = self._hold_date(name, table, entity, conn)
+    def _held_any(self, name: str, table: sa.Table, now: datetime, conn: Connection) -> sa.ColumnElement[bool]:
+        """Rows held, by a hold of their own or because a row owning them is held."""
+        entity = self.spec.entities[name]
+        parts = [self._held(name, table, entity, now, conn)] if entity.hold and entity.hold.with_ is None else []
+        by_parent = self._held_by_parent(name, table, now, conn)
+        if by_parent is not None:
+            parts.append(by_parent)
+        return sa.or_(*parts) if parts else sa.false()
+
+    def _held_by_parent(self, name: str, table: sa.Table, now: datetime,
+                        conn: Connection) -> sa.ColumnElement[bool] | None:
+        """Rows an owning reference ties to a held row (never NULL: a row without the reference is not)."""
+        parts: list[sa.ColumnElement[bool]] = []
+        for column, ref in self.spec.held_parents(name):
+            parent = self._table(ref.entity, conn)
+            target = parent.c[ref.column]
+            held = sa.select(target).where(target.is_not(None), self._held_any(ref.entity, parent, now, conn))
+            parts.append(sa.and_(table.c[column].is_not(None), table.c[column].in_(held)))
+        return sa.or_(*parts) if parts else None
+
+    def _parent_hold_source(self, name: str, table: sa.Table,
+                            conn: Connection) -> tuple[sa.ColumnElement[Any], HoldSpec, str] | None:
+        """For rows kept with a held owner: the date their hold ends from (the owner's hold date), the dated
+        hold it follows, and the owner. The `with` parent when declared, else the first held owner."""
+        entity = self.spec.entities[name]
+        refs = sorted(self.spec.held_parents(name),
+                      key=lambda cr: not (entity.hold is not None and cr[1].entity == entity.hold.with_))
+        if not refs:
+            return None
+        column, ref = refs[0]
+        parent_table, parent = self._table(ref.entity, conn), self.spec.entities[ref.entity]
+        if parent.hold and parent.hold.with_ is None:
+            expr, _col = self._hold_date(ref.entity, parent_table, parent, conn)
+            root = parent.hold
+        else:
+            found = self._parent_hold_source(ref.entity, parent_table, conn)
+            if found is None:
+                return None
+            expr, root, _ = found
+        date = sa.select(expr).where(parent_table.c[ref.column] == table.c[column]).limit(1).scalar_subquery()
+        return date, root, ref.entity
+
+    def _hold_entry(self, conn: Connection, name: str, expr: sa.ColumnElement[Any], cond: sa.ColumnElement[bool],
+                    years: int, reason: str | dict[str, str] | None) -> dict[str, Any] | None:
+        """The receipt's `held` entry for the rows `cond` keeps: how many, and each day their hold ends (a
+        scheduled erasure re-runs then); None when there are none."""
         dated = sa.select(expr.label("d")).where(cond).subquery()
         groups = conn.execute(sa.select(dated.c.d, sa.func.count()).group_by(dated.c.d)).all()
         count = sum(int(n) for _, n in groups)
         if not count:
-            return
+            return None
         # Each day a hold ends is a scheduled erasure later; rows without a date are kept with no end.
         ends: dict[date, list[Any]] = {}
         for day, n in groups:
             if day is None:
                 continue
-            end = _add_years(as_datetime(day), entity.hold.years)
+            end = _add_years(as_datetime(day), years)
             slot = ends.setdefault(end.date(), [end, 0])
             slot[0], slot[1] = max(slot[0], end), slot[1] + int(n)
-        files = self._restrict_files(conn, table, entity, cond, expr)
-        conn.execute(sa.update(table).where(cond).values(**entity.restrict.set))
         until = max((end for end, _ in ends.values()), default=None)
-        entry: dict[str, Any] = {
+        return {
             "entity": name,
             "records": count,
             "until": until.isoformat() if until else None,
-            "reason": entity.hold.reason_text(),
+            "reason": _english(reason),
             # every language's text, for the bundle page written in the person's language
-            **({"reasons": dict(entity.hold.reason)} if isinstance(entity.hold.reason, dict) else {}),
-            "restricted_with": dict(entity.restrict.set),
+            **({"reasons": dict(reason)} if isinstance(reason, dict) else {}),
             "ends": [{"until": end.isoformat(), "records": n} for _, (end, n) in sorted(ends.items())],
         }
-        if entity.files:
-            entry["files"] = files
-            entry["restricted_files_with"] = {"tag": RESTRICTED_TAG, "value": "the date the hold ends"}
-        receipt.held.append(entry)
-        reason = dict(entity.hold.reason) if isinstance(entity.hold.reason, dict) else entity.hold.reason
-        if files:
-            receipt.note(N_("{entity}: {count} kept and restricted under hold ({reason}), with {files} file(s) "
-                            "tagged {tag}"), entity=name, count=count, reason=reason, files=files, tag=RESTRICTED_TAG)
-        else:
-            receipt.note(N_("{entity}: {count} kept and restricted under hold ({reason})"), entity=name, count=count,
-                         reason=reason)
 
     def _bucket(self, entity: EntitySpec) -> str:
         assert entity.files is not None and self.spec.s3 is not None
@@ -501,7 +695,7 @@ class SqlConnector(Connector):
         """Tag the files of held rows `dsar-restricted=<the day the row's hold ends>`; how many are kept."""
         if not entity.files or self.s3 is None:
             return 0
-        assert entity.hold is not None
+        assert entity.hold is not None and entity.hold.years is not None
         bucket, template, kept = self._bucket(entity), entity.files.template(), 0
         for row in self._file_rows(conn, table, entity, cond, hold_date):
             day = row["_x0"]
@@ -554,8 +748,9 @@ class SqlConnector(Connector):
             conds = [activity < bound_for(col, cutoff)]
             for column, value in (entity.restrict.set.items() if entity.restrict else ()):
                 conds.append(sa.not_(carries(table.c[column], value)))
-            email = table.c[entity.identities[IdentityType.EMAIL]]
-            query = sa.select(email, activity).where(*conds).order_by(table.c[entity.primary_key]) \
+            # the first e-mail column: the address the account is told at (a second one, alt_email, is not)
+            email = table.c[next(c for t, c in entity.identity_columns() if t == IdentityType.EMAIL)]
+            query = sa.select(email, activity).where(*conds).order_by(*(table.c[k] for k in entity.key_columns())) \
                 .execution_options(yield_per=500)
             for stored, last in conn.execute(query):
                 try:
@@ -586,22 +781,38 @@ class SqlConnector(Connector):
         col = table.c[spec.last_activity]
         return (sa.func.coalesce(col, table.c[spec.fallback]) if spec.fallback else col), col
 
-    def _erase_rows(self, conn: Connection, table: sa.Table, entity: EntitySpec,
-                    cond: sa.ColumnElement[bool]) -> int:
+    def _erase_rows(self, conn: Connection, name: str, table: sa.Table, entity: EntitySpec, keys: list[Key]) -> int:
+        """Delete or mask the rows of `keys`; a key matching several rows (a primary_key that is not the
+        table's whole key) stops the erasure, which is rolled back: it could reach someone else's rows."""
+        cols = [table.c[k] for k in entity.key_columns()]
         if entity.erase.strategy == "delete":
-            return int(conn.execute(sa.delete(table).where(cond)).rowcount or 0)
-        pk = table.c[entity.primary_key]
-        pks = [row[0] for row in conn.execute(sa.select(pk).where(cond))]
+            deleted = 0
+            for start in range(0, len(keys), KEY_CHUNK):
+                chunk = keys[start:start + KEY_CHUNK]
+                done = int(conn.execute(sa.delete(table).where(_keys_in(table, entity, chunk))).rowcount or 0)
+                if done > len(chunk):
+                    raise self._not_unique(name, entity)
+                deleted += done
+            return deleted
         changed = 0
-        for key in pks:
-            values = {col: mask_value(table.c[col], how, row=f"{entity.table}:{key}", secret_key=self.ctx.secret_key)
+        for key in keys:
+            where = sa.and_(*(c == v for c, v in zip(cols, key, strict=True)))
+            values = {col: mask_value(table.c[col], how, row=f"{entity.table}:{record_id(key)}",
+                                      secret_key=self.ctx.secret_key)
                       for col, how in entity.erase.mask.items()}
-            current = conn.execute(sa.select(*(table.c[c] for c in values)).where(pk == key)).one()
-            if all(same(a, b) for a, b in zip(current, values.values(), strict=True)):
+            current = conn.execute(sa.select(*(table.c[c] for c in values)).where(where).limit(2)).all()
+            if len(current) > 1:
+                raise self._not_unique(name, entity)
+            if not current or all(same(a, b) for a, b in zip(current[0], values.values(), strict=True)):
                 continue  # already erased: a re-run changes nothing
-            conn.execute(sa.update(table).where(pk == key).values(**values))
+            conn.execute(sa.update(table).where(where).values(**values))
             changed += 1
         return changed
+
+    def _not_unique(self, name: str, entity: EntitySpec) -> PermanentError:
+        return PermanentError(self.name, f"entity {name}: primary_key ({', '.join(entity.key_columns())}) matches "
+                                         f"several rows of table {entity.table}; declare the whole key (a list of "
+                                         "columns); nothing was changed")
 
     def _set_flags(self, identities: Identities, entities: Iterable[str] | None, which: str) -> Receipt:
         receipt = Receipt(system=self.name, action="restrict" if which == "restrict" else "lift_restriction")
@@ -695,6 +906,35 @@ FIXED_VALUE = N_("fixed value")
 
 def _method_name(method: Any) -> Note:
     return Note(FIXED_VALUE if isinstance(method, Fixed) else MASK_METHODS.get(str(method), str(method)))
+
+
+def record_id(values: Iterable[Any]) -> str:
+    """A row's id in exports and receipts: its key's value; a composite key's values in key order, each
+    percent-encoded (so no part can contain the separator) and joined by '/': `17/3`."""
+    parts = [str(v) for v in values]
+    return parts[0] if len(parts) == 1 else "/".join(quote(p, safe="") for p in parts)
+
+
+def _keys_in(table: sa.Table, entity: EntitySpec, keys: Sequence[Key]) -> sa.ColumnElement[bool]:
+    """The rows whose key is one of `keys` (a row value comparison for a composite key)."""
+    if not keys:
+        return sa.false()
+    cols = [table.c[k] for k in entity.key_columns()]
+    chunks = [keys[i:i + KEY_CHUNK] for i in range(0, len(keys), KEY_CHUNK)]
+    if len(cols) == 1:
+        return sa.or_(*(cols[0].in_([k[0] for k in chunk]) for chunk in chunks))
+    return sa.or_(*(sa.tuple_(*cols).in_(list(chunk)) for chunk in chunks))
+
+
+def _text(value: str | dict[str, str] | None) -> str | dict[str, str]:
+    """A map text as a Note parameter: one text, or every language's (the page picks the person's)."""
+    return dict(value) if isinstance(value, dict) else value or ""
+
+
+def _english(value: str | dict[str, str] | None) -> str:
+    if isinstance(value, dict):
+        return value.get("en") or next(iter(value.values()))
+    return value or ""
 
 
 def _any(conds: Iterable[sa.ColumnElement[bool]]) -> sa.ColumnElement[bool] | None:

@@ -48,6 +48,9 @@ SHARED_CONVERSATION = N_("holds another user's messages; not deleted or changed 
 # A write whose reply says it changed nothing: the task fails (issue 10 point 9), quoting the reply.
 NOTHING_CHANGED = N_("{call} answered that it changed nothing ({answer}); the task is not done")
 _BLANKED = ("first_name", "last_name", "email", "phone", "reference_id")
+# How a FreshChat connector states where it learned an identifier: a user id another FreshChat account (a second
+# system of this kind) learned is that account's, never looked up here.
+LEARNED_VIA = N_("{system}: user {id} ({how}), field {field}")
 
 
 @dataclass
@@ -351,7 +354,8 @@ class FreshchatConnector(Connector):
         if self.reference_id_identity is not None:
             for ref in identities.of(self.reference_id_identity):
                 jobs.append(partial(self._by_reference, ref))
-        for uid in identities.of(IdentityType.FRESHCHAT_USER_ID):
+        for uid in sorted({i.value for i in identities if i.type == IdentityType.FRESHCHAT_USER_ID and not (
+                i.source != self.name and i.via_note is not None and i.via_note.msgid == LEARNED_VIA)}):
             jobs.append(partial(self._by_id, uid))
         for data, full, how in in_parallel(jobs, max_workers=self.parallel_calls):
             add(data, full, how)
@@ -389,7 +393,7 @@ class FreshchatConnector(Connector):
 
         def learn(user: _User, type_: IdentityType, value: str, field: str) -> None:
             identity = Identity.learned(type_, value, self.name, note(
-                N_("{system}: user {id} ({how}), field {field}"), system=self.name, id=user.id, how=Note(user.how),
+                LEARNED_VIA, system=self.name, id=user.id, how=Note(user.how),
                 field=field))
             touches.add(identity)
             if identity not in identities and identity not in learned:

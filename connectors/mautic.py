@@ -67,6 +67,9 @@ COMPANY_LEFT = N_("company left alone: an organisation other contacts may share 
 ALREADY_GONE = N_("contact {id} was already gone (HTTP 404)")
 # A write whose reply says it changed nothing: the task fails (issue 10 point 9), quoting the reply.
 NOTHING_CHANGED = N_("{call} answered that it changed nothing ({answer}); the task is not done")
+# How a Mautic connector states where it learned an identifier. A contact id is an instance's own row id: one
+# that another Mautic instance (a second system of this kind) learned names someone else here, so it is skipped.
+LEARNED_VIA = N_("{system}: contact {id} ({how}), field {field}")
 TOKEN_PATH = "oauth/v2/token"
 TOKEN_MARGIN_S = 60.0  # renew a little before expiry so a token never dies mid-request
 DEFAULT_TOKEN_LIFETIME_S = 3600.0  # Mautic's default api_oauth2_access_token_lifetime (60 min)
@@ -223,7 +226,7 @@ class MauticConnector(Connector):
             # Only the contact's own fields: never its companies, owner (a Mautic user) or anyone sharing them.
             def learn(type_: IdentityType, value: str, field: str, contact_id: int = contact_id) -> None:
                 identity = Identity.learned(type_, value, self.name, note(
-                    N_("{system}: contact {id} ({how}), field {field}"), system=self.name, id=str(contact_id),
+                    LEARNED_VIA, system=self.name, id=str(contact_id),
                     how=Note(how.get(contact_id, N_("matched"))), field=field))
                 learned.append(identity)
                 touches.add(identity)
@@ -546,7 +549,7 @@ class MauticConnector(Connector):
                 for contact_id, contact in self._search_email(form).items():
                     found[contact_id] = contact
                     reached.setdefault(contact_id, N_("matched by e-mail"))
-        for raw_id in identities.of(IdentityType.MAUTIC_CONTACT_ID):
+        for raw_id in self._own_contact_ids(identities):
             if not raw_id.strip().isdigit():
                 continue  # a Mautic contact id is an integer; anything else cannot match
             contact_id = int(raw_id)
@@ -563,6 +566,12 @@ class MauticConnector(Connector):
         if how is not None:
             how.update(reached)
         return dict(sorted(found.items()))
+
+    def _own_contact_ids(self, identities: Identities) -> list[str]:
+        """Contact ids that may be this instance's: given in the request, learned here, or learned from a system
+        that is not a Mautic (an account table's column); never one another Mautic instance learned."""
+        return sorted({i.value for i in identities if i.type == IdentityType.MAUTIC_CONTACT_ID
+                       and not (i.source != self.name and i.via_note is not None and i.via_note.msgid == LEARNED_VIA)})
 
     def _search_email(self, email: str) -> dict[int, dict[str, Any]]:
         # `where ... eq` is an exact match; `search=email:` would be a prefix match (the decoy).

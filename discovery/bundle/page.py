@@ -85,6 +85,7 @@ class _Page:
     def __init__(self, lang: Language) -> None:
         self.lang = lang
         self._ = lang.gettext
+        self.shared_titles: set[str] = set()  # titles two systems show alike (two of one kind): named apart
 
     def tr(self, message: str, **html_parts: str) -> str:
         return esc(self._(message)).format(**html_parts)
@@ -155,6 +156,8 @@ def render_index(manifest: dict[str, Any], samples: dict[tuple[str, str], list[d
         "<tr><th>" + p.tr("Prepared") + f"</th><td>{esc(lang.datetime(manifest.get('generated_at')))}</td></tr>",
         "</table>",
     ]
+    titles = [_title(p, system, entry.get("about") or {}) for system, entry in manifest.get("systems", {}).items()]
+    p.shared_titles = {t for t in titles if titles.count(t) > 1}
     out += _identifiers(p, manifest)
     out += _summary(p, manifest, rtype)
     for system, entry in manifest.get("systems", {}).items():
@@ -191,7 +194,10 @@ def _exports(rtype: str) -> bool:
 
 
 def _title(p: _Page, system: str, about: dict[str, Any]) -> str:
-    return p.lang.text(about.get("title")) or system
+    """The system's title in the page's language, else its data-map name; where two systems (say two Mautic
+    instances) show the same title, the data-map name follows it, so the person can tell them apart."""
+    title = p.lang.text(about.get("title")) or system
+    return f"{title} ({system})" if title in p.shared_titles and title != system else title
 
 
 def _summary(p: _Page, manifest: dict[str, Any], rtype: str) -> list[str]:

@@ -747,3 +747,17 @@ def test_trial_ended_needs_every_contact_past_its_trial(vendor, ctx, ends, expec
 def test_bad_marketing_settings_are_refused_naming_the_key(ctx, key, value) -> None:
     with pytest.raises(PermanentError, match=key):
         connector(ctx, **{key: value})
+
+
+def test_a_contact_id_another_mautic_instance_learned_is_never_looked_up_here(vendor, ctx) -> None:
+    # Two systems of kind mautic (issue 10 point 8): contact 52 is the other instance's row id, someone else here.
+    from connectors.base import Note
+    from connectors.mautic import LEARNED_VIA
+
+    theirs = Identity.learned(IdentityType.MAUTIC_CONTACT_ID, "52", "mautic_eu", Note(LEARNED_VIA, {
+        "system": "mautic_eu", "id": "52", "how": "matched by e-mail", "field": "id"}))
+    given = Identity(IdentityType.MAUTIC_CONTACT_ID, "47")  # in the request, or from an account table: looked up
+    search(vendor, JANE, [])
+    vendor.get(f"{BASE}/api/contacts/47", json={"contact": contact(47, JANE)}, match=[auth()])
+    hits = connector(ctx).locate(Identities([Identity(IdentityType.EMAIL, JANE), theirs, given]))
+    assert hits.counts == {"contact": 1}  # no GET /api/contacts/52 (the strict mock fails on one)

@@ -139,3 +139,34 @@ def test_erase_deletes_even_when_stop_monitoring_is_refused(sim: SalesmanagoSim,
     (step,) = receipt.manual_steps
     assert str(contact_id) in step and "no longer monitors" in step
     assert any("success=false" in line and "deleted all the same" in line for line in receipt.details)
+
+
+def test_two_owners_find_jane_under_the_second_and_erase_her_there(sim: SalesmanagoSim, served: Served) -> None:
+    # Issue 10 point 8: Jane's contact belongs to the second owner's sales team only.
+    sim.move_to(JANE.email, SalesmanagoSim.OTHER_OWNER)
+    settings = sim.settings(served.url, owners=SalesmanagoSim.OWNERS)
+    connector = SalesmanagoConnector.from_settings("salesmanago", settings, ConnectorContext(env=sim.env()))
+
+    hits = connector.locate(email(JANE.email))
+    assert hits.counts == {"contact": 1}
+    assert all("under owner 2 of the data map's owners" in i.via for i in hits.learned)
+    assert SalesmanagoSim.OTHER_OWNER not in repr([i.to_dict() for i in hits.learned])
+
+    receipt = connector.erase(email(JANE.email))
+    connector.close()
+
+    assert receipt.changed == {"contact": 1}
+    assert sim.holdings(JANE.email) == {} and sim.holdings(JOHN.email)
+
+
+def test_a_contact_both_listed_owners_hold_is_gone_for_both(sim: SalesmanagoSim, served: Served) -> None:
+    sim.seed_shared()
+    settings = sim.settings(served.url, owners=SalesmanagoSim.OWNERS)
+    connector = SalesmanagoConnector.from_settings("salesmanago", settings, ConnectorContext(env=sim.env()))
+
+    receipt = connector.erase(email(JANE.email))
+    connector.close()
+
+    assert receipt.changed == {"contact": 1}
+    assert sim.owners(JANE.email) == [] and sim.holdings(JANE.email) == {}
+    assert sim.calls.count("contact/delete") == 2  # once under each owner holding her

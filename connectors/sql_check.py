@@ -277,6 +277,8 @@ def _refused(conn: Connection, table: sa.Table, column: sa.Column[Any], value: A
         from connectors.sql import db_reason
 
         return f"the database cannot store it: {db_reason(exc)}"
+    except SQLAlchemyError as exc:  # the UPDATE cannot even be built for this column type
+        return f"the statement cannot be built for this column ({type(exc).__name__})"
     return None
 
 
@@ -352,14 +354,15 @@ def _probe_export(conn: Connection, name: str, entity: EntitySpec, table: sa.Tab
     columns = [c for c in sorted(entity.columns()) if c in table.c]
     if not columns:
         return
-    query = sa.select(*(table.c[c] for c in columns)).limit(PROBE_ROWS)
-    try:
-        with conn.begin_nested():
-            rows = conn.execute(query).all()
-    except SQLAlchemyError as exc:
-        from connectors.sql import db_reason
-
-        health.problems.append(f"entity {name}: reading table {entity.table} failed: {db_reason(exc)}")
+    rows, reason = _sample(conn, table, columns)
+    if reason is not None:
+        # Read column by column to name the one whose values the driver or its type cannot read.
+        unreadable = [(c, why) for c in columns if (why := _sample(conn, table, [c])[1]) is not None]
+        for col, why in unreadable:
+            health.problems.append(f"entity {name}: column {entity.table}.{col} ({_sql_type(conn, table.c[col])}): "
+                                   f"reading its values failed: {why}")
+        if not unreadable:
+            health.problems.append(f"entity {name}: reading table {entity.table} failed: {reason}")
         return
     failed: set[str] = set()
     for row in rows:
@@ -373,6 +376,20 @@ def _probe_export(conn: Connection, name: str, entity: EntitySpec, table: sa.Tab
                 health.problems.append(
                     f"entity {name}: column {entity.table}.{col} ({_sql_type(conn, table.c[col])}) holds "
                     f"{_python_type(value)} values the export cannot write ({type(exc).__name__})")
+
+
+def _sample(conn: Connection, table: sa.Table, columns: list[str]) -> tuple[list[sa.Row[Any]], str | None]:
+    """Up to PROBE_ROWS rows of `columns`, or why they could not be read: the database's reason, or only
+    the exception's type when the driver or a column type failed on a value (its message may hold it)."""
+    try:
+        with conn.begin_nested():
+            return list(conn.execute(sa.select(*(table.c[c] for c in columns)).limit(PROBE_ROWS)).all()), None
+    except SQLAlchemyError as exc:
+        from connectors.sql import db_reason
+
+        return [], db_reason(exc) if isinstance(exc, sa.exc.DBAPIError) else type(exc).__name__
+    except Exception as exc:  # a result processor (JSON, a number) that could not read a stored value
+        return [], type(exc).__name__
 
 
 def _python_type(value: Any) -> str:

@@ -279,6 +279,35 @@ def test_a_value_the_export_cannot_write_is_a_problem_naming_the_column(
         one_line_each(health)
 
 
+class Unreadable(sa.types.TypeDecorator[Decimal]):
+    """A column type whose values cannot be read back, like a driver meeting a value it does not parse."""
+
+    impl = sa.Numeric
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if value is not None:
+            raise ValueError(f"cannot read {value}")  # the value in the message, as drivers do
+        return value
+
+
+def test_a_column_whose_values_cannot_be_read_is_a_problem_naming_it(
+        database: tuple[str, Callable[[], str]]) -> None:
+    def reflect(_inspector: Any, table: sa.Table, info: dict[str, Any]) -> None:
+        if table.name == "orders" and info["name"] == "total":
+            info["type"] = Unreadable()
+
+    sa.event.listen(sa.Table, "column_reflect", reflect)
+    try:
+        with checked(database) as (health, _engine):
+            found = about(health, "entity orders: column orders.total (")
+            assert len(found) == 1 and found[0].endswith("reading its values failed: ValueError"), health.problems
+            assert len(health.problems) == 1, health.problems  # the other columns of the table read fine
+            assert not any("99.9" in p for p in health.problems)
+    finally:
+        sa.event.remove(sa.Table, "column_reflect", reflect)
+
+
 def test_an_inet_column_is_exported(pg_database: Callable[[], str]) -> None:
     """Needs sql_values.jsonable to write inet values (ipaddress objects) as text: the defect seen was an
     inet column breaking every access export while `dsar check` said nothing."""

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from discovery.bundle.archive import ArchiveSettings
+from discovery.bundle.signing import manifest_key
+from discovery.engine.callbacks import validate_settings as validate_callbacks
 from discovery.i18n.languages import SOURCE, UnknownLanguage, language_code
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # discovery/engine/settings.py -> the checkout
@@ -33,6 +35,9 @@ class _Section(BaseModel):
 
 class LedgerSettings(_Section):
     url: str
+    # The subject's e-mail and learned identifiers are blanked this many days after a request ends
+    # (`dsar ledger purge`, and the workers' sweeper); the receipts and the keyed hash stay (docs/security.md).
+    retention_days: int = Field(365, ge=30, le=3650)
 
     @field_validator("url")
     @classmethod
@@ -88,6 +93,8 @@ class WorkerSettings(_Section):
 class SecretSettings(_Section):
     # HMAC key for audit hashes and masking; the file names the variable, never the value
     secret_key_env: str = "DSAR_SECRET_KEY"
+    # HMAC key that signs bundle manifests (16+ chars); unset: a key derived from the secret key
+    manifest_key_env: str = "DSAR_MANIFEST_KEY"
 
 
 class ApiSettings(_Section):
@@ -104,6 +111,10 @@ class ApiSettings(_Section):
     events_secret_env: str = "DSAR_EVENTS_SECRET"  # account service -> /v1/events/account-deleted
     callback_secret_env: str = "DSAR_CALLBACK_SECRET"  # signs the outcome dsar posts to callback URLs
     callback_url: str = ""  # default callback for webhook tickets that name none
+    # Where callbacks may go: "https://host[:port]" or "https://*.example.net"; empty: no callbacks at all
+    callback_allow: list[str] = Field(default_factory=list)
+    # Non-public addresses (private, loopback, link-local) a callback host may resolve to, e.g. "10.20.0.0/16"
+    callback_networks: list[str] = Field(default_factory=list)
     freshdesk_domain: str = ""  # acme.freshdesk.com (or a full https:// URL); empty: no notes
     freshdesk_api_key_env: str = "DSAR_FRESHDESK_API_KEY"
     freshdesk_secret_env: str = "DSAR_FRESHDESK_WEBHOOK_SECRET"
@@ -119,6 +130,11 @@ class ApiSettings(_Section):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _callbacks_allowed(self) -> ApiSettings:
+        validate_callbacks(self.callback_allow, self.callback_networks, self.callback_url)
+        return self
 
 
 class ScheduleSettings(_Section):
@@ -161,6 +177,13 @@ class Settings(_Section):
     log_format: Literal["console", "json"] = "console"
     source: Path = DEFAULT_CONFIG
     secret_key: bytes = b""
+    manifest_key: bytes = b""  # signs bundle manifests (discovery.bundle.signing)
+
+    @model_validator(mode="after")
+    def _ledger_outlives_bundles(self) -> Settings:
+        if self.ledger.retention_days < self.archive.retention_days:
+            raise ValueError("ledger.retention_days must not be shorter than archive.retention_days")
+        return self
 
     @property
     def redis_url(self) -> str | None:
@@ -207,6 +230,11 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
             "(it keys the hashes in the audit log and masked columns)"
         )
     settings.secret_key = key.encode()
+    own = env.get(settings.secrets.manifest_key_env, "")
+    if own and len(own) < 16:
+        raise ConfigError(f"environment variable {settings.secrets.manifest_key_env} must hold 16+ characters "
+                          "(it signs bundle manifests), or be unset (a key derived from the secret key)")
+    settings.manifest_key = manifest_key(own.encode(), settings.secret_key)
     return settings
 
 

@@ -18,6 +18,9 @@ import orjson
 from discovery.engine.settings import Settings
 
 _PURPOSE = b"dsar download token v1"
+# dsar issues links for api.download_token_hours (30 days at most); an expiry further out was not made by
+# this code, and one past datetime's range cannot even be represented (it used to end in a 500)
+MAX_LIFETIME = timedelta(days=31)
 
 
 class DownloadTokenError(Exception):
@@ -67,10 +70,12 @@ def read_token(secret_key: bytes, token: str, now: datetime) -> DownloadGrant:
     try:
         data = orjson.loads(_unb64(payload))
         grant = DownloadGrant(str(data["r"]), datetime.fromtimestamp(int(data["e"]), UTC))
-    except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+    except (ValueError, TypeError, KeyError, OverflowError, OSError, orjson.JSONDecodeError):
         raise DownloadTokenError("malformed download token", "invalid_download_token") from None
     if grant.expires_at <= now:
         raise DownloadTokenError("this download link has expired; ask for a new one", "download_token_expired")
+    if grant.expires_at > now + MAX_LIFETIME:
+        raise DownloadTokenError("download token expiry is beyond what dsar issues", "invalid_download_token")
     return grant
 
 

@@ -5,7 +5,9 @@ URL (or the configured default for webhook tickets), and for Freshdesk tickets a
 the ticket with the outcome and the person's download link. Both are tried; any failure is raised
 afterwards so pipeline.run_completion_hooks logs and audits it. Neither carries the subject's e-mail.
 The note is written in the request's language (the agent forwards the link to the person); the callback's
-JSON is for machines and carries the language code.
+JSON is for machines and carries the language code. A callback goes only where `api.callback_allow` lets it:
+the address is resolved and checked as the connection is made, and redirects are not followed
+(discovery/engine/callbacks.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from connectors.base import N_
 from connectors.freshdesk import FreshdeskClient
 from connectors.http import HttpClient, RetryPolicy
 from connectors.redact import redact, safe_url
+from discovery.engine.callbacks import CallbackPolicy
+from discovery.engine.callbacks import session as callback_session
 from discovery.engine.ledger import Request, RequestStatus, Task
 from discovery.engine.pipeline import audit
 from discovery.engine.runtime import Runtime
@@ -99,8 +103,11 @@ def post_callback(rt: Runtime, url: str, outcome: dict[str, Any], now: datetime)
     secret = rt.env.get(rt.settings.api.callback_secret_env, "")
     if not secret:
         raise ReportBackError(f"no callback secret in {rt.settings.api.callback_secret_env}; not sending unsigned")
+    policy = CallbackPolicy.from_settings(rt.settings.api)
+    policy.check(url)  # refused before anything is signed; the session checks again as it connects
     body = orjson.dumps(outcome)  # HttpClient serialises `json=` with orjson.dumps too: the signed bytes are sent
-    client = HttpClient("callback", url, retry=RetryPolicy(attempts=4), timeout=(5.0, 15.0))
+    client = HttpClient("callback", url, retry=RetryPolicy(attempts=4), timeout=(5.0, 15.0),
+                        session=callback_session(policy))
     try:
         resp = client.request("POST", url, json=outcome, ok=(200, 201, 202, 204),
                               headers={SIGNATURE_HEADER: sign(secret.encode(), body, now)})

@@ -20,7 +20,7 @@ from responses import matchers
 
 from connectors.base import PermanentError
 from connectors.freshdesk import FreshdeskClient, base_url
-from discovery.engine import db, pipeline
+from discovery.engine import callbacks, db, pipeline
 from discovery.engine.ledger import AuditEvent, Request
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
@@ -83,9 +83,11 @@ class Nowhere:
 
 
 @pytest.fixture
-def rt(tmp_path: Path) -> Iterator[Runtime]:
+def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
     config = write_config(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}")
+    monkeypatch.setattr(callbacks.RESOLVER, "resolve", lambda host, port: ["93.184.216.34"])  # no DNS in tests
     env = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": f"sqlite:///{tmp_path / 'accounts.db'}",
+           "DSAR_API_CALLBACK_ALLOW": '["https://helpdesk.example.net"]',
            "DSAR_API_FRESHDESK_DOMAIN": "acme.freshdesk.com", "DSAR_FRESHDESK_API_KEY": API_KEY,
            "DSAR_CALLBACK_SECRET": CALLBACK_SECRET, "DSAR_API_PUBLIC_URL": "https://dsar.example.com"}
     runtime = Runtime(load_settings(config, env), env=env)

@@ -118,7 +118,8 @@ class ApiStack:
             config, accounts_url, DSAR_API_PORT=str(port), DSAR_API_PUBLIC_URL=self.base,
             DSAR_API_FRESHDESK_DOMAIN=recorder_url, DSAR_FRESHDESK_API_KEY=FRESHDESK_KEY,
             DSAR_TICKET_WEBHOOK_SECRET=TICKET_SECRET, DSAR_FRESHDESK_WEBHOOK_SECRET=FRESHDESK_SECRET,
-            DSAR_EVENTS_SECRET=EVENTS_SECRET, DSAR_CALLBACK_SECRET=CALLBACK_SECRET, **self.extra_env)
+            DSAR_EVENTS_SECRET=EVENTS_SECRET, DSAR_CALLBACK_SECRET=CALLBACK_SECRET,
+            DSAR_API_CALLBACK_ALLOW=f'["{recorder_url}"]', **self.extra_env)
         for name, scopes in {"admin": ["admin"], "reader": ["read"], "submitter": ["submit"],
                              "downloader": ["download"], "expired": ["admin"], "revoked": ["admin"]}.items():
             made = run_dsar(["token", "create", name, *(a for s in scopes for a in ("--scope", s))], self.env)

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connectors.emails import InvalidEmail
 from discovery.engine import pipeline
+from discovery.engine.callbacks import CallbackRefused
 from discovery.engine.db import LedgerUnavailable
 from discovery.intake import tickets
 
@@ -76,6 +77,10 @@ async def _on_bad_input(_r: Request, exc: Exception) -> JSONResponse:
     return _reply(422, "invalid_input", str(exc))
 
 
+async def _on_callback(_r: Request, exc: Exception) -> JSONResponse:
+    return _reply(422, "callback_refused", str(exc))
+
+
 async def _on_data(_r: Request, _exc: Exception) -> JSONResponse:
     return _reply(422, "invalid_input", "a value is not acceptable to the ledger")
 
@@ -87,7 +92,8 @@ async def _on_down(_r: Request, _exc: Exception) -> JSONResponse:
 HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
     ApiError: _on_api_error, RequestValidationError: _on_invalid, StarletteHTTPException: _on_http,
     pipeline.NotFoundError: _on_not_found, InvalidEmail: _on_bad_input, pipeline.InvalidInput: _on_bad_input,
-    tickets.TicketError: _on_bad_input, DataError: _on_data, OperationalError: _on_down, LedgerUnavailable: _on_down,
+    tickets.TicketError: _on_bad_input, CallbackRefused: _on_callback,
+    DataError: _on_data, OperationalError: _on_down, LedgerUnavailable: _on_down,
 }
 
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from discovery.engine import pipeline
+from discovery.engine import callbacks, pipeline
 from discovery.engine.ledger import OPEN_STATUSES
 from discovery.engine.ledger import Request as LedgerRequest
 from discovery.schedule import deadlines
@@ -48,6 +48,7 @@ def _conflict(fn: Callable[[], Any]) -> Any:
                         **ERRORS})
 def submit(body: SubmitBody, rt: RT, wake: Wake, who: Submit) -> JSONResponse:
     """Submit a request: 202 with its id (200 with the existing id when one is open already)."""
+    callbacks.check_url(rt.settings.api, body.callback_url)  # 422 callback_refused: not in api.callback_allow
     return submitted(pipeline.submit(rt, wake, body.type.value, body.email, body.ticket, actor=f"api:{who.name}",
                                      source="api", callback_url=body.callback_url, systems=body.systems,
                                      confirm_others=body.confirm_others,

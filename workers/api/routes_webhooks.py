@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from connectors.emails import normalise_email
-from discovery.engine import pipeline
+from discovery.engine import callbacks, pipeline
 from discovery.engine.runtime import Runtime
 from discovery.intake import tickets
 from discovery.schedule.scheduler import schedule_account_deletion
@@ -67,6 +67,7 @@ def _parse(model: type[M], body: bytes) -> M:
 
 
 def _submit_ticket(rt: Runtime, wake: pipeline.Wakeups, intake: tickets.TicketIntake, source: str) -> JSONResponse:
+    callbacks.check_url(rt.settings.api, intake.callback_url)  # 422 callback_refused: not in api.callback_allow
     return submitted(pipeline.submit(rt, wake, intake.type, intake.subject_email, intake.ticket_id,
                                      actor=f"webhook:{source}", source=source,
                                      requester_email=intake.requester_email, callback_url=intake.callback_url,

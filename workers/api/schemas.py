@@ -51,7 +51,9 @@ class SubmitBody(PlanBody):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
         {"type": "access", "email": "jane@example.com", "ticket": "4711", "language": "nb"}]})
     ticket: Annotated[str | None, Field(max_length=128), NoNul] = None
-    callback_url: Annotated[str | None, Field(max_length=1024, pattern=r"^https?://[^\x00]+$")] = None
+    callback_url: Annotated[str | None, Field(max_length=1024, pattern=r"^https?://[^\x00]+$", description=(
+        "where dsar posts the signed outcome; must match the settings' api.callback_allow and resolve to a "
+        "public address (or one in api.callback_networks), else 422 callback_refused"))] = None
     language: LanguageCode | None = Field(default=None, description=(
         "what the person is written to in (bundle page, ticket note); omitted: the settings' requests.language"))
 

@@ -16,6 +16,7 @@ import concurrent.futures
 import hashlib
 import io
 import os
+import stat
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -160,15 +161,55 @@ def _prefixed(prefix: str, key: str) -> str:
     return f"{prefix}/{_check_key(key)}" if prefix else _check_key(key)
 
 
-# -- local folder ---------------------------------------------------------------------------
+# -- local files: only dsar's user reads them -------------------------------------------------
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def private_dir(path: Path) -> Path:
+    """mkdir -p where every folder dsar creates is 0700, whatever the umask (folders already there are left)."""
+    missing: list[Path] = []
+    at = path
+    while not at.exists():
+        missing.append(at)
+        if at.parent == at:
+            break
+        at = at.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, DIR_MODE)
+        except FileExistsError:  # another worker made it a moment ago (also 0700)
+            if not folder.is_dir():
+                raise
+            continue
+        os.chmod(folder, DIR_MODE)  # mkdir's mode passes through the umask; chmod does not
+    return path
+
+
+def private_file(path: Path) -> IO[bytes]:
+    """A file open for writing (truncated), 0600 whatever the umask or the mode it had."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def is_private(path: Path) -> bool:
+    """No group or other permission bits (what `private_dir` and `private_file` leave)."""
+    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
 
 class _LocalWriter(BundleWriter):
     def __init__(self, final: Path) -> None:
         self.final = final
         self.uri = final.as_uri()
-        final.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(final.parent)
         self.tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-        self._fh: IO[bytes] = self.tmp.open("wb")
+        self._fh: IO[bytes] = private_file(self.tmp)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         n = self._fh.write(data)

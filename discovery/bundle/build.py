@@ -8,7 +8,8 @@ Layout (format dsar-bundle/2):
                                 failed, skipped or awaiting a manual step with why, and `files`: the
                                 SHA-256 and size of every other member (what `dsar verify` checks)
   data/<system>/<entity>.json   the records, a JSON array
-  data/<system>/<entity>.csv    the same records when they are flat (no nested values); cells a
+  data/<system>/<entity>.csv    the same records (up to 500 columns); a nested value (a list, an
+                                object) is its JSON text in the cell; cells a
                                 spreadsheet would run as a formula are prefixed with '
   files/<system>/<entity>/...   files a system holds (invoices, vendor export files)
   receipts/<system>-<action>.json  for erasure and restriction: what was done, when, vendor references
@@ -34,6 +35,7 @@ from typing import IO, Any, Protocol
 import orjson
 
 from connectors.base import N_
+from discovery.bundle import signing
 from discovery.bundle.page import render_index
 from discovery.bundle.staging import Staging, safe_name
 from discovery.i18n.languages import SOURCE
@@ -233,8 +235,12 @@ class _Writer:
 
 
 def build_bundle(out: Sink, header: dict[str, Any], parts: Iterable[SystemPart], staging: Staging,
-                 view: BundleView | None = None, progress: Progress | None = None) -> BuiltBundle:
-    """Write the bundle for one request into `out` (a store writer); `progress(system, entity, n)` as entities end."""
+                 view: BundleView | None = None, progress: Progress | None = None,
+                 signing_key: bytes | None = None) -> BuiltBundle:
+    """Write the bundle for one request into `out` (a store writer); `progress(system, entity, n)` as entities end.
+
+    The manifest is signed with `signing_key` (None: the key from the environment, see bundle/signing.py).
+    """
     view = view or BundleView()
     sink = _Hashing(out)
     request_id = header["request"]["id"]
@@ -261,8 +267,14 @@ def build_bundle(out: Sink, header: dict[str, Any], parts: Iterable[SystemPart],
         page = render_index(manifest, samples).encode()
         w.bytes("index.html", page)
         manifest["files"] = dict(sorted(w.files.items()))
+        _sign(manifest, signing.key_from_environment() if signing_key is None else signing_key)
         w.bytes("manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return BuiltBundle(manifest=manifest, size=sink.size, sha256=sink.sha.hexdigest(), counts=totals)
+
+
+def _sign(manifest: dict[str, Any], key: bytes) -> None:
+    if key:  # last: the signature covers everything else in the manifest, the file index included
+        manifest[signing.FIELD] = signing.sign(manifest, key)
 
 
 def _system_entry(system: str, view: BundleView) -> dict[str, Any]:
@@ -300,7 +312,7 @@ def _write_staged(w: _Writer, part: SystemPart, staging: Staging, request_id: st
         name = w.unique(f"data/{system}/{safe_name(entity)}.json")
         preview: list[dict[str, Any]] = []
         columns: dict[str, None] = {}
-        flat, count = True, 0
+        narrow, count = True, 0
         with w.member(name) as out:
             out.write(b"[")
             for fields in records():
@@ -309,20 +321,19 @@ def _write_staged(w: _Writer, part: SystemPart, staging: Staging, request_id: st
                 count += 1
                 if len(preview) < SAMPLES:
                     preview.append(fields)
-                if flat:
+                if narrow:  # nested values go in as their JSON text: only width makes a table unreadable
                     columns.update(dict.fromkeys(fields))
-                    flat = len(columns) <= MAX_CSV_COLUMNS and not any(isinstance(v, dict | list)
-                                                                       for v in fields.values())
+                    narrow = len(columns) <= MAX_CSV_COLUMNS
             out.write(b"\n]\n" if count else b"]\n")
         item: dict[str, Any] = {"records": count, "file": name, **w.files[name]}
-        if flat and count and columns:
+        if narrow and count and columns:
             csv_name = w.unique(f"data/{system}/{safe_name(entity)}.csv")
             with w.member(csv_name) as out:
                 write_csv(out, list(columns), records())
             item["csv"] = {"file": csv_name, **w.files[csv_name]}
         else:
             item["csv"] = None
-            item["csv_skipped"] = "no records" if not count else "records hold nested values: JSON only"
+            item["csv_skipped"] = "no records" if not count else f"more than {MAX_CSV_COLUMNS} columns: JSON only"
         if keep is not None:
             item["fields_left_out"] = left_out
         entry["entities"][entity] = item
@@ -399,7 +410,9 @@ def neutralise(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value) if isinstance(value, float) else str(value)
-    text = str(value)
+    # a list or object (a SQL array or json column, a chat message's parts): its JSON text, as in the .json file
+    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode() if isinstance(value, dict | list) \
+        else str(value)
     return "'" + text if text.startswith(FORMULA_START) else text
 
 

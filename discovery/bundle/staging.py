@@ -2,7 +2,8 @@
 
 Records stream from the connector to disk, so an export of any size runs in constant memory.
 A task writes into a fresh folder and renames it into place when complete, so a task that
-dies half-way leaves nothing the merge could mistake for a finished export.
+dies half-way leaves nothing the merge could mistake for a finished export. Staged records are
+personal data: folders are created 0700 and files 0600, whatever the umask.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 
 from connectors.base import Record
+from discovery.bundle.archive import private_dir, private_file
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -37,7 +39,9 @@ class Staging:
         """Stream records to the staging folder; return {entity: {records, file}} and attachments."""
         final = self.task_dir(request_id, system)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.mkdir(parents=True)
+        private_dir(tmp.parent)
+        tmp.mkdir(0o700)
+        tmp.chmod(0o700)  # mkdir's mode passes through the umask
         handles: dict[str, Any] = {}
         counts: dict[str, int] = {}
         files: list[dict[str, Any]] = []
@@ -45,7 +49,7 @@ class Staging:
             for record in records:
                 entity = safe_name(record.entity)
                 if entity not in handles:
-                    handles[entity] = (tmp / f"{entity}.jsonl").open("wb")
+                    handles[entity] = private_file(tmp / f"{entity}.jsonl")
                     counts[entity] = 0
                 handles[entity].write(orjson.dumps(
                     {"id": record.record_id, "fields": record.fields}, option=orjson.OPT_NON_STR_KEYS
@@ -53,9 +57,9 @@ class Staging:
                 counts[entity] += 1
                 for attachment in record.attachments:
                     rel = Path("files") / entity / safe_name(attachment.name)
-                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    private_dir((tmp / rel).parent)
                     size = 0
-                    with (tmp / rel).open("wb") as out:
+                    with private_file(tmp / rel) as out:
                         for chunk in attachment.open():
                             out.write(chunk)
                             size += len(chunk)

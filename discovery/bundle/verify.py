@@ -2,6 +2,9 @@
 
 Every member but manifest.json must be listed with its SHA-256 and size, every listed file must be
 there, each system's entries must agree with the file index, and no member may have an unsafe path.
+With the signing key the manifest's signature is checked too (discovery/bundle/signing.py): that is what
+catches a bundle whose data and manifest were both changed. A damaged ZIP (bad central directory, corrupt
+deflate stream, wrong CRC) is a problem in the result, never an exception.
 Members are read as streams, so a bundle of any size is checked in constant memory.
 """
 
@@ -9,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+
+from discovery.bundle import signing
 
 CHUNK = 1024 * 1024
 
@@ -26,22 +32,33 @@ class Verification:
     checked: int = 0
     request_id: str | None = None
     format: str | None = None
+    signature: str = "not checked"  # valid | invalid | unsigned | not checked (no key)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": self.problems, "checked": self.checked, "request_id": self.request_id,
-                "format": self.format}
+                "format": self.format, "signature": self.signature}
 
 
-def verify_bundle(source: str | Path | BinaryIO) -> Verification:
+# What a damaged archive raises while being read: zipfile's own errors, the decompressor's, truncation,
+# an unsupported method or an encrypted member (NotImplementedError, RuntimeError), absurd header values.
+DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, NotImplementedError,
+          RuntimeError, ValueError, OverflowError)
+
+
+def verify_bundle(source: str | Path | BinaryIO, key: bytes | None = None) -> Verification:
+    """Check a bundle; `key`: the manifest signing key (None or b"": the signature is not checked)."""
     try:
         zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
+    except DAMAGE as exc:
         return Verification(False, [f"not a readable ZIP file ({type(exc).__name__})"])
     with zf:
-        return _verify(zf)
+        try:
+            return _verify(zf, key)
+        except DAMAGE as exc:  # anything the per-member checks did not expect: still one line, no traceback
+            return Verification(False, [f"damaged ZIP file ({type(exc).__name__}: {str(exc)[:200]})"])
 
 
-def _verify(zf: zipfile.ZipFile) -> Verification:
+def _verify(zf: zipfile.ZipFile, key: bytes | None = None) -> Verification:
     problems: list[str] = []
     members = [i for i in zf.infolist() if not i.is_dir()]
     names = [i.filename for i in members]
@@ -53,12 +70,19 @@ def _verify(zf: zipfile.ZipFile) -> Verification:
     if "manifest.json" not in names:
         return Verification(False, [*problems, "manifest.json is missing"])
     try:
-        manifest = orjson.loads(zf.read("manifest.json"))
+        raw = zf.read("manifest.json")
+    except DAMAGE as exc:
+        return Verification(False, [*problems, f"manifest.json: damaged ({type(exc).__name__})"])
+    try:
+        manifest = orjson.loads(raw)
         listed = _listed(manifest)
-    except (orjson.JSONDecodeError, zipfile.BadZipFile, TypeError, KeyError, AttributeError) as exc:
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
         return Verification(False, [*problems, f"manifest.json is not a valid manifest ({type(exc).__name__})"])
     result = Verification(False, problems, request_id=(manifest.get("request") or {}).get("id"),
                           format=manifest.get("format"))
+    result.signature, problem = signing.check(manifest, key)
+    if problem:
+        problems.append(problem)
     for name, entry in listed.items():
         problems.extend(f"{name}: {p}" for p in entry.pop("conflicts", []))
     for info in members:
@@ -70,8 +94,8 @@ def _verify(zf: zipfile.ZipFile) -> Verification:
             continue
         try:
             sha, size = _digest(zf, info)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            problems.append(f"{info.filename}: damaged ({exc})")
+        except DAMAGE as exc:  # a corrupt deflate stream raises zlib.error, a wrong CRC BadZipFile
+            problems.append(f"{info.filename}: damaged ({type(exc).__name__}: {str(exc)[:200]})")
             continue
         result.checked += 1
         if size != expected["size"]:

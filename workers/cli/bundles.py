@@ -25,27 +25,43 @@ from workers.cli.common import (
 @main.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify_cmd(file: str, as_json: bool) -> None:
-    """Check a bundle against its manifest: every file's SHA-256 and size, nothing missing or added (exit 1 if not)."""
+@click.pass_context
+def verify_cmd(ctx: click.Context, file: str, as_json: bool) -> None:
+    """Check a bundle against its manifest: every file's SHA-256 and size, nothing missing or added, and the
+    manifest's signature when the key is at hand ($DSAR_MANIFEST_KEY, or derived from the secret key) (exit 1 if not).
+    """
     from discovery.bundle.verify import verify_bundle
 
     with errors_to_exit():
         path = Path(file)
         if not path.is_file():
             fail(f"no such file: {file}", EXIT_USAGE)
-        result = verify_bundle(path)
+        result = verify_bundle(path, _manifest_key(ctx))
+        signature = "not checked (no key)" if result.signature == "not checked" else result.signature
 
         def human() -> None:
             if result.ok:
-                click.echo(f"{file}: OK, {result.checked} files match the manifest (request {result.request_id})")
+                click.echo(f"{file}: OK, {result.checked} files match the manifest (request {result.request_id}); "
+                           f"signature {signature}")
                 return
-            click.echo(f"{file}: FAILED, {len(result.problems)} problem(s):")
+            click.echo(f"{file}: FAILED, {len(result.problems)} problem(s); signature {signature}:")
             for problem in result.problems:
                 click.echo(f"  {problem}")
 
         emit({"file": file, **result.to_dict()}, as_json, human)
         if not result.ok:
             sys.exit(EXIT_FAILED)
+
+
+def _manifest_key(ctx: click.Context) -> bytes:
+    """The signing key as the settings name it; without usable settings, the default variables (may be none)."""
+    from discovery.bundle.signing import key_from_environment
+    from discovery.engine.settings import ConfigError, load_settings
+
+    try:
+        return load_settings(ctx.obj.get("config")).manifest_key
+    except ConfigError:
+        return key_from_environment()
 
 
 @main.group("bundles")

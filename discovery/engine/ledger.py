@@ -125,6 +125,8 @@ class Request(Base):
     bundle_expires_at: Mapped[datetime | None]
     bundle_deleted_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # when the e-mail and learned identifiers were blanked (ledger.retention_days after the end; subject_hash stays)
+    purged_at: Mapped[datetime | None]
 
     tasks: Mapped[list[Task]] = relationship(back_populates="request", order_by="Task.id")
 

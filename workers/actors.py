@@ -2,11 +2,17 @@
 
 Run them with `dsar worker` (or `dramatiq workers.actors`). Every actor is idempotent: a
 redelivered or duplicated message finds the work done or claimed and returns.
+
+No poison messages: only a transient failure (the ledger away, a task released for a later attempt) goes back to
+the broker, as `dramatiq.Retry` (retried with backoff up to worker.max_attempts, no traceback). The pipeline records
+any other failure where it belongs (the task or request failed, with a one-line reason) and the message is
+acknowledged; a message for an unknown request or task is dropped with a warning.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -50,27 +56,56 @@ class MergeInline(ActorWakeups):
     def merge(self, request_id: str) -> None:
         try:
             pipeline.merge_request(app.runtime(), request_id)
-        except Exception:
-            log.exception("merge.inline_failed", request_id=request_id)
+        except Exception as exc:  # the merge actor decides whether it is worth another try
+            log.warning("merge.inline_failed", request_id=request_id, error=pipeline.one_line(exc))
             merge.send(request_id)
 
 
 MERGE_INLINE = MergeInline()
 
 
+def handle(event: str, work: Callable[[], object], permanent: Callable[[str], None] | None = None,
+           **ids: Any) -> None:
+    """Run one message's work: retry only what is transient; drop unknown ids; anything else is logged once (and
+    handed to `permanent`, which records it) and the message acknowledged, never redelivered for ever."""
+    try:
+        work()
+    except pipeline.NotFoundError as exc:
+        log.warning(f"{event}.dropped", why=str(exc), **ids)
+    except Exception as exc:
+        error = pipeline.one_line(exc)
+        if pipeline.is_transient(exc):
+            # a task released for a later attempt was logged by the pipeline already
+            (log.info if isinstance(exc, pipeline.RetryLater) else log.warning)(f"{event}.retry", error=error, **ids)
+            raise dramatiq.Retry(error) from None  # retried with backoff, counted against max_retries
+        log.error(f"{event}.failed", error=error, **ids)
+        if permanent is not None:
+            permanent(error)
+
+
 @dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[call-overload, misc]
 def discover(request_id: str) -> None:
-    pipeline.run_discovery(app.runtime(), WAKE, request_id)
+    handle("discover", lambda: pipeline.run_discovery(app.runtime(), WAKE, request_id), request_id=request_id)
 
 
 @dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[call-overload, misc]
 def execute(task_id: int) -> None:
-    pipeline.execute_task(app.runtime(), MERGE_INLINE, task_id)
+    # A failure the task could not record (its second, minimal write failed too) leaves it running: the sweeper
+    # takes it over when its lease expires, and a task started more than max_attempts times is failed.
+    handle("execute", lambda: pipeline.execute_task(app.runtime(), MERGE_INLINE, task_id), task_id=task_id)
 
 
 @dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[call-overload, misc]
 def merge(request_id: str) -> None:
-    pipeline.merge_request(app.runtime(), request_id)
+    handle("merge", lambda: pipeline.merge_request(app.runtime(), request_id),
+           lambda error: _merge_failed(request_id, error), request_id=request_id)
+
+
+def _merge_failed(request_id: str, error: str) -> None:
+    try:
+        pipeline.merge_failed(app.runtime(), request_id, error)
+    except Exception as exc:  # the ledger is away: the sweeper re-wakes the merge later
+        log.warning("merge.failure_not_recorded", request_id=request_id, error=pipeline.one_line(exc))
 
 
 class Sweeper(Middleware):

@@ -60,8 +60,8 @@ def discover(connectors: dict[str, Connector], seed: Identities, max_rounds: int
                 asked_with[name] = {i for i in snapshot if i.type in connectors[name].accepts() and i.source != name}
                 try:
                     hits = fut.result()
-                except ConnectorError as exc:
-                    result.errors[name] = redact(exc.message)[:300]
+                except Exception as exc:  # one system failing (even by an unwrapped driver error) stops no other
+                    result.errors[name] = locate_error(exc)
                     log.warning("locate.failed", system=name, error=result.errors[name])
                     continue
                 result.errors.pop(name, None)
@@ -77,3 +77,14 @@ def discover(connectors: dict[str, Connector], seed: Identities, max_rounds: int
     for name, n in result.refused.items():
         log.warning("locate.refused", system=name, identifiers=n, why="learned without provenance")
     return result
+
+
+def locate_error(exc: BaseException) -> str:
+    """One scrubbed line saying why a locate failed. A connector should raise a ConnectorError; anything else
+    (a driver error it let through, a bug) is named by its type and the first line of its own message only,
+    since driver errors carry the statement and its parameters on later lines."""
+    if isinstance(exc, ConnectorError):
+        return redact(exc.message)[:300]
+    cause = getattr(exc, "orig", None) or exc
+    first = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    return redact(f"{type(cause).__name__}: {first}" if first else type(cause).__name__)[:300]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from connectors.base import (
@@ -36,13 +36,14 @@ from connectors.base import (
 )
 from connectors.emails import normalise_email
 from connectors.redact import redact
-from discovery.bundle.archive import archive_store
+from discovery.bundle.archive import ArchiveUnavailable, archive_store
 from discovery.bundle.build import FORMAT as BUNDLE_FORMAT
 from discovery.bundle.build import BuiltBundle, SystemPart, build_bundle, staged_size
 from discovery.bundle.staging import safe_name
 from discovery.engine.bundles import bundle_view
 from discovery.engine.datamap import DataMapError
-from discovery.engine.discover import Discovery, discover
+from discovery.engine.db import LedgerUnavailable
+from discovery.engine.discover import Discovery, discover, locate_error
 from discovery.engine.ledger import (
     TERMINAL_TASK,
     AuditEvent,
@@ -73,6 +74,17 @@ class Wakeups(Protocol):
 
 class RetryLater(Exception):
     """A transient failure; the task is back to pending and the broker should retry with backoff."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth delivering the message again: the ledger (or a database) is briefly unreachable, or a task said so.
+    Anything else is permanent: the work is failed once, with why, and the message is not retried."""
+    return isinstance(exc, RetryLater | LedgerUnavailable | OperationalError | DisconnectionError | ArchiveUnavailable)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one scrubbed line (type and the first line of its message), for the ledger and logs."""
+    return locate_error(exc)[:limit]
 
 
 class NotFoundError(LookupError):
@@ -315,6 +327,34 @@ def plan_report(found: Discovery, steps: list[PlanStep]) -> dict[str, Any]:
 
 
 def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
+    """Discover, plan and write the tasks. A permanent failure (a bug, a data-map error, a value the ledger
+    refuses) fails the request once with a one-line reason, rather than leaving it to be re-discovered for ever."""
+    try:
+        _discover_and_plan(rt, wake, request_id)
+    except NotFoundError:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        log.error("request.discovery_failed", request_id=request_id, error=one_line(exc))
+        fail_request(rt, request_id, f"discovery failed: {one_line(exc)}")
+
+
+def fail_request(rt: Runtime, request_id: str, error: str) -> bool:
+    """Close a request that cannot go on (discovery crashed), audited; False if it had moved on meanwhile."""
+    with rt.sessions.begin() as s:
+        req = s.get(Request, request_id, with_for_update=True)
+        if req is None or req.status not in (RequestStatus.RECEIVED, RequestStatus.DISCOVERING):
+            return False
+        req.status, req.error = RequestStatus.FAILED, error[:2000]
+        req.completed_at = _now(rt)
+        req.open_key = None  # closed: the person may ask again
+        audit(s, "request.failed", "worker", req, error=error[:500])
+    run_completion_hooks(rt, request_id)  # report back: the ticket hears that it failed
+    return True
+
+
+def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str) -> None:
     with rt.sessions.begin() as s:
         req = s.get(Request, request_id)
         if req is None:
@@ -396,11 +436,22 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
                     started_at=now, updated_at=now)
         ).rowcount
         task = s.get(Task, task_id)
-        if not claimed or task is None:
+        if task is None:
+            raise NotFoundError(f"unknown task {task_id}")
+        if not claimed:
             return  # done already, or another worker holds it
         request_id, system, action, entities, attempts = (task.request_id, task.system, task.action,
                                                           list(task.entities), task.attempts)
         identities = known_identities(s, request_id)
+    if attempts > rt.settings.worker.max_attempts:
+        # Taken over after expired leases more often than allowed: each attempt stopped the worker (killed,
+        # out of memory). Give up rather than start it again for ever.
+        log.warning("task.abandoned", request_id=request_id, task_id=task_id, system=system, attempts=attempts)
+        why = f"gave up after {attempts} attempts: the worker stopped before finishing each time"
+        finish_task(rt, wake, task_id, TaskStatus.FAILED, why, _failure(note(
+            N_("gave up after {attempts} attempts: {error}"), attempts=attempts,
+            error="the worker stopped before finishing each time")))
+        return
     log.info("task.start", request_id=request_id, task_id=task_id, system=system, action=action, attempt=attempts)
 
     status, error, result = TaskStatus.DONE, None, None
@@ -429,13 +480,32 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
     except ConnectorError as exc:
         status, error = TaskStatus.FAILED, redact(exc.message)
         result = _failure(_error_note(exc))
+    except OperationalError as exc:  # a driver's connection error the connector let through: transient
+        reason = one_line(exc)
+        if attempts < rt.settings.worker.max_attempts:
+            _release(rt, task_id, f"database unreachable: {reason}")
+            log.warning("task.retry", request_id=request_id, task_id=task_id, system=system, error=reason)
+            raise RetryLater(f"{system} {action}: database unreachable: {reason}") from None
+        status, error = TaskStatus.FAILED, f"gave up after {attempts} attempts: database unreachable: {reason}"
+        result = _failure(note(N_("gave up after {attempts} attempts: {error}"), attempts=attempts,
+                               error=f"database unreachable: {reason}"))
     except Exception as exc:  # a bug or an unexpected library error: fail the task, keep the worker
         log.exception("task.crash", request_id=request_id, task_id=task_id, system=system)
-        status, error = TaskStatus.FAILED, f"internal error: {type(exc).__name__}: {redact(str(exc))[:300]}"
+        status, error = TaskStatus.FAILED, f"internal error: {one_line(exc)}"
         result = _failure(note(N_("internal error: {error}"), error=error.removeprefix("internal error: ")))
     finally:
         keeper.stop()
-    finish_task(rt, wake, task_id, status, error, result)
+    try:
+        finish_task(rt, wake, task_id, status, error, result)
+    except Exception as exc:
+        if is_transient(exc):
+            raise  # the ledger is away: the message is retried, or the sweeper takes the task over later
+        # The outcome could not be stored (a value JSON cannot hold, a row the ledger refuses). Left running,
+        # the task would be taken over and re-run for ever: record it failed with a minimal, storable result.
+        why = f"could not store the result: {one_line(exc)}".replace("\x00", "")  # PostgreSQL refuses NUL
+        log.error("task.store_failed", request_id=request_id, task_id=task_id, system=system, error=why)
+        finish_task(rt, wake, task_id, TaskStatus.FAILED, f"internal error: {why}",
+                    _failure(note(N_("internal error: {error}"), error=why)))
 
 
 def _error_note(exc: ConnectorError, wrapper: str = N_("the system answered with an error: {error}")) -> Note:
@@ -500,8 +570,23 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
         merge_now = _advance(req, s)
         request_id = req.id
     log.info("task.finish", request_id=request_id, task_id=task_id, status=str(status))
+    run_task_hooks(rt, request_id, task_id)
     if merge_now:
         wake.merge(request_id)
+
+
+def run_task_hooks(rt: Runtime, request_id: str, task_id: int) -> None:
+    """After a task's outcome is stored (e.g. a legal hold applied: schedule its end). A failing hook is logged
+    and audited; it never undoes the task, and the completion hooks get another go at the same work."""
+    for hook in rt.task_hooks:
+        name = getattr(hook, "__qualname__", repr(hook))
+        try:
+            hook(rt, task_id)
+        except Exception as exc:
+            log.error("task.hook_failed", request_id=request_id, task_id=task_id, hook=name, error=one_line(exc))
+            with rt.sessions.begin() as s:
+                audit(s, "task.hook_failed", "worker", s.get(Request, request_id), hook=name, task_id=task_id,
+                      error=one_line(exc))
 
 
 def _advance(req: Request, s: Session) -> bool:
@@ -574,6 +659,8 @@ def merge_request(rt: Runtime, request_id: str,
         for system, hit in sorted(hits.items()):
             if not hit.found and not hit.error and not any(t.system == system for t in tasks):
                 parts.append(SystemPart(system, "skipped", reason=NOT_FOUND))
+            elif hit.error and not any(t.system == system for t in tasks):  # nothing else would say it failed
+                parts.append(SystemPart(system, "failed", reason=f"locate failed: {hit.error}"))
         if scope is not None:
             enabled = {system.name for system in rt.data_map.enabled()}
             for system in sorted(enabled - set(scope) - set(hits)):
@@ -587,6 +674,8 @@ def merge_request(rt: Runtime, request_id: str,
                                     finished_at=t.finished_at.isoformat() if t.finished_at else None,
                                     confirmations=confirmed.get((t.system, t.action), [])))
         failed = [t for t in tasks if t.status == TaskStatus.FAILED]
+        # A system that could not be searched may hold more of the person than its tasks reached: never complete.
+        locate_failed = {system: hit.error for system, hit in sorted(hits.items()) if hit.error}
     try:
         policies = {name: conn.policies() for name, conn in rt.connectors().items()}
     except (DataMapError, ConnectorError):  # the bundle still says what failed; it only lacks categories
@@ -601,8 +690,9 @@ def merge_request(rt: Runtime, request_id: str,
         assert req is not None
         if req.status != RequestStatus.MERGING:
             return None
-        req.status = RequestStatus.COMPLETED_WITH_ERRORS if failed else RequestStatus.COMPLETED
-        req.error = "; ".join(f"{t.system} {t.action}: {t.error}" for t in failed)[:2000] or None
+        req.status = RequestStatus.COMPLETED_WITH_ERRORS if failed or locate_failed else RequestStatus.COMPLETED
+        req.error = "; ".join([*(f"{system} locate: {error}" for system, error in locate_failed.items()),
+                               *(f"{t.system} {t.action}: {t.error}" for t in failed)])[:2000] or None
         req.completed_at = _now(rt)
         req.bundle_path, req.bundle_sha256, req.bundle_size = built.uri, built.sha256, built.size
         req.bundle_expires_at = req.completed_at + timedelta(days=rt.settings.archive.retention_days)
@@ -616,6 +706,29 @@ def merge_request(rt: Runtime, request_id: str,
              bundle_size=built.size)
     run_completion_hooks(rt, request_id)
     return built
+
+
+def merge_failed(rt: Runtime, request_id: str, error: str) -> bool:
+    """A merge failed for a reason retrying will not mend (a bug, a value the bundle cannot hold): audited; after
+    worker.max_attempts such failures the request is failed, so the sweeper stops re-waking it. True if failed."""
+    with rt.sessions.begin() as s:
+        req = s.get(Request, request_id, with_for_update=True)
+        if req is None or req.status != RequestStatus.MERGING:
+            return False
+        audit(s, "request.merge_failed", "worker", req, error=error[:500])
+        s.flush()
+        failures = s.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
+            AuditEvent.request_id == request_id, AuditEvent.event == "request.merge_failed")) or 0
+        if failures < rt.settings.worker.max_attempts:
+            return False
+        req.status = RequestStatus.FAILED
+        req.error = f"the bundle could not be built after {failures} attempts: {error}"[:2000]
+        req.completed_at, req.open_key = _now(rt), None
+        audit(s, "request.failed", "worker", req, error=error[:500])
+    rt.staging.discard(request_id)  # the request is closed: staged personal data has no further use
+    log.error("request.failed", request_id=request_id, error=error)
+    run_completion_hooks(rt, request_id)
+    return True
 
 
 def run_completion_hooks(rt: Runtime, request_id: str) -> None:

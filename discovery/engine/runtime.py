@@ -39,6 +39,9 @@ class Runtime:
         # Called with (runtime, request_id) once a request is completed: ticket notes, callbacks,
         # scheduling a hold's end. A failing hook is logged and audited; it never undoes the request.
         self.completion_hooks: list[Callable[[Runtime, str], None]] = []
+        # Called with (runtime, task_id) once a task's outcome is stored (DONE, FAILED, awaiting a manual step
+        # ...): scheduling a legal hold's end as soon as the hold is applied. Same failure rule as above.
+        self.task_hooks: list[Callable[[Runtime, int], None]] = []
         self._lock = threading.Lock()
 
     def connectors(self) -> dict[str, Connector]:

@@ -28,7 +28,7 @@ from connectors.emails import InvalidEmail
 from discovery.engine import pipeline
 from discovery.engine.datamap import DataMapError
 from discovery.engine.db import LedgerUnavailable
-from discovery.engine.ledger import OPEN_STATUSES, Request, RequestStatus, Task
+from discovery.engine.ledger import OPEN_STATUSES, Request, RequestStatus, SystemHit, Task
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import ConfigError, load_settings
 
@@ -165,13 +165,16 @@ def load_request(rt: Runtime, request_id: str) -> tuple[Request, list[Task]]:
 def status_data(rt: Runtime, request_id: str) -> dict[str, Any]:
     req, tasks = load_request(rt, request_id)
     now = rt.clock()
+    with rt.sessions() as s:  # systems discovery could not search, by name, with the one-line reason
+        locate_errors = dict(s.execute(sa.select(SystemHit.system, SystemHit.error).where(
+            SystemHit.request_id == request_id, SystemHit.error.is_not(None)).order_by(SystemHit.system)).all())
     return {
         "id": req.id, "type": req.type, "status": req.status, "ticket": req.ticket_ref, "systems": req.systems,
         "language": req.language,
         "received_at": req.received_at.isoformat(), "due_at": req.due_at.isoformat(),
         "days_left": (req.due_at - now).days if req.status in OPEN_STATUSES else None,
         "completed_at": req.completed_at.isoformat() if req.completed_at else None,
-        "bundle": req.bundle_path, "error": req.error,
+        "bundle": req.bundle_path, "error": req.error, "locate_errors": locate_errors,
         "identifiers": pipeline.identifiers(rt, request_id),
         "tasks": [{
             "system": t.system, "action": t.action, "status": t.status, "attempts": t.attempts,

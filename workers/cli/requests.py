@@ -51,7 +51,8 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
     """Submit an access, portability, erasure, restriction or lift-restriction request.
 
     An erasure or restriction whose records also name other people is refused for that system
-    (exit 1 on --dry-run) unless --confirm-others gives the reason it may go ahead.
+    (exit 1 on --dry-run) unless --confirm-others gives the reason it may go ahead. A --dry-run in which a
+    system could not be searched names it and exits 1.
     """
     rtype = request_type.replace("-", "_")
     scope = list(systems) or None
@@ -68,7 +69,10 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
                     "identifiers_refused": report["identifiers_refused"], "refused": report["refused"],
                     "reach": report["reach"], "plan": report["steps"]}
             emit(data, as_json, lambda: _print_plan(data))
-            if data["refused"]:
+            if data["locate_errors"] and not as_json:
+                click.echo("Locate failed: " + ", ".join(data["locate_errors"]) + ". The plan acts on those systems "
+                           "with the identifiers known; a request would end completed_with_errors.", err=True)
+            if data["refused"] or data["locate_errors"]:
                 sys.exit(EXIT_FAILED)
             return
         from workers import app
@@ -101,6 +105,8 @@ def _print_status(data: dict[str, Any]) -> None:
     left = f"  ({data['days_left']} days left)" if data["days_left"] is not None else ""
     click.echo(f"Received {data['received_at'][:16].replace('T', ' ')} UTC, due {due:%Y-%m-%d}{left}")
     _print_identifiers(data.get("identifiers") or [])
+    for system, error in (data.get("locate_errors") or {}).items():
+        click.echo(f"  {system:<14} {'locate':<17} {'failed':<16} {error}")
     for t in data["tasks"]:
         detail = ""
         if t["records"] is not None:

@@ -41,9 +41,13 @@ def setup(settings: Settings, runtime: Runtime | None = None) -> Runtime:
 
         if report_back not in _runtime.completion_hooks:  # ticket notes and signed callbacks
             _runtime.completion_hooks.append(report_back)
-        from discovery.schedule.scheduler import record_hold_ends
+        from discovery.schedule.scheduler import record_hold_ends, record_task_hold_ends
 
-        if record_hold_ends not in _runtime.completion_hooks:  # each legal hold's end: a scheduled erasure
+        # Each legal hold's end is a scheduled erasure, made as soon as the erase task applied the hold (a request
+        # may wait weeks on a manual step); the completion hook only catches what the task hook missed.
+        if record_task_hold_ends not in _runtime.task_hooks:
+            _runtime.task_hooks.append(record_task_hold_ends)
+        if record_hold_ends not in _runtime.completion_hooks:
             _runtime.completion_hooks.append(record_hold_ends)
         return _runtime
 

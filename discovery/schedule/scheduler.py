@@ -377,15 +377,36 @@ def _lock_subject(s: Session, subject_hash: str) -> None:
         s.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": int(subject_hash[:15], 16)})
 
 
-# -- hold ends (a completion hook) -------------------------------------------------------------
+# -- hold ends (a task hook, and a completion hook as a safety net) -------------------------------
+
+def record_task_hold_ends(rt: Runtime, task_id: int) -> None:
+    """A task hook (registered in workers.app.setup): as soon as an erase task has applied a legal hold, schedule
+    the erasure of the held records for the day after the hold ends, even while other tasks of the request still
+    wait for a manual step."""
+    with rt.sessions() as s:
+        task = s.get(Task, task_id)
+        if task is None or task.action != "erase" or not (task.result or {}).get("held"):
+            return
+        request_id = task.request_id
+    _schedule_hold_ends(rt, request_id, task_id)
+
 
 def record_hold_ends(rt: Runtime, request_id: str) -> None:
-    """After an erasure: schedule an erasure for the day after each legal hold it applied ends."""
+    """A completion hook: after an erasure, schedule what the task hook did not (it failed, or ran before it
+    existed). Holds already scheduled are left alone, so running both makes one action per day."""
+    _schedule_hold_ends(rt, request_id, None)
+
+
+def _schedule_hold_ends(rt: Runtime, request_id: str, task_id: int | None) -> None:
+    """Schedule an erasure for the day after each legal hold the request's erase tasks (or only `task_id`) applied."""
     with rt.sessions() as s:
         req = s.get(Request, request_id)
         if req is None or req.type != "erasure":
             return
-        tasks = list(s.scalars(sa.select(Task).where(Task.request_id == request_id, Task.action == "erase")))
+        query = sa.select(Task).where(Task.request_id == request_id, Task.action == "erase")
+        if task_id is not None:
+            query = query.where(Task.id == task_id)
+        tasks = list(s.scalars(query))
         identities = [{"type": i.type, "value": i.value}
                       for i in s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id)
                                          .order_by(SubjectIdentity.id))]
@@ -401,6 +422,8 @@ def record_hold_ends(rt: Runtime, request_id: str) -> None:
                 by_day.setdefault(until.date(), []).append({
                     "system": task.system, "entity": held["entity"], "records": end["records"],
                     "until": until.isoformat(), "reason": held.get("reason", "")})
+    if not by_day:
+        return
     # Kept for years: only the identifier types the holding systems search by (data minimisation).
     wanted = set().union(*(rt.connector(system).accepts() for system in {h["system"] for hs in by_day.values()
                                                                           for h in hs}))
@@ -408,10 +431,59 @@ def record_hold_ends(rt: Runtime, request_id: str) -> None:
     for day, holds in sorted(by_day.items()):
         # The day after: every row whose hold ends that day is past it by then.
         due = datetime.combine(day + timedelta(days=1), time(0), UTC)
-        reason = "; ".join(f"{h['system']}.{h['entity']}: {h['records']} kept until {h['until'][:10]} for "
-                           f"{h['reason']}" for h in holds)
+        if _scheduled_already(rt, email, due, holds):
+            continue
         # Only the holding systems: someone who signed up again meanwhile keeps their new data elsewhere.
-        schedule(rt, KIND_HOLD_END, email, due, f"legal hold ends: {reason}"[:2000], "hold-end",
-                 source_request_id=request_id,
-                 details={"holds": holds, "identities": identities,
-                          "systems": sorted({h["system"] for h in holds})})
+        action, created = schedule(rt, KIND_HOLD_END, email, due, _hold_reason(holds), "hold-end",
+                                   source_request_id=request_id,
+                                   details={"holds": holds, "identities": identities,
+                                            "systems": sorted({h["system"] for h in holds})})
+        if not created:  # another system's hold (or an earlier erasure's) ends the same day: one action for both
+            _add_holds(rt, action.id, holds, identities)
+
+
+def _hold_key(hold: dict[str, Any]) -> tuple[Any, ...]:
+    return hold.get("system"), hold.get("entity"), hold.get("until"), hold.get("records")
+
+
+def _hold_reason(holds: list[dict[str, Any]]) -> str:
+    return ("legal hold ends: " + "; ".join(f"{h['system']}.{h['entity']}: {h['records']} kept until "
+                                            f"{h['until'][:10]} for {h['reason']}" for h in holds))[:2000]
+
+
+def _scheduled_already(rt: Runtime, email: str, due: datetime, holds: list[dict[str, Any]]) -> bool:
+    """Whether an open hold-end action for this person and day covers every one of `holds`."""
+    subject_hash = rt.subject_hash(normalise_email(email))
+    with rt.sessions() as s:
+        actions = s.scalars(sa.select(ScheduledAction).where(
+            ScheduledAction.kind == KIND_HOLD_END, ScheduledAction.subject_hash == subject_hash,
+            ScheduledAction.due_at == due, ScheduledAction.status.in_(OPEN)))
+        have = {_hold_key(h) for a in actions for h in (a.details or {}).get("holds") or []}
+    return all(_hold_key(h) in have for h in holds)
+
+
+def _add_holds(rt: Runtime, action_id: int, holds: list[dict[str, Any]], identities: list[dict[str, Any]]) -> None:
+    """Widen an open hold-end action by more holds (their systems, identifiers and reasons), under the subject's
+    lock and the row's, so two tasks finishing together both end up in it."""
+    with rt.sessions.begin() as s:
+        action = s.get(ScheduledAction, action_id)
+        if action is None:
+            return
+        _lock_subject(s, action.subject_hash)
+        s.refresh(action, with_for_update=True)
+        if action.status not in OPEN:
+            return
+        details = dict(action.details or {})
+        have = {_hold_key(h) for h in details.get("holds") or []}
+        added = [h for h in holds if _hold_key(h) not in have]
+        if not added:
+            return
+        known = {(i.get("type"), i.get("value")) for i in details.get("identities") or []}
+        details["holds"] = [*(details.get("holds") or []), *added]
+        details["identities"] = [*(details.get("identities") or []),
+                                 *(i for i in identities if (i["type"], i["value"]) not in known)]
+        details["systems"] = sorted({*(details.get("systems") or []), *(h["system"] for h in added)})
+        action.details = details
+        action.reason = _hold_reason(details["holds"])
+        _audit(s, "schedule.widened", "hold-end", action, systems=details["systems"], holds=len(details["holds"]))
+    log.info("schedule.widened", action_id=action_id, holds=len(details["holds"]))

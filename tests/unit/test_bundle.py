@@ -174,11 +174,26 @@ def test_unicode_survives_json_csv_and_page(bundle: tuple[Path, BuiltBundle]) ->
     assert "Åse Ødegård-李" in page and '<meta charset="utf-8">' in page
 
 
-def test_nested_records_are_json_only(bundle: tuple[Path, BuiltBundle]) -> None:
-    manifest = orjson.loads(zipfile.ZipFile(bundle[0]).read("manifest.json"))
+def test_nested_values_are_their_json_text_in_the_csv(bundle: tuple[Path, BuiltBundle]) -> None:
+    with zipfile.ZipFile(bundle[0]) as zf:
+        manifest = orjson.loads(zf.read("manifest.json"))
+        rows = read_csv(zf, "data/chat/messages.csv")
+        records = orjson.loads(zf.read("data/chat/messages.json"))
     messages = manifest["systems"]["chat"]["entities"]["messages"]
-    assert messages["records"] == 7 and messages["csv"] is None and "nested" in messages["csv_skipped"]
-    assert "data/chat/messages.csv" not in zipfile.ZipFile(bundle[0]).namelist()
+    assert messages["records"] == 7 and messages["csv"]["file"] == "data/chat/messages.csv"
+    assert "csv_skipped" not in messages
+    assert [orjson.loads(r["parts"]) for r in rows] == [r["parts"] for r in records]
+    assert rows[3]["parts"] == '[{"text":"hei 3 🙂"}]'
+
+
+def test_a_table_too_wide_to_read_is_json_only(tmp_path: Path) -> None:
+    staging = Staging(tmp_path / "staging")
+    wide = iter([Record("wide", "1", {f"c{i}": i for i in range(501)})])
+    parts = [SystemPart("logs", "done", "export", staged=staging.write(REQUEST_ID, "logs", wide))]
+    with LocalStore(tmp_path / "archive").writer(f"{REQUEST_ID}.zip") as out:
+        built = build_bundle(out, header("access", [step("logs", "wide")]), parts, staging, VIEW)
+    item = built.manifest["systems"]["logs"]["entities"]["wide"]
+    assert item["records"] == 1 and item["csv"] is None and item["csv_skipped"] == "more than 500 columns: JSON only"
 
 
 def test_failed_empty_and_skipped_systems_are_named_in_manifest_and_page(bundle: tuple[Path, BuiltBundle]) -> None:

@@ -63,7 +63,9 @@ class Duration(mysql.TIME):
 
 
 GEOMETRIC = frozenset({"point", "line", "lseg", "box", "path", "polygon", "circle"})
-_INT_RANGES = {"SMALLINT": 2**15, "INTEGER": 2**31, "BIGINT": 2**63, "TINYINT": 2**7, "MEDIUMINT": 2**23}
+# half the span of each integer type (MariaDB's UNSIGNED ones hold 0 to twice that)
+_INT_RANGES: tuple[tuple[type, int], ...] = ((mysql.TINYINT, 2**7), (sa.SmallInteger, 2**15),
+                                             (mysql.MEDIUMINT, 2**23), (sa.BigInteger, 2**63), (sa.Integer, 2**31))
 
 
 def kind(column: sa.Column[Any]) -> str:
@@ -272,10 +274,11 @@ def _cast(t: Any, value: Any) -> Any:
                 and value.strip().lower() in _TRUE | _FALSE:  # MariaDB BOOLEAN is TINYINT(1)
             return int(value.strip().lower() in _TRUE)
         number = _integer(value)
-        bound = _INT_RANGES.get(type(t).__name__.upper())
         if family == "year" and not (number == 0 or 1901 <= number <= 2155):
             raise ValueProblem(f"{number} is not a year from 1901 to 2155")
-        if bound and not -bound <= number < bound:
+        bound = next((b for kind_, b in _INT_RANGES if isinstance(t, kind_)), None)
+        low, high = (0, 2 * bound) if bound and getattr(t, "unsigned", False) else (-(bound or 0), bound or 0)
+        if bound and not low <= number < high:
             raise ValueProblem(f"{number} is out of the column's range")
         return number
     if family in ("numeric", "money"):

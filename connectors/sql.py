@@ -101,6 +101,7 @@ class _Erasure:
     entries: list[dict[str, Any]] = field(default_factory=list)
     notes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     hold_date: sa.ColumnElement[Any] | None = None  # the own hold's date (for the files' tags)
+    marks: dict[str, Any] = field(default_factory=dict)  # the restriction written to held rows, typed
 
 
 class SqlConnector(Connector):
@@ -315,7 +316,9 @@ class SqlConnector(Connector):
             expr, _col = self._hold_date(name, table, entity, conn)
             entry = self._hold_entry(conn, name, expr, sa.and_(cond, own), entity.hold.years, entity.hold.reason)
             if entry:
-                entry["restricted_with"] = dict(entity.restrict.set)
+                # written typed as the column is ('now' is this erasure's time); the receipt names the map's rule
+                plan.marks = {c: marker_value(table.c[c], v, now) for c, v in entity.restrict.set.items()}
+                entry["restricted_with"] = {c: jsonable(v) for c, v in entity.restrict.set.items()}
                 plan.entries.append(entry)
                 plan.held = self._keys(conn, table, entity, sa.and_(cond, own))
                 plan.hold_date = expr
@@ -355,7 +358,7 @@ class SqlConnector(Connector):
             assert entity.hold is not None and entity.restrict is not None and plan.hold_date is not None
             held = _keys_in(table, entity, plan.held)
             files = self._restrict_files(conn, table, entity, held, plan.hold_date)
-            conn.execute(sa.update(table).where(held).values(**entity.restrict.set))
+            conn.execute(sa.update(table).where(held).values(**plan.marks))
             if entity.files:
                 entry["files"] = files
                 entry["restricted_files_with"] = {"tag": RESTRICTED_TAG, "value": "the date the hold ends"}
@@ -856,7 +859,11 @@ class _DbErrors:
 
     def __init__(self, system: str, opener: Any) -> None:
         self.system = system
-        self._cm = opener()
+        try:  # Engine.connect() connects at once: an unreachable database fails here, not in __enter__
+            self._cm = opener()
+        except OperationalError as exc:
+            raise TransientError.of(self.system, note(N_("database unreachable: {reason}"),
+                                                      reason=db_reason(exc))) from None
 
     def __enter__(self) -> Connection:
         try:
@@ -873,16 +880,30 @@ class _DbErrors:
         # A driver error raised inside the block (the transaction is rolled back by now) carries the
         # statement and its parameters, personal data among them: only its first line goes on, scrubbed.
         error = exc[1] if len(exc) > 1 else None
-        if isinstance(error, OperationalError):
+        if isinstance(error, OperationalError) and _transient(error):
             raise TransientError.of(self.system, note(N_("database error: {reason}"),
                                                       reason=db_reason(error))) from None
-        if isinstance(error, DBAPIError):
+        # a refused value (MariaDB reports some as OperationalError) or one the driver could not convert
+        # (StatementError) is the same next time: fail once
+        if isinstance(error, SQLAlchemyError):
             raise PermanentError.of(self.system, note(N_("the database refused the change, nothing was changed: "
                                                          "{reason}"), reason=db_reason(error))) from None
         return handled
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self._cm, item)
+
+
+# MySQL/MariaDB error codes that pass: client-side connection errors (2000-2999), too many connections,
+# shutdown, lock wait timeout, deadlock, connection killed. Others (1292 a wrong value ...) do not.
+_MYSQL_TRANSIENT = frozenset({1040, 1053, 1205, 1213, 1927})
+
+
+def _transient(exc: OperationalError) -> bool:
+    code = getattr(exc.orig, "args", (None,))[0] if exc.orig is not None else None
+    if not isinstance(code, int) or type(exc.orig).__module__.split(".")[0] not in ("pymysql", "MySQLdb"):
+        return True  # psycopg and others raise OperationalError for connection trouble
+    return code >= 2000 or code in _MYSQL_TRANSIENT
 
 
 # An unreachable database must fail a locate or export in seconds, not after the TCP timeout.

@@ -19,7 +19,7 @@ import dramatiq
 import structlog
 from dramatiq.middleware import Middleware
 
-from discovery.engine import pipeline
+from discovery.engine import ledger_retention, pipeline
 from discovery.engine.bundles import expire_bundles
 from workers import app
 
@@ -133,6 +133,8 @@ class Sweeper(Middleware):
                 expire_bundles(app.runtime())
             except Exception:
                 log.exception("bundle.expire_failed")
+            # subjects' e-mails and identifiers leave the ledger ledger.retention_days after their request ended
+            ledger_retention.sweep(app.runtime())
 
 
 def add_sweeper() -> None:

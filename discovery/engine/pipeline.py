@@ -683,7 +683,8 @@ def merge_request(rt: Runtime, request_id: str,
     view = bundle_view(rt.data_map, policies, request_type, lang)
     with archive_store(rt.settings, rt.env).writer(
             bundle_key(request_id), size_hint=staged_size(rt.staging, request_id, parts)) as out:
-        built = build_bundle(out, header, parts, rt.staging, view, progress)
+        built = build_bundle(out, header, parts, rt.staging, view, progress,
+                             signing_key=rt.settings.manifest_key or None)
     built.uri = out.uri
     with rt.sessions.begin() as s:
         req = s.get(Request, request_id, with_for_update=True)

@@ -45,6 +45,7 @@ from connectors.s3_files import RESTRICTED_TAG, S3Files
 from connectors.sql_check import check_system
 from connectors.sql_map import EntitySpec, Fixed, HoldSpec, Reference, SqlSystemSpec, parse_system, topological
 from connectors.sql_values import (
+    ValueProblem,
     as_datetime,
     bound_for,
     carries,
@@ -57,6 +58,8 @@ from connectors.sql_values import (
 
 # Expression indexes (lower(trim(email))) are not reflected, and say so on every table. A process-wide
 # filter: catch_warnings() is not thread-safe, and connectors reflect tables from several threads.
+# Types SQLAlchemy does not know (point, xml ...) are named by sql_values' reflection listener right after.
+warnings.filterwarnings("ignore", message="Did not recognize type", category=sa.exc.SAWarning)
 warnings.filterwarnings("ignore", message="Skipped unsupported reflection of expression-based index",
                         category=sa.exc.SAWarning)
 
@@ -358,7 +361,7 @@ class SqlConnector(Connector):
             assert entity.hold is not None and entity.restrict is not None and plan.hold_date is not None
             held = _keys_in(table, entity, plan.held)
             files = self._restrict_files(conn, table, entity, held, plan.hold_date)
-            conn.execute(sa.update(table).where(held).values(**plan.marks))
+            conn.execute(sa.update(table).where(held).values(**_sql(plan.marks)))
             if entity.files:
                 entry["files"] = files
                 entry["restricted_files_with"] = {"tag": RESTRICTED_TAG, "value": "the date the hold ends"}
@@ -808,7 +811,7 @@ class SqlConnector(Connector):
                 raise self._not_unique(name, entity)
             if not current or all(same(a, b) for a, b in zip(current[0], values.values(), strict=True)):
                 continue  # already erased: a re-run changes nothing
-            conn.execute(sa.update(table).where(where).values(**values))
+            conn.execute(sa.update(table).where(where).values(**_sql(values)))
             changed += 1
         return changed
 
@@ -837,7 +840,8 @@ class SqlConnector(Connector):
                 marks = {c: marker_value(table.c[c], v, now) for c, v in spec.set.items()}
                 differs = sa.or_(*(sa.not_(carries(table.c[c], v)) for c, v in spec.set.items()))
                 files = self._flag_files(conn, table, entity, cond, which)
-                changed = int(conn.execute(sa.update(table).where(sa.and_(cond, differs)).values(**marks)).rowcount)
+                update = sa.update(table).where(sa.and_(cond, differs)).values(**_sql(marks))
+                changed = int(conn.execute(update).rowcount)
                 if changed:
                     receipt.changed[name] = changed
                     if which == "restrict":
@@ -883,6 +887,9 @@ class _DbErrors:
         if isinstance(error, OperationalError) and _transient(error):
             raise TransientError.of(self.system, note(N_("database error: {reason}"),
                                                       reason=db_reason(error))) from None
+        if isinstance(error, ValueProblem):  # a mask or marker `dsar check` would have refused
+            raise PermanentError.of(self.system, note(N_("a value in the data map cannot be stored, nothing was "
+                                                         "changed: {reason}"), reason=str(error))) from None
         # a refused value (MariaDB reports some as OperationalError) or one the driver could not convert
         # (StatementError) is the same next time: fail once
         if isinstance(error, SQLAlchemyError):
@@ -904,6 +911,11 @@ def _transient(exc: OperationalError) -> bool:
     if not isinstance(code, int) or type(exc.orig).__module__.split(".")[0] not in ("pymysql", "MySQLdb"):
         return True  # psycopg and others raise OperationalError for connection trouble
     return code >= 2000 or code in _MYSQL_TRANSIENT
+
+
+def _sql(values: dict[str, Any]) -> dict[str, Any]:
+    """Values for an UPDATE: None is SQL NULL (a JSON column would store the JSON text 'null')."""
+    return {c: sa.null() if v is None else v for c, v in values.items()}
 
 
 # An unreachable database must fail a locate or export in seconds, not after the TCP timeout.

@@ -309,10 +309,9 @@ def test_every_type_gets_a_csv_cell(url: str, engine_name: str) -> None:
             assert cell == ("'" + text if text.startswith(FORMULA_START) else text), col.name
 
 
+@pytest.mark.parametrize("engine_name", ["postgresql"])  # inet is PostgreSQL's
 def test_inet_export_regression(url: str, engine_name: str) -> None:
     """An inet column made psycopg return IPv4Address, and every access request failed."""
-    if engine_name != "postgresql":
-        pytest.skip("inet is PostgreSQL's")
     create(url, engine_name)
     with connector(url, engine_name, fields=["ip", "ipn", "net"]) as conn:
         fields = exported(conn, SUBJECT)

@@ -240,6 +240,11 @@ class MatomoConnector(Connector):
                     seen.add(key)
                     yield Record(entity=table, record_id=key[1], fields=fields)
 
+    def _still_there(self, identities: Identities, chunk: list[dict[str, Any]]) -> bool:
+        wanted = {(str(v["idSite"]), str(v["idVisit"])) for v in chunk}
+        found, _others = self._subject_visits(identities)
+        return any((str(v["idSite"]), str(v["idVisit"])) in wanted for v in found)
+
     def erase(self, identities: Identities, entities: Iterable[str] | None = None) -> Receipt:
         receipt = Receipt(self.name, "erase")
         if entities is not None and not set(entities) & set(self.entities):
@@ -268,9 +273,14 @@ class MatomoConnector(Connector):
                         self.name, f"PrivacyManager.deleteDataSubjects returned a non-numeric count for {table}"
                     ) from None
             # The reply counts the rows deleted per log table ([V] PrivacyManager DataSubjectsTest); visits we
-            # just found that delete no row anywhere were not deleted by this call (gone meanwhile, or a
-            # retried call whose first attempt did it): not "done" (issue 10 point 9). The next run finds none.
+            # just found that delete no row anywhere were not deleted by this call: not "done" (issue 10
+            # point 9), unless a fresh search shows them gone (deleted meanwhile, or by a retried call's first
+            # attempt whose answer was lost).
             if not any(numbers.values()):
+                if not self._still_there(identities, chunk):
+                    receipt.note(N_("{count} visit(s) were already gone when deleteDataSubjects ran"),
+                                 count=len(chunk))
+                    continue
                 words = ", ".join(f"{table}={count}" for table, count in numbers.items()) or "no table counts"
                 raise PermanentError.of(self.name, note(
                     NOTHING_CHANGED, call=f"PrivacyManager.deleteDataSubjects ({len(chunk)} visit(s))",

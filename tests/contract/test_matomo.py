@@ -337,14 +337,17 @@ def test_erase_selected_by_the_located_entity(api: responses.RequestsMock, ctx: 
     assert set(connector.policies()) == set(connector.entities) and "visits" in connector.entities
 
 
+ZEROS = {"log_visit": 0, "log_link_visit_action": 0, "log_conversion_item": 0, "log_conversion": 0}
+
+
 def test_a_delete_that_deleted_no_row_fails_with_the_counts(api: responses.RequestsMock, ctx: ConnectorContext) -> None:
-    # deleteDataSubjects answers the rows it deleted per log table ([V] PrivacyManager DataSubjectsTest); for visits
-    # that are gone (deleted meanwhile, say in Matomo's own GDPR tool) it answers zeros: nothing was done.
+    # deleteDataSubjects answers the rows it deleted per log table ([V] PrivacyManager DataSubjectsTest); zeros for
+    # a visit a fresh search still finds: nothing was done.
     expect(api, "PrivacyManager.findDataSubjects", find_body(), [visit(61), visit(62)])
     expect(api, "PrivacyManager.deleteDataSubjects", visits_body((1, 61)),
            {"log_visit": 1, "log_link_visit_action": 2, "log_conversion_item": 0, "log_conversion": 0})
-    expect(api, "PrivacyManager.deleteDataSubjects", visits_body((1, 62)),
-           {"log_visit": 0, "log_link_visit_action": 0, "log_conversion_item": 0, "log_conversion": 0})
+    expect(api, "PrivacyManager.deleteDataSubjects", visits_body((1, 62)), ZEROS)
+    expect(api, "PrivacyManager.findDataSubjects", find_body(), [visit(62)])  # still there
 
     with pytest.raises(PermanentError) as info:
         make(ctx, chunk_size=1).erase(jane())
@@ -353,6 +356,20 @@ def test_a_delete_that_deleted_no_row_fails_with_the_counts(api: responses.Reque
         "PrivacyManager.deleteDataSubjects (1 visit(s)) answered that it changed nothing (log_visit=0, "
         "log_link_visit_action=0, log_conversion_item=0, log_conversion=0); the task is not done")
     assert info.value.note is not None
+
+
+def test_zeros_for_visits_a_fresh_search_no_longer_finds_are_done(api: responses.RequestsMock,
+                                                                   ctx: ConnectorContext) -> None:
+    # The visit went meanwhile (Matomo's own GDPR tool, or a retried call whose first answer was lost): the person's
+    # visits are gone, which is what the erasure is for; the receipt says so.
+    expect(api, "PrivacyManager.findDataSubjects", find_body(), [visit(61)])
+    expect(api, "PrivacyManager.deleteDataSubjects", visits_body((1, 61)), ZEROS)
+    expect(api, "PrivacyManager.findDataSubjects", find_body(), [])
+
+    receipt = make(ctx).erase(jane())
+
+    assert receipt.changed == {}
+    assert "1 visit(s) were already gone when deleteDataSubjects ran" in receipt.details
 
 
 def test_restrict_and_lift_are_unsupported(ctx: ConnectorContext) -> None:

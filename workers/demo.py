@@ -207,6 +207,6 @@ def _run(ctx: click.Context, request_type: str) -> dict[str, Any]:
     from workers.cli import common as cli
 
     rt = cli.runtime(ctx)
-    submitted = pipeline.submit(rt, WAKE, request_type, JANE.email, ticket="DEMO-1", actor="demo")
+    submitted = pipeline.submit(rt, WAKE, request_type, JANE.email, ticket=f"DEMO-{request_type}", actor="demo")
     cli.wait_for(rt, submitted.request.id, 120, show=True)
     return cli.status_data(rt, submitted.request.id)

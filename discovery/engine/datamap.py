@@ -7,10 +7,15 @@ the connector validates itself.
 
 What the person reads (a system's title, purpose, legal basis ..., the controller's texts) is a plain
 string, the same in every language, or one per language code: `purpose: {en: ..., nb: ...}`.
+
+The record of processing (Art. 30(1), `dsar ropa`) adds keys the person's bundle does not show (yet):
+the controller's `dpo`, `representative`, `joint_controllers` and `security_measures`, and per system
+`data_subjects`, `data_categories`, `recipients` and `transfers`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,8 +44,28 @@ class DataMapError(Exception):
     """A one-line message naming the file, system and key."""
 
 
+# pydantic's names for the branches of a union (a text is `str | dict[str, str]`): not keys of the map
+_BRANCH = re.compile(r"^(str|int|bool|float|dict\[.*\]|list\[.*\]|function-.*)$")
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """An error's location as the map's keys: `transfers.0.safeguard`, without union branch names."""
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and _BRANCH.match(p)))
+
+
+class Transfer(BaseModel):
+    """A transfer of the system's data to a third country (outside the EU/EEA) and its safeguard (Art. 30(1)(e))."""
+
+    model_config = ConfigDict(extra="forbid")
+    country: LocalText
+    safeguard: LocalText  # e.g. "SCCs (Art. 46(2)(c))", "adequacy decision (Art. 45)"
+    recipient: LocalText = ""  # who receives it, when not obvious from the system's processors
+    documentation: LocalText = ""  # where the safeguard is documented (required for Art. 49(1) second subparagraph)
+
+
 class SystemInfo(BaseModel):
-    """What index.html and the access answer tell a person about a system (Art. 15(1))."""
+    """What index.html and the access answer tell a person about a system (Art. 15(1)), and what the record of
+    processing adds (Art. 30(1)): excluded from model_dump, which the bundle renders as flat texts."""
 
     model_config = ConfigDict(extra="ignore")
     kind: str
@@ -53,9 +78,27 @@ class SystemInfo(BaseModel):
     location: LocalText = ""
     source: LocalText = ""
     holds: LocalText = ""  # what the system holds about a person, in the privacy policy's words
+    # Art. 30(1)(c)-(e); an empty list is "none" (a system without any transfer lists none)
+    data_subjects: list[LocalText] = Field(default_factory=list, exclude=True)
+    # categories of personal data; a SQL system's entities add their `fields` categories
+    data_categories: list[LocalText] = Field(default_factory=list, exclude=True)
+    recipients: list[LocalText] = Field(default_factory=list, exclude=True)  # besides the processors
+    transfers: list[Transfer] = Field(default_factory=list, exclude=True)
 
+
+# What the record of processing needs of every system; `dsar check` warns about each one missing (`record_gaps`).
+RECORD_KEYS = ("purpose", "legal_basis", "data_subjects", "retention", "location")
 
 SYSTEM_KEYS = set(SystemInfo.model_fields) - {"kind"}
+
+
+class Party(BaseModel):
+    """A data protection officer, representative (Art. 27) or joint controller (Art. 26): name and contact details."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: LocalText
+    contact: str  # e-mail address (or telephone)
+    address: LocalText = ""
 
 
 class Controller(BaseModel):
@@ -68,20 +111,51 @@ class Controller(BaseModel):
     supervisory_authority_address: LocalText = "Postboks 458 Sentrum, 0105 Oslo"
     supervisory_authority_url: str = "https://www.datatilsynet.no/"
     privacy_policy_url: LocalText = ""
+    # Art. 30(1)(a) and (g), for the record of processing only
+    dpo: Party | None = Field(default=None, exclude=True)
+    representative: Party | None = Field(default=None, exclude=True)
+    joint_controllers: list[Party] = Field(default_factory=list, exclude=True)
+    security_measures: list[LocalText] = Field(default_factory=list, exclude=True)
 
 
 CONTROLLER_TEXTS = ("name", "supervisory_authority", "supervisory_authority_address", "privacy_policy_url")
+
+
+def _texts(value: Any) -> list[Any]:
+    """Every text inside a value: itself, a list's items, a model's (Transfer, Party) fields."""
+    if isinstance(value, list):
+        return [t for item in value for t in _texts(item)]
+    if isinstance(value, BaseModel):
+        return [t for key in type(value).model_fields for t in _texts(getattr(value, key))]
+    return [value]
 
 
 def untranslated(data_map: DataMap, code: str) -> list[str]:
     """The data map's texts given per language but not in `code` (`dsar check` warns about them)."""
     found = [f"controller.{key}" for key in CONTROLLER_TEXTS
              if missing_texts(getattr(data_map.controller, key), code)]
+    found += [f"controller.{key}" for key in ("dpo", "representative", "joint_controllers", "security_measures")
+              if any(missing_texts(t, code) for t in _texts(getattr(data_map.controller, key)))]
     for name, system in data_map.systems.items():
         for key in sorted(SYSTEM_KEYS - {"enabled"}):
-            value = getattr(system.info, key)
-            items = value if isinstance(value, list) else [value]
-            found += [f"systems.{name}.{key}" for item in items if missing_texts(item, code)][:1]
+            if any(missing_texts(t, code) for t in _texts(getattr(system.info, key))):
+                found.append(f"systems.{name}.{key}")
+    return found
+
+
+def record_gaps(data_map: DataMap) -> list[str]:
+    """What the record of processing (Art. 30(1)) lacks, one line each (`dsar check` warns; `dsar ropa` still runs)."""
+    found = [] if data_map.controller.dpo else ["controller.dpo: not given (Art. 30(1)(a): the data protection "
+                                                 "officer's contact details, where one is designated)"]
+    if not data_map.controller.security_measures:
+        found.append("controller.security_measures: not given (Art. 30(1)(g): a general description of the "
+                     "technical and organisational security measures)")
+    for name, system in data_map.systems.items():
+        missing = [key for key in RECORD_KEYS if not getattr(system.info, key)]
+        if not (system.info.data_categories or system.info.holds or system.info.kind == "sql"):
+            missing.append("data_categories")  # a SQL system's categories are its entities' fields
+        found += [f"systems.{name}.{key}: not given (the record of processing, Art. 30(1), lists it)"
+                  for key in missing]
     return found
 
 
@@ -109,7 +183,8 @@ class DataMap:
         return [s for s in self.systems.values() if s.info.enabled]
 
     def connectors(self, ctx: ConnectorContext) -> dict[str, Connector]:
-        """Build every enabled system's connector; a bad entry is named in the error."""
+        """Build every enabled system's connector from its settings (validated, secrets read; nothing is
+        connected to). A bad entry is one line naming the file, the system and the key."""
         out: dict[str, Connector] = {}
         for system in self.enabled():
             try:
@@ -117,7 +192,8 @@ class DataMap:
             except ConnectorError as exc:
                 for c in out.values():
                     c.close()
-                raise DataMapError(f"data map {self.path}: system {exc}") from None
+                why = exc.message.removeprefix("data map: ")
+                raise DataMapError(f"data map {self.path}: systems.{system.name}: {why}") from None
         return out
 
 
@@ -132,8 +208,7 @@ def load_data_map(path: Path) -> DataMap:
         parsed = DataMapFile.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise DataMapError(f"data map {path}: {where}: {err['msg']}") from None
+        raise DataMapError(f"data map {path}: {_where(err['loc'])}: {err['msg']}") from None
     dm = DataMap(path=path, controller=parsed.controller)
     for name, entry in parsed.systems.items():
         if not isinstance(entry, dict):
@@ -142,7 +217,7 @@ def load_data_map(path: Path) -> DataMap:
             info = SystemInfo.model_validate(entry)
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise DataMapError(f"data map {path}: systems.{name}.{err['loc'][0]}: {err['msg']}") from None
+            raise DataMapError(f"data map {path}: systems.{name}.{_where(err['loc'])}: {err['msg']}") from None
         if info.kind not in KINDS:
             raise DataMapError(
                 f"data map {path}: systems.{name}.kind: unknown kind '{info.kind}' (known: {', '.join(sorted(KINDS))})"

@@ -2,7 +2,10 @@
 
 Round 0 asks every system with the identifiers the request came with. Each later round asks
 only the systems that accept a newly learned identifier type, with everything known so far.
-Systems in a round are asked in parallel.
+Systems in a round are asked in parallel, each with its own deadline (`worker.locate_timeout`): a system that
+hangs fails its own locate ("timed out") and is not asked again in this discovery, while the others go on. Its
+call is abandoned, not waited for: each locate runs in a daemon thread, so neither the round nor the process's
+exit waits on it (a ThreadPoolExecutor would, on leaving its `with` block and at interpreter exit).
 
 Only the subject's identifiers are learned: every learned identifier must say where it came from
 (`Identity.via`: system, table, column and the row's path from a direct match). One without
@@ -12,7 +15,9 @@ account for.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
 import structlog
@@ -34,49 +39,77 @@ class Discovery:
 
 
 def discover(connectors: dict[str, Connector], seed: Identities, max_rounds: int = 5,
-             max_workers: int = 8) -> Discovery:
+             locate_timeout: float | None = None) -> Discovery:
+    """Ask every system, round by round, until nothing new is learned. `locate_timeout`: seconds each system's
+    locate may take (None: no deadline); one that passes it is that system's locate error."""
     result = Discovery(identities=Identities(seed))
     asked_with: dict[str, set[Identity]] = {}
+    timed_out: set[str] = set()  # asking a hanging system again would only cost another deadline
     new_types: set[IdentityType] | None = None  # None: first round, ask everyone
-    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="locate") as pool:
-        for round_no in range(max_rounds):
-            due = []
-            for name, conn in connectors.items():
-                accepts = conn.accepts()
-                # What a system taught us about itself is no reason to ask it again.
-                relevant = {i for i in result.identities if i.type in accepts and i.source != name}
-                if not relevant or relevant <= asked_with.get(name, set()):
+    for round_no in range(max_rounds):
+        due = []
+        for name, conn in connectors.items():
+            if name in timed_out:
+                continue
+            accepts = conn.accepts()
+            # What a system taught us about itself is no reason to ask it again.
+            relevant = {i for i in result.identities if i.type in accepts and i.source != name}
+            if not relevant or relevant <= asked_with.get(name, set()):
+                continue
+            if new_types is not None and not (accepts & new_types) and name not in result.errors:
+                continue
+            due.append(name)
+        if not due:
+            break
+        result.rounds = round_no + 1
+        snapshot = Identities(result.identities)
+        futures = {name: _in_thread(connectors[name].locate, snapshot, f"locate:{name}") for name in due}
+        # Every locate of a round starts now, so one deadline covers them all; the round ends as soon as all
+        # answered, or at the deadline with those that did not.
+        wait(futures.values(), timeout=locate_timeout)
+        new_types = set()
+        for name, fut in futures.items():
+            asked_with[name] = {i for i in snapshot if i.type in connectors[name].accepts() and i.source != name}
+            if not fut.done():
+                timed_out.add(name)
+                result.errors[name] = f"locate timed out after {locate_timeout:g}s (worker.locate_timeout)"
+                log.warning("locate.timed_out", system=name, seconds=locate_timeout)
+                continue
+            try:
+                hits = fut.result()
+            except Exception as exc:  # one system failing (even by an unwrapped driver error) stops no other
+                result.errors[name] = locate_error(exc)
+                log.warning("locate.failed", system=name, error=result.errors[name])
+                continue
+            result.errors.pop(name, None)
+            result.hits[name] = hits
+            for ident in hits.learned:
+                if not ident.via:
+                    result.refused[name] = result.refused.get(name, 0) + 1
                     continue
-                if new_types is not None and not (accepts & new_types) and name not in result.errors:
-                    continue
-                due.append(name)
-            if not due:
-                break
-            result.rounds = round_no + 1
-            snapshot = Identities(result.identities)
-            futures = {name: pool.submit(connectors[name].locate, snapshot) for name in due}
-            new_types = set()
-            for name, fut in futures.items():
-                asked_with[name] = {i for i in snapshot if i.type in connectors[name].accepts() and i.source != name}
-                try:
-                    hits = fut.result()
-                except Exception as exc:  # one system failing (even by an unwrapped driver error) stops no other
-                    result.errors[name] = locate_error(exc)
-                    log.warning("locate.failed", system=name, error=result.errors[name])
-                    continue
-                result.errors.pop(name, None)
-                result.hits[name] = hits
-                for ident in hits.learned:
-                    if not ident.via:
-                        result.refused[name] = result.refused.get(name, 0) + 1
-                        continue
-                    if result.identities.add(ident):
-                        new_types.add(ident.type)
-                        result.learned_in_round[(ident.type, ident.value)] = round_no + 1
-            log.info("locate.round", round=round_no + 1, systems=len(due), new_identifier_types=len(new_types))
+                if result.identities.add(ident):
+                    new_types.add(ident.type)
+                    result.learned_in_round[(ident.type, ident.value)] = round_no + 1
+        log.info("locate.round", round=round_no + 1, systems=len(due), new_identifier_types=len(new_types))
     for name, n in result.refused.items():
         log.warning("locate.refused", system=name, identifiers=n, why="learned without provenance")
     return result
+
+
+def _in_thread(fn: Callable[[Identities], Hits], arg: Identities, name: str) -> Future[Hits]:
+    """Run `fn(arg)` in a daemon thread of its own; the future holds its answer. Nobody joins the thread, so a
+    call that never returns costs one idle thread and holds up nothing."""
+    fut: Future[Hits] = Future()
+    fut.set_running_or_notify_cancel()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn(arg))
+        except BaseException as exc:  # handed to the waiting round, which records it as the system's error
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return fut
 
 
 def locate_error(exc: BaseException) -> str:

@@ -127,6 +127,10 @@ class Request(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     # when the e-mail and learned identifiers were blanked (ledger.retention_days after the end; subject_hash stays)
     purged_at: Mapped[datetime | None]
+    # Who is discovering or merging this request, and until when (renewed while it works; migration 0008): the
+    # sweeper takes a phase over only when its lease lapsed, never while the process doing it is alive.
+    lease_until: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(36))
 
     tasks: Mapped[list[Task]] = relationship(back_populates="request", order_by="Task.id")
 
@@ -146,6 +150,8 @@ class Task(Base):
     status: Mapped[str] = mapped_column(sa.String(24), index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     lease_until: Mapped[datetime | None]
+    # the first transient failure of the current run of failures: worker.system_retry_budget counts from here
+    retrying_since: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(sa.Text)
     result: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -95,6 +95,14 @@ class InvalidInput(ValueError):
     pass
 
 
+class TicketConflict(Exception):
+    """A ticket that made a request of another type already: one request per ticket (HTTP 409, CLI exit 8)."""
+
+    def __init__(self, request_id: str, request_type: str) -> None:
+        super().__init__(f"this ticket made request {request_id} ({request_type}) already; one request per ticket")
+        self.request_id, self.request_type = request_id, request_type
+
+
 def audit(session: Session, event: str, actor: str, request: Request | None = None, **details: Any) -> None:
     session.add(AuditEvent(event=event, actor=actor, request_id=request.id if request else None,
                            subject_hash=request.subject_hash if request else None, details=details))
@@ -152,6 +160,8 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
     request.language = lang
     try:
         with rt.sessions.begin() as s:
+            if ticket:
+                _one_request_per_ticket(s, source, ticket, rtype)
             s.add(request)
             s.flush()
             s.add(SubjectIdentity(request_id=request.id, type=IdentityType.EMAIL.value, value=subject,
@@ -178,6 +188,21 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
     if not needs_verification:
         wake.discover(request.id)
     return Submitted(request, created=True)
+
+
+def _one_request_per_ticket(s: Session, source: str, ticket: str, rtype: RequestType) -> None:
+    """Refuse a second request type on a ticket (the same source and ticket reference). The same type is left to
+    the unique indexes (a webhook's ticket, an open request for the same person) that return the first request.
+    PostgreSQL: an advisory lock per ticket makes check and insert one step for concurrent intake (SQLite's
+    writers are serialised by BEGIN IMMEDIATE already)."""
+    if s.get_bind().dialect.name == "postgresql":
+        digest = hashlib.sha256(f"ticket:{source}:{ticket}".encode()).digest()
+        s.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": int.from_bytes(digest[:8], "big", signed=True)})
+    first = s.execute(sa.select(Request.id, Request.type).where(
+        Request.source == source, Request.ticket_ref == ticket, Request.type != rtype.value)
+        .order_by(Request.received_at, Request.id).limit(1)).first()
+    if first is not None:
+        raise TicketConflict(first.id, first.type)
 
 
 def new_request(rt: Runtime, rtype: RequestType, subject: str, subject_hash: str, now: datetime, *,
@@ -278,7 +303,8 @@ def dry_run(rt: Runtime, request_type: str, email: str, systems: list[str] | Non
     subject = normalise_email(email)
     scope = check_scope(rt, systems)
     seed = Identities([Identity(IdentityType.EMAIL, subject, "request")])
-    found = discover(scoped_connectors(rt, scope), seed, rt.settings.worker.discovery_max_rounds)
+    found = discover(scoped_connectors(rt, scope), seed, rt.settings.worker.discovery_max_rounds,
+                     rt.settings.worker.locate_timeout)
     return found, plan(rtype, system_views(rt, found, scope), confirmed=bool(confirm_others))
 
 
@@ -327,43 +353,78 @@ def plan_report(found: Discovery, steps: list[PlanStep]) -> dict[str, Any]:
 
 
 def run_discovery(rt: Runtime, wake: Wakeups, request_id: str) -> None:
-    """Discover, plan and write the tasks. A permanent failure (a bug, a data-map error, a value the ledger
+    """Discover, plan and write the tasks, under the request's lease. A permanent failure (a bug, a value the ledger
     refuses) fails the request once with a one-line reason, rather than leaving it to be re-discovered for ever."""
+    owner = str(uuid.uuid4())
     try:
-        _discover_and_plan(rt, wake, request_id)
+        _discover_and_plan(rt, wake, request_id, owner)
     except NotFoundError:
         raise
     except Exception as exc:
         if is_transient(exc):
+            _release_request(rt, request_id, owner)  # another delivery may take it at once
             raise
         log.error("request.discovery_failed", request_id=request_id, error=one_line(exc))
-        fail_request(rt, request_id, f"discovery failed: {one_line(exc)}")
+        fail_request(rt, request_id, f"discovery failed: {one_line(exc)}", owner)
 
 
-def fail_request(rt: Runtime, request_id: str, error: str) -> bool:
-    """Close a request that cannot go on (discovery crashed), audited; False if it had moved on meanwhile."""
+def fail_request(rt: Runtime, request_id: str, error: str, owner: str | None = None) -> bool:
+    """Close a request that cannot go on (discovery crashed), audited; False if it had moved on meanwhile, or (with
+    `owner`) another process has taken its discovery over."""
     with rt.sessions.begin() as s:
         req = s.get(Request, request_id, with_for_update=True)
         if req is None or req.status not in (RequestStatus.RECEIVED, RequestStatus.DISCOVERING):
             return False
+        if owner is not None and req.lease_owner not in (None, owner):
+            return False
         req.status, req.error = RequestStatus.FAILED, error[:2000]
         req.completed_at = _now(rt)
         req.open_key = None  # closed: the person may ask again
+        req.lease_until = req.lease_owner = None
         audit(s, "request.failed", "worker", req, error=error[:500])
     run_completion_hooks(rt, request_id)  # report back: the ticket hears that it failed
     return True
 
 
-def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str) -> None:
+def _lease(rt: Runtime) -> timedelta:
+    return timedelta(seconds=rt.settings.worker.task_lease_seconds)
+
+
+def lease_is_live(req: Request, now: datetime) -> bool:
+    """Someone is discovering or merging this request and renewed the lease lately."""
+    return req.lease_until is not None and req.lease_until >= now
+
+
+def _release_request(rt: Runtime, request_id: str, owner: str) -> None:
+    """Give up our lease on a request's phase (a transient failure: the retry need not wait for it to lapse)."""
+    try:
+        with rt.sessions.begin() as s:
+            s.execute(sa.update(Request).where(Request.id == request_id, Request.lease_owner == owner)
+                      .values(lease_until=None, lease_owner=None))
+    except Exception:  # the ledger is away: the lease lapses by itself
+        log.warning("request.lease_release_failed", request_id=request_id)
+
+
+def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) -> None:
+    now, lease = _now(rt), _lease(rt)
     with rt.sessions.begin() as s:
-        req = s.get(Request, request_id)
+        # Claim: a received request, or one whose discovery lease lapsed (its worker died). A live lease means
+        # another process is discovering it right now: leave it alone.
+        req = s.get(Request, request_id, with_for_update=True)
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
         if req.status not in (RequestStatus.RECEIVED, RequestStatus.DISCOVERING):
             pending = [t.id for t in req.tasks if t.status == TaskStatus.PENDING]
             status = req.status
+        elif req.status == RequestStatus.DISCOVERING and lease_is_live(req, now):
+            log.info("request.discovery_busy", request_id=request_id)
+            return
         else:
+            if req.status == RequestStatus.DISCOVERING:
+                log.warning("request.discovery_taken_over", request_id=request_id)
+                audit(s, "request.discovery_taken_over", "worker", req)
             req.status = RequestStatus.DISCOVERING
+            req.lease_until, req.lease_owner, req.updated_at = now + lease, owner, now
             pending, status = [], None
         seed = known_identities(s, request_id)
         rtype = RequestType(req.type)
@@ -374,16 +435,22 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str) -> None:
             wake.execute(task_id)
         return
 
-    asked = scoped_connectors(rt, scope)
-    found = discover(asked, seed, rt.settings.worker.discovery_max_rounds)
-    steps = plan(rtype, system_views(rt, found, scope), confirmed=bool(confirm))
+    keeper = LeaseKeeper(rt, request_id, lease, owner=owner)
+    try:
+        asked = scoped_connectors(rt, scope)
+        found = discover(asked, seed, rt.settings.worker.discovery_max_rounds, rt.settings.worker.locate_timeout)
+        steps = plan(rtype, system_views(rt, found, scope), confirmed=bool(confirm))
+    finally:
+        keeper.stop()
     wanted = tasks_of(steps)
 
     with rt.sessions.begin() as s:
         req = s.get(Request, request_id, with_for_update=True)
         assert req is not None
-        if req.status != RequestStatus.DISCOVERING:
-            return  # another delivery of this message got here first
+        if req.status != RequestStatus.DISCOVERING or req.lease_owner != owner:
+            # another delivery got here first, or took over after our lease lapsed: its plan is the one kept
+            log.warning("request.discovery_superseded", request_id=request_id)
+            return
         have = {(i.type, i.value) for i in known_identities(s, request_id)}
         for ident in found.identities:
             if (ident.type.value, ident.value) not in have:
@@ -405,6 +472,7 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str) -> None:
             s.add(Task(request_id=request_id, system=system, action=action, entities=entities,
                        status=TaskStatus.PENDING))
         req.status = RequestStatus.RUNNING if wanted else RequestStatus.MERGING
+        req.lease_until = req.lease_owner = None
         audit(s, "request.planned", "worker", req, systems_found=sorted(n for n, h in found.hits.items() if h.found),
               tasks=len(wanted), rounds=found.rounds, locate_errors=sorted(found.errors),
               refused=sorted(step.system for step in refusals(steps)),
@@ -412,7 +480,8 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str) -> None:
         s.flush()
         task_ids = [t.id for t in s.scalars(sa.select(Task).where(Task.request_id == request_id,
                                                                    Task.status == TaskStatus.PENDING))]
-    log.info("request.planned", request_id=request_id, tasks=len(task_ids), rounds=found.rounds)
+    log.info("request.planned", request_id=request_id, tasks=len(task_ids), rounds=found.rounds,
+             locate_errors=len(found.errors))
     if task_ids:
         for task_id in task_ids:
             wake.execute(task_id)
@@ -442,6 +511,7 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
             return  # done already, or another worker holds it
         request_id, system, action, entities, attempts = (task.request_id, task.system, task.action,
                                                           list(task.entities), task.attempts)
+        retrying_since = task.retrying_since
         identities = known_identities(s, request_id)
     if attempts > rt.settings.worker.max_attempts:
         # Taken over after expired leases more often than allowed: each attempt stopped the worker (killed,
@@ -456,6 +526,22 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
 
     status, error, result = TaskStatus.DONE, None, None
     keeper = LeaseKeeper(rt, task_id, lease)
+
+    def retry_or_give_up(reason: str, note_error: Note | str) -> tuple[TaskStatus, str, dict[str, Any]]:
+        """A transient failure: back to pending for a later attempt (RetryLater), unless the attempts or the time
+        spent retrying since the first failure (worker.system_retry_budget) are used up: then failed, one line."""
+        spent = (_now(rt) - (retrying_since or now)).total_seconds()
+        if attempts < rt.settings.worker.max_attempts and spent < rt.settings.worker.system_retry_budget:
+            _release(rt, task_id, reason, first_failure=now)
+            log.warning("task.retry", request_id=request_id, task_id=task_id, system=system, error=reason)
+            raise RetryLater(f"{system} {action}: {reason}") from None
+        log.warning("task.gave_up", request_id=request_id, task_id=task_id, system=system, attempts=attempts,
+                    seconds=round(spent))
+        budget = "" if attempts >= rt.settings.worker.max_attempts else \
+            f" in {spent:.0f}s (worker.system_retry_budget)"
+        return (TaskStatus.FAILED, f"gave up after {attempts} attempts{budget}: {reason}",
+                _failure(note(N_("gave up after {attempts} attempts: {error}"), attempts=attempts, error=note_error)))
+
     try:
         conn = rt.connector(system)
         if action == "export":
@@ -470,25 +556,13 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
         status, error = TaskStatus.UNSUPPORTED, exc.message
         result = _failure(_error_note(exc, N_("this system cannot do this: {error}")))
     except TransientError as exc:
-        if attempts < rt.settings.worker.max_attempts:
-            _release(rt, task_id, redact(exc.message))
-            log.warning("task.retry", request_id=request_id, task_id=task_id, system=system, error=redact(exc.message))
-            raise RetryLater(f"{system} {action}: {redact(exc.message)}") from None
-        status, error = TaskStatus.FAILED, f"gave up after {attempts} attempts: {redact(exc.message)}"
-        result = _failure(note(N_("gave up after {attempts} attempts: {error}"), attempts=attempts,
-                               error=_error_note(exc)))
+        status, error, result = retry_or_give_up(redact(exc.message), _error_note(exc))
     except ConnectorError as exc:
         status, error = TaskStatus.FAILED, redact(exc.message)
         result = _failure(_error_note(exc))
     except OperationalError as exc:  # a driver's connection error the connector let through: transient
-        reason = one_line(exc)
-        if attempts < rt.settings.worker.max_attempts:
-            _release(rt, task_id, f"database unreachable: {reason}")
-            log.warning("task.retry", request_id=request_id, task_id=task_id, system=system, error=reason)
-            raise RetryLater(f"{system} {action}: database unreachable: {reason}") from None
-        status, error = TaskStatus.FAILED, f"gave up after {attempts} attempts: database unreachable: {reason}"
-        result = _failure(note(N_("gave up after {attempts} attempts: {error}"), attempts=attempts,
-                               error=f"database unreachable: {reason}"))
+        reason = f"database unreachable: {one_line(exc)}"
+        status, error, result = retry_or_give_up(reason, reason)
     except Exception as exc:  # a bug or an unexpected library error: fail the task, keep the worker
         log.exception("task.crash", request_id=request_id, task_id=task_id, system=system)
         status, error = TaskStatus.FAILED, f"internal error: {one_line(exc)}"
@@ -522,32 +596,44 @@ def _failure(why: Note) -> dict[str, Any]:
 
 
 class LeaseKeeper:
-    """Renews a running task's lease while it works, so only a dead worker's task is taken over."""
+    """Renews a lease while its holder works, so only a dead worker's work is taken over: a running task's (by id),
+    or a request's discover or merge phase (by id and `owner`, the token its claim wrote)."""
 
-    def __init__(self, rt: Runtime, task_id: int, lease: timedelta) -> None:
-        self.rt, self.task_id, self.lease = rt, task_id, lease
+    def __init__(self, rt: Runtime, key: int | str, lease: timedelta, owner: str | None = None) -> None:
+        self.rt, self.key, self.lease, self.owner = rt, key, lease, owner
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease:{task_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lease:{key}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.lease.total_seconds() / 3):
+            until = _now(self.rt) + self.lease
             try:
                 with self.rt.sessions.begin() as s:
-                    s.execute(sa.update(Task).where(Task.id == self.task_id, Task.status == TaskStatus.RUNNING)
-                              .values(lease_until=_now(self.rt) + self.lease))
+                    if self.owner is None:
+                        s.execute(sa.update(Task).where(Task.id == self.key, Task.status == TaskStatus.RUNNING)
+                                  .values(lease_until=until))
+                    else:
+                        s.execute(sa.update(Request).where(Request.id == self.key, Request.lease_owner == self.owner)
+                                  .values(lease_until=until))
             except Exception:  # the ledger is briefly away: the next beat tries again
-                log.warning("task.lease_renew_failed", task_id=self.task_id)
+                log.warning("lease.renew_failed", key=str(self.key))
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
 
-def _release(rt: Runtime, task_id: int, error: str) -> None:
+def _release(rt: Runtime, task_id: int, error: str, first_failure: datetime | None = None) -> None:
+    """Back to pending for a later attempt; `first_failure` (when this attempt started) starts the retry budget's
+    clock unless an earlier failure did."""
     with rt.sessions.begin() as s:
-        s.execute(sa.update(Task).where(Task.id == task_id, Task.status == TaskStatus.RUNNING)
-                  .values(status=TaskStatus.PENDING, error=error, lease_until=None, updated_at=_now(rt)))
+        task = s.get(Task, task_id, with_for_update=True)
+        if task is None or task.status != TaskStatus.RUNNING:
+            return
+        task.status, task.error, task.lease_until, task.updated_at = TaskStatus.PENDING, error, None, _now(rt)
+        if task.retrying_since is None:
+            task.retrying_since = first_failure
 
 
 def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, error: str | None,
@@ -619,19 +705,40 @@ def confirm_manual(rt: Runtime, wake: Wakeups, request_id: str, system: str, not
 
 # -- merge -----------------------------------------------------------------------------------
 
-def bundle_key(request_id: str) -> str:
-    """The bundle's key in the archive store (the store adds its prefix); the ledger keeps the store URI."""
-    return f"{safe_name(request_id)}.zip"
+def bundle_key(request_id: str, owner: str) -> str:
+    """The bundle's key in the archive store (the store adds its prefix); the ledger keeps the store URI. Each merge
+    writes its own object (`owner`: the merge's lease token), so a merge taken over after its lease lapsed can never
+    overwrite the bundle another merge recorded: the SHA-256 in the ledger is always that of the stored object."""
+    return f"{safe_name(request_id)}-{safe_name(owner)[:8]}.zip"
 
 
 def merge_request(rt: Runtime, request_id: str,
                   progress: Callable[[str, str, int], None] | None = None) -> BuiltBundle | None:
+    """Build and store the bundle of a request whose tasks are all terminal, under the request's merge lease."""
+    owner = str(uuid.uuid4())
+    try:
+        return _merge(rt, request_id, owner, progress)
+    except Exception:
+        _release_request(rt, request_id, owner)  # the retry (or the sweeper) need not wait for the lease
+        raise
+
+
+def _merge(rt: Runtime, request_id: str, owner: str,
+           progress: Callable[[str, str, int], None] | None) -> BuiltBundle | None:
+    now, lease = _now(rt), _lease(rt)
     with rt.sessions.begin() as s:
         req = s.get(Request, request_id, with_for_update=True)
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
         if req.status != RequestStatus.MERGING:
             return None  # not ready, or merged already by an earlier delivery
+        if lease_is_live(req, now):
+            log.info("request.merge_busy", request_id=request_id)
+            return None  # another process is merging it right now
+        if req.lease_owner is not None:
+            log.warning("request.merge_taken_over", request_id=request_id)
+            audit(s, "request.merge_taken_over", "worker", req)
+        req.lease_until, req.lease_owner = now + lease, owner
         identities = [_identifier(i) for i in s.scalars(
             sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id).order_by(SubjectIdentity.id))]
         hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}
@@ -681,32 +788,50 @@ def merge_request(rt: Runtime, request_id: str,
     except (DataMapError, ConnectorError):  # the bundle still says what failed; it only lacks categories
         policies = {}
     view = bundle_view(rt.data_map, policies, request_type, lang)
-    with archive_store(rt.settings, rt.env).writer(
-            bundle_key(request_id), size_hint=staged_size(rt.staging, request_id, parts)) as out:
-        built = build_bundle(out, header, parts, rt.staging, view, progress,
-                             signing_key=rt.settings.manifest_key or None)
+    store = archive_store(rt.settings, rt.env)
+    keeper = LeaseKeeper(rt, request_id, lease, owner=owner)
+    try:
+        with store.writer(bundle_key(request_id, owner), size_hint=staged_size(rt.staging, request_id, parts)) as out:
+            built = build_bundle(out, header, parts, rt.staging, view, progress,
+                                 signing_key=rt.settings.manifest_key or None)
+    finally:
+        keeper.stop()
     built.uri = out.uri
     with rt.sessions.begin() as s:
         req = s.get(Request, request_id, with_for_update=True)
         assert req is not None
-        if req.status != RequestStatus.MERGING:
-            return None
-        req.status = RequestStatus.COMPLETED_WITH_ERRORS if failed or locate_failed else RequestStatus.COMPLETED
-        req.error = "; ".join([*(f"{system} locate: {error}" for system, error in locate_failed.items()),
-                               *(f"{t.system} {t.action}: {t.error}" for t in failed)])[:2000] or None
-        req.completed_at = _now(rt)
-        req.bundle_path, req.bundle_sha256, req.bundle_size = built.uri, built.sha256, built.size
-        req.bundle_expires_at = req.completed_at + timedelta(days=rt.settings.archive.retention_days)
-        req.bundle_deleted_at = None
-        req.open_key = None
-        audit(s, "request.completed", "worker", req, status=req.status, bundle_sha256=built.sha256,
-              bundle_size=built.size, bundle_expires_at=req.bundle_expires_at.isoformat(),
-              records=sum(built.counts.values()))
+        superseded = req.status != RequestStatus.MERGING or req.lease_owner != owner
+        if not superseded:
+            req.lease_until = req.lease_owner = None
+            _record_bundle(rt, s, req, built, failed, locate_failed)
+    if superseded:  # another merge took over after our lease lapsed; its bundle is (or will be) the one recorded
+        log.warning("request.merge_superseded", request_id=request_id)
+        try:
+            store.delete_uri(built.uri)
+        except Exception as exc:  # an orphan object, named in the log; the recorded bundle is untouched
+            log.warning("request.orphan_bundle", request_id=request_id, error=one_line(exc))
+        return None
     rt.staging.discard(request_id)
     log.info("request.completed", request_id=request_id, status=str(req.status), records=sum(built.counts.values()),
              bundle_size=built.size)
     run_completion_hooks(rt, request_id)
     return built
+
+
+def _record_bundle(rt: Runtime, s: Session, req: Request, built: BuiltBundle, failed: list[Task],
+                   locate_failed: dict[str, str]) -> None:
+    """The request is complete: its outcome and the bundle stored for it (URI, SHA-256, size, expiry)."""
+    req.status = RequestStatus.COMPLETED_WITH_ERRORS if failed or locate_failed else RequestStatus.COMPLETED
+    req.error = "; ".join([*(f"{system} locate: {error}" for system, error in locate_failed.items()),
+                           *(f"{t.system} {t.action}: {t.error}" for t in failed)])[:2000] or None
+    req.completed_at = _now(rt)
+    req.bundle_path, req.bundle_sha256, req.bundle_size = built.uri, built.sha256, built.size
+    req.bundle_expires_at = req.completed_at + timedelta(days=rt.settings.archive.retention_days)
+    req.bundle_deleted_at = None
+    req.open_key = None
+    audit(s, "request.completed", "worker", req, status=req.status, bundle_sha256=built.sha256,
+          bundle_size=built.size, bundle_expires_at=req.bundle_expires_at.isoformat(),
+          records=sum(built.counts.values()))
 
 
 def merge_failed(rt: Runtime, request_id: str, error: str) -> bool:
@@ -725,6 +850,7 @@ def merge_failed(rt: Runtime, request_id: str, error: str) -> bool:
         req.status = RequestStatus.FAILED
         req.error = f"the bundle could not be built after {failures} attempts: {error}"[:2000]
         req.completed_at, req.open_key = _now(rt), None
+        req.lease_until = req.lease_owner = None
         audit(s, "request.failed", "worker", req, error=error[:500])
     rt.staging.discard(request_id)  # the request is closed: staged personal data has no further use
     log.error("request.failed", request_id=request_id, error=error)
@@ -748,7 +874,10 @@ def run_completion_hooks(rt: Runtime, request_id: str) -> None:
 # -- sweeper ---------------------------------------------------------------------------------
 
 def sweep(rt: Runtime, wake: Wakeups, stale_after: timedelta | None = None) -> dict[str, int]:
-    """Re-wake work whose message was lost (broker restart, worker killed). Safe to run anywhere, any time."""
+    """Re-wake work whose message was lost (broker restart, worker killed). Safe to run anywhere, any time.
+
+    Live work is never restarted: a running task, a discovery and a merge each hold a lease their process renews,
+    and only a lapsed lease (the process died or hangs) is handed to another worker, which claims it."""
     now = _now(rt)
     stale = now - (stale_after or timedelta(seconds=max(30.0, rt.settings.worker.sweep_interval_seconds)))
     counts = {"expired_leases": 0, "pending_tasks": 0, "discover": 0, "merge": 0}
@@ -762,20 +891,21 @@ def sweep(rt: Runtime, wake: Wakeups, stale_after: timedelta | None = None) -> d
                               error="worker stopped before finishing; retried"))
         pending = list(s.scalars(sa.select(Task.id).where(Task.status == TaskStatus.PENDING,
                                                            Task.updated_at < stale)))
-        to_discover = list(s.scalars(sa.select(Request.id).where(
-            Request.status.in_([RequestStatus.RECEIVED, RequestStatus.DISCOVERING]), Request.updated_at < stale)))
+        # Received but never claimed (a lost wake-up), or discovering under a lapsed lease.
+        to_discover = list(s.scalars(sa.select(Request.id).where(sa.or_(
+            sa.and_(Request.status == RequestStatus.RECEIVED, Request.updated_at < stale),
+            sa.and_(Request.status == RequestStatus.DISCOVERING, _lapsed(now, stale))))))
         merging = list(s.scalars(sa.select(Request.id).where(Request.status == RequestStatus.MERGING,
-                                                              Request.updated_at < stale)))
+                                                              _lapsed(now, stale))))
         # A lost "last task done" wake-up: all terminal but the request never moved on.
         running = s.scalars(sa.select(Request).where(Request.status.in_(
             [RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL]), Request.updated_at < stale)).all()
         for req in running:
             if _advance(req, s):
                 merging.append(req.id)
-        if to_discover:
-            # A discovery whose worker died restarts from scratch (it wrote nothing yet).
-            s.execute(sa.update(Request).where(Request.id.in_(to_discover)).values(
-                status=RequestStatus.RECEIVED, updated_at=now))
+        if to_discover:  # re-woken once per stale interval; the claim decides who discovers
+            s.execute(sa.update(Request).where(Request.id.in_(to_discover), Request.status == RequestStatus.RECEIVED)
+                      .values(updated_at=now))
     for task_id in expired + pending:
         wake.execute(task_id)
     for request_id in to_discover:
@@ -787,4 +917,10 @@ def sweep(rt: Runtime, wake: Wakeups, stale_after: timedelta | None = None) -> d
     if any(counts.values()):
         log.info("sweep", **counts)
     return counts
+
+
+def _lapsed(now: datetime, stale: datetime) -> sa.ColumnElement[bool]:
+    """A request phase nobody holds: its lease ran out, or (a wake-up not yet taken) none was written for a while.
+    A discovery or merge taken over from a dead worker starts again from what the ledger holds (it wrote nothing)."""
+    return sa.or_(Request.lease_until < now, sa.and_(Request.lease_until.is_(None), Request.updated_at < stale))
 

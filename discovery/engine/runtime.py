@@ -1,8 +1,8 @@
 """Everything one process needs to run requests: settings, ledger, data map, connectors.
 
 Built once per process (CLI command, worker, test) and passed to the domain functions;
-connectors are created on first use and kept, so their HTTP sessions and database pools are
-reused across tasks.
+connectors are created (and the data map so validated) when it is built and kept, so their HTTP
+sessions and database pools are reused across tasks.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ class Runtime:
         self.staging = Staging(settings.archive.staging_path)
         self.ctx = ConnectorContext(env=self.env, redis_url=settings.redis_url,
                                     secret_key=settings.secret_key, now=now)
-        self._connectors: dict[str, Connector] | None = None
+        # The whole data map is checked here, when a command or worker starts, before anything is written: every
+        # enabled system's settings are validated and its connector built (nothing is connected to), so a bad map
+        # is one DataMapError naming system and key now, not a request stuck half-way later.
+        self._connectors: dict[str, Connector] | None = self.data_map.connectors(self.ctx)
         # Called with (runtime, request_id) once a request is completed: ticket notes, callbacks,
         # scheduling a hold's end. A failing hook is logged and audited; it never undoes the request.
         self.completion_hooks: list[Callable[[Runtime, str], None]] = []

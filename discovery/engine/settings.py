@@ -84,6 +84,12 @@ class WorkerSettings(_Section):
     retry_backoff_seconds: float = Field(5.0, ge=0)
     sweep_interval_seconds: float = Field(30.0, gt=0)
     discovery_max_rounds: int = Field(5, ge=1, le=20)
+    # Seconds one system's locate may take; past it that system's locate fails ("timed out") and discovery goes
+    # on with the others (the hanging call is abandoned, not waited for).
+    locate_timeout: float = Field(120.0, gt=0, le=3600)
+    # Seconds a task may spend retrying transient failures (a system that cannot be reached) from the first one,
+    # across attempts; then the task fails with one line (max_attempts bounds the attempts as well).
+    system_retry_budget: float = Field(600.0, gt=0, le=24 * 3600)
     # How long an idle consumer waits for a message before it looks again (Dramatiq's default is
     # 1000 ms, which adds up to a second between the steps of a request; 50 ms costs an idle worker
     # a few percent of a core, see bench/RESULTS.md).

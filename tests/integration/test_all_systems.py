@@ -34,7 +34,8 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def run(world: dict[str, Any], request_type: str, email: str = JANE.email) -> Request:
-    submitted = pipeline.submit(world["rt"], world["wake"], request_type, email, ticket="T-ALL", actor="test")
+    submitted = pipeline.submit(world["rt"], world["wake"], request_type, email,
+                                ticket=f"T-ALL-{request_type}", actor="test")
     world["wake"].drain()
     return load(world, submitted.request.id)
 

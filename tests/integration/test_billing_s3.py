@@ -79,7 +79,8 @@ def world(tmp_path: Path, pg_database: Callable[[], str], s3_server: dict[str, s
 
 
 def run(w: dict[str, Any], request_type: str, email: str = JANE.email) -> Request:
-    submitted = scheduler.pipeline.submit(w["rt"], w["wake"], request_type, email, ticket="T-B", actor="test")
+    submitted = scheduler.pipeline.submit(w["rt"], w["wake"], request_type, email,
+                                          ticket=f"T-B-{request_type}", actor="test")
     w["wake"].drain()
     with w["rt"].sessions() as s:
         req = s.get(Request, submitted.request.id)

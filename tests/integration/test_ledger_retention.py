@@ -42,7 +42,7 @@ def env(tmp_path: Path, pg_database: Callable[[], str]) -> Iterator[dict[str, An
 def run(env: dict[str, Any], request_type: str, email: str, ended_days_ago: int | None) -> str:
     """A request run through the pipeline; then its end moved `ended_days_ago` into the past (None: left open)."""
     rt: Runtime = env["rt"]
-    submitted = pipeline.submit(rt, env["wake"], request_type, email, ticket="T-1", actor="test",
+    submitted = pipeline.submit(rt, env["wake"], request_type, email, ticket=f"T-{request_type}", actor="test",
                                 requester_email="agent@example.net" if request_type == "restriction" else None)
     if ended_days_ago is None:
         return submitted.request.id  # a requester who is not the subject: waits for verification, stays open

@@ -41,7 +41,7 @@ def env(tmp_path: Path, pg_database: Callable[[], str]) -> Iterator[dict[str, An
 
 
 def run(env: dict[str, Any], request_type: str, email: str = JANE.email) -> Request:
-    submitted = pipeline.submit(env["rt"], env["wake"], request_type, email, ticket="T-1", actor="test")
+    submitted = pipeline.submit(env["rt"], env["wake"], request_type, email, ticket=f"T-{request_type}", actor="test")
     env["wake"].drain()
     with env["rt"].sessions() as s:
         req = s.get(Request, submitted.request.id)

@@ -53,7 +53,8 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def run(world: dict[str, Any], request_type: str) -> Request:
-    submitted = pipeline.submit(world["rt"], world["wake"], request_type, JANE.email, ticket="T-TWO", actor="test")
+    submitted = pipeline.submit(world["rt"], world["wake"], request_type, JANE.email,
+                                ticket=f"T-TWO-{request_type}", actor="test")
     world["wake"].drain()
     with world["rt"].sessions() as s:
         req = s.get(Request, submitted.request.id)

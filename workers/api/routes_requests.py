@@ -47,7 +47,8 @@ def _conflict(fn: Callable[[], Any]) -> Any:
              responses={200: {"model": Submitted, "description": "an open request for the same person and type"},
                         **ERRORS})
 def submit(body: SubmitBody, rt: RT, wake: Wake, who: Submit) -> JSONResponse:
-    """Submit a request: 202 with its id (200 with the existing id when one is open already)."""
+    """Submit a request: 202 with its id (200 with the existing id when one is open already); 409 when its ticket
+    made a request of another type already (one request per ticket; the error names that request)."""
     callbacks.check_url(rt.settings.api, body.callback_url)  # 422 callback_refused: not in api.callback_allow
     return submitted(pipeline.submit(rt, wake, body.type.value, body.email, body.ticket, actor=f"api:{who.name}",
                                      source="api", callback_url=body.callback_url, systems=body.systems,

@@ -80,7 +80,8 @@ _TICKET_DONE = {200: {"model": Submitted, "description": "this ticket made a req
 @router.post("/v1/tickets", status_code=202, response_model=Submitted, tags=["webhooks"], responses=_TICKET_DONE,
              openapi_extra=json_body(tickets.TicketWebhook))
 async def ticket_webhook(request: Request, rt: RT, wake: Wake, signature: Signature = None) -> JSONResponse:
-    """A helpdesk ticket becomes a request (once per ticket). A requester who is not the subject is held."""
+    """A helpdesk ticket becomes a request (once per ticket: a redelivery answers 200 with it, another type 409).
+    A requester who is not the subject is held."""
     body = await _raw_body(request)
     _verify_signed(rt, body, rt.settings.api.ticket_webhook_secret_env, "the ticket webhook", signature)
     intake = tickets.from_webhook(_parse(tickets.TicketWebhook, body))

@@ -4,7 +4,8 @@ Output is for people; with --json, for scripts (one JSON document on stdout).
 
 Exit codes: 0 ok; 1 finished with errors (a failed system, a failed check); 2 bad input;
 3 configuration or data-map error; 4 unknown request; 5 a service is unreachable (ledger,
-broker); 6 timed out waiting; 7 not ready (no bundle yet, or it expired).
+broker); 6 timed out waiting; 7 not ready (no bundle yet, or it expired); 8 conflict (the ticket
+made a request of another type already).
 
 Command modules import from here; this module imports none of them (workers/cli/__init__.py does).
 """
@@ -33,6 +34,7 @@ from discovery.engine.runtime import Runtime
 from discovery.engine.settings import ConfigError, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_NOT_READY = range(8)
+EXIT_CONFLICT = 8
 
 
 class CliError(Exception):
@@ -62,6 +64,9 @@ def errors_to_exit() -> Iterator[None]:
     except pipeline.NotFoundError as exc:
         click.echo(f"dsar: {exc}", err=True)
         sys.exit(EXIT_NOT_FOUND)
+    except pipeline.TicketConflict as exc:
+        click.echo(f"dsar: {exc}", err=True)
+        sys.exit(EXIT_CONFLICT)
     except LedgerUnavailable as exc:
         click.echo(f"dsar: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
@@ -72,10 +77,41 @@ def errors_to_exit() -> Iterator[None]:
         click.echo(f"dsar: {exc}", err=True)
         sys.exit(EXIT_CONFIG if not exc.transient else EXIT_UNAVAILABLE)
     except Exception as exc:
-        if type(exc).__module__.startswith(("redis", "dramatiq")):
+        if broker_trouble(exc):
             click.echo(f"dsar: broker unreachable ({type(exc).__name__})", err=True)
             sys.exit(EXIT_UNAVAILABLE)
         raise
+
+
+def broker_trouble(exc: BaseException) -> bool:
+    """The broker (Redis) or Dramatiq's client failed, not dsar."""
+    return type(exc).__module__.startswith(("redis", "dramatiq"))
+
+
+class RecordingWakeups:
+    """Wake-ups that keep a failure to hand a request to the broker instead of raising it: the request is written
+    by then, and the operator must get its id (the sweeper re-wakes it once workers reach the broker again)."""
+
+    def __init__(self, inner: pipeline.Wakeups) -> None:
+        self.inner = inner
+        self.failed: BaseException | None = None
+
+    def _send(self, fn: Callable[[Any], None], arg: Any) -> None:
+        try:
+            fn(arg)
+        except Exception as exc:
+            if not broker_trouble(exc):
+                raise
+            self.failed = exc
+
+    def discover(self, request_id: str) -> None:
+        self._send(self.inner.discover, request_id)
+
+    def execute(self, task_id: int) -> None:
+        self._send(self.inner.execute, task_id)
+
+    def merge(self, request_id: str) -> None:
+        self._send(self.inner.merge, request_id)
 
 
 def runtime(ctx: click.Context) -> Runtime:

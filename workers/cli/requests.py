@@ -17,6 +17,7 @@ from workers.cli.common import (
     EXIT_FAILED,
     EXIT_NOT_READY,
     EXIT_UNAVAILABLE,
+    RecordingWakeups,
     emit,
     errors_to_exit,
     fail,
@@ -79,9 +80,16 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
         from workers.actors import WAKE
 
         with in_process_worker_if_embedded(app.is_embedded()):
-            submitted = pipeline.submit(rt, WAKE, rtype, email, ticket, actor="cli", systems=scope,
+            wake = RecordingWakeups(WAKE)
+            submitted = pipeline.submit(rt, wake, rtype, email, ticket, actor="cli", systems=scope,
                                         confirm_others=confirm_others, language=language)
             req = submitted.request
+            if wake.failed is not None:  # written, but not handed to the broker: say so, and give the id
+                data = {"id": req.id, "type": req.type, "status": req.status, "created": submitted.created,
+                        "due_at": req.due_at.isoformat(), "queued_in_ledger_only": True}
+                emit(data, as_json, lambda: click.echo(req.id))
+                fail(f"broker unreachable ({type(wake.failed).__name__}): request {req.id} is queued in the "
+                     "ledger; the sweeper will pick it up when the broker is back", EXIT_UNAVAILABLE)
             if not as_json:
                 click.echo(("Submitted" if submitted.created else "Already open (same person and type)")
                            + f": request {req.id} ({req.type}), due {req.due_at:%Y-%m-%d}", err=True)
@@ -167,8 +175,14 @@ def _print_identifiers(identifiers: list[dict[str, Any]]) -> None:
 def status_cmd(ctx: click.Context, request_id: str, as_json: bool) -> None:
     """Show a request: each task's state, the due date and days left."""
     with errors_to_exit():
-        data = status_data(runtime(ctx), request_id)
+        from workers.heartbeat import for_status
+
+        rt = runtime(ctx)
+        data = status_data(rt, request_id)
+        data["workers"] = for_status(rt.settings, data["status"])  # None unless the request waits on workers
         emit(data, as_json, lambda: _print_status(data))
+        if data["workers"] and data["workers"]["problem"] and not as_json:
+            click.echo(f"Warning: {data['workers']['problem']}; this request waits for a worker.", err=True)
 
 
 @main.command("download")

@@ -767,7 +767,9 @@ def _merge(rt: Runtime, request_id: str, owner: str,
             if not hit.found and not hit.error and not any(t.system == system for t in tasks):
                 parts.append(SystemPart(system, "skipped", reason=NOT_FOUND))
             elif hit.error and not any(t.system == system for t in tasks):  # nothing else would say it failed
-                parts.append(SystemPart(system, "failed", reason=f"locate failed: {hit.error}"))
+                parts.append(SystemPart(system, "failed", reason=f"locate failed: {hit.error}",
+                                        reason_note=note(N_("the search in this system failed: {error}"),
+                                                         error=hit.error).to_dict()))
         if scope is not None:
             enabled = {system.name for system in rt.data_map.enabled()}
             for system in sorted(enabled - set(scope) - set(hits)):

@@ -21,7 +21,7 @@ from dramatiq.middleware import Middleware
 
 from discovery.engine import ledger_retention, pipeline
 from discovery.engine.bundles import expire_bundles
-from workers import app
+from workers import app, heartbeat
 
 log = structlog.get_logger(__name__)
 app.ensure_broker()
@@ -145,3 +145,4 @@ def add_sweeper() -> None:
 
 if app.os_env_flag("DSAR_SWEEPER"):
     add_sweeper()
+heartbeat.install(app.ensure_broker())  # each worker process says it is alive (workers/heartbeat.py)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from discovery.engine import pipeline
 from discovery.engine.datamap import untranslated
 from discovery.engine.runtime import Runtime
-from discovery.engine.settings import load_settings
+from discovery.engine.settings import Settings, load_settings
 from workers.cli.common import EXIT_CONFIG, EXIT_FAILED, emit, errors_to_exit, fail, main, runtime
 
 
@@ -40,6 +40,7 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
             try:
                 redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
                 results["broker"] = {"ok": True, "problems": [], "warnings": []}
+                results["workers"] = _workers_check(settings)
             except redis.RedisError:
                 results["broker"] = {"ok": False, "problems": ["redis broker unreachable"], "warnings": []}
         code = settings.requests.language
@@ -67,26 +68,47 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
             sys.exit(EXIT_FAILED)
 
 
+def _workers_check(settings: Settings) -> dict[str, Any]:
+    """Workers that ran and are all gone fail the check; none ever having run (a check before the first start) is a
+    warning. The heartbeats are in the broker (workers/heartbeat.py)."""
+    from workers import heartbeat
+
+    found = heartbeat.liveness(settings)
+    result: dict[str, Any] = {"ok": True, "problems": [], "warnings": []}
+    if found is not None:
+        result.update(alive=found.alive, last_seen=found.to_dict()["last_seen"])
+        if found.problem:
+            result["ok"] = found.last_seen is None
+            result["warnings" if found.last_seen is None else "problems"].append(found.problem)
+    return result
+
+
 @main.command("worker")
 @click.option("--processes", type=int, help="Worker processes (default from settings).")
 @click.option("--threads", type=int, help="Threads per process (default from settings).")
 @click.pass_context
 def worker_cmd(ctx: click.Context, processes: int | None, threads: int | None) -> None:
-    """Run Dramatiq workers (with the sweeper) on the configured Redis broker."""
+    """Run Dramatiq workers (with the sweeper) on the configured Redis broker, restarting one that dies.
+
+    SIGTERM or Ctrl-C stops them gracefully (running messages finish); a second one stops them at once.
+    """
+    from workers.supervisor import GaveUp, Supervisor
+
     with errors_to_exit():
         settings = load_settings(ctx.obj.get("config"))
         if not settings.redis_url:
             fail("`dsar worker` needs a Redis broker (broker.url = redis://...); the embedded stub:// broker "
                  "runs inside each command", EXIT_CONFIG)
-        runtime(ctx)  # validates the data map and upgrades the ledger once, before workers fork
-        env = dict(os.environ, DSAR_SWEEPER="1", DSAR_SCHEMA_UPGRADED="1",
-                   dramatiq_worker_timeout=str(settings.worker.poll_ms))
+        runtime(ctx).close()  # validates the data map and upgrades the ledger once, before the workers start
+        env = dict(os.environ, DSAR_SWEEPER="1", DSAR_SCHEMA_UPGRADED="1")
         if ctx.obj.get("config"):
             env["DSAR_CONFIG"] = str(Path(ctx.obj["config"]).resolve())
-        argv = [sys.executable, "-m", "dramatiq", "workers.actors", "--queues", "dsar",
-                "--processes", str(processes or settings.worker.processes),
-                "--threads", str(threads or settings.worker.threads)]
-        os.execve(sys.executable, argv, env)
+        supervisor = Supervisor(processes or settings.worker.processes, threads or settings.worker.threads, env)
+        try:
+            code = supervisor.run()
+        except GaveUp as exc:
+            fail(str(exc), exc.code)
+        sys.exit(code)
 
 
 @main.command("sweep")

@@ -1,0 +1,224 @@
+"""`dsar worker`: a supervisor that keeps N Dramatiq worker processes running, restarting one that dies.
+
+Dramatiq's own CLI (`dramatiq workers.actors --processes N`) treats any worker process exiting as fatal: its main
+loop sends SIGTERM to the siblings and exits with the dead one's code, and nothing brings the pool back. Here every
+worker is a child process of its own (a fresh interpreter: `python -m workers.supervisor --child`), running a
+`dramatiq.Worker` the way `dramatiq.cli.worker_process` does (process_boot, Worker.start, Worker.stop on SIGTERM).
+
+- A dead child is restarted after a backoff that doubles with each death not preceded by STABLE_SECONDS of
+  running (BACKOFF_START .. BACKOFF_CAP), and each restart is one log line (slot, old pid, how it ended).
+- A child that dies within QUICK_SECONDS of starting GIVE_UP_AFTER times in a row (a settings or data-map error, a
+  missing module) makes the supervisor stop the others and give up with one line: `GaveUp` (exit 3, or 5 when the
+  broker was unreachable).
+- SIGTERM, SIGINT and SIGHUP stop gracefully: each child gets one SIGTERM (children ignore SIGINT, which a
+  terminal sends to the whole group; a repeated SIGTERM, as from `kill` of the process group, changes nothing),
+  finishes its running messages (up to SHUTDOWN_MS, as Dramatiq's --worker-shutdown-timeout) and exits; then the
+  supervisor exits 0. A second signal kills the children at once (their leases expire; the sweeper re-wakes).
+- A child whose supervisor disappeared (kill -9) stops by itself instead of running unsupervised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_START = 1.0
+BACKOFF_CAP = 60.0
+STABLE_SECONDS = 60.0  # a child that ran this long starts the backoff afresh when it dies
+QUICK_SECONDS = 10.0  # dying sooner than this after starting is "dying at start"
+GIVE_UP_AFTER = 5
+SHUTDOWN_MS = 600_000
+POLL_SECONDS = 0.2
+
+# A child's exit codes (and the supervisor's when it gives up), as the CLI's: 3 configuration, 5 unreachable.
+CHILD_IMPORT, CHILD_CONFIG, CHILD_UNAVAILABLE = 2, 3, 5
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class GaveUp(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Slot:
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    deaths: int = 0  # deaths in a row without a stable run: the backoff's exponent
+    quick_deaths: int = 0  # deaths at start in a row: the give-up count
+    restart_at: float | None = None
+    term_sent: bool = False
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Supervisor:
+    def __init__(self, processes: int, threads: int, env: Mapping[str, str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.threads, self.env, self.clock = threads, dict(env), clock
+        self.slots = [_Slot(i) for i in range(processes)]
+        self._stopping = False
+        self._forced = False
+        self._gave_up: GaveUp | None = None
+
+    def child_argv(self, slot: _Slot) -> list[str]:
+        return [sys.executable, "-m", "workers.supervisor", "--child", "--slot", str(slot.index),
+                "--threads", str(self.threads)]
+
+    def pids(self) -> list[int]:
+        return [s.proc.pid for s in self.slots if s.proc is not None and s.proc.poll() is None]
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until stopped: 0 after a graceful stop, 1 if a second signal cut it short; raises GaveUp."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            log.info("supervisor.started", processes=len(self.slots), threads=self.threads, pid=os.getpid())
+            for slot in self.slots:
+                self._start(slot)
+            while not (self._stopping and not self.pids()):
+                self._tick()
+                time.sleep(POLL_SECONDS)
+            for slot in self.slots:  # reap: no zombies left behind
+                if slot.proc is not None:
+                    slot.proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self._gave_up is not None:
+            raise self._gave_up
+        log.info("supervisor.stopped", forced=self._forced)
+        return 1 if self._forced else 0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only flags here; the loop sends the signals (a child being started right now gets its SIGTERM too).
+        if self._stopping:
+            self._forced = True
+        self._stopping = True
+
+    def _tick(self) -> None:
+        now = self.clock()
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is not None and proc.poll() is None:
+                if self._forced:
+                    proc.kill()
+                elif self._stopping and not slot.term_sent:
+                    slot.term_sent = True
+                    proc.terminate()
+            elif proc is not None and slot.restart_at is None and not self._stopping:
+                self._died(slot, proc.returncode, now)
+            elif slot.restart_at is not None and now >= slot.restart_at and not self._stopping:
+                self._start(slot)
+
+    def _start(self, slot: _Slot) -> None:
+        slot.proc = subprocess.Popen(self.child_argv(slot), env=self.env, stdin=subprocess.DEVNULL)
+        slot.started, slot.restart_at, slot.term_sent = self.clock(), None, False
+        log.info("worker.started", slot=slot.index, pid=slot.proc.pid)
+
+    def _died(self, slot: _Slot, code: int, now: float) -> None:
+        assert slot.proc is not None
+        ran = now - slot.started
+        slot.deaths = 1 if ran >= STABLE_SECONDS else slot.deaths + 1
+        slot.quick_deaths = slot.quick_deaths + 1 if ran < QUICK_SECONDS else 0
+        how = describe_exit(code)
+        if slot.quick_deaths >= GIVE_UP_AFTER:
+            self._gave_up = GaveUp(
+                f"worker process {slot.index} died within {QUICK_SECONDS:.0f} s of starting {slot.quick_deaths} "
+                f"times in a row ({how}; its error is above); gave up",
+                CHILD_UNAVAILABLE if code == CHILD_UNAVAILABLE else CHILD_CONFIG)
+            self._stopping = True
+            log.error("supervisor.gave_up", slot=slot.index, pid=slot.proc.pid, how=how, times=slot.quick_deaths)
+            return
+        delay = min(BACKOFF_CAP, BACKOFF_START * 2 ** (slot.deaths - 1))
+        slot.restart_at = now + delay
+        log.warning("worker.restarting", slot=slot.index, pid=slot.proc.pid, how=how, ran_s=round(ran, 1),
+                    restart_in_s=delay)
+
+
+# -- the child: one Dramatiq worker process ---------------------------------------------------------------------
+
+def child_main(threads: int, slot: int) -> int:
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()  # idempotent: a SIGTERM to the process group plus the supervisor's own is still one stop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into one SIGTERM
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    supervisor = os.getppid()
+
+    import dramatiq
+    import redis
+
+    from discovery.engine.datamap import DataMapError
+    from discovery.engine.settings import ConfigError
+    from workers.logs import exception_line
+
+    try:
+        from workers import app
+
+        # Settings, logging and the whole data map now, so a broken one is a death at start (which the supervisor
+        # counts) rather than a failure on the first message.
+        app.runtime()
+        import workers.actors  # noqa: F401  (declares the actors, adds the sweeper and the heartbeat)
+
+        broker = app.ensure_broker()
+        broker.emit_after("process_boot")  # TimeLimit and friends start their threads here, as under Dramatiq's CLI
+        worker = dramatiq.Worker(broker, queues={"dsar"}, worker_threads=threads,
+                                 worker_timeout=app.settings().worker.poll_ms)
+        worker.start()
+    except (ConfigError, DataMapError) as exc:
+        print(f"dsar worker: {exc}", file=sys.stderr, flush=True)
+        return CHILD_CONFIG
+    except ImportError as exc:
+        print(f"dsar worker: {exception_line(exc)}", file=sys.stderr, flush=True)
+        return CHILD_IMPORT
+    except (dramatiq.BrokerConnectionError, redis.RedisError) as exc:
+        print(f"dsar worker: broker unreachable ({type(exc).__name__})", file=sys.stderr, flush=True)
+        return CHILD_UNAVAILABLE
+    log.info("worker.ready", slot=slot, pid=os.getpid(), threads=threads)
+    while not stop.wait(1.0):
+        if os.getppid() != supervisor:
+            log.warning("worker.orphaned", slot=slot, pid=os.getpid())  # the supervisor was killed: stop too
+            break
+    worker.stop(timeout=SHUTDOWN_MS)
+    broker.close()
+    log.info("worker.stopped", slot=slot, pid=os.getpid())
+    return 0
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.supervisor", description="Run by `dsar worker`.")
+    parser.add_argument("--child", action="store_true", required=True)
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = _parse(sys.argv[1:])
+    sys.exit(child_main(args.threads, args.slot))

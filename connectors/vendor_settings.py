@@ -42,7 +42,8 @@ from connectors.redact import redact
 # The keys of a system entry that belong to discovery (discovery.engine.datamap.SystemInfo), not to
 # the connector: never settings, so never "unknown" either. A unit test keeps the two lists equal.
 DISCOVERY_KEYS = frozenset(
-    {"kind", "enabled", "title", "purpose", "legal_basis", "retention", "processors", "location", "source", "holds"}
+    {"kind", "enabled", "title", "purpose", "legal_basis", "retention", "processors", "location", "source", "holds",
+     "data_subjects", "data_categories", "recipients", "transfers"}
 )
 
 # SALESmanago setting defaults. The vendor paths, relative to base_url (".../api"); `paths` overrides any.

@@ -45,7 +45,8 @@ VENDORS = ("freshchat", "mautic", "salesmanago", "matomo")  # system names in th
 # code it stands in front of, so a mistake there cannot hide in the data map written here.
 # tests/unit/test_sandbox_independent.py checks the copy against the original.
 DESCRIPTION_KEYS = frozenset({"kind", "enabled", "title", "purpose", "legal_basis", "retention", "processors",
-                              "location", "source", "holds"})
+                              "location", "source", "holds", "data_subjects", "data_categories", "recipients",
+                              "transfers"})
 
 
 class Sim(Protocol):

@@ -13,7 +13,7 @@ Importing this package imports them all, so `workers.cli:main` (the console scri
 `python -m workers.cli` see every command.
 """
 
-from workers.cli import api, bundles, ledger, requests, schedule, system  # noqa: F401  (register their commands)
+from workers.cli import api, bundles, ledger, requests, ropa, schedule, system  # noqa: F401  (register their commands)
 from workers.cli.common import main
 
 __all__ = ["main"]

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 from discovery.engine import pipeline
-from discovery.engine.datamap import untranslated
+from discovery.engine.datamap import record_gaps, untranslated
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import Settings, load_settings
 from workers.cli.common import EXIT_CONFIG, EXIT_FAILED, emit, errors_to_exit, fail, main, runtime
@@ -45,10 +45,11 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
                 results["broker"] = {"ok": False, "problems": ["redis broker unreachable"], "warnings": []}
         code = settings.requests.language
         missing = untranslated(rt.data_map, code)
-        if missing:  # not an error: the person still reads the text, in another language
-            results["data_map"] = {"ok": True, "problems": [], "warnings": [
-                f"{key}: no '{code}' text (requests.language); people would read another language's"
-                for key in missing]}
+        # not errors: the person still reads the text, in another language; `dsar ropa` still writes the record
+        warnings = [f"{key}: no '{code}' text (requests.language); people would read another language's"
+                    for key in missing] + record_gaps(rt.data_map)
+        if warnings:
+            results["data_map"] = {"ok": True, "problems": [], "warnings": warnings}
         for name, connector in rt.connectors().items():
             health = connector.check()
             results[name] = {"ok": health.ok, "problems": health.problems, "warnings": health.warnings}

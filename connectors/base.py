@@ -291,9 +291,16 @@ class ConnectorError(Exception):
 
 
 class TransientError(ConnectorError):
-    """Worth retrying: a timeout, a 5xx, a 429, a database that is briefly down."""
+    """Worth retrying: a timeout, a 5xx, a 429, a database that is briefly down.
+
+    `retry_after`: seconds the system asked us to wait (a vendor's rate limit resets then); the engine parks the
+    task until then instead of spending its attempts. None: retry with the usual backoff."""
 
     transient = True
+
+    def __init__(self, system: str, message: str, note: Note | None = None, retry_after: float | None = None) -> None:
+        super().__init__(system, message, note)
+        self.retry_after = retry_after
 
 
 class PermanentError(ConnectorError):

@@ -90,7 +90,7 @@ class HttpClient:
         send_headers = dict(headers or {})
         if body is not None:
             send_headers.setdefault("Content-Type", "application/json")
-        last_problem = "no attempt made"
+        last_problem, limited = "no attempt made", None
         for attempt in range(1, self.retry.attempts + 1):
             self.rate_limiter.acquire()
             try:
@@ -99,7 +99,7 @@ class HttpClient:
                     headers=send_headers, timeout=self.timeout,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                last_problem = f"{type(exc).__name__}"
+                last_problem, limited = f"{type(exc).__name__}", None
                 self._backoff(attempt, None, where, last_problem)
                 continue
             if resp.status_code in ok:
@@ -107,7 +107,9 @@ class HttpClient:
             status = resp.status_code
             if status == 429 or status >= 500:
                 last_problem = f"HTTP {status}{_vendor_message(resp)}"
-                self._backoff(attempt, _retry_after(resp) if status in (429, 503) else None, where, last_problem)
+                wait = _retry_after(resp) if status in (429, 503) else None
+                limited = wait if status == 429 else None  # a rate limit's reset: the engine waits for it
+                self._backoff(attempt, wait, where, last_problem)
                 continue
             message = f"{where} answered HTTP {status}{_vendor_message(resp)}"
             if status == 404:
@@ -115,7 +117,8 @@ class HttpClient:
             if status in (401, 403):
                 raise PermanentError(self.system, f"{message} (check the credentials and their permissions)")
             raise PermanentError(self.system, message)
-        raise TransientError(self.system, f"{where} failed after {self.retry.attempts} attempts: {last_problem}")
+        raise TransientError(self.system, f"{where} failed after {self.retry.attempts} attempts: {last_problem}",
+                             retry_after=limited)
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self.request(method, path, **kwargs)
@@ -134,7 +137,8 @@ class HttpClient:
         if retry_after is not None:
             if retry_after > self.retry.max_retry_after:
                 raise TransientError(
-                    self.system, f"{where}: vendor asks to wait {retry_after:.0f}s ({problem}); retry later"
+                    self.system, f"{where}: vendor asks to wait {retry_after:.0f}s ({problem}); retry later",
+                    retry_after=retry_after,
                 )
             delay = retry_after
         else:

@@ -56,6 +56,10 @@ class RequestStatus(enum.StrEnum):
     COMPLETED = "completed"
     COMPLETED_WITH_ERRORS = "completed_with_errors"
     FAILED = "failed"
+    # Closed by an operator (discovery/engine/lifecycle.py): refused under Art. 12(5) or with the identity not
+    # verified, or withdrawn by the person. Terminal, like the three above.
+    DENIED = "denied"
+    CANCELLED = "cancelled"
 
 
 OPEN_STATUSES = frozenset({
@@ -71,9 +75,13 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"
     AWAITING_MANUAL = "awaiting_manual"
     UNSUPPORTED = "unsupported"  # the system has no way to do it; reported with the reason
+    # The system asked to wait (a vendor's rate limit resets later): not claimed before `retry_at`, and the wait
+    # costs no attempt; the sweeper makes it pending again then.
+    WAITING = "waiting"
+    CANCELLED = "cancelled"  # the request was denied or cancelled before this task ran; nothing was done
 
 
-TERMINAL_TASK = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.UNSUPPORTED})
+TERMINAL_TASK = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.UNSUPPORTED, TaskStatus.CANCELLED})
 
 
 class Base(DeclarativeBase):
@@ -131,6 +139,10 @@ class Request(Base):
     # sweeper takes a phase over only when its lease lapsed, never while the process doing it is alive.
     lease_until: Mapped[datetime | None]
     lease_owner: Mapped[str | None] = mapped_column(sa.String(36))
+    # Why an operator denied or cancelled it (migration 0012); `close_basis`: for a denial, unfounded_or_excessive
+    # (Art. 12(5)) or identity_not_verified. Who did it is in the audit trail.
+    close_reason: Mapped[str | None] = mapped_column(sa.Text)
+    close_basis: Mapped[str | None] = mapped_column(sa.String(32))
 
     tasks: Mapped[list[Task]] = relationship(back_populates="request", order_by="Task.id")
 
@@ -152,6 +164,9 @@ class Task(Base):
     lease_until: Mapped[datetime | None]
     # the first transient failure of the current run of failures: worker.system_retry_budget counts from here
     retrying_since: Mapped[datetime | None]
+    # a waiting task's earliest next attempt: the time the system asked for (migration 0012)
+    retry_at: Mapped[datetime | None]
+    waits: Mapped[int] = mapped_column(default=0, server_default="0")  # how often it was asked to wait
     error: Mapped[str | None] = mapped_column(sa.Text)
     result: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -61,6 +61,13 @@ from discovery.i18n.languages import UnknownLanguage, language_code
 
 log = structlog.get_logger(__name__)
 
+# Closed by an operator: no task of theirs may start any more (discovery/engine/lifecycle.py).
+CLOSED_BY_OPERATOR = (RequestStatus.DENIED, RequestStatus.CANCELLED)
+# A system that asks to wait longer than this is asked again after this long; one asking more often than
+# _MAX_WAITS in a row is retried like any transient failure (its attempts count), so a task never waits for ever.
+_MAX_WAIT = timedelta(hours=24)
+_MAX_WAITS = 24
+
 # The task that would have carried out a change the plan refused (recorded as failed, with why).
 _CHANGE_TASK = {RequestType.ERASURE: "erase", RequestType.RESTRICTION: "restrict",
                 RequestType.LIFT_RESTRICTION: "lift_restriction"}
@@ -93,6 +100,11 @@ class NotFoundError(LookupError):
 
 class InvalidInput(ValueError):
     pass
+
+
+class StateConflict(Exception):
+    """The request's state does not allow the action (denying a cancelled request, retrying a completed one):
+    HTTP 409 `state_conflict`, CLI exit 8."""
 
 
 class TicketConflict(Exception):
@@ -496,13 +508,16 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
     lease = timedelta(seconds=rt.settings.worker.task_lease_seconds)
     with rt.sessions.begin() as s:
         # Claim: only a pending task, or a running one whose worker stopped renewing its lease.
+        # A waiting task once its retry_at has passed; never a task of a request an operator closed.
         claimed = s.execute(  # type: ignore[attr-defined]
             sa.update(Task)
             .where(Task.id == task_id)
             .where(sa.or_(Task.status == TaskStatus.PENDING,
+                          sa.and_(Task.status == TaskStatus.WAITING, Task.retry_at <= now),
                           sa.and_(Task.status == TaskStatus.RUNNING, Task.lease_until < now)))
+            .where(~sa.exists().where(Request.id == Task.request_id, Request.status.in_(CLOSED_BY_OPERATOR)))
             .values(status=TaskStatus.RUNNING, attempts=Task.attempts + 1, lease_until=now + lease,
-                    started_at=now, updated_at=now)
+                    started_at=now, updated_at=now, retry_at=None)
         ).rowcount
         task = s.get(Task, task_id)
         if task is None:
@@ -511,7 +526,7 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
             return  # done already, or another worker holds it
         request_id, system, action, entities, attempts = (task.request_id, task.system, task.action,
                                                           list(task.entities), task.attempts)
-        retrying_since = task.retrying_since
+        retrying_since, waits = task.retrying_since, task.waits
         identities = known_identities(s, request_id)
     if attempts > rt.settings.worker.max_attempts:
         # Taken over after expired leases more often than allowed: each attempt stopped the worker (killed,
@@ -556,6 +571,13 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
         status, error = TaskStatus.UNSUPPORTED, exc.message
         result = _failure(_error_note(exc, N_("this system cannot do this: {error}")))
     except TransientError as exc:
+        if exc.retry_after is not None and waits < _MAX_WAITS:
+            keeper.stop()
+            until = _now(rt) + min(timedelta(seconds=max(1.0, exc.retry_after)), _MAX_WAIT)
+            _wait(rt, task_id, until, redact(exc.message))
+            log.warning("task.waiting", request_id=request_id, task_id=task_id, system=system,
+                        retry_at=until.isoformat())
+            return  # acknowledged: the sweeper wakes it at retry_at; no attempt and no retry budget spent
         status, error, result = retry_or_give_up(redact(exc.message), _error_note(exc))
     except ConnectorError as exc:
         status, error = TaskStatus.FAILED, redact(exc.message)
@@ -634,6 +656,30 @@ def _release(rt: Runtime, task_id: int, error: str, first_failure: datetime | No
         task.status, task.error, task.lease_until, task.updated_at = TaskStatus.PENDING, error, None, _now(rt)
         if task.retrying_since is None:
             task.retrying_since = first_failure
+        _cancel_if_closed(s, task)
+
+
+def _wait(rt: Runtime, task_id: int, until: datetime, error: str) -> None:
+    """The system asked to wait (a rate limit resets at `until`): park the task without spending an attempt, and
+    pause the retry budget's clock for as long as the wait lasts."""
+    now = _now(rt)
+    with rt.sessions.begin() as s:
+        task = s.get(Task, task_id, with_for_update=True)
+        if task is None or task.status != TaskStatus.RUNNING:
+            return
+        task.status, task.lease_until, task.updated_at = TaskStatus.WAITING, None, now
+        task.retry_at, task.waits, task.attempts = until, task.waits + 1, max(0, task.attempts - 1)
+        task.error = f"waiting until {until:%Y-%m-%d %H:%M} UTC (vendor rate limit): {error}"[:2000]
+        if task.retrying_since is not None:
+            task.retrying_since += until - now
+        _cancel_if_closed(s, task)
+
+
+def _cancel_if_closed(s: Session, task: Task) -> None:
+    """A task put back for later while an operator denied or cancelled its request: it will never run."""
+    status = s.scalar(sa.select(Request.status).where(Request.id == task.request_id))
+    if status in CLOSED_BY_OPERATOR:
+        task.status, task.retry_at, task.error = TaskStatus.CANCELLED, None, f"request {status}; not run"
 
 
 def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, error: str | None,
@@ -654,7 +700,9 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
         audit(s, f"task.{status}", actor, req, system=task.system, action=task.action, note=note,
               changed=(result or {}).get("changed"))
         merge_now = _advance(req, s)
-        request_id = req.id
+        request_id, closed = req.id, req.status in CLOSED_BY_OPERATOR
+    if closed:  # it ran on after the request was denied or cancelled: the receipt stays, staged data has no use
+        rt.staging.discard(request_id)
     log.info("task.finish", request_id=request_id, task_id=task_id, status=str(status))
     run_task_hooks(rt, request_id, task_id)
     if merge_now:
@@ -845,8 +893,11 @@ def merge_failed(rt: Runtime, request_id: str, error: str) -> bool:
             return False
         audit(s, "request.merge_failed", "worker", req, error=error[:500])
         s.flush()
-        failures = s.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
-            AuditEvent.request_id == request_id, AuditEvent.event == "request.merge_failed")) or 0
+        retried = s.scalar(sa.select(sa.func.max(AuditEvent.id)).where(
+            AuditEvent.request_id == request_id, AuditEvent.event == "request.retried")) or 0
+        failures = s.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(  # since the last retry
+            AuditEvent.request_id == request_id, AuditEvent.event == "request.merge_failed",
+            AuditEvent.id > retried)) or 0
         if failures < rt.settings.worker.max_attempts:
             return False
         req.status = RequestStatus.FAILED
@@ -884,6 +935,19 @@ def sweep(rt: Runtime, wake: Wakeups, stale_after: timedelta | None = None) -> d
     stale = now - (stale_after or timedelta(seconds=max(30.0, rt.settings.worker.sweep_interval_seconds)))
     counts = {"expired_leases": 0, "pending_tasks": 0, "discover": 0, "merge": 0}
     with rt.sessions.begin() as s:
+        # Tasks a denial or cancellation raced with (put back for later, or their worker died): never run.
+        closed = sa.exists().where(Request.id == Task.request_id, Request.status.in_(CLOSED_BY_OPERATOR))
+        s.execute(sa.update(Task).where(closed, sa.or_(
+            Task.status.in_([TaskStatus.PENDING, TaskStatus.WAITING]),
+            sa.and_(Task.status == TaskStatus.RUNNING, Task.lease_until < now)))
+            .values(status=TaskStatus.CANCELLED, retry_at=None, lease_until=None, updated_at=now,
+                    error="request closed by an operator; not run"), execution_options={"synchronize_session": False})
+        # A system asked to wait and the time has come: pending again (the claim takes it), woken below.
+        waiting_due = list(s.scalars(sa.select(Task.id).where(Task.status == TaskStatus.WAITING,
+                                                               Task.retry_at <= now)))
+        if waiting_due:
+            s.execute(sa.update(Task).where(Task.id.in_(waiting_due), Task.status == TaskStatus.WAITING)
+                      .values(status=TaskStatus.PENDING, retry_at=None, updated_at=now))
         expired = list(s.scalars(sa.select(Task.id).where(Task.status == TaskStatus.RUNNING,
                                                            Task.lease_until < now)))
         if expired:
@@ -908,14 +972,14 @@ def sweep(rt: Runtime, wake: Wakeups, stale_after: timedelta | None = None) -> d
         if to_discover:  # re-woken once per stale interval; the claim decides who discovers
             s.execute(sa.update(Request).where(Request.id.in_(to_discover), Request.status == RequestStatus.RECEIVED)
                       .values(updated_at=now))
-    for task_id in expired + pending:
+    for task_id in expired + pending + waiting_due:
         wake.execute(task_id)
     for request_id in to_discover:
         wake.discover(request_id)
     for request_id in merging:
         wake.merge(request_id)
-    counts.update(expired_leases=len(expired), pending_tasks=len(pending), discover=len(to_discover),
-                  merge=len(merging))
+    counts.update(expired_leases=len(expired), pending_tasks=len(pending) + len(waiting_due),  # waits over count
+                  discover=len(to_discover), merge=len(merging))
     if any(counts.values()):
         log.info("sweep", **counts)
     return counts

@@ -201,6 +201,8 @@ class StatusFilter(StrEnum):
     COMPLETED = "completed"
     COMPLETED_WITH_ERRORS = "completed_with_errors"
     FAILED = "failed"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
 
 
 assert {f.value for f in StatusFilter} == {"open", *RequestStatus}, "StatusFilter must follow RequestStatus"

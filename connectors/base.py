@@ -10,7 +10,11 @@ import abc
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self, TypeGuard
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Self, TypeGuard
+
+if TYPE_CHECKING:
+    from connectors.retention import Due, Keep, RetentionRule
 
 
 def N_(message: str) -> str:
@@ -345,6 +349,31 @@ class Connector(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""
+
+    # -- retention (optional; docs/retention.md) ---------------------------------------------------
+    # A connector that keeps a promise of the data map by itself declares it here; `dsar retention plan|run|
+    # report` and the bundle page read these. The defaults say "this connector declares no retention rule".
+
+    def retention_rules(self) -> list[RetentionRule]:
+        """The retention promises this system keeps (connectors.retention.RetentionRule), each with its
+        mechanism: `retention run` rules are carried out by `retention_apply`; others name the sweep that keeps
+        them, or are a vendor setting to confirm by hand (`confirm_by_hand=True`). Default: none."""
+        return []
+
+    def retention_due(self, rule: RetentionRule, now: datetime, keep: Keep) -> Due:
+        """Counts only, nothing changed: the records of `rule` past retention at `now` (connectors.retention's
+        boundary: due from 00:00 UTC of the day after `from` + period), those `keep` protects (hold, open
+        request), those without a date, and the oldest date past retention. Only `retention run` rules."""
+        raise UnsupportedAction(self.name, f"no retention rule for {rule.entity}")
+
+    def retention_apply(self, rule: RetentionRule, now: datetime, keep: Keep, batch: int = 1000,
+                        cursor: Any = None, checkpoint: Callable[[Any, Receipt], None] | None = None) -> Receipt:
+        """Carry out `rule` for the records due at `now`, leaving alone what `keep` protects, at most `batch`
+        records per transaction. After each committed batch `checkpoint(cursor, receipt_so_far)` is called with
+        a JSON-serialisable cursor; passing it back as `cursor` resumes after it (an interrupted run does
+        nothing twice, and a second run finds nothing due). The receipt counts per entity (`changed`) and
+        what was left alone (`skipped`: entity -> why -> records), with no personal data."""
+        raise UnsupportedAction(self.name, f"no retention rule for {rule.entity}")
 
 
 @dataclass

@@ -37,10 +37,23 @@ from connectors.base import (
     Receipt,
     Record,
     TransientError,
+    UnsupportedAction,
     note,
 )
 from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.redact import redact
+from connectors.retention import (
+    MECHANISM_HOLD_END,
+    MECHANISM_INACTIVITY,
+    MECHANISM_RUN,
+    Due,
+    Keep,
+    Period,
+    RetentionRule,
+    RetentionSpec,
+    cutoff_moment,
+    rule_note,
+)
 from connectors.s3_files import RESTRICTED_TAG, S3Files
 from connectors.sql_check import check_system
 from connectors.sql_map import EntitySpec, Fixed, HoldSpec, Reference, SqlSystemSpec, parse_system, topological
@@ -67,6 +80,10 @@ NAMES_SOMEONE_ELSE = N_("an identity column names someone else")
 RELATED_NOT_OWNED = N_("related through a relation, not owned")
 # a row several tables own (an address of customers and orders) that someone else's row owns too
 OWNED_BY_SOMEONE_ELSE = N_("also owned through someone else's record")
+
+# why a retention run left a row alone (the receipt's `skipped`)
+KEPT_HOLD = N_("kept under a legal hold that has not ended")
+KEPT_REQUEST = N_("kept: the person has an open request")
 
 # keys changed per statement when an erasure acts on the keys it read
 KEY_CHUNK = 500
@@ -857,6 +874,229 @@ class SqlConnector(Connector):
                         receipt.note(N_("{entity}: {count} file(s) untagged {tag}"), entity=name, count=files,
                                      tag=RESTRICTED_TAG)
         return receipt
+
+    # -- retention (connectors.retention; docs/retention.md) ------------------------------------------
+
+    def retention_rules(self) -> list[RetentionRule]:
+        """The map's `retention:` rules (a `then: notice` rule is the inactivity sweep's), and every dated
+        hold as the rule `hold ends` keeps (rows an erasure restricted go when their hold ends)."""
+        rules = []
+        for name, spec in self.spec.retention_rules():
+            rules.append(RetentionRule(
+                system=self.name, entity=name, text=rule_note(name, spec), period=spec.period, from_field=spec.from_,
+                mechanism=MECHANISM_INACTIVITY if spec.then == "notice" else MECHANISM_RUN, then=spec.then,
+                unless=tuple(spec.unless), reason=_text(spec.reason), spec=spec))
+        for name in self.order:
+            hold = self.spec.entities[name].hold
+            if hold is None or hold.with_ is not None:
+                continue
+            assert hold.years is not None and hold.from_ is not None
+            rules.append(RetentionRule(
+                system=self.name, entity=name, mechanism=MECHANISM_HOLD_END, then="erase",
+                period=Period(hold.years, "years"), from_field=hold.from_, unless=(), reason=_text(hold.reason),
+                text=note(N_("{what}: when you ask for erasure, kept and restricted for {period} after {start} "
+                             "({reason}), then erased"), what=name, period=Period(hold.years, "years").note(),
+                          start=hold.from_, reason=_text(hold.reason))))
+        return rules
+
+    def retention_due(self, rule: RetentionRule, now: datetime, keep: Keep) -> Due:
+        name, spec = self._retention_spec(rule)
+        out = Due()
+        with self._connect() as conn:
+            table = self._table(name, conn)
+            expr, due, kept_hold, kept_request = self._retention_clauses(conn, name, table, spec, now, keep)
+            out.undated = int(conn.execute(sa.select(sa.func.count()).select_from(table)
+                                           .where(expr.is_(None))).scalar_one())
+            left = due
+            for cond, attr in ((kept_hold, "kept_hold"), (kept_request, "kept_request")):
+                if cond is None:
+                    continue
+                n = conn.execute(sa.select(sa.func.count()).select_from(table).where(left, cond)).scalar_one()
+                setattr(out, attr, int(n))
+                left = sa.and_(left, sa.not_(cond))
+            count, oldest = conn.execute(sa.select(sa.func.count(), sa.func.min(expr)).select_from(table)
+                                         .where(left)).one()
+            out.due, out.oldest = int(count), as_datetime(oldest) if oldest is not None else None
+        return out
+
+    def retention_apply(self, rule: RetentionRule, now: datetime, keep: Keep, batch: int = 1000,
+                        cursor: Any = None, checkpoint: Any = None) -> Receipt:
+        """Erase or anonymise the rows due, `batch` keys per transaction in key order; what they own goes with
+        them (children first, as an erasure does it). A batch commits whole or not at all, and the cursor (the
+        last key done) moves only after its commit: resuming from it touches no row twice."""
+        name, spec = self._retention_spec(rule)
+        if spec.then == "notice":
+            raise UnsupportedAction(self.name, f"entity {name}: then notice is carried out by the inactivity sweep")
+        entity = self.spec.entities[name]
+        receipt = Receipt(system=self.name, action="retention")
+        with self._connect() as conn:
+            table = self._table(name, conn)
+            cols = [table.c[k] for k in entity.key_columns()]
+            _expr, due, kept_hold, kept_request = self._retention_clauses(conn, name, table, spec, now, keep)
+            left = due
+            for cond, why in ((kept_hold, KEPT_HOLD), (kept_request, KEPT_REQUEST)):
+                if cond is None:
+                    continue
+                n = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(left, cond)).scalar_one())
+                if n:
+                    receipt.skipped.setdefault(name, {})[why] = n
+                left = sa.and_(left, sa.not_(cond))
+            below = [] if spec.then == "anonymise" else self._owned_below(name)
+        last = tuple(cursor) if cursor is not None else None
+        while True:
+            with self._begin() as conn:
+                table = self._table(name, conn)
+                page = sa.select(*cols).where(left).order_by(*cols).limit(batch)
+                if last is not None:
+                    page = page.where((sa.tuple_(*cols) if len(cols) > 1 else cols[0]) >
+                                      (sa.tuple_(*last) if len(cols) > 1 else last[0]))
+                keys: list[Key] = [tuple(r) for r in conn.execute(page)]
+                if not keys:
+                    break
+                self._retention_batch(conn, name, table, entity, keys, below, spec, receipt)
+            last = keys[-1]
+            if checkpoint is not None:
+                checkpoint([jsonable(v) for v in last], receipt)
+            if len(keys) < batch:
+                break
+        for what, changed in receipt.changed.items():
+            verb = N_("{entity}: {count} anonymised") if spec.then == "anonymise" else N_("{entity}: {count} erased")
+            receipt.note(verb, entity=what, count=changed)
+        return receipt
+
+    def _retention_batch(self, conn: Connection, name: str, table: sa.Table, entity: EntitySpec, keys: list[Key],
+                         below: list[tuple[str, sa.ColumnElement[bool] | None]], spec: RetentionSpec,
+                         receipt: Receipt) -> None:
+        if spec.then == "anonymise":
+            changed = self._mask_rows(conn, name, table, entity, keys, entity.retention_mask())
+            if changed:
+                receipt.changed[name] = receipt.changed.get(name, 0) + changed
+            return
+        # the rows this batch's rows own, any number of hops down; read before any changes
+        plans: dict[str, list[Key]] = {name: keys}
+        for child, _ in below:
+            ctable = self._table(child, conn)
+            plans[child] = self._keys(conn, ctable, self.spec.entities[child],
+                                      self._owned_by(conn, child, ctable, name, keys))
+        for n in self._change_order(conn, {n: _Erasure() for n in plans}):
+            if not plans[n]:
+                continue
+            e, t = self.spec.entities[n], self._table(n, conn)
+            files = self._delete_files(conn, t, e, _keys_in(t, e, plans[n]))
+            if files:
+                receipt.changed[f"{n}.files"] = receipt.changed.get(f"{n}.files", 0) + files
+            changed = self._erase_rows(conn, n, t, e, plans[n])
+            if changed:
+                receipt.changed[n] = receipt.changed.get(n, 0) + changed
+
+    def _mask_rows(self, conn: Connection, name: str, table: sa.Table, entity: EntitySpec, keys: list[Key],
+                   mask: dict[str, Any]) -> int:
+        """Anonymise rows by key with `mask` (a row already masked is left as it is: a re-run changes nothing)."""
+        cols = [table.c[k] for k in entity.key_columns()]
+        changed = 0
+        for key in keys:
+            where = sa.and_(*(c == v for c, v in zip(cols, key, strict=True)))
+            values = {col: mask_value(table.c[col], how, row=f"{entity.table}:{record_id(key)}",
+                                      secret_key=self.ctx.secret_key) for col, how in mask.items()}
+            current = conn.execute(sa.select(*(table.c[c] for c in values)).where(where).limit(2)).all()
+            if len(current) > 1:
+                raise self._not_unique(name, entity)
+            if not current or all(same(a, b) for a, b in zip(current[0], values.values(), strict=True)):
+                continue
+            conn.execute(sa.update(table).where(where).values(**_sql(values)))
+            changed += 1
+        return changed
+
+    def _retention_spec(self, rule: RetentionRule) -> tuple[str, RetentionSpec]:
+        entity = self.spec.entities.get(rule.entity)
+        if entity is None or entity.retention is None or rule.mechanism not in (MECHANISM_RUN, MECHANISM_INACTIVITY):
+            raise UnsupportedAction(self.name, f"no retention rule for {rule.entity}")
+        return rule.entity, entity.retention
+
+    def _retention_clauses(self, conn: Connection, name: str, table: sa.Table, spec: RetentionSpec, now: datetime,
+                           keep: Keep) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[bool],
+                                                sa.ColumnElement[bool] | None, sa.ColumnElement[bool] | None]:
+        """The rule's date, the rows past retention (connectors.retention's boundary, in the column's own type),
+        and those of them a hold keeps and an open request keeps (None: not asked to keep them)."""
+        entity = self.spec.entities[name]
+        parent = spec.parent()
+        if parent is None:
+            col = table.c[spec.from_]
+            expr: sa.ColumnElement[Any] = col
+        else:
+            parent_name, parent_col = parent
+            ref_col, ref = next((c, r) for c, r in entity.owners() if r.entity == parent_name)
+            parent_table = self._table(parent_name, conn)
+            if parent_col not in parent_table.c:
+                raise PermanentError(self.name, f"entity {name}: retention.from column {parent_col} not in "
+                                                f"{parent_table.name}")
+            col = parent_table.c[parent_col]
+            expr = sa.select(col).where(parent_table.c[ref.column] == table.c[ref_col]).limit(1).scalar_subquery()
+        if spec.fallback:
+            expr = sa.func.coalesce(expr, table.c[spec.fallback])
+        due = sa.and_(expr.is_not(None), expr < bound_for(col, cutoff_moment(spec.period, now)))
+        if spec.then == "notice":  # as the sweep: a restricted account is not told (it may need its data)
+            for column, value in (entity.restrict.set.items() if entity.restrict else ()):
+                due = sa.and_(due, sa.not_(carries(table.c[column], value)))
+        kept_hold = None
+        if keep.holds and "hold" in spec.unless:
+            held = [self._held_any(name, table, now, conn), *self._held_below(name, table, now, conn)]
+            kept_hold = sa.func.coalesce(sa.or_(*held), sa.false())
+        kept_request = None
+        if keep.requests and "open_request" in spec.unless and keep.identities is not None and len(keep.identities):
+            reach = self._reach(name, keep.identities, conn)
+            if reach is not None:
+                kept_request = sa.func.coalesce(reach.mine, sa.false())
+        return expr, due, kept_hold, kept_request
+
+    def _owned_below(self, name: str) -> list[tuple[str, sa.ColumnElement[bool] | None]]:
+        """Every entity owned by `name`'s rows, directly or further down, owners first."""
+        found: list[str] = []
+        frontier = [name]
+        while frontier:
+            here = frontier.pop(0)
+            for child in self.order:
+                if child not in found and child != name and \
+                        any(r.entity == here for _, r in self.spec.entities[child].owners()):
+                    found.append(child)
+                    frontier.append(child)
+        return [(n, None) for n in self.order if n in found]
+
+    def _owned_by(self, conn: Connection, child: str, ctable: sa.Table, root: str,
+                  keys: list[Key]) -> sa.ColumnElement[bool]:
+        """Rows of `child` owned (through any chain of owning references) by the `root` rows of `keys`."""
+        conds: list[sa.ColumnElement[bool]] = []
+        for column, ref in self.spec.entities[child].owners():
+            parent_table = self._table(ref.entity, conn)
+            if ref.entity == root:
+                parents = sa.select(parent_table.c[ref.column]).where(
+                    _keys_in(parent_table, self.spec.entities[root], keys))
+            elif any(ref.entity == n for n, _ in self._owned_below(root)):
+                parents = sa.select(parent_table.c[ref.column]).where(
+                    self._owned_by(conn, ref.entity, parent_table, root, keys))
+            else:
+                continue
+            conds.append(ctable.c[column].in_(parents))
+        return sa.or_(*conds) if conds else sa.false()
+
+    def _held_below(self, name: str, table: sa.Table, now: datetime, conn: Connection) -> list[sa.ColumnElement[bool]]:
+        """Rows owning a held row further down (an order whose invoice is held): erasing them would take it along."""
+        out: list[sa.ColumnElement[bool]] = []
+        for child in self.order:
+            centity = self.spec.entities[child]
+            for column, ref in centity.owners():
+                if ref.entity != name or (centity.hold is None and not self._has_hold_below(child)):
+                    continue
+                ctable = self._table(child, conn)
+                held = [self._held_any(child, ctable, now, conn), *self._held_below(child, ctable, now, conn)]
+                target = ctable.c[column]
+                out.append(table.c[ref.column].in_(sa.select(target).where(target.is_not(None), sa.or_(*held))))
+        return out
+
+    def _has_hold_below(self, name: str) -> bool:
+        return any(r.entity == name and (self.spec.entities[c].hold is not None or self._has_hold_below(c))
+                   for c in self.order for _, r in self.spec.entities[c].owners())
+
 
 class _DbErrors:
     """Context manager that turns driver errors into connector errors without leaking values."""

@@ -58,6 +58,9 @@ def check_system(self: SqlConnector) -> Health:
                 if table is not None:
                     tables[name] = table
             health.warnings += risks(self.spec)
+            for name, entity in self.spec.entities.items():
+                if entity.retention and name in tables:
+                    _check_retention(inspector, name, entity, tables, health)
             if self.spec.inactivity and inspector.has_table(self.spec.entities[self.spec.inactivity.entity].table):
                 try:
                     self._activity(self._table(self.spec.inactivity.entity, conn))
@@ -151,6 +154,41 @@ def _check_entity(self: SqlConnector, conn: Connection, inspector: Any, metadata
         health.warnings.append(f"entity {name}: column {entity.table}.{col} is not in the data map (not exported)")
     _check_identity_indexes(self, inspector, name, entity, health)
     return sa.Table(entity.table, metadata, autoload_with=conn)
+
+
+def _check_retention(inspector: Any, name: str, entity: EntitySpec, tables: dict[str, sa.Table],
+                     health: Health) -> None:
+    """A retention rule's date columns exist and hold dates or timestamps (a text date would compare as text);
+    a warning when the date has no index (a daily run would read the whole table to find the few due)."""
+    rule = entity.retention
+    assert rule is not None
+    parent = rule.parent()
+    owner, column = parent if parent else (name, rule.from_)
+    places = [(owner, column), *([(name, rule.fallback)] if rule.fallback else [])]
+    for where, col in places:
+        table = tables.get(where)
+        if table is None or col not in table.c:
+            if table is not None:
+                health.problems.append(f"entity {name}: retention column '{col}' does not exist in table {table.name}")
+            continue
+        family = sql_values.kind(table.c[col])
+        if family not in ("date", "datetime"):
+            shown = _sql_type_name(table.c[col])
+            health.problems.append(f"entity {name}: retention column {table.name}.{col} is {shown}, not a date or "
+                                   "timestamp")
+    table = tables.get(owner)
+    if table is not None and column in table.c and not any(
+            (ix.get("column_names") or [None])[0] == column for ix in inspector.get_indexes(table.name)) \
+            and column not in (inspector.get_pk_constraint(table.name).get("constrained_columns") or [])[:1]:
+        health.warnings.append(f"entity {name}: retention column {table.name}.{column} has no index; each retention "
+                               "run reads the whole table")
+
+
+def _sql_type_name(column: sa.Column[Any]) -> str:
+    try:
+        return str(column.type.compile())
+    except Exception:  # a type without a generic spelling
+        return type(column.type).__name__
 
 
 def _unique_sets(inspector: Any, table: str) -> list[list[str]]:

@@ -232,6 +232,8 @@ def _system(p: _Page, system: str, entry: dict[str, Any], samples: dict[tuple[st
              (N_("Why we use it"), text(about.get("purpose"))),
              (N_("Legal basis"), text(about.get("legal_basis"))),
              (N_("How long we keep it"), text(about.get("retention"))),
+             # the data map's machine-readable rules, already in this language (engine.bundles.bundle_view)
+             (N_("Retention rules"), "; ".join(str(r) for r in about.get("retention_rules") or [])),
              (N_("Who processes it"), ", ".join(text(x) for x in processors) or (p._("Only us") if about else "")),
              (N_("Where"), text(about.get("location"))),
              (N_("Where the data comes from"), text(about.get("source")))]

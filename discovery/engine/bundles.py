@@ -15,6 +15,7 @@ import sqlalchemy as sa
 import structlog
 
 from connectors.base import ConnectorError, EntityPolicy
+from connectors.retention import render, rule_note
 from connectors.sql_map import parse_system
 from discovery.bundle.archive import ArchiveError, store_for_uri
 from discovery.bundle.build import BundleView
@@ -40,6 +41,8 @@ def bundle_view(data_map: DataMap, policies: Mapping[str, Mapping[str, EntityPol
         about: dict[str, Any] = {key: [lang.text(v) for v in value] if isinstance(value, list) else lang.text(value)
                  for key, value in system.info.model_dump(exclude={"kind", "enabled"}).items()}
         about["categories"] = {e: list(p.categories) for e, p in policies.get(name, {}).items() if p.categories}
+        if system.info.kind == "sql":
+            about["retention_rules"] = _retention_rules(name, system.settings, lang.gettext, lang.code)
         systems[name] = about
         if request_type != "portability" or system.info.kind != "sql":
             continue
@@ -53,6 +56,15 @@ def bundle_view(data_map: DataMap, policies: Mapping[str, Mapping[str, EntityPol
                     frozenset(e.portable), sorted(set(e.fields) - set(e.portable)))
     controller = {key: lang.text(value) for key, value in data_map.controller.model_dump().items()}
     return BundleView(controller=controller, systems=systems, portable=portable, language=lang.code)
+
+
+def _retention_rules(name: str, settings: Mapping[str, Any], gettext: Any, code: str) -> list[str]:
+    """The entities' retention rules (connectors.retention) as sentences in the request's language."""
+    try:
+        spec = parse_system(name, dict(settings))
+    except ConnectorError:  # the connector reported it when the request ran
+        return []
+    return [render(rule_note(entity, rule), gettext, code) for entity, rule in spec.retention_rules()]
 
 
 def bundle_unavailable(req: Request, now: datetime) -> str | None:

@@ -55,13 +55,20 @@ def months_before(moment: datetime, months: int) -> datetime:
 
 
 def sweep_inactive(rt: Runtime, notifier: Notifier | None = None, actor: str = "inactivity-sweep",
-                   progress: Callable[[SweepResult], None] | None = None) -> SweepResult:
+                   progress: Callable[[SweepResult], None] | None = None, months: int | None = None,
+                   systems: list[str] | None = None, cutoff: datetime | None = None) -> SweepResult:
+    """`months`: the inactivity period (default schedule.inactivity_months; a retention rule `then: notice` gives
+    its own); `systems`: only these (default every SQL system naming an inactivity entity); `cutoff`: last activity
+    before it is inactive (default `months` before now; `dsar retention run` gives the rule's day boundary)."""
     cfg = rt.settings.schedule
     now = rt.clock()
-    result = SweepResult(cutoff=months_before(now, cfg.inactivity_months), due_at=now + timedelta(days=cfg.notice_days))
+    months = cfg.inactivity_months if months is None else months
+    result = SweepResult(cutoff=cutoff or months_before(now, months), due_at=now + timedelta(days=cfg.notice_days))
     notifier = notifier or make_notifier(cfg, rt.data_map.controller.contact, rt.env)
     for name, conn in rt.connectors().items():
         if not isinstance(conn, SqlConnector) or conn.spec.inactivity is None:
+            continue
+        if systems is not None and name not in systems:
             continue
         result.systems.append(name)
         for email, last in conn.inactive_subjects(result.cutoff):
@@ -70,7 +77,7 @@ def sweep_inactive(rt: Runtime, notifier: Notifier | None = None, actor: str = "
                 result.already_scheduled += 1
                 continue
             try:
-                ref = notifier.send(_notice(rt, email, last, result.due_at))
+                ref = notifier.send(_notice(rt, email, last, result.due_at, months))
             except NotifyError as exc:
                 result.failed += 1
                 if str(exc) not in result.errors:
@@ -79,7 +86,7 @@ def sweep_inactive(rt: Runtime, notifier: Notifier | None = None, actor: str = "
             # Scheduled only once the notice is out: an unsent notice never leads to an erasure.
             scheduler.schedule(
                 rt, scheduler.KIND_INACTIVITY, email, result.due_at,
-                f"inactive since {(last or result.cutoff):%Y-%m-%d} (over {cfg.inactivity_months} months); "
+                f"inactive since {(last or result.cutoff):%Y-%m-%d} (over {months} months); "
                 f"told on {now:%Y-%m-%d}, erased unless active again", actor,
                 details={"system": name, "last_activity": last.isoformat() if last else None,
                          "notified_at": now.isoformat(), "notice": ref})
@@ -98,9 +105,9 @@ def _pending(rt: Runtime, email: str) -> bool:
     return found is not None
 
 
-def _notice(rt: Runtime, email: str, last: datetime | None, due: datetime) -> Notice:
+def _notice(rt: Runtime, email: str, last: datetime | None, due: datetime, months: int) -> Notice:
     # No request exists yet, so no language was chosen: the settings' default (the account does not say)
     lang = language(rt.settings.requests.language)
     controller = rt.data_map.controller
     return inactivity_notice(lang, email, lang.text(controller.name), controller.contact, last, due,
-                             rt.settings.schedule.inactivity_months)
+                             months)

@@ -40,11 +40,12 @@ class MarketingSweep:
                 "already_scheduled": self.already_scheduled, "action_ids": self.action_ids}
 
 
-def sweep_marketing(rt: Runtime, actor: str = "marketing-sweep") -> MarketingSweep:
+def sweep_marketing(rt: Runtime, actor: str = "marketing-sweep", systems: list[str] | None = None) -> MarketingSweep:
+    """`systems`: only these Mautic systems (default all); `dsar retention run` sweeps one rule's system."""
     now = rt.clock()
     result = MarketingSweep(at=now)
     for name, conn in rt.connectors().items():
-        if not isinstance(conn, MauticConnector):
+        if not isinstance(conn, MauticConnector) or (systems is not None and name not in systems):
             continue
         result.systems.append(name)
         cfg = conn.config

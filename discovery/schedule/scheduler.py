@@ -206,10 +206,14 @@ def run_due(rt: Runtime, wake: pipeline.Wakeups, worker: str, batch: int) -> Bat
 
 
 def run_scheduler(rt: Runtime, wake: pipeline.Wakeups, *, worker: str, batch: int, once: bool,
-                  stop: threading.Event, progress: Callable[[BatchResult], None] | None = None) -> BatchResult:
-    """Claim and run due actions until stopped; `once`: until nothing is due (for cron)."""
+                  stop: threading.Event, progress: Callable[[BatchResult], None] | None = None,
+                  jobs: list[Callable[[], None]] | None = None) -> BatchResult:
+    """Claim and run due actions until stopped; `once`: until nothing is due (for cron). `jobs` run before each
+    round and decide themselves whether it is their time (the daily retention run, discovery.schedule.retention)."""
     total = BatchResult()
     while not stop.is_set():
+        for job in jobs or ():
+            job()
         result = run_due(rt, wake, worker, batch)
         total.add(result)
         if progress and result.claimed:

@@ -6,6 +6,8 @@
     api.py       serve, token, overdue, identity-verified, extend
     bundles.py   verify, bundles expire, link
     schedule.py  scheduler, account-deleted, schedule list/cancel, sweep-inactive, sweep-marketing
+    retention.py retention plan, run, report, confirm
+    mapping.py   datamap scan, datamap diff
 
 Each command module imports `workers.cli.common` and registers its commands on `main` when imported;
 none imports another command module, and common imports none of them (tests/unit/test_cli_layout.py).
@@ -13,7 +15,7 @@ Importing this package imports them all, so `workers.cli:main` (the console scri
 `python -m workers.cli` see every command.
 """
 
-from workers.cli import api, bundles, ledger, requests, ropa, schedule, system  # noqa: F401  (register their commands)
+from workers.cli import api, bundles, ledger, mapping, requests, retention, ropa, schedule, system  # noqa: F401  (register their commands)
 from workers.cli.common import main
 
 __all__ = ["main"]

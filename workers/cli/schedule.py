@@ -28,7 +28,7 @@ import click
 from discovery.engine.ledger import ScheduledAction
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import ConfigError, load_settings
-from discovery.schedule import inactivity, marketing, scheduler
+from discovery.schedule import inactivity, marketing, retention, scheduler
 from workers.cli.common import EXIT_FAILED, emit, errors_to_exit, main, wait_for
 from workers.inprocess import in_process_worker_if_embedded
 
@@ -84,9 +84,14 @@ def _action_data(a: ScheduledAction) -> dict[str, Any]:
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help="With the in-process broker and --once: seconds to wait for the requests created.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@click.option("--retention/--no-retention", "with_retention", default=None,
+              help="Run `dsar retention run` once a day (UTC) under its lock (default: on in the loop, off with "
+                   "--once, where cron runs `dsar retention run` itself).")
 @click.pass_context
-def scheduler_cmd(ctx: click.Context, once: bool, batch: int | None, timeout: float, as_json: bool) -> None:
-    """Claim due scheduled actions and turn them into erasure requests (a loop; --once for cron)."""
+def scheduler_cmd(ctx: click.Context, once: bool, batch: int | None, timeout: float, as_json: bool,
+                  with_retention: bool | None) -> None:
+    """Claim due scheduled actions and turn them into erasure requests (a loop; --once for cron); once a day,
+    the retention run."""
     with errors_to_exit():
         from workers import app
         from workers.actors import WAKE
@@ -105,9 +110,10 @@ def scheduler_cmd(ctx: click.Context, once: bool, batch: int | None, timeout: fl
         if not once:
             click.echo(f"scheduler {worker}: polling every {rt.settings.schedule.poll_interval_seconds:g}s "
                        f"(batch {size}); Ctrl-C stops", err=True)
+        jobs = [retention.DailyJob(rt, worker)] if (not once if with_retention is None else with_retention) else []
         with in_process_worker_if_embedded(app.is_embedded()):
             total = scheduler.run_scheduler(rt, WAKE, worker=worker, batch=size, once=once, stop=stop,
-                                            progress=progress)
+                                            progress=progress, jobs=list(jobs))
             finished: dict[str, str] = {}
             if app.is_embedded() and once:  # this process is the worker: let the requests finish
                 for request_id in total.request_ids:

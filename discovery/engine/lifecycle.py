@@ -16,7 +16,7 @@ its id and its deadline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -111,10 +111,13 @@ def mask_email(email: str) -> str:
 
 def list_requests(rt: Runtime, *, status: str | None = None, type: str | None = None,
                   overdue: bool = False, ticket: str | None = None, page: int = 1, per_page: int = 50,
-                  now: datetime | None = None) -> RequestPage:
-    """Requests, newest first (`overdue`: open and past due, most late first). `status` is a request status or
-    `open` (every open status); `ticket` matches the ticket reference exactly. Pages count from 1."""
-    if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
+                  now: datetime | None = None, due_within_days: int | None = None,
+                  offset: int | None = None) -> RequestPage:
+    """Requests, newest first (`overdue`: open and past due; `due_within_days`: open and due within that many days,
+    late ones included; either sorts by deadline, most urgent first). `status` is a request status or `open` (every
+    open status); `ticket` matches the ticket reference exactly. Pages count from 1; `offset` (the API's older
+    limit/offset paging) overrides the page's."""
+    if page < 1 or not 1 <= per_page <= MAX_PER_PAGE or (offset is not None and offset < 0):
         raise InvalidInput(f"page starts at 1 and per_page is 1 to {MAX_PER_PAGE}")
     now = now or rt.clock()
     q = sa.select(Request)
@@ -133,10 +136,14 @@ def list_requests(rt: Runtime, *, status: str | None = None, type: str | None = 
         q = q.where(Request.ticket_ref == ticket)
     if overdue:
         q = q.where(Request.status.in_(list(OPEN_STATUSES)), Request.due_at < now)
-    order = (Request.due_at.asc(),) if overdue else (Request.received_at.desc(),)
+    if due_within_days is not None:
+        q = q.where(Request.status.in_(list(OPEN_STATUSES)), Request.due_at <= now + timedelta(days=due_within_days))
+    by_deadline = overdue or due_within_days is not None
+    order = (Request.due_at.asc(),) if by_deadline else (Request.received_at.desc(),)
     with rt.sessions() as s:
         total = s.scalar(sa.select(sa.func.count()).select_from(q.subquery())) or 0
-        rows = s.scalars(q.order_by(*order, Request.id).limit(per_page).offset((page - 1) * per_page)).all()
+        start = (page - 1) * per_page if offset is None else offset
+        rows = s.scalars(q.order_by(*order, Request.id).limit(per_page).offset(start)).all()
         items = [item_of(r, now) for r in rows]
     return RequestPage(items, total, page, per_page)
 

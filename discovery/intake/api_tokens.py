@@ -19,7 +19,9 @@ from discovery.engine.ledger import ApiToken
 from discovery.engine.pipeline import InvalidInput, NotFoundError, audit
 from discovery.engine.runtime import Runtime
 
-SCOPES = ("submit", "read", "download", "admin")  # admin may do everything
+# admin may do everything. act confirms, verifies, extends, denies, cancels and retries requests; subject shows the
+# full e-mail on request lists (masked otherwise).
+SCOPES = ("submit", "read", "download", "admin", "act", "subject")
 PREFIX = "dsar_"
 _TOUCH_EVERY = timedelta(seconds=60)  # last_used_at is a hint; one write a minute per token is plenty
 

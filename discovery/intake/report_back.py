@@ -93,7 +93,9 @@ def outcome_of(req: Request, tasks: list[Task], link: tuple[str, datetime] | Non
                     "source": req.source, "received_at": req.received_at.isoformat(),
                     "due_at": req.due_at.isoformat(),
                     "completed_at": req.completed_at.isoformat() if req.completed_at else None,
-                    "error": req.error},
+                    "error": req.error,
+                    # an operator's denial or cancellation (discovery/engine/lifecycle.py): why, and on what basis
+                    "reason": req.close_reason, "basis": req.close_basis},
         "tasks": [{"system": t.system, "action": t.action, "status": t.status, "error": t.error} for t in tasks],
         "download": {"url": link[0], "expires_at": link[1].isoformat()} if link else None,
     }
@@ -121,7 +123,10 @@ TYPE_NAME = {"access": N_("access request"), "portability": N_("portability requ
              "lift_restriction": N_("request to lift a restriction")}
 STATUS_NAME = {"completed": N_("completed"), "completed_with_errors": N_("completed with errors"),
                "failed": N_("failed"), "done": N_("done"), "unsupported": N_("not possible in this system"),
-               "awaiting_manual": N_("waiting for a manual step")}
+               "awaiting_manual": N_("waiting for a manual step"), "denied": N_("refused"),
+               "cancelled": N_("cancelled")}
+BASIS_NAME = {"unfounded_or_excessive": N_("manifestly unfounded or excessive (Art. 12(5))"),
+              "identity_not_verified": N_("the requester's identity could not be verified (Art. 12(6))")}
 
 
 def note_html(outcome: dict[str, Any]) -> str:
@@ -152,4 +157,8 @@ def note_html(outcome: dict[str, Any]) -> str:
         lines.append(f"<ul>{items}</ul>")
     if req["error"]:
         lines.append("<p>" + tr("Errors: {errors}", errors=e(req["error"])) + "</p>")
+    if req.get("basis"):
+        lines.append("<p>" + tr("Grounds: {basis}", basis=word(BASIS_NAME, req["basis"])) + "</p>")
+    if req.get("reason"):  # the operator's own words, not translated
+        lines.append("<p>" + tr("Reason: {reason}", reason=e(req["reason"])) + "</p>")
     return "".join(lines)

@@ -1,7 +1,7 @@
 """The API's FastAPI dependencies: this process's runtime and wake-ups, API-token auth and scope checks.
 
 `create_app` puts the runtime and a `SafeWakeups` on `app.state`; routes take them as `RT` and `Wake`,
-and a token of a scope as `Submit`, `Read`, `Admin` or `Download` (401 without one, 403 for another scope).
+and a token of a scope as `Submit`, `Read`, `Act`, `Admin` or `Download` (401 without one, 403 for another scope).
 """
 
 from collections.abc import Callable
@@ -75,4 +75,5 @@ def _need(scope: str) -> Callable[..., TokenInfo]:
 Submit = Annotated[TokenInfo, Depends(_need("submit"))]
 Read = Annotated[TokenInfo, Depends(_need("read"))]
 Admin = Annotated[TokenInfo, Depends(_need("admin"))]
+Act = Annotated[TokenInfo, Depends(_need("act"))]  # confirm, verify, extend, deny, cancel, retry (admin too)
 Download = Annotated[TokenInfo, Depends(_need("download"))]

@@ -86,6 +86,10 @@ async def _on_ticket_conflict(_r: Request, exc: Exception) -> JSONResponse:
     return _reply(409, "ticket_conflict", str(exc), [{"request_id": exc.request_id, "type": exc.request_type}])
 
 
+async def _on_state(_r: Request, exc: Exception) -> JSONResponse:
+    return _reply(409, "state_conflict", str(exc))
+
+
 async def _on_data(_r: Request, _exc: Exception) -> JSONResponse:
     return _reply(422, "invalid_input", "a value is not acceptable to the ledger")
 
@@ -98,7 +102,7 @@ HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
     ApiError: _on_api_error, RequestValidationError: _on_invalid, StarletteHTTPException: _on_http,
     pipeline.NotFoundError: _on_not_found, InvalidEmail: _on_bad_input, pipeline.InvalidInput: _on_bad_input,
     tickets.TicketError: _on_bad_input, CallbackRefused: _on_callback, pipeline.TicketConflict: _on_ticket_conflict,
-    DataError: _on_data, OperationalError: _on_down, LedgerUnavailable: _on_down,
+    pipeline.StateConflict: _on_state, DataError: _on_data, OperationalError: _on_down, LedgerUnavailable: _on_down,
 }
 
 

@@ -1,23 +1,26 @@
-"""Request routes: submit, list and read requests; verify identity, confirm manual steps, extend deadlines."""
+"""Request routes: submit, list and read requests; verify identity, confirm manual steps, extend deadlines; deny,
+cancel and retry a request and read its audit trail (discovery/engine/lifecycle.py: the CLI's rules)."""
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from discovery.engine import callbacks, pipeline
-from discovery.engine.ledger import OPEN_STATUSES
+from discovery.engine import callbacks, lifecycle, pipeline
 from discovery.engine.ledger import Request as LedgerRequest
+from discovery.engine.ledger import RequestType
 from discovery.schedule import deadlines
-from workers.api.deps import RT, Admin, Read, Submit, Wake
+from workers.api.deps import RT, Act, Read, Submit, Wake
 from workers.api.errors import ApiError, fail
 from workers.api.schemas import (
     ERRORS,
+    AuditTrail,
+    CancelBody,
+    Closed,
     ConfirmBody,
     Confirmed,
+    DenyBody,
     ExtendBody,
     Extended,
     PlanBody,
@@ -25,6 +28,8 @@ from workers.api.schemas import (
     RequestList,
     RequestSummary,
     RequestView,
+    Retried,
+    RetryBody,
     StatusFilter,
     SubmitBody,
     Submitted,
@@ -72,27 +77,32 @@ def dry_run(body: PlanBody, rt: RT, _who: Submit) -> dict[str, Any]:
 
 
 @router.get("/v1/requests", response_model=RequestList, tags=["requests"], responses=ERRORS)
-def list_requests(rt: RT, _who: Read, status: StatusFilter | None = None,
-                  overdue: Annotated[bool | None, Query(description="true: open and past due_at")] = None,
+def list_requests(rt: RT, who: Read, status: StatusFilter | None = None,
+                  type: RequestType | None = None,
+                  ticket: Annotated[str | None, Query(max_length=128, description="the ticket reference")] = None,
+                  overdue: Annotated[bool, Query(description="true: open and past due_at, most late first")] = False,
                   due_within_days: Annotated[int | None, Query(ge=0, le=3650, description=(
                       "open requests due within this many days, late ones included"))] = None,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                  offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> dict[str, Any]:
-    now = rt.clock()
-    q = sa.select(LedgerRequest)
-    if status == StatusFilter.OPEN or overdue is not None or due_within_days is not None:
-        q = q.where(LedgerRequest.status.in_(list(OPEN_STATUSES)))
-    if status is not None and status != StatusFilter.OPEN:
-        q = q.where(LedgerRequest.status == status.value)
-    if overdue is not None:
-        q = q.where(LedgerRequest.due_at < now if overdue else LedgerRequest.due_at >= now)
-    if due_within_days is not None:
-        q = q.where(LedgerRequest.due_at <= now + timedelta(days=due_within_days))
-    by_deadline = overdue is not None or due_within_days is not None
-    order = LedgerRequest.due_at.asc() if by_deadline else LedgerRequest.received_at.desc()
-    with rt.sessions() as s:
-        items = [summary(r, now) for r in s.scalars(q.order_by(order, LedgerRequest.id).limit(limit).offset(offset))]
-    return {"requests": items, "count": len(items), "limit": limit, "offset": offset}
+                  page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+                  per_page: Annotated[int | None, Query(ge=1, le=lifecycle.MAX_PER_PAGE)] = None,
+                  limit: Annotated[int | None, Query(ge=1, le=lifecycle.MAX_PER_PAGE, description=(
+                      "older paging: the same as per_page"))] = None,
+                  offset: Annotated[int | None, Query(ge=0, le=1_000_000, description=(
+                      "older paging: requests to skip (instead of page)"))] = None) -> dict[str, Any]:
+    """Requests, newest first (by deadline with `overdue` or `due_within_days`), paged, with `total`. The subject
+    is masked; a token with the `subject` scope also gets the full e-mail (`subject_email`)."""
+    size, now = per_page or limit or 50, rt.clock()
+    found = lifecycle.list_requests(rt, status=status.value if status else None, type=type.value if type else None,
+                                    overdue=overdue, ticket=ticket, page=page, per_page=size, now=now,
+                                    due_within_days=due_within_days, offset=offset)
+    full = who.allows("subject")
+    with rt.sessions() as s:  # the summary's fields (extension, language ...) come from the rows themselves
+        rows = {r.id: r for r in (s.get(LedgerRequest, i.id) for i in found.items) if r is not None}
+        items = [{**summary(rows[i.id], now), **i.to_dict(full_subject=full)}
+                 for i in found.items if i.id in rows]
+    return {"requests": items, "count": len(items), "total": found.total, "page": found.page,
+            "per_page": found.per_page, "limit": found.per_page,
+            "offset": offset if offset is not None else (found.page - 1) * found.per_page}
 
 
 @router.get("/v1/requests/{request_id}", response_model=RequestView, tags=["requests"], responses=ERRORS)
@@ -103,7 +113,7 @@ def get_request(request_id: str, rt: RT, _who: Read) -> dict[str, Any]:
 
 
 @router.post("/v1/requests/{request_id}/confirm", response_model=Confirmed, tags=["requests"], responses=ERRORS)
-def confirm(request_id: str, body: ConfirmBody, rt: RT, wake: Wake, who: Admin) -> dict[str, Any]:
+def confirm(request_id: str, body: ConfirmBody, rt: RT, wake: Wake, who: Act) -> dict[str, Any]:
     """A person did a system's manual step (e.g. 'Forget' in a vendor UI): its tasks complete, audited."""
     load_request(rt, request_id)
     n = _conflict(lambda: pipeline.confirm_manual(rt, wake, request_id, body.system, body.note, f"api:{who.name}"))
@@ -112,7 +122,7 @@ def confirm(request_id: str, body: ConfirmBody, rt: RT, wake: Wake, who: Admin) 
 
 @router.post("/v1/requests/{request_id}/verify", response_model=RequestSummary, tags=["requests"],
              responses=ERRORS)
-def verify(request_id: str, body: VerifyBody, rt: RT, wake: Wake, who: Admin) -> dict[str, Any]:
+def verify(request_id: str, body: VerifyBody, rt: RT, wake: Wake, who: Act) -> dict[str, Any]:
     """The requester's right to act for the subject was checked: the held request proceeds (audited)."""
     load_request(rt, request_id)
     req = _conflict(lambda: pipeline.verify_request(rt, wake, request_id, f"api:{who.name}", body.note))
@@ -120,9 +130,49 @@ def verify(request_id: str, body: VerifyBody, rt: RT, wake: Wake, who: Admin) ->
 
 
 @router.post("/v1/requests/{request_id}/extend", response_model=Extended, tags=["requests"], responses=ERRORS)
-def extend(request_id: str, body: ExtendBody, rt: RT, who: Admin) -> dict[str, Any]:
+def extend(request_id: str, body: ExtendBody, rt: RT, who: Act) -> dict[str, Any]:
     """Extend the deadline (Art. 12(3)): a reason is required, two months past the original at most."""
     load_request(rt, request_id)
     ext = deadlines.extend(rt, request_id, body.days, body.reason, actor=f"api:{who.name}")
     return {"id": request_id, "due_at": ext.due_at, "original_due_at": ext.original_due_at,
             "latest_possible": ext.latest_possible}
+
+
+# -- lifecycle: deny, cancel, retry, audit trail ---------------------------------------------------
+
+def _closed(req: LedgerRequest) -> dict[str, Any]:
+    return {"id": req.id, "status": req.status, "reason": req.close_reason, "basis": req.close_basis,
+            "completed_at": req.completed_at}
+
+
+@router.post("/v1/requests/{request_id}/deny", response_model=Closed, tags=["requests"], responses=ERRORS)
+def deny(request_id: str, body: DenyBody, rt: RT, who: Act) -> dict[str, Any]:
+    """Refuse an open request (Art. 12(5) manifestly unfounded or excessive, or the identity not verified): tasks
+    not started are cancelled, the reason is audited and reported back to the ticket. 409 when it is not open."""
+    load_request(rt, request_id)
+    return _closed(lifecycle.deny_request(rt, request_id, body.reason, body.basis.value, f"api:{who.name}"))
+
+
+@router.post("/v1/requests/{request_id}/cancel", response_model=Closed, tags=["requests"], responses=ERRORS)
+def cancel(request_id: str, body: CancelBody, rt: RT, who: Act) -> dict[str, Any]:
+    """The person withdrew: nothing more runs; work already done stays in the receipts. 409 when it is not open."""
+    load_request(rt, request_id)
+    return _closed(lifecycle.cancel_request(rt, request_id, body.reason, f"api:{who.name}"))
+
+
+@router.post("/v1/requests/{request_id}/retry", response_model=Retried, tags=["requests"], responses=ERRORS)
+def retry(request_id: str, rt: RT, wake: Wake, who: Act, body: RetryBody | None = None) -> dict[str, Any]:
+    """Run the failed systems of a request that completed with errors or failed again, on the same request and
+    deadline; exports of every system re-run so the new bundle is whole. 409 for any other state."""
+    load_request(rt, request_id)
+    done = lifecycle.retry_request(rt, wake, request_id, body.systems if body else None, f"api:{who.name}")
+    return {"id": request_id, "status": done.request.status, "due_at": done.request.due_at, "tasks": done.tasks,
+            "relocated": done.relocated}
+
+
+@router.get("/v1/requests/{request_id}/audit", response_model=AuditTrail, tags=["requests"], responses=ERRORS)
+def audit_trail(request_id: str, rt: RT, _who: Read) -> dict[str, Any]:
+    """Who did what and when, with their notes (oldest first), and the next actions the request waits for."""
+    load_request(rt, request_id)
+    return {"id": request_id, "events": lifecycle.audit_trail(rt, request_id),
+            "next_actions": lifecycle.next_actions(rt, request_id)}

@@ -138,11 +138,76 @@ class RequestView(RequestSummary):
     tasks: list[TaskView]
 
 
+class ListedRequest(RequestSummary):
+    subject: str = Field(description="the subject's e-mail, masked (j***@e***.com)")
+    subject_email: str | None = Field(None, description="the full e-mail: only for a token with the `subject` scope")
+
+
 class RequestList(BaseModel):
-    requests: list[RequestSummary]
-    count: int
-    limit: int
+    requests: list[ListedRequest]
+    count: int = Field(description="requests on this page")
+    total: int = Field(description="requests matching the filters, on every page")
+    page: int
+    per_page: int
+    limit: int = Field(description="the same as per_page (older clients page with limit and offset)")
     offset: int
+
+
+class DenialBasis(StrEnum):
+    UNFOUNDED_OR_EXCESSIVE = "unfounded_or_excessive"  # Art. 12(5)
+    IDENTITY_NOT_VERIFIED = "identity_not_verified"  # Art. 12(6), 11(2)
+
+
+class DenyBody(_Body):
+    basis: DenialBasis = Field(description="Art. 12(5) manifestly unfounded or excessive, or identity not verified")
+    reason: Annotated[str, Field(min_length=3, max_length=1000, description=(
+        "why: recorded, audited and reported back to the ticket")), NoNul]
+
+
+class CancelBody(_Body):
+    reason: Annotated[str, Field(min_length=3, max_length=1000, description=(
+        "e.g. how the person withdrew: recorded, audited and reported back to the ticket")), NoNul]
+
+
+class RetryBody(_Body):
+    systems: list[Annotated[str, Field(min_length=1, max_length=64), NoNul]] | None = Field(
+        default=None, min_length=1, max_length=64, description="only these failed systems; omitted: every one")
+
+
+class Closed(BaseModel):
+    id: str
+    status: str
+    reason: str
+    basis: str | None
+    completed_at: datetime
+
+
+class RetriedTask(BaseModel):
+    system: str
+    action: str
+    why: str = Field(description="failed: it failed before; export: re-run so the bundle shows what is there now")
+
+
+class Retried(BaseModel):
+    id: str
+    status: str
+    due_at: datetime
+    tasks: list[RetriedTask]
+    relocated: dict[str, str | None] = Field(description="systems searched again -> their error now (null: fine)")
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    event: str
+    actor: str = Field(description="who: api:<token name>, an OS user, worker, scheduler ...")
+    note: str | None
+    details: dict[str, Any]
+
+
+class AuditTrail(BaseModel):
+    id: str
+    events: list[AuditEntry]
+    next_actions: list[str] = Field(description="what the request waits for, as dsar commands")
 
 
 class ConfirmBody(_Body):

@@ -2,6 +2,7 @@
 
     common.py    the `main` group and what the commands share (exit codes, errors, runtime, output, waiting)
     requests.py  request, status, download, confirm
+    lifecycle.py requests (the list), deny, cancel, retry, audit
     system.py    check, worker, sweep, db-upgrade, demo
     api.py       serve, token, overdue, identity-verified, extend
     bundles.py   verify, bundles expire, link
@@ -15,7 +16,7 @@ Importing this package imports them all, so `workers.cli:main` (the console scri
 `python -m workers.cli` see every command.
 """
 
-from workers.cli import api, bundles, ledger, mapping, requests, retention, ropa, schedule, system  # noqa: F401  (register their commands)
+from workers.cli import api, bundles, ledger, lifecycle, mapping, requests, retention, ropa, schedule, system  # noqa: F401  (register their commands)
 from workers.cli.common import main
 
 __all__ = ["main"]

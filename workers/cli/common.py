@@ -5,13 +5,15 @@ Output is for people; with --json, for scripts (one JSON document on stdout).
 Exit codes: 0 ok; 1 finished with errors (a failed system, a failed check); 2 bad input;
 3 configuration or data-map error; 4 unknown request; 5 a service is unreachable (ledger,
 broker); 6 timed out waiting; 7 not ready (no bundle yet, or it expired); 8 conflict (the ticket
-made a request of another type already).
+made a request of another type already, or the request's state does not allow the action: denying a
+cancelled request, retrying a completed one).
 
 Command modules import from here; this module imports none of them (workers/cli/__init__.py does).
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 import time
@@ -64,7 +66,7 @@ def errors_to_exit() -> Iterator[None]:
     except pipeline.NotFoundError as exc:
         click.echo(f"dsar: {exc}", err=True)
         sys.exit(EXIT_NOT_FOUND)
-    except pipeline.TicketConflict as exc:
+    except (pipeline.TicketConflict, pipeline.StateConflict) as exc:
         click.echo(f"dsar: {exc}", err=True)
         sys.exit(EXIT_CONFLICT)
     except LedgerUnavailable as exc:
@@ -112,6 +114,21 @@ class RecordingWakeups:
 
     def merge(self, request_id: str) -> None:
         self._send(self.inner.merge, request_id)
+
+
+def actor_or_user(actor: str | None) -> str:
+    """Who acts, for the audit log: --actor, else the OS user; never a blank or made-up name."""
+    if actor is not None:
+        if not actor.strip():
+            fail("--actor must name who acts", EXIT_USAGE)
+        return actor.strip()
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = ""
+    if not user.strip():
+        fail("cannot tell who you are (no OS user name); give --actor NAME", EXIT_USAGE)
+    return user.strip()
 
 
 def runtime(ctx: click.Context) -> Runtime:
@@ -215,6 +232,7 @@ def status_data(rt: Runtime, request_id: str) -> dict[str, Any]:
         "tasks": [{
             "system": t.system, "action": t.action, "status": t.status, "attempts": t.attempts,
             "entities": t.entities, "error": t.error, "records": _records(t),
+            "retry_at": t.retry_at.isoformat() if t.retry_at else None,  # waiting: a system asked to wait
             "changed": (t.result or {}).get("changed"), "held": (t.result or {}).get("held"),
             "manual_steps": (t.result or {}).get("manual_steps"),
             "skipped": (t.result or {}).get("skipped") or None,

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from discovery.engine import pipeline
+from discovery.engine import lifecycle, pipeline
 from discovery.engine.ledger import RequestStatus, RequestType
 from workers.cli.common import (
     EXIT_CONFIG,
@@ -18,6 +18,7 @@ from workers.cli.common import (
     EXIT_NOT_READY,
     EXIT_UNAVAILABLE,
     RecordingWakeups,
+    actor_or_user,
     emit,
     errors_to_exit,
     fail,
@@ -132,10 +133,18 @@ def _print_status(data: dict[str, Any]) -> None:
         for entity, why in (t.get("skipped") or {}).items():
             for reason, n in why.items():
                 click.echo(f"  {'':<14} {'':<17} {'left alone':<16} {entity}: {n} record(s), {reason}")
+    for c in data.get("confirmed") or []:
+        click.echo(f"Confirmed: {c['system']} {c['action']} by {c['by']} at {c['at'][:16].replace('T', ' ')}: "
+                   f"{c['note']}")
     if data["bundle"]:
         click.echo(f"Bundle: {data['bundle']}")
     if data["error"]:
         click.echo(f"Errors: {data['error']}")
+    if data.get("closed"):
+        basis = f" ({data['closed']['basis']})" if data["closed"]["basis"] else ""
+        click.echo(f"{str(data['status']).capitalize()}{basis}: {data['closed']['reason']}")
+    for action in data.get("next_actions") or []:
+        click.echo(f"Next: {action}")
 
 
 def _print_plan(data: dict[str, Any]) -> None:
@@ -180,6 +189,10 @@ def status_cmd(ctx: click.Context, request_id: str, as_json: bool) -> None:
         rt = runtime(ctx)
         data = status_data(rt, request_id)
         data["workers"] = for_status(rt.settings, data["status"])  # None unless the request waits on workers
+        req, _ = load_request(rt, request_id)
+        data["closed"] = {"reason": req.close_reason, "basis": req.close_basis} if req.close_reason else None
+        data["confirmed"] = lifecycle.confirmations(rt, request_id)  # manual steps: by whom, when, what
+        data["next_actions"] = lifecycle.next_actions(rt, request_id)
         emit(data, as_json, lambda: _print_status(data))
         if data["workers"] and data["workers"]["problem"] and not as_json:
             click.echo(f"Warning: {data['workers']['problem']}; this request waits for a worker.", err=True)
@@ -241,14 +254,15 @@ def download_cmd(ctx: click.Context, request_id: str, output: str) -> None:
 @click.argument("request_id")
 @click.option("--system", required=True, help="The system whose manual step was done.")
 @click.option("--note", required=True, help="What was done (kept in the audit log).")
-@click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER")
+@click.option("--actor", help="Who did it, kept in the audit log (default: the OS user).")
 @click.pass_context
-def confirm_cmd(ctx: click.Context, request_id: str, system: str, note: str, actor: str) -> None:
+def confirm_cmd(ctx: click.Context, request_id: str, system: str, note: str, actor: str | None) -> None:
     """Mark a manual step as done (e.g. 'Forget the contact in FreshChat')."""
     with errors_to_exit():
         from workers import app
         from workers.actors import WAKE
 
+        actor = actor_or_user(actor)
         rt = runtime(ctx)
         with in_process_worker_if_embedded(app.is_embedded()):
             n = pipeline.confirm_manual(rt, WAKE, request_id, system, note, actor)

@@ -1,0 +1,124 @@
+"""`dsar requests|deny|cancel|retry|audit` end to end on embedded settings (SQLite ledger, in-process broker):
+each command, bad input (exit 2), an unknown id (exit 4) and a wrong state (exit 8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sandbox.people import JANE, JOHN
+from tests.conftest import dsar_env, run_dsar, seed_accounts, write_config
+
+pytestmark = pytest.mark.e2e
+
+UNKNOWN = "00000000-0000-0000-0000-000000000000"
+
+
+class Nowhere:
+    def discover(self, request_id: str) -> None: ...
+    def execute(self, task_id: int) -> None: ...
+    def merge(self, request_id: str) -> None: ...
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> dict[str, Any]:
+    accounts = f"sqlite:///{tmp_path / 'accounts.db'}"
+    engine = seed_accounts(accounts)
+    engine.dispose()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}")
+    return {"env": dsar_env(config, accounts), "config": config, "tmp": tmp_path, "accounts": accounts}
+
+
+def open_request(cli: dict[str, Any], email: str) -> str:
+    """A request that stays received: submitted without waking anyone."""
+    from discovery.engine import db, pipeline
+    from discovery.engine.runtime import Runtime
+    from discovery.engine.settings import load_settings
+
+    env = {k: v for k, v in cli["env"].items() if k.startswith("DSAR_")}
+    rt = Runtime(load_settings(cli["config"], env), env=env)
+    try:
+        db.upgrade(rt.engine)
+        return pipeline.submit(rt, Nowhere(), "erasure", email, ticket="T-9", actor="test").request.id
+    finally:
+        rt.close()
+
+
+def dsar(cli: dict[str, Any], *args: str, **env: str) -> Any:
+    return run_dsar(list(args), {**cli["env"], **env})
+
+
+def test_list_deny_cancel_audit(cli: dict[str, Any]) -> None:
+    done = dsar(cli, "request", "access", "--email", JANE.email, "--ticket", "T-1", "--json")
+    assert done.returncode == 0, done.stderr
+    done_id = orjson.loads(done.stdout)["id"]
+    held = open_request(cli, JOHN.email)
+
+    listed = dsar(cli, "requests", "--json")
+    data = orjson.loads(listed.stdout)
+    assert listed.returncode == 0 and data["total"] == 2 and data["page"] == 1
+    assert [r["id"] for r in data["requests"]] == [held, done_id]
+    assert JANE.email not in listed.stdout and data["requests"][1]["subject"] == "j***@e***.com"
+    full = orjson.loads(dsar(cli, "requests", "--show-subject", "--json").stdout)
+    assert full["requests"][1]["subject_email"] == JANE.email
+    assert [r["id"] for r in orjson.loads(dsar(cli, "requests", "--status", "open", "--json").stdout)[
+        "requests"]] == [held]
+    assert [r["id"] for r in orjson.loads(dsar(cli, "requests", "--type", "access", "--ticket", "T-1", "--json")
+                                          .stdout)["requests"]] == [done_id]
+    assert orjson.loads(dsar(cli, "requests", "--overdue", "--json").stdout)["total"] == 0
+    human = dsar(cli, "requests", "--per-page", "1")
+    assert human.returncode == 0 and held in human.stdout and done_id not in human.stdout
+    assert "page 1 of 2, 2 request(s)" in human.stderr
+    assert dsar(cli, "requests", "--status", "lost").returncode == 2
+
+    # wrong states, bad input, unknown ids
+    completed = dsar(cli, "deny", done_id, "--basis", "unfounded-or-excessive", "--reason", "too many")
+    assert completed.returncode == 8 and "is completed" in completed.stderr and "Traceback" not in completed.stderr
+    assert dsar(cli, "retry", done_id).returncode == 8
+    assert dsar(cli, "cancel", UNKNOWN, "--reason", "withdrawn").returncode == 4
+    assert dsar(cli, "audit", UNKNOWN).returncode == 4
+    assert dsar(cli, "deny", held, "--basis", "because", "--reason", "too many").returncode == 2
+    assert dsar(cli, "deny", held, "--basis", "unfounded-or-excessive", "--reason", " ").returncode == 2
+    assert dsar(cli, "cancel", held, "--reason", "withdrawn", "--actor", " ").returncode == 2
+
+    cancelled = dsar(cli, "cancel", held, "--reason", "the person withdrew by phone", "--actor", "dpo-kari",
+                     "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert orjson.loads(cancelled.stdout)["status"] == "cancelled"
+    again = dsar(cli, "deny", held, "--basis", "identity-not-verified", "--reason", "no proof")
+    assert again.returncode == 8 and "cancelled" in again.stderr
+
+    trail = orjson.loads(dsar(cli, "audit", held, "--json").stdout)
+    assert [(e["event"], e["actor"]) for e in trail["events"]][-1] == ("request.cancelled", "dpo-kari")
+    human_trail = dsar(cli, "audit", held)
+    assert "request.cancelled" in human_trail.stdout and "the person withdrew by phone" in human_trail.stdout
+    status = dsar(cli, "status", held)
+    assert "Cancelled: the person withdrew by phone" in status.stdout
+
+
+def test_actor_defaults_to_the_os_user(cli: dict[str, Any]) -> None:
+    held = open_request(cli, JOHN.email)
+    got = dsar(cli, "deny", held, "--basis", "unfounded-or-excessive", "--reason", "the same question weekly",
+               LOGNAME="kari", USER="kari")
+    assert got.returncode == 0, got.stderr
+    trail = orjson.loads(dsar(cli, "audit", held, "--json").stdout)
+    assert trail["events"][-1]["actor"] == "kari"
+
+
+def test_retry_after_a_failed_search(cli: dict[str, Any]) -> None:
+    broken = f"sqlite:///{cli['tmp'] / 'missing' / 'accounts.db'}"  # the folder does not exist: cannot open
+    first = dsar(cli, "request", "access", "--email", JANE.email, "--json", DSAR_ACCOUNTS_DB_URL=broken)
+    assert first.returncode == 1, first.stderr
+    request_id = orjson.loads(first.stdout)["id"]
+    assert orjson.loads(first.stdout)["status"] == "completed_with_errors"
+    status = dsar(cli, "status", request_id)
+    assert f"Next: dsar retry {request_id} --system accounts" in status.stdout
+    assert dsar(cli, "retry", request_id, "--system", "billing").returncode == 2
+    retried = dsar(cli, "retry", request_id, "--actor", "dpo-kari", "--json")
+    assert retried.returncode == 0, retried.stderr
+    data = orjson.loads(retried.stdout)
+    assert data["status"] == "completed" and data["relocated"] == {"accounts": None}
+    assert dsar(cli, "retry", request_id).returncode == 8

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from discovery.bundle.archive import ArchiveSettings
@@ -109,9 +110,13 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
-    # Base of the links dsar hands out (download links in ticket notes); default http://host:port
-    public_url: str = ""
+    # Base of the links dsar hands out to people (https://dsar.example.com, the TLS proxy's address). Unset: no
+    # download links, except with the embedded stub:// broker (the demo), which uses http://host:port
+    public_url: str | None = None
     download_token_hours: int = Field(168, ge=1, le=24 * 30)  # how long a person's download link works
+    # A bundle in S3 is handed out as a redirect to a short presigned link; false: streamed through the API (an S3
+    # server people cannot reach, like docker-compose.yml's, which is on the internal network only)
+    download_redirect: bool = True
     signature_tolerance_seconds: int = Field(300, ge=10, le=3600)  # replay window of signed webhooks
     ticket_webhook_secret_env: str = "DSAR_TICKET_WEBHOOK_SECRET"
     events_secret_env: str = "DSAR_EVENTS_SECRET"  # account service -> /v1/events/account-deleted
@@ -130,12 +135,21 @@ class ApiSettings(_Section):
     freshdesk_tag_prefix: str = "dsar-"  # or a tag such as dsar-erasure
     freshdesk_language_field: str = "cf_dsar_language"  # ticket field: the person's language (en, nb), optional
 
-    @field_validator("public_url", "callback_url")
+    @field_validator("callback_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if not value:  # DSAR_API_PUBLIC_URL="" (compose's default) is unset too
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _callbacks_allowed(self) -> ApiSettings:
@@ -161,6 +175,12 @@ class ScheduleSettings(_Section):
     smtp_password_env: str = ""
     webhook_url: str = ""  # notifier "webhook": notices are POSTed here as JSON
     webhook_token_env: str = ""  # variable holding a bearer token for the webhook; empty: none
+    # `dsar scheduler`'s periodic jobs (discovery.schedule.periodic): hours between two runs; 0: not run by it
+    inactivity_sweep_hours: float = Field(24.0, ge=0, le=24 * 31)
+    marketing_sweep_hours: float = Field(24.0, ge=0, le=24 * 31)
+    bundle_expiry_hours: float = Field(24.0, ge=0, le=24 * 31)
+    ledger_purge_hours: float = Field(24.0, ge=0, le=24 * 31)
+
 
     @field_validator("webhook_url")
     @classmethod
@@ -194,6 +214,60 @@ class Settings(_Section):
     @property
     def redis_url(self) -> str | None:
         return self.broker.url if self.broker.url.startswith("redis") else None
+
+
+# Optional secrets whose *_env setting is empty by default (off): the variable a deployment names when it turns one on,
+# so a stack can pass it through before anyone sets it (docker-compose.yml names it only when it is set).
+OPTIONAL_SECRETS = {"schedule.smtp_user_env": "DSAR_SMTP_USER", "schedule.smtp_password_env": "DSAR_SMTP_PASSWORD",
+                    "schedule.webhook_token_env": "DSAR_NOTIFY_WEBHOOK_TOKEN"}
+
+
+def override_variables() -> set[str]:
+    """DSAR_<SECTION>_<KEY> for every settings key, and DSAR_LOG_FORMAT: each may be set, none has to be."""
+    names = {"DSAR_LOG_FORMAT"}
+    for section, info in Settings.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names |= {f"DSAR_{section}_{key}".upper() for key in model.model_fields}
+    return names
+
+
+def environment_variables(path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Every variable dsar reads besides the overrides, name -> where it is named: the settings file's location, the
+    secrets the settings (their *_env keys, as the file sets them) and the data map (its *_env keys) name, the
+    optional secrets a deployment may turn on, and the archive's AWS credentials. docker-compose.yml passes each one
+    through (tests/unit/test_compose.py). Read from the files as they are: no secret needs to be set."""
+    source = config_path(path, {})
+    raw: dict[str, Any] = tomllib.loads(source.read_text(encoding="utf-8"))
+    out = {"DSAR_CONFIG": "the settings file", "DSAR_LOG_LEVEL": "log level (workers/logs.py)",
+           "AWS_ACCESS_KEY_ID": "archive (S3) credentials", "AWS_SECRET_ACCESS_KEY": "archive (S3) credentials"}
+    for section, info in Settings.model_fields.items():
+        model = info.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        for key, field in model.model_fields.items():
+            if key.endswith("_env"):
+                name = raw.get(section, {}).get(key, field.default) or OPTIONAL_SECRETS.get(f"{section}.{key}")
+                if name:
+                    out[name] = f"{section}.{key}"
+    data_map = source.resolve().parent / raw.get("data_map", {}).get("path", "datamap.yaml")
+    out.update(_env_keys(yaml.safe_load(data_map.read_text(encoding="utf-8")), data_map.name))
+    return dict(sorted(out.items()))
+
+
+def _env_keys(node: Any, where: str) -> dict[str, str]:
+    """Values of every `*_env` key at any depth, with the key path that names them."""
+    out: dict[str, str] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if str(key).endswith("_env") and isinstance(value, str) and value:
+                out[value] = f"{where}.{key}"
+            else:
+                out.update(_env_keys(value, f"{where}.{key}"))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out.update(_env_keys(value, f"{where}[{i}]"))
+    return out
 
 
 def config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:

@@ -79,12 +79,36 @@ def read_token(secret_key: bytes, token: str, now: datetime) -> DownloadGrant:
     return grant
 
 
+class NoPublicUrl(Exception):
+    """api.public_url is unset outside the embedded demo: dsar does not guess the address people reach it at."""
+
+
+NO_PUBLIC_URL = ("download links are off: api.public_url is unset (set DSAR_API_PUBLIC_URL to the address people "
+                 "reach the API at, e.g. https://dsar.example.com)")
+
+
+def links_refused(settings: Settings) -> str | None:
+    """Why download links cannot be made with these settings (one line), or None."""
+    if settings.api.public_url or settings.broker.url.startswith("stub://"):
+        return None
+    return NO_PUBLIC_URL
+
+
 def public_base(settings: Settings) -> str:
-    return settings.api.public_url or f"http://{settings.api.host}:{settings.api.port}"
+    """api.public_url. Only the embedded demo (stub:// broker, one machine) falls back to the address `dsar serve`
+    listens on: a guessed host or port elsewhere sent people to another program (issue 14)."""
+    if settings.api.public_url:
+        return settings.api.public_url
+    if why := links_refused(settings):
+        raise NoPublicUrl(why)
+    host = settings.api.host if settings.api.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.api.port}"
 
 
 def download_link(settings: Settings, request_id: str, now: datetime) -> tuple[str, datetime]:
-    """A link the person can open: the bundle endpoint with a fresh token, and when it stops working."""
+    """A link the person can open: the bundle endpoint with a fresh token, and when it stops working. NoPublicUrl
+    when api.public_url is unset outside the embedded demo."""
+    base = public_base(settings)
     expires_at = now + timedelta(hours=settings.api.download_token_hours)
     token = make_token(settings.secret_key, request_id, expires_at)
-    return f"{public_base(settings)}/v1/requests/{request_id}/bundle?token={token}", expires_at
+    return f"{base}/v1/requests/{request_id}/bundle?token={token}", expires_at

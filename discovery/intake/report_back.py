@@ -29,7 +29,7 @@ from discovery.engine.ledger import Request, RequestStatus, Task
 from discovery.engine.pipeline import audit
 from discovery.engine.runtime import Runtime
 from discovery.i18n.languages import SOURCE, language
-from discovery.intake.download_tokens import download_link
+from discovery.intake.download_tokens import NoPublicUrl, download_link
 from discovery.intake.tickets import SIGNATURE_HEADER, sign
 
 log = structlog.get_logger(__name__)
@@ -54,10 +54,15 @@ def report_back(rt: Runtime, request_id: str) -> None:
     if not callback and not to_freshdesk:
         return
     now = rt.clock()
-    link = download_link(rt.settings, req.id, now) if req.bundle_path and req.status in _FINISHED else None
-    outcome = outcome_of(req, tasks, link, req.language or rt.settings.requests.language)
     done: dict[str, Any] = {}
     problems: list[str] = []
+    link = None
+    if req.bundle_path and req.status in _FINISHED:
+        try:
+            link = download_link(rt.settings, req.id, now)
+        except NoPublicUrl as exc:  # reported without a link, and the reason recorded: the agent sends it by hand
+            problems.append(str(exc))
+    outcome = outcome_of(req, tasks, link, req.language or rt.settings.requests.language)
     if callback:
         try:
             done["callback_status"] = post_callback(rt, callback, outcome, now)

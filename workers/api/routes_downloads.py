@@ -33,7 +33,10 @@ def _ready_bundle(rt: Runtime, req: LedgerRequest) -> str:
 @router.post("/v1/requests/{request_id}/download-link", response_model=DownloadLink, tags=["downloads"],
              responses=ERRORS)
 def download_link(request_id: str, rt: RT, _who: Download) -> dict[str, Any]:
-    """A signed, expiring link to the bundle that the person can open without an API token."""
+    """A signed, expiring link to the bundle that the person can open without an API token, at api.public_url
+    (503 `no_public_url` while it is unset)."""
+    if why := download_tokens.links_refused(rt.settings):  # before anything else: no link for anyone
+        fail(503, "no_public_url", why)
     req, _ = load_request(rt, request_id)
     _ready_bundle(rt, req)
     url, expires_at = download_tokens.download_link(rt.settings, request_id, rt.clock())
@@ -62,7 +65,7 @@ def bundle(request_id: str, rt: RT, creds: Creds,
     store = archive_store(rt.settings, rt.env)
     stream = None
     try:
-        link = store.presign_uri(uri, _PRESIGN_SECONDS)
+        link = store.presign_uri(uri, _PRESIGN_SECONDS) if rt.settings.api.download_redirect else None
         if not link:
             stream = store.open_uri(uri)
     except NotInArchive:

@@ -11,7 +11,7 @@ import click
 
 from discovery.engine import pipeline
 from discovery.engine.settings import load_settings
-from discovery.intake import api_tokens
+from discovery.intake import api_tokens, download_tokens
 from discovery.schedule import deadlines
 from workers.cli.common import EXIT_CONFIG, emit, errors_to_exit, fail, main, runtime, wait_for
 from workers.inprocess import in_process_worker_if_embedded
@@ -34,6 +34,10 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None, workers: i
         runtime(ctx)  # validates the data map and upgrades the ledger once, before server processes start
         if ctx.obj.get("config"):  # server processes load the same settings
             os.environ["DSAR_CONFIG"] = str(Path(ctx.obj["config"]).resolve())
+        # ... and the address they really listen on (the demo's links use it; never the file's port under --port)
+        os.environ["DSAR_API_HOST"], os.environ["DSAR_API_PORT"] = host, str(port)
+        if why := download_tokens.links_refused(settings):
+            click.echo(f"warning: {why}", err=True)
         import uvicorn
 
         click.echo(f"dsar API on http://{host}:{port} ({workers} process(es)); OpenAPI at /openapi.json", err=True)

@@ -1,6 +1,7 @@
 """`dsar` commands for scheduled erasures (registered on workers.cli.common.main).
 
-    dsar scheduler [--once] [--batch N]          claim due actions and turn them into erasure requests
+    dsar scheduler [--once] [--batch N]          claim due actions and turn them into erasure requests; run the
+                                                 periodic jobs (sweeps, bundle expiry, ledger purge) when due
     dsar account-deleted --email E [--grace 30d]  erase a deleted account after the grace period
     dsar schedule list [--all] [--email E]        what is scheduled
     dsar schedule cancel ID --reason R           e.g. the account was restored (audited)
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,7 +30,7 @@ import click
 from discovery.engine.ledger import ScheduledAction
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import ConfigError, load_settings
-from discovery.schedule import inactivity, marketing, retention, scheduler
+from discovery.schedule import inactivity, marketing, periodic, retention, scheduler
 from workers.cli.common import EXIT_FAILED, emit, errors_to_exit, main, wait_for
 from workers.inprocess import in_process_worker_if_embedded
 
@@ -87,11 +89,16 @@ def _action_data(a: ScheduledAction) -> dict[str, Any]:
 @click.option("--retention/--no-retention", "with_retention", default=None,
               help="Run `dsar retention run` once a day (UTC) under its lock (default: on in the loop, off with "
                    "--once, where cron runs `dsar retention run` itself).")
+@click.option("--periodic/--no-periodic", "with_periodic", default=None,
+              help="Run the periodic jobs when due, each under its lock: inactivity and marketing sweeps, bundle "
+                   "expiry, ledger purge (default: on in the loop, off with --once).")
+@click.option("--alive-file", type=click.Path(dir_okay=False), help="Touched after every round (a container "
+              "healthcheck reads its age).")
 @click.pass_context
 def scheduler_cmd(ctx: click.Context, once: bool, batch: int | None, timeout: float, as_json: bool,
-                  with_retention: bool | None) -> None:
-    """Claim due scheduled actions and turn them into erasure requests (a loop; --once for cron); once a day,
-    the retention run."""
+                  with_retention: bool | None, with_periodic: bool | None, alive_file: str | None) -> None:
+    """Claim due scheduled actions and turn them into erasure requests (a loop; --once for cron), and run the
+    periodic jobs when due (discovery.schedule.periodic); once a day, the retention run."""
     with errors_to_exit():
         from workers import app
         from workers.actors import WAKE
@@ -111,24 +118,40 @@ def scheduler_cmd(ctx: click.Context, once: bool, batch: int | None, timeout: fl
             click.echo(f"scheduler {worker}: polling every {rt.settings.schedule.poll_interval_seconds:g}s "
                        f"(batch {size}); Ctrl-C stops", err=True)
         jobs = [retention.DailyJob(rt, worker)] if (not once if with_retention is None else with_retention) else []
+        run_periodic = (not once) if with_periodic is None else with_periodic
+        ran: list[periodic.JobOutcome] = []  # kept for the summary with --once only (a loop runs for months)
         with in_process_worker_if_embedded(app.is_embedded()):
-            total = scheduler.run_scheduler(rt, WAKE, worker=worker, batch=size, once=once, stop=stop,
-                                            progress=progress, jobs=list(jobs))
+            total = scheduler.BatchResult()
+            while not stop.is_set():
+                for outcome in periodic.run_due(rt, worker) if run_periodic else []:
+                    click.echo(f"scheduler: {outcome.line()}", err=True)
+                    if once:
+                        ran.append(outcome)
+                total.add(scheduler.run_scheduler(rt, WAKE, worker=worker, batch=size, once=True, stop=stop,
+                                                  progress=progress, jobs=list(jobs)))
+                if alive_file:
+                    Path(alive_file).touch()
+                if once:
+                    break
+                stop.wait(rt.settings.schedule.poll_interval_seconds)
             finished: dict[str, str] = {}
             if app.is_embedded() and once:  # this process is the worker: let the requests finish
                 for request_id in total.request_ids:
                     finished[request_id] = wait_for(rt, request_id, timeout, show=False)
         data = {**total.to_dict(), "worker": worker, "requests_created": total.request_ids,
-                "request_status": finished}
+                "request_status": finished, "periodic": [o.to_dict() for o in ran]}
 
         def human() -> None:
             click.echo(f"{total.claimed} due action(s) claimed: {total.requests} erasure request(s) created, "
                        f"{total.cancelled} cancelled, {total.failed} failed, {total.retried} to retry")
             for request_id, status in finished.items():
                 click.echo(f"  request {request_id}: {status}")
+            for outcome in ran:
+                click.echo(f"  periodic {outcome.line()}")
 
         emit(data, as_json, human)
-        if total.failed or any(s not in ("completed", "awaiting_manual") for s in finished.values()):
+        if total.failed or any(s not in ("completed", "awaiting_manual") for s in finished.values()) \
+                or any(o.status != periodic.DONE for o in ran):
             sys.exit(EXIT_FAILED)
 
 

@@ -18,7 +18,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/dsar demo
 
-## The whole test suite (starts PostgreSQL, Redis and MariaDB if they are down).
+## The whole test suite (starts PostgreSQL, Redis, MariaDB and RabbitMQ if they are down).
 test: $(STAMP) services
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest

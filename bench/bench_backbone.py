@@ -93,6 +93,9 @@ def scalar(conn: psycopg.Connection, query: Any, params: tuple[object, ...] = ()
 def fresh_ledger(url: str) -> None:
     u = sa.make_url(url)
     assert u.database
+    if not u.database.startswith("dsar_bench"):  # dropped and recreated: only a benchmark's own database
+        raise SystemExit(f"--ledger-url: the benchmark drops and recreates its ledger; give a database named "
+                         f"dsar_bench..., not {u.database!r} (it may hold someone else's data)")
     admin = pg(url).rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(u.database)))

@@ -70,14 +70,16 @@ class LocalRateLimiter:
 
 
 class RedisRateLimiter:
-    """Spacing across processes and machines through one Redis key per vendor."""
+    """Spacing across processes and machines through one Redis key per vendor, `<namespace>:rate:<key>`: two
+    deployments on one Redis pace apart (each has its own vendor accounts)."""
 
     def __init__(
-        self, redis_client: object, key: str, rate_per_second: float, sleep: Callable[[float], None] = time.sleep
+        self, redis_client: object, key: str, rate_per_second: float, sleep: Callable[[float], None] = time.sleep,
+        namespace: str = "dsar",
     ) -> None:
         if rate_per_second <= 0:
             raise ValueError("rate_per_second must be positive")
-        self._key = f"dsar:rate:{key}"
+        self._key = f"{namespace}:rate:{key}"
         self._interval = 1.0 / (rate_per_second * HEADROOM)
         self._script = redis_client.register_script(_RESERVE_LUA)  # type: ignore[attr-defined]
         self._sleep = sleep
@@ -95,12 +97,14 @@ class RedisRateLimiter:
         return wait
 
 
-def make_rate_limiter(key: str, rate_per_second: float | None, redis_url: str | None) -> RateLimiter:
-    """Redis-shared when a Redis URL is configured, in-process otherwise, none without a rate."""
+def make_rate_limiter(key: str, rate_per_second: float | None, redis_url: str | None,
+                      namespace: str = "dsar") -> RateLimiter:
+    """Redis-shared when a Redis URL is configured (keys under `namespace`), in-process otherwise, none without a
+    rate."""
     if not rate_per_second:
         return NoLimit()
     if redis_url:
         import redis
 
-        return RedisRateLimiter(redis.Redis.from_url(redis_url), key, rate_per_second)
+        return RedisRateLimiter(redis.Redis.from_url(redis_url), key, rate_per_second, namespace=namespace)
     return LocalRateLimiter(rate_per_second)

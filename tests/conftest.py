@@ -168,8 +168,102 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.database()
 
 
-def write_config(tmp_path: Path, ledger_url: str, broker_url: str = "stub://", **worker: object) -> Path:
-    """A settings file for one test, using the project's data map unless one is copied beside it."""
+# -- RabbitMQ ----------------------------------------------------------------------------------
+
+# The host's RabbitMQ is shared with other programs: the test run makes a vhost of its own (rabbitmqctl, which needs
+# the Erlang cookie: root, or the rabbitmq user), gives the guest user (or DSAR_TEST_RABBITMQ_USER) rights on it
+# only, and deletes that vhost, and nothing else, at the end. Tests keep apart inside it by namespace (a test's
+# default namespace is its ledger database's name, dsar_t_<hex>).
+RABBITMQ_URL = os.environ.get("DSAR_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+RABBITMQCTL = os.environ.get("DSAR_TEST_RABBITMQCTL") or shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+
+
+class RabbitVhost:
+    """A vhost of this test run's own on the host's RabbitMQ; `stop()` deletes it (only it)."""
+
+    def __init__(self) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(RABBITMQ_URL)
+        self.user = os.environ.get("DSAR_TEST_RABBITMQ_USER") or parts.username or "guest"
+        self.name = f"dsar-test-{uuid.uuid4().hex[:12]}"
+        self.url = f"{RABBITMQ_URL.rstrip('/')}/{self.name}"
+        self.created = False
+        try:
+            with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=3):
+                pass
+        except OSError as exc:
+            _unavailable("RabbitMQ", f"{parts.hostname}:{parts.port or 5672}: {exc.strerror or exc}")
+        if not Path(RABBITMQCTL).exists():
+            _unavailable("RabbitMQ", "rabbitmqctl is not installed (it makes the tests' own vhost)")
+        self._ctl("add_vhost", self.name)
+        self.created = True
+        self._ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+
+    def _ctl(self, *args: str) -> None:
+        done = subprocess.run([RABBITMQCTL, "-q", *args], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            why = (done.stderr or done.stdout).strip().splitlines()
+            self.stop()
+            _unavailable("RabbitMQ", f"rabbitmqctl {args[0]}: {why[-1] if why else done.returncode}")
+
+    def stop(self) -> None:
+        if self.created:
+            self.created = False
+            subprocess.run([RABBITMQCTL, "-q", "delete_vhost", self.name], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[RabbitVhost]:
+    vhost = RabbitVhost()
+    yield vhost
+    vhost.stop()
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq_vhost: RabbitVhost) -> str:
+    """The test run's own vhost (amqp://...); a test keeps to its own queues through its namespace."""
+    return rabbitmq_vhost.url
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """A broker of the test run's own, once per kind: a fresh Redis database, then the run's RabbitMQ vhost."""
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "rabbitmq_url"))
+
+
+class BrokerWakeups:
+    """Sends wake-ups the way workers.actors does (to broker.namespace's queue on the configured broker), without
+    importing it (it binds this process's broker)."""
+
+    def __init__(self, settings: Any) -> None:
+        from workers.app import make_broker
+
+        self.broker, self.queue = make_broker(settings), settings.broker.namespace
+
+    def _send(self, actor: str, arg: Any) -> None:
+        import dramatiq
+
+        self.broker.enqueue(dramatiq.Message(queue_name=self.queue, actor_name=actor, args=(arg,), kwargs={},
+                                             options={}))
+
+    def discover(self, request_id: str) -> None:
+        self._send("discover", request_id)
+
+    def execute(self, task_id: int) -> None:
+        self._send("execute", task_id)
+
+    def merge(self, request_id: str) -> None:
+        self._send("merge", request_id)
+
+    def close(self) -> None:
+        self.broker.close()
+
+
+def write_config(tmp_path: Path, ledger_url: str, broker_url: str = "stub://", namespace: str = "",
+                 **worker: object) -> Path:
+    """A settings file for one test, using the project's data map unless one is copied beside it. The namespace
+    defaults to the ledger database's name (dsar_t_<hex> for a test's PostgreSQL ledger: its own)."""
     datamap = tmp_path / "datamap.yaml"
     if not datamap.exists():
         shutil.copy(ROOT / "config" / "datamap.yaml", datamap)
@@ -180,6 +274,7 @@ def write_config(tmp_path: Path, ledger_url: str, broker_url: str = "stub://", *
 url = "{ledger_url}"
 [broker]
 url = "{broker_url}"
+namespace = "{namespace}"
 [archive]
 path = "{tmp_path / 'archive'}"
 staging_path = "{tmp_path / 'staging'}"

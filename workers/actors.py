@@ -26,6 +26,8 @@ from workers import app, heartbeat
 log = structlog.get_logger(__name__)
 app.ensure_broker()
 _cfg = app.settings().worker
+# broker.namespace, read once: actors are declared once per process, after its settings are loaded
+QUEUE = app.queue_name()
 _RETRY: dict[str, Any] = {
     "max_retries": _cfg.max_attempts,
     "min_backoff": int(_cfg.retry_backoff_seconds * 1000),
@@ -83,19 +85,19 @@ def handle(event: str, work: Callable[[], object], permanent: Callable[[str], No
             permanent(error)
 
 
-@dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[call-overload, misc]
+@dramatiq.actor(queue_name=QUEUE, **_RETRY)  # type: ignore[call-overload, misc]
 def discover(request_id: str) -> None:
     handle("discover", lambda: pipeline.run_discovery(app.runtime(), WAKE, request_id), request_id=request_id)
 
 
-@dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[call-overload, misc]
+@dramatiq.actor(queue_name=QUEUE, **_RETRY)  # type: ignore[call-overload, misc]
 def execute(task_id: int) -> None:
     # A failure the task could not record (its second, minimal write failed too) leaves it running: the sweeper
     # takes it over when its lease expires, and a task started more than max_attempts times is failed.
     handle("execute", lambda: pipeline.execute_task(app.runtime(), MERGE_INLINE, task_id), task_id=task_id)
 
 
-@dramatiq.actor(queue_name="dsar", **_RETRY)  # type: ignore[call-overload, misc]
+@dramatiq.actor(queue_name=QUEUE, **_RETRY)  # type: ignore[call-overload, misc]
 def merge(request_id: str) -> None:
     handle("merge", lambda: pipeline.merge_request(app.runtime(), request_id),
            lambda error: _merge_failed(request_id, error), request_id=request_id)
@@ -145,4 +147,5 @@ def add_sweeper() -> None:
 
 if app.os_env_flag("DSAR_SWEEPER"):
     add_sweeper()
-heartbeat.install(app.ensure_broker())  # each worker process says it is alive (workers/heartbeat.py)
+# each worker process says it is alive (workers/heartbeat.py), under its namespace
+heartbeat.install(app.ensure_broker(), namespace=QUEUE, redis_url=app.settings().redis_url)

@@ -53,11 +53,33 @@ def setup(settings: Settings, runtime: Runtime | None = None) -> Runtime:
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
-    if settings.broker.url.startswith("stub://"):
+    """The configured broker, not installed (tests use this to send to a worker's queue without binding one)."""
+    kind = settings.broker.kind
+    if kind == "stub":
         return StubBroker()
-    # A dead worker's unacked messages return to the queue after the heartbeat timeout.
+    if kind == "rabbitmq":
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        # Durable queues and persistent messages are Dramatiq's defaults there; confirms make a send return only
+        # once RabbitMQ holds the message (and re-declare a queue deleted under us). A dead worker's unacked
+        # messages return as soon as RabbitMQ notices its connection gone.
+        return RabbitmqBroker(url=settings.broker.url, confirm_delivery=True)
+    # A dead worker's unacked messages return to the queue after the heartbeat timeout. Dramatiq's keys (queues,
+    # acks, its own heartbeats) under "<namespace>:dramatiq:", so deployments sharing a Redis never meet.
     heartbeat_ms = max(15_000, settings.worker.task_lease_seconds * 1000)
-    return RedisBroker(url=settings.broker.url, heartbeat_timeout=heartbeat_ms)
+    return RedisBroker(url=settings.broker.url, heartbeat_timeout=heartbeat_ms,
+                       namespace=f"{settings.broker.namespace}:dramatiq")
+
+
+def queue_name() -> str:
+    """The one queue every actor of this deployment is on: broker.namespace."""
+    return settings().broker.namespace
+
+
+def worker_timeout_ms(settings: Settings) -> int:
+    """How long a consumer waits for a message before looking again. RabbitMQ pushes messages (no polling):
+    the timeout only bounds how soon a stopping worker notices; Redis consumers poll at worker.poll_ms."""
+    return max(settings.worker.poll_ms, 1000) if settings.broker.kind == "rabbitmq" else settings.worker.poll_ms
 
 
 def ensure_broker() -> dramatiq.Broker:

@@ -172,6 +172,7 @@ def child_main(threads: int, slot: int) -> int:
     supervisor = os.getppid()
 
     import dramatiq
+    import pika.exceptions
     import redis
 
     from discovery.engine.datamap import DataMapError
@@ -188,8 +189,9 @@ def child_main(threads: int, slot: int) -> int:
 
         broker = app.ensure_broker()
         broker.emit_after("process_boot")  # TimeLimit and friends start their threads here, as under Dramatiq's CLI
-        worker = dramatiq.Worker(broker, queues={"dsar"}, worker_threads=threads,
-                                 worker_timeout=app.settings().worker.poll_ms)
+        # the deployment's own queue (broker.namespace), never another's on the same Redis or vhost
+        worker = dramatiq.Worker(broker, queues={app.queue_name()}, worker_threads=threads,
+                                 worker_timeout=app.worker_timeout_ms(app.settings()))
         worker.start()
     except (ConfigError, DataMapError) as exc:
         print(f"dsar worker: {exc}", file=sys.stderr, flush=True)
@@ -197,7 +199,7 @@ def child_main(threads: int, slot: int) -> int:
     except ImportError as exc:
         print(f"dsar worker: {exception_line(exc)}", file=sys.stderr, flush=True)
         return CHILD_IMPORT
-    except (dramatiq.BrokerConnectionError, redis.RedisError) as exc:
+    except (dramatiq.BrokerConnectionError, redis.RedisError, pika.exceptions.AMQPError) as exc:
         print(f"dsar worker: broker unreachable ({type(exc).__name__})", file=sys.stderr, flush=True)
         return CHILD_UNAVAILABLE
     log.info("worker.ready", slot=slot, pid=os.getpid(), threads=threads)

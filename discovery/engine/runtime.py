@@ -33,7 +33,7 @@ class Runtime:
         self.sessions: sessionmaker[Session] = db.session_factory(self.engine)
         self.data_map: DataMap = load_data_map(settings.data_map.path)
         self.staging = Staging(settings.archive.staging_path)
-        self.ctx = ConnectorContext(env=self.env, redis_url=settings.redis_url,
+        self.ctx = ConnectorContext(env=self.env, redis_url=settings.redis_url, namespace=settings.broker.namespace,
                                     secret_key=settings.secret_key, now=now)
         # The whole data map is checked here, when a command or worker starts, before anything is written: every
         # enabled system's settings are validated and its connector built (nothing is connected to), so a bad map

@@ -1,4 +1,5 @@
-"""No poison messages (issue 10, point 5): a real Dramatiq worker on a test-owned Redis and a PostgreSQL ledger.
+"""No poison messages (issue 10, point 5): a real Dramatiq worker on a test-owned Redis database, and on the test
+run's own RabbitMQ vhost, and a PostgreSQL ledger.
 
 A task whose outcome cannot be stored fails once with a one-line reason and is never run again (neither Dramatiq's
 retries nor the sweeper's lease take-over bring it back); messages for unknown ids are dropped with a warning.
@@ -15,47 +16,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import dramatiq
 import pytest
-import redis
 import sqlalchemy as sa
-from dramatiq.brokers.redis import RedisBroker
 
 from discovery.engine import db, pipeline
 from discovery.engine.ledger import OPEN_STATUSES, AuditEvent, Request, Task
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
-from tests.conftest import ROOT, SECRET, write_config
+from tests.conftest import ROOT, SECRET, BrokerWakeups, write_config
 
 pytestmark = pytest.mark.integration
 
 
-class RedisWakeups:
-    """Sends wake-ups the way workers.actors does, without importing it (it binds this process's broker)."""
-
-    def __init__(self, broker: RedisBroker) -> None:
-        self.broker = broker
-
-    def _send(self, actor: str, arg: Any) -> None:
-        self.broker.enqueue(dramatiq.Message(queue_name="dsar", actor_name=actor, args=(arg,), kwargs={},
-                                             options={}))
-
-    def discover(self, request_id: str) -> None:
-        self._send("discover", request_id)
-
-    def execute(self, task_id: int) -> None:
-        self._send("execute", task_id)
-
-    def merge(self, request_id: str) -> None:
-        self._send("merge", request_id)
-
-
 @pytest.fixture
-def stack(tmp_path: Path, pg_database: Callable[[], str], redis_url: str) -> Iterator[dict[str, Any]]:
+def stack(tmp_path: Path, pg_database: Callable[[], str], broker_url: str) -> Iterator[dict[str, Any]]:
     (tmp_path / "datamap.yaml").write_text(
         "controller: {name: Test AS, contact: dpo@example.no}\n"
         "systems: {accounts: {kind: sql, enabled: false, url_env: X, entities: {}}}\n")
-    config = write_config(tmp_path, pg_database(), redis_url, task_lease_seconds=5, sweep_interval_seconds=0.5,
+    config = write_config(tmp_path, pg_database(), broker_url, task_lease_seconds=5, sweep_interval_seconds=0.5,
                           retry_backoff_seconds=0.2, max_attempts=3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSAR_")}
     env.update({"DSAR_SECRET_KEY": SECRET, "PYTHONUNBUFFERED": "1", "DSAR_LOG_LEVEL": "INFO"})
@@ -65,11 +43,11 @@ def stack(tmp_path: Path, pg_database: Callable[[], str], redis_url: str) -> Ite
     with log_path.open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "tests.integration.poison_worker", str(config)], env=env,
                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    broker = RedisBroker(url=redis_url)
+    wake = BrokerWakeups(rt.settings)
     try:
         wait_until(lambda: b"worker ready" in log_path.read_bytes() or worker.poll() is not None, 60, "the worker")
         assert worker.poll() is None, log_path.read_text()
-        yield {"rt": rt, "wake": RedisWakeups(broker), "log": log_path, "redis": redis.Redis.from_url(redis_url)}
+        yield {"rt": rt, "wake": wake, "log": log_path}
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -78,7 +56,7 @@ def stack(tmp_path: Path, pg_database: Callable[[], str], redis_url: str) -> Ite
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait()
-        broker.close()
+        wake.close()
         rt.close()
 
 
@@ -92,9 +70,17 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def queued(client: redis.Redis) -> dict[str, int]:
-    """Messages still held by the broker: waiting, delayed for a retry, or dead-lettered."""
-    return {q: int(client.hlen(f"dramatiq:{q}.msgs")) for q in ("dsar", "dsar.DQ", "dsar.XQ")}
+def queued(wake: BrokerWakeups) -> dict[str, int]:
+    """Messages still held by the broker: waiting, delayed for a retry, or dead-lettered (in the namespace's queue)."""
+    names = ("queue", "delayed", "dead")
+    if wake.broker.__class__.__name__ == "RabbitmqBroker":
+        return dict(zip(names, wake.broker.get_queue_message_counts(wake.queue), strict=True))
+    client = wake.broker.client  # type: ignore[attr-defined]
+    keys = (wake.queue, f"{wake.queue}.DQ", f"{wake.queue}.XQ")
+    return {n: int(client.hlen(f"{wake.queue}:dramatiq:{q}.msgs")) for n, q in zip(names, keys, strict=True)}
+
+
+NOTHING_QUEUED = {"queue": 0, "delayed": 0, "dead": 0}
 
 
 def test_a_result_that_cannot_be_stored_fails_the_task_once_and_is_never_retried(stack: dict[str, Any]) -> None:
@@ -117,7 +103,7 @@ def test_a_result_that_cannot_be_stored_fails_the_task_once_and_is_never_retried
     assert task.error.startswith("internal error: could not store the result: ") and "\n" not in task.error
     assert "datetime" in task.error and "not JSON serializable" in task.error
     assert events.count("task.failed") == 1 and events.count("request.completed") == 1
-    assert queued(stack["redis"]) == {"dsar": 0, "dsar.DQ": 0, "dsar.XQ": 0}
+    assert queued(stack["wake"]) == NOTHING_QUEUED
     log = stack["log"].read_text()
     assert "task.store_failed" in log and "Traceback" not in log
 
@@ -134,4 +120,4 @@ def test_messages_for_unknown_ids_are_dropped_with_a_warning(stack: dict[str, An
     assert log.count("discover.dropped") == log.count("execute.dropped") == log.count("merge.dropped") == 1
     assert "unknown request no-such-request" in log and "unknown task 987654" in log
     assert "Traceback" not in log and "Retrying message" not in log
-    assert queued(stack["redis"]) == {"dsar": 0, "dsar.DQ": 0, "dsar.XQ": 0}
+    assert queued(stack["wake"]) == NOTHING_QUEUED

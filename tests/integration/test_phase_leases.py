@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 import dramatiq
 import pytest
 import sqlalchemy as sa
-from dramatiq.brokers.redis import RedisBroker
 
 from connectors.base import Identities, Record, TransientError
 from discovery.engine import db, pipeline
@@ -32,6 +31,7 @@ from discovery.engine.settings import load_settings
 from tests.conftest import ROOT, SECRET, write_config
 from tests.helpers import SyncWakeups
 from tests.integration.hang_worker import Fine
+from workers.app import make_broker
 
 pytestmark = pytest.mark.integration
 
@@ -268,12 +268,12 @@ def test_a_hanging_vendor_stalls_no_request_under_a_real_worker(
     with log_path.open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "tests.integration.hang_worker", str(config)], env=env,
                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    broker = RedisBroker(url=redis_url)
+    broker = make_broker(rt.settings)  # the worker's broker and queue (broker.namespace), not bound here
 
     class Wake:
         def discover(self, request_id: str) -> None:
-            broker.enqueue(dramatiq.Message(queue_name="dsar", actor_name="discover", args=(request_id,), kwargs={},
-                                            options={}))
+            broker.enqueue(dramatiq.Message(queue_name=rt.settings.broker.namespace, actor_name="discover",
+                                            args=(request_id,), kwargs={}, options={}))
 
         def execute(self, task_id: int) -> None: ...
         def merge(self, request_id: str) -> None: ...

@@ -24,6 +24,7 @@ import redis
 import requests
 import sqlalchemy as sa
 
+from discovery.engine.settings import load_settings
 from sandbox.people import JANE
 from tests.conftest import ROOT, dsar_env, free_port, run_dsar, seed_accounts, write_config
 from workers import heartbeat, supervisor
@@ -64,6 +65,7 @@ class Stack:
                                    retry_backoff_seconds=0.2)
         self.env = dsar_env(self.config, accounts)
         self.redis = redis.Redis.from_url(redis_url)
+        self.beats_key = heartbeat.key(load_settings(self.config, self.env).broker.namespace)  # the ledger's name
         self.ledger = sa.create_engine(ledger)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.seen_pids: set[int] = set()
@@ -80,7 +82,7 @@ class Stack:
 
     def alive(self) -> list[heartbeat.Beat]:
         now = time.time()
-        found = [b for b in heartbeat.beats(self.redis) if b.alive(now)]
+        found = [b for b in heartbeat.beats(self.redis, self.beats_key) if b.alive(now)]
         self.seen_pids.update(b.pid for b in found)
         return found
 
@@ -120,7 +122,6 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_all(stack: Stack) -> Non
     # While they beat, nothing says "no worker": check and the status logic.
     workers = orjson.loads(run_dsar(["check", "--json"], stack.env).stdout)["systems"]["workers"]
     assert workers["ok"] and workers["alive"] == 2 and not workers["problems"] and not workers["warnings"]
-    from discovery.engine.settings import load_settings
 
     found = heartbeat.for_status(load_settings(stack.config, stack.env), "running")
     assert found is not None and found["alive"] == 2 and found["problem"] is None
@@ -145,7 +146,7 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_all(stack: Stack) -> Non
     os.kill(sup.pid, signal.SIGTERM)  # the supervisor alone: it passes the stop on
     assert sup.wait(timeout=60) == 0, stack.log("worker")
     assert not [pid for pid in children if pid_exists(pid)]
-    stopped = {b.pid: b for b in heartbeat.beats(stack.redis)}
+    stopped = {b.pid: b for b in heartbeat.beats(stack.redis, stack.beats_key)}
     assert all(stopped[pid].stopped_at is not None for pid in children)  # each said goodbye
     assert "Traceback" not in stack.log("worker")
 
@@ -180,7 +181,7 @@ def test_with_no_worker_alive_status_check_and_readyz_say_since_when(stack: Stac
     submitted = run_dsar(["request", "access", "--email", JANE.email, "--json"], stack.env)
     assert submitted.returncode == 0, submitted.stderr
     request_id = orjson.loads(submitted.stdout)["id"]
-    (stopped,) = heartbeat.beats(stack.redis)
+    (stopped,) = heartbeat.beats(stack.redis, stack.beats_key)
     assert stopped.stopped_at is not None
     since = heartbeat.Liveness(0, stopped.stopped_at).problem
     assert since is not None and since.startswith("no worker alive since 20") and since.endswith(" UTC")
@@ -213,7 +214,7 @@ def test_a_worker_whose_supervisor_was_killed_stops(stack: Stack) -> None:
     os.kill(sup.pid, signal.SIGKILL)
     sup.wait()
     wait_until(lambda: not pid_exists(beat.pid), 30, "the orphaned worker to stop")
-    (after,) = heartbeat.beats(stack.redis)
+    (after,) = heartbeat.beats(stack.redis, stack.beats_key)
     assert after.stopped_at is not None  # it stopped gracefully, not killed
 
 

@@ -1,4 +1,5 @@
-"""Real Dramatiq workers on Redis, a PostgreSQL ledger and account database, driven through the CLI."""
+"""Real Dramatiq workers on Redis and on RabbitMQ (each test runs on both: a test-owned Redis database, the test
+run's own vhost), a PostgreSQL ledger and account database, driven through the CLI."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def stack(tmp_path: Path, pg_database: Callable[[], str], redis_url: str) -> Iterator[dict[str, Any]]:
+def stack(tmp_path: Path, pg_database: Callable[[], str], broker_url: str) -> Iterator[dict[str, Any]]:
     ledger, accounts = pg_database(), pg_database()
     engine = seed_accounts(accounts)
-    config = write_config(tmp_path, ledger, redis_url, task_lease_seconds=5, sweep_interval_seconds=1,
+    config = write_config(tmp_path, ledger, broker_url, task_lease_seconds=5, sweep_interval_seconds=1,
                           retry_backoff_seconds=0.2)
     env = dsar_env(config, accounts)
     workers: list[subprocess.Popen[bytes]] = []

@@ -41,7 +41,7 @@ def test_unknown_key_and_bad_values_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key: 'worker.thredas'"):
         load_settings(write(tmp_path, BASE + "[worker]\nthredas = 3\n"), ENV)
     with pytest.raises(ConfigError, match=r"'broker.url'"):
-        load_settings(write(tmp_path, BASE.replace("stub://", "amqp://x")), ENV)
+        load_settings(write(tmp_path, BASE.replace("stub://", "kafka://x")), ENV)
     with pytest.raises(ConfigError, match=r"'requests.due_days'"):
         load_settings(write(tmp_path, BASE + "[requests]\ndue_days = 90\n"), ENV)
 

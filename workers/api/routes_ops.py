@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import redis
 import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -35,8 +34,8 @@ def readyz(rt: RT) -> JSONResponse:
     workers: dict[str, Any] | None = None
     try:
         found = heartbeat.liveness(rt.settings)
-    except redis.RedisError:
-        reasons.append({"check": "broker", "message": "redis broker unreachable"})
+    except heartbeat.Unreachable as exc:  # the broker, or the Redis keeping the beats beside RabbitMQ
+        reasons.append({"check": "broker", "message": str(exc)})
     else:
         if found is not None:
             workers = found.to_dict()

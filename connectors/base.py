@@ -381,12 +381,14 @@ class ConnectorContext:
     """What a connector may use from its surroundings, handed in so tests can replace it.
 
     `env` is where secrets come from (settings name the variable, never hold the value);
-    `redis_url` makes rate limits shared across worker processes; `secret_key` keys hashes
-    used for masking; `now` is the clock (holds and retention are tested with a fake one).
+    `redis_url` makes rate limits shared across worker processes, under keys prefixed with
+    `namespace` (broker.namespace); `secret_key` keys hashes used for masking; `now` is the
+    clock (holds and retention are tested with a fake one).
     """
 
     env: Mapping[str, str]
     redis_url: str | None = None
+    namespace: str = "dsar"
     secret_key: bytes = b""
     now: Any = None  # Callable[[], datetime]; None means datetime.now(UTC)
 

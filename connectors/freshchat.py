@@ -155,7 +155,7 @@ class FreshchatConnector(Connector):
             headers={"Authorization": f"Bearer {token}"},
             timeout=(min(5.0, config.timeout_s), config.timeout_s),
             retry=retry,
-            rate_limiter=make_rate_limiter(f"freshchat:{host}", config.rate_per_second, ctx.redis_url),
+            rate_limiter=make_rate_limiter(f"freshchat:{host}", config.rate_per_second, ctx.redis_url, ctx.namespace),
             session=session,
         )
         return cls(

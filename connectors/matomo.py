@@ -165,7 +165,7 @@ class MatomoConnector(Connector):
             config.base_url,
             timeout=(min(5.0, config.timeout_s), config.timeout_s),
             retry=retry,
-            rate_limiter=make_rate_limiter(f"matomo:{name}", config.rate_per_second, ctx.redis_url),
+            rate_limiter=make_rate_limiter(f"matomo:{name}", config.rate_per_second, ctx.redis_url, ctx.namespace),
             session=session,
         )
         return cls(

@@ -166,7 +166,7 @@ class MauticConnector(Connector):
             auth=basic if config.auth == "basic" else None,
             timeout=(min(5.0, config.timeout_s), config.timeout_s),
             retry=retry,
-            rate_limiter=make_rate_limiter(f"mautic:{name}", config.rate_per_second, ctx.redis_url),
+            rate_limiter=make_rate_limiter(f"mautic:{name}", config.rate_per_second, ctx.redis_url, ctx.namespace),
             session=session,
         )
 

@@ -168,7 +168,7 @@ class SalesmanagoConnector(Connector):
             base_url,
             timeout=(5.0, timeout_s),
             retry=retry,
-            rate_limiter=make_rate_limiter(f"salesmanago:{name}", rate_per_second, ctx.redis_url),
+            rate_limiter=make_rate_limiter(f"salesmanago:{name}", rate_per_second, ctx.redis_url, ctx.namespace),
         )
 
     # ------------------------------------------------------------------ construction

@@ -8,6 +8,7 @@ file names the environment variable that holds them.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,15 +49,56 @@ class LedgerSettings(_Section):
         return value
 
 
+# A namespace names the queue (Dramatiq wants a letter or _ first) and prefixes every Redis key of a deployment.
+NAMESPACE_RE = re.compile(r"[a-z_][a-z0-9_-]{0,39}")
+
+
 class BrokerSettings(_Section):
-    url: str  # redis://host:port/db, or stub:// for the in-process broker
+    # redis://host:port/db, amqp://user@host:5672/vhost (RabbitMQ; amqps:// with TLS), or stub:// (in-process)
+    url: str
+    # The queue's name and the prefix of every Redis key this deployment writes, so two deployments (or production
+    # and the tests) on one Redis or vhost never take each other's messages. Empty: the ledger database's name.
+    namespace: str = ""
+    # With RabbitMQ: a Redis for the vendors' shared rate limits and the workers' heartbeats (optional; without it
+    # rate limits are per process and the heartbeat is RabbitMQ's count of consumers, without "since when").
+    redis_url: str = ""
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "stub://")):
-            raise ValueError("must be redis://..., rediss://... or stub:// (in-process)")
+        if not value.startswith(("redis://", "rediss://", "amqp://", "amqps://", "stub://")):
+            raise ValueError("must be redis://..., rediss://..., amqp://..., amqps://... or stub:// (in-process)")
         return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if value and not NAMESPACE_RE.fullmatch(value):
+            raise ValueError("must be 1-40 characters of a-z, 0-9, _ and -, starting with a letter or _")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be redis://... or rediss://... (or empty)")
+        return value
+
+    @property
+    def kind(self) -> Literal["redis", "rabbitmq", "stub"]:
+        if self.url.startswith("stub://"):
+            return "stub"
+        return "rabbitmq" if self.url.startswith("amqp") else "redis"
+
+
+def default_namespace(ledger_url: str) -> str:
+    """The ledger database's name (PostgreSQL, MariaDB), made a valid namespace; "dsar" for SQLite or no name."""
+    if not ledger_url.startswith(("postgresql", "mysql", "mariadb")):
+        return "dsar"
+    name = re.sub(r"[^a-z0-9_-]", "_", urlsplit(ledger_url).path.strip("/").lower())
+    if name and not re.match(r"[a-z_]", name):
+        name = f"dsar_{name}"
+    return name[:40] or "dsar"
 
 
 class DataMapSettings(_Section):
@@ -211,9 +253,18 @@ class Settings(_Section):
             raise ValueError("ledger.retention_days must not be shorter than archive.retention_days")
         return self
 
+    @model_validator(mode="after")
+    def _default_namespace(self) -> Settings:
+        if not self.broker.namespace:
+            self.broker.namespace = default_namespace(self.ledger.url)
+        return self
+
     @property
     def redis_url(self) -> str | None:
-        return self.broker.url if self.broker.url.startswith("redis") else None
+        """The Redis for shared rate limits and heartbeats: the broker's, or broker.redis_url beside RabbitMQ."""
+        if self.broker.kind == "redis":
+            return self.broker.url
+        return self.broker.redis_url or None
 
 
 # Optional secrets whose *_env setting is empty by default (off): the variable a deployment names when it turns one on,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -15,8 +15,11 @@ from sqlalchemy.exc import OperationalError
 from discovery.engine import pipeline
 from discovery.engine.datamap import record_gaps, untranslated
 from discovery.engine.runtime import Runtime
-from discovery.engine.settings import Settings, load_settings
+from discovery.engine.settings import load_settings
 from workers.cli.common import EXIT_CONFIG, EXIT_FAILED, emit, errors_to_exit, fail, main, runtime
+
+if TYPE_CHECKING:
+    from workers.heartbeat import Liveness
 
 
 @main.command("check")
@@ -34,15 +37,15 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
             results["ledger"] = {"ok": True, "problems": [], "warnings": []}
         except OperationalError:
             results["ledger"] = {"ok": False, "problems": ["ledger database unreachable"], "warnings": []}
-        if settings.redis_url:
-            import redis
+        if settings.broker.kind != "stub":
+            from workers import heartbeat
 
-            try:
-                redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+            try:  # the broker answers (and the Redis of broker.redis_url, which keeps the beats beside RabbitMQ)
+                found = heartbeat.liveness(settings)
                 results["broker"] = {"ok": True, "problems": [], "warnings": []}
-                results["workers"] = _workers_check(settings)
-            except redis.RedisError:
-                results["broker"] = {"ok": False, "problems": ["redis broker unreachable"], "warnings": []}
+                results["workers"] = _workers_check(found)
+            except heartbeat.Unreachable as exc:
+                results["broker"] = {"ok": False, "problems": [str(exc)], "warnings": []}
         code = settings.requests.language
         missing = untranslated(rt.data_map, code)
         # not errors: the person still reads the text, in another language; `dsar ropa` still writes the record
@@ -69,12 +72,9 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
             sys.exit(EXIT_FAILED)
 
 
-def _workers_check(settings: Settings) -> dict[str, Any]:
+def _workers_check(found: Liveness | None) -> dict[str, Any]:
     """Workers that ran and are all gone fail the check; none ever having run (a check before the first start) is a
-    warning. The heartbeats are in the broker (workers/heartbeat.py)."""
-    from workers import heartbeat
-
-    found = heartbeat.liveness(settings)
+    warning, as is none consuming on RabbitMQ without beats (it cannot tell). workers/heartbeat.py has the beats."""
     result: dict[str, Any] = {"ok": True, "problems": [], "warnings": []}
     if found is not None:
         result.update(alive=found.alive, last_seen=found.to_dict()["last_seen"])
@@ -89,7 +89,7 @@ def _workers_check(settings: Settings) -> dict[str, Any]:
 @click.option("--threads", type=int, help="Threads per process (default from settings).")
 @click.pass_context
 def worker_cmd(ctx: click.Context, processes: int | None, threads: int | None) -> None:
-    """Run Dramatiq workers (with the sweeper) on the configured Redis broker, restarting one that dies.
+    """Run Dramatiq workers (with the sweeper) on the configured broker's queue, restarting one that dies.
 
     SIGTERM or Ctrl-C stops them gracefully (running messages finish); a second one stops them at once.
     """
@@ -97,9 +97,9 @@ def worker_cmd(ctx: click.Context, processes: int | None, threads: int | None) -
 
     with errors_to_exit():
         settings = load_settings(ctx.obj.get("config"))
-        if not settings.redis_url:
-            fail("`dsar worker` needs a Redis broker (broker.url = redis://...); the embedded stub:// broker "
-                 "runs inside each command", EXIT_CONFIG)
+        if settings.broker.kind == "stub":
+            fail("`dsar worker` needs a Redis or RabbitMQ broker (broker.url = redis://... or amqp://...); the "
+                 "embedded stub:// broker runs inside each command", EXIT_CONFIG)
         runtime(ctx).close()  # validates the data map and upgrades the ledger once, before the workers start
         env = dict(os.environ, DSAR_SWEEPER="1", DSAR_SCHEMA_UPGRADED="1")
         if ctx.obj.get("config"):

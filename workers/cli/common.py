@@ -86,8 +86,8 @@ def errors_to_exit() -> Iterator[None]:
 
 
 def broker_trouble(exc: BaseException) -> bool:
-    """The broker (Redis) or Dramatiq's client failed, not dsar."""
-    return type(exc).__module__.startswith(("redis", "dramatiq"))
+    """The broker (Redis, RabbitMQ) or Dramatiq's client failed, not dsar."""
+    return type(exc).__module__.startswith(("redis", "dramatiq", "pika"))
 
 
 class RecordingWakeups:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -319,6 +320,29 @@ class FreshchatConnector(Connector):
                 receipt.note(N_("user property '{property}' set to false; resolved conversations stay resolved"),
                              property=self.restricted_property)
         return receipt
+
+    def custom_fields(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Names of the user properties on recently updated users (values are never kept).
+
+        No source lists a FreshChat call that lists user property definitions [U]; a page of users filtered by
+        `updated_from`/`updated_to` (ISO 8601, as Airbyte's source-freshchat sends them [L]) carries each user's
+        `properties: [{name, value}]` [L], so the names seen there are what this account holds. Properties no
+        recent user has are not listed.
+        """
+        now = now or datetime.now(UTC)
+        params = {"updated_from": (now - timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                  "updated_to": now.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                  "items_per_page": str(self.items_per_page), "page": "1"}
+        body = self.http.json("GET", "users", params=params)
+        users = body.get("users") if isinstance(body, dict) else None
+        if not isinstance(users, list):
+            raise PermanentError(self.name, "GET /users answered without a 'users' list")
+        names: dict[str, None] = {}
+        for user in users:
+            for prop in (user.get("properties") or []) if isinstance(user, dict) else []:
+                if isinstance(prop, dict) and prop.get("name"):
+                    names[str(prop["name"])] = None
+        return [{"name": name, "label": name, "type": "user property"} for name in names]
 
     def check(self) -> Health:
         health = Health(self.name, ok=True)

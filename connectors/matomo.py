@@ -308,6 +308,26 @@ class MatomoConnector(Connector):
             "Matomo has no per-person server-side restriction to lift: opt-out and consent are browser-side "
             "only; the integrating site decides whether it tracks this person again")))
 
+    def custom_dimensions(self) -> list[dict[str, Any]]:
+        """Custom dimensions configured on the searched sites (names and scopes, never values).
+
+        `CustomDimensions.getConfiguredCustomDimensions(idSite)` answers a list of {idcustomdimension, idsite,
+        name, index, scope, active, ...} [L: matomo-org/matomo plugins/CustomDimensions/API.php; the plugin may be
+        absent, which Matomo answers with a `result: error` envelope, a PermanentError here].
+        """
+        sites = self._admin_sites() if self.id_sites == "all" else self.id_sites.split(",")
+        out: list[dict[str, Any]] = []
+        for site in sites:
+            found = self._call("CustomDimensions.getConfiguredCustomDimensions", [("idSite", site)])
+            for dim in found if isinstance(found, list) else []:
+                if isinstance(dim, dict) and dim.get("idcustomdimension") is not None:
+                    out.append({"name": f"dimension{dim['idcustomdimension']}", "label": str(dim.get("name") or ""),
+                                "type": str(dim.get("scope") or ""), "site": site,
+                                "active": bool(dim.get("active"))})
+        return out
+
+    custom_fields = custom_dimensions  # what `dsar datamap scan` asks every vendor for
+
     def check(self) -> Health:
         health = Health(self.name, ok=True)
         try:

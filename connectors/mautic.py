@@ -517,6 +517,25 @@ class MauticConnector(Connector):
             return []
         return _usable_email(_field_values(_as_dict(body.get("contact"))).get("email"))
 
+    def custom_fields(self) -> list[dict[str, Any]]:
+        """The contact fields this Mautic holds (core and custom), for `dsar datamap scan`; read-only, no values.
+
+        `GET /api/fields/contact` answers `{"total": N, "fields": [{alias, label, type, group, ...}]}` [V: Mautic
+        developer documentation, rest_api/fields.rst "List contact fields"]; paged with start/limit.
+        """
+        out: list[dict[str, Any]] = []
+        start = 0
+        while True:
+            body = self._get("api/fields/contact", {"start": str(start), "limit": str(self.config.page_size)})
+            fields = _collection(body.get("fields"))
+            for f in fields:
+                if isinstance(f, dict) and f.get("alias"):
+                    out.append({"name": str(f["alias"]), "label": str(f.get("label") or ""),
+                                "type": str(f.get("type") or ""), "group": str(f.get("group") or "")})
+            start += len(fields)
+            if not fields or start >= _int(body.get("total"), default=0):
+                return out
+
     def check(self) -> Health:
         health = Health(system=self.name, ok=False)
         try:

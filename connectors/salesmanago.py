@@ -602,6 +602,12 @@ class SalesmanagoConnector(Connector):
 
     # ------------------------------------------------------------------ health
 
+    def custom_fields(self) -> list[dict[str, Any]]:
+        """SALESmanago contact properties cannot be listed: no source in shared/vendor-apis.md names a call that
+        lists them (the export job's PROPERTIES data type is per contact). Said plainly rather than guessed."""
+        raise PermanentError(self.name, "no known SALESmanago API call lists contact properties; review them in "
+                                        "SALESmanago (contact properties) and describe them in the data map's holds")
+
     def check(self) -> Health:
         health = Health(self.name, ok=True)
         if not self._https:

@@ -18,6 +18,8 @@ import yaml
 from click.testing import CliRunner
 
 from connectors.sql_map import parse_system
+from discovery.engine.datamap import load_data_map
+from discovery.mapping.diff import check_warnings
 from discovery.mapping.propose import propose
 from discovery.mapping.scan_sql import SqlScanner, infer_references
 from tests import mapping_fixture
@@ -163,6 +165,10 @@ def test_diff_lists_unmapped_dropped_and_broken_and_exits_1(pg_database: Callabl
     human = CliRunner().invoke(main, ["datamap", "diff"], env=env)
     assert human.exit_code == 1 and "shop: unmapped: customers.mobil: phone" in human.output
     assert "+47 9" not in human.output
+    # `dsar check` shows the same drift as warnings of the system
+    warnings = check_warnings(load_data_map(tmp_path / "datamap.yaml"), "shop", {"SHOP_URL": url})
+    assert any(w.startswith("drift: unmapped: customers.mobil: phone") for w in warnings), warnings
+    assert any(w.startswith("drift: type_break: customers.ref_code") for w in warnings), warnings
 
 
 def test_an_unreachable_database_is_one_line_and_exit_5(tmp_path: Path) -> None:

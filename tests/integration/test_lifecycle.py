@@ -355,3 +355,37 @@ def test_cancel_a_request_with_a_waiting_task(env: dict[str, Any]) -> None:
     clock.now += timedelta(hours=2)
     assert pipeline.sweep(rt, wake, stale_after=timedelta(0))["pending_tasks"] == 0
     assert [t.status for t in load(rt, request_id)[1]] == ["cancelled"]
+
+
+def test_a_task_put_back_after_the_request_closed_is_cancelled_by_the_sweeper(env: dict[str, Any]) -> None:
+    rt, wake = env["rt"], env["wake"]
+    request_id = submit(env, drain=False)
+    pipeline.run_discovery(rt, wake, wake.queue.popleft()[1])
+    wake.queue.clear()
+    lifecycle.cancel_request(rt, request_id, "withdrawn", "dpo")
+    with rt.sessions.begin() as s:  # as if a worker released it for a later attempt just after the cancel
+        s.execute(sa.update(Task).where(Task.request_id == request_id).values(status="pending"))
+    pipeline.sweep(rt, wake, stale_after=timedelta(0))
+    assert [t.status for t in load(rt, request_id)[1]] == ["cancelled"]
+    wake.drain()
+    assert [(t.status, t.attempts) for t in load(rt, request_id)[1]] == [("cancelled", 0)]
+
+
+def test_the_ticket_note_of_a_denied_request_gives_grounds_and_reason() -> None:
+    from discovery.intake.report_back import note_html, outcome_of
+
+    now = datetime(2027, 3, 1, tzinfo=UTC)
+    req = Request(id="r-1", type="access", status="denied", ticket_ref="T-1", source="freshdesk", received_at=now,
+                  due_at=now + timedelta(days=30), completed_at=now, error=None,
+                  close_reason="the fifth identical request <this month>", close_basis="unfounded_or_excessive")
+    outcome = outcome_of(req, [], None, "nb")
+    assert outcome["request"]["reason"] == req.close_reason and outcome["request"]["basis"] == "unfounded_or_excessive"
+    nb = note_html(outcome)
+    assert "er ferdig: <b>avvist</b>" in nb and "Grunnlag: åpenbart grunnløs eller overdreven (art. 12(5))" in nb
+    assert "Begrunnelse: the fifth identical request &lt;this month&gt;" in nb
+    en = note_html(outcome_of(req, [], None, "en"))
+    assert "finished: <b>refused</b>" in en and "Grounds: manifestly unfounded or excessive (Art. 12(5))" in en
+    cancelled = note_html(outcome_of(Request(**{**{c: getattr(req, c) for c in (
+        "id", "type", "ticket_ref", "source", "received_at", "due_at", "completed_at", "error")},
+        "status": "cancelled", "close_reason": "withdrawn", "close_basis": None}), [], None, "nb"))
+    assert "<b>avbrutt</b>" in cancelled and "Grunnlag" not in cancelled and "Begrunnelse: withdrawn" in cancelled

@@ -35,6 +35,7 @@ from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.http import HttpClient, NotFound, RetryPolicy, in_parallel, paginate
 from connectors.ratelimit import make_rate_limiter
 from connectors.redact import redact
+from connectors.retention import RetentionRule, VendorRetentionSpec, vendor_rule
 from connectors.vendor_settings import FRESHCHAT_MAX_MESSAGES_PER_PAGE, FreshchatSettings, parse
 
 log = structlog.get_logger(__name__)
@@ -125,9 +126,11 @@ class FreshchatConnector(Connector):
         items_per_page: int = FRESHCHAT_MAX_MESSAGES_PER_PAGE,
         restricted_property: str = "gdpr_restricted",
         parallel_calls: int = 4,
+        retention: Iterable[VendorRetentionSpec] = (),
     ) -> None:
         self.name = name
         self.http = http
+        self.retention = tuple(retention)
         self.supports_user_delete = supports_user_delete
         self.reference_id_identity = reference_id_identity
         # Never above the server's cap: every page would look short and paging would stop after page 1.
@@ -163,6 +166,7 @@ class FreshchatConnector(Connector):
             name, http, supports_user_delete=config.supports_user_delete,
             reference_id_identity=config.reference_id_identity, items_per_page=config.items_per_page,
             restricted_property=config.restricted_property, parallel_calls=config.parallel_calls,
+            retention=config.retention_rules,
         )
 
     def accepts(self) -> set[IdentityType]:
@@ -343,6 +347,14 @@ class FreshchatConnector(Connector):
                 if isinstance(prop, dict) and prop.get("name"):
                     names[str(prop["name"])] = None
         return [{"name": name, "label": name, "type": "user property"} for name in names]
+
+    # -- retention (docs/retention.md) -------------------------------------------------------------------
+    # FreshChat's API lists users only within a time window and has no user delete (vendor-apis.md 1.2, F7); its
+    # retention policy is set up by FreshChat support, not read through the API (vendor-apis.md 1.4). So a rule
+    # is `by: request` (chat kept until the person asks) or `by: vendor_setting` (that policy, confirmed by hand).
+
+    def retention_rules(self) -> list[RetentionRule]:
+        return [vendor_rule(self.name, spec) for spec in self.retention]
 
     def check(self) -> Health:
         health = Health(self.name, ok=True)

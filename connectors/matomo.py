@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -39,6 +40,16 @@ from connectors.base import (
 from connectors.http import HttpClient, RetryPolicy, paginate
 from connectors.ratelimit import make_rate_limiter
 from connectors.redact import redact
+from connectors.retention import (
+    MECHANISM_RUN,
+    Due,
+    Keep,
+    Period,
+    RetentionRule,
+    VendorRetentionSpec,
+    today_utc,
+    vendor_rule,
+)
 from connectors.vendor_settings import MatomoSettings, parse
 
 log = structlog.get_logger(__name__)
@@ -65,6 +76,10 @@ _ROW_KEYS: dict[str, tuple[str, ...]] = {
 # A write whose reply says it changed nothing: the task fails (issue 10 point 9), quoting the reply.
 NOTHING_CHANGED = N_("{call} answered that it changed nothing ({answer}); the task is not done")
 _LOG_ACTION_PREFIX = "log_action_"  # lookup lists: log_action_<table>_<column> -> {idaction, name}
+# Retention (retention_rules with by: dsar): a visit's age counts from its last action, as Matomo's own purge.
+RETENTION_START = N_("the visit's last action")
+RETENTION_FIELD = "visit_last_action_time"
+KEPT_REQUEST = N_("kept: the person has an open request")
 
 CAVEATS = (
     N_("log_action rows (URLs, page titles) are not deleted at once: Matomo's scheduled task removes them "
@@ -86,7 +101,7 @@ def user_id_hash(user_id: str) -> str:
     return hashlib.sha1(user_id.encode("utf-8")).hexdigest()[:16]  # Matomo's own scheme, not security
 
 
-def segment_condition(dimension: str, value: str) -> str:
+def segment_condition(dimension: str, value: str, op: str = "==") -> str:
     """One segment condition; the value is URL-encoded three times.
 
     Matomo url-decodes a segment value three times: the whole segment (core/Segment.php L149-177, which
@@ -94,7 +109,7 @@ def segment_condition(dimension: str, value: str) -> str:
     L120) and each value (L140); a maintainer confirms it in matomo-org/matomo PR #13481. Encoded once,
     `jane+news@example.com` is searched as `jane news@example.com` and a `%xx` in a value is decoded too.
     """
-    return f"{dimension}=={quote(quote(quote(value, safe=''), safe=''), safe='')}"
+    return f"{dimension}{op}{quote(quote(quote(value, safe=''), safe=''), safe='')}"
 
 
 class MatomoConnector(Connector):
@@ -138,6 +153,7 @@ class MatomoConnector(Connector):
         page_size: int = 100,
         chunk_size: int = 100,
         user_id_identity: str = "email",
+        retention: Sequence[VendorRetentionSpec] = (),
     ) -> None:
         self.name = name
         self.http = http
@@ -147,6 +163,7 @@ class MatomoConnector(Connector):
         self.page_size = page_size
         self.chunk_size = chunk_size
         self.user_id_identity = _USER_ID_IDENTITIES[user_id_identity]
+        self.retention = tuple(retention)
 
     @classmethod
     def from_settings(
@@ -177,6 +194,7 @@ class MatomoConnector(Connector):
             page_size=config.page_size,
             chunk_size=config.chunk_size,
             user_id_identity=config.user_id_identity,
+            retention=config.retention_rules,
         )
 
     # -- the contract -------------------------------------------------------------------------
@@ -328,6 +346,92 @@ class MatomoConnector(Connector):
 
     custom_fields = custom_dimensions  # what `dsar datamap scan` asks every vendor for
 
+    # -- retention (docs/retention.md, "Matomo") ---------------------------------------------------------
+    # Matomo's own "delete old raw data" can be set through the API (PrivacyManager.setDeleteLogsSettings, super
+    # user + password, @internal: plugins/PrivacyManager/API.php L286-300) but not read (no getter in API.php; only
+    # the admin UI, Controller.php L96-139, shows it), so dsar neither trusts nor changes it: a `by: dsar` rule
+    # finds visits by age with findDataSubjects and deletes them with deleteDataSubjects, as an erasure does.
+    # The age is the visit's last action, as Matomo's own purge counts it (LogDataPurger.php L161-164), through the
+    # segment visitEndServerDate = DATE(log_visit.visit_last_action_time) in UTC (CoreHome/Columns/
+    # VisitLastActionDate.php): `visitEndServerDate<cutoff` is exactly connectors.retention's boundary.
+
+    def retention_rules(self) -> list[RetentionRule]:
+        return [vendor_rule(self.name, spec, Note(RETENTION_START), RETENTION_FIELD) for spec in self.retention]
+
+    def retention_due(self, rule: RetentionRule, now: datetime, keep: Keep) -> Due:
+        due_segment, kept_segment = self._retention_segments(rule, now, keep)
+        due = self._find_segment(due_segment)
+        out = Due(due=len(due), kept_request=len(self._find_segment(kept_segment)) if kept_segment else 0)
+        out.oldest = min((t for t in map(_visit_time, due) if t is not None), default=None)
+        return out
+
+    def retention_apply(self, rule: RetentionRule, now: datetime, keep: Keep, batch: int = 1000,
+                        cursor: Any = None, checkpoint: Callable[[Any, Receipt], None] | None = None) -> Receipt:
+        """Delete the visits past retention, at most min(batch, chunk_size) per deleteDataSubjects call, then
+        checkpoint. A deleted visit is gone from Matomo, so each search starts where the last call ended: a
+        resumed run finds only what is left and deletes nothing twice. The cursor counts the visits deleted.
+        findDataSubjects answers at most 401 visits, so it is asked again until an answer is short; a visit it
+        answers again after its delete means the delete did nothing (a PermanentError, not a loop)."""
+        due_segment, kept_segment = self._retention_segments(rule, now, keep)
+        receipt = Receipt(self.name, "retention")
+        kept = len(self._find_segment(kept_segment)) if kept_segment else 0
+        if kept:
+            receipt.skipped[VISITS] = {KEPT_REQUEST: kept}
+        deleted = int((cursor or {}).get("deleted", 0)) if isinstance(cursor, dict) else 0
+        size = max(1, min(batch, self.chunk_size))
+        tried: set[tuple[str, str]] = set()
+        sites: set[str] = set()
+        while True:
+            rows = self._visit_rows(self._call("PrivacyManager.findDataSubjects", [
+                ("idSite", self.id_sites), ("segment", due_segment), ("filter_limit", str(FIND_CAP))]))
+            fresh = [v for v in rows if (str(v["idSite"]), str(v["idVisit"])) not in tried]
+            if len(fresh) < len(rows):
+                raise PermanentError.of(self.name, note(
+                    NOTHING_CHANGED, call="PrivacyManager.deleteDataSubjects",
+                    answer=f"{len(rows) - len(fresh)} visit(s) still found after their delete"))
+            for chunk in _chunks(fresh, size):
+                numbers = self._delete_visits(chunk)
+                tried.update((str(v["idSite"]), str(v["idVisit"])) for v in chunk)
+                sites.update(str(v["idSite"]) for v in chunk)
+                for table, count in numbers.items():
+                    receipt.changed[table] = receipt.changed.get(table, 0) + count
+                deleted += len(chunk)
+                if checkpoint is not None:
+                    checkpoint({"deleted": deleted}, receipt)
+            if len(rows) < FIND_CAP:
+                break
+        if receipt.changed.get("log_visit"):
+            receipt.note(N_("{entity}: {count} erased"), entity=VISITS, count=receipt.changed["log_visit"])
+            receipt.note(ARCHIVES_NOTE, sites=", ".join(sorted(sites, key=_site_order)))
+        return receipt
+
+    def _retention_segments(self, rule: RetentionRule, now: datetime, keep: Keep) -> tuple[str, str | None]:
+        """(the visits due and not kept, the visits due and kept for an open request, or None: nobody kept).
+        `!=` also matches a visit without a userId (SegmentExpression.php L256-258, L329-334), so an anonymous
+        visit is due unless its visitor id is kept. `,` (OR) binds tighter than `;` (AND)."""
+        period = self._retention_period(rule)
+        age = segment_condition("visitEndServerDate", period.cutoff(today_utc(now)).isoformat(), "<")
+        identities = keep.identities if keep.requests else None
+        if identities is None or not self._conditions(identities):
+            return age, None
+        return (";".join([age, *self._conditions(identities, "!=")]),
+                age + ";" + ",".join(self._conditions(identities)))
+
+    def _retention_period(self, rule: RetentionRule) -> Period:
+        spec = next((s for s in self.retention if s.entity == rule.entity and s.by == "dsar"), None)
+        if spec is None or spec.period is None or rule.mechanism != MECHANISM_RUN:
+            raise UnsupportedAction(self.name, f"no retention rule for {rule.entity}")
+        return spec.period
+
+    def _delete_visits(self, chunk: list[dict[str, Any]]) -> dict[str, int]:
+        counts = self._call("PrivacyManager.deleteDataSubjects", _visits_params(chunk))
+        if not isinstance(counts, dict):
+            raise PermanentError(self.name, "PrivacyManager.deleteDataSubjects returned no per-table counts")
+        try:
+            return {str(table): int(count) for table, count in counts.items()}
+        except (TypeError, ValueError):
+            raise PermanentError(self.name, "PrivacyManager.deleteDataSubjects returned a non-numeric count") from None
+
     def check(self) -> Health:
         health = Health(self.name, ok=True)
         try:
@@ -336,6 +440,15 @@ class MatomoConnector(Connector):
             health.ok = False
             health.problems.append(exc.message)
             return health
+        if any(spec.by == "dsar" for spec in self.retention):
+            # the retention run's own search, for a day before any visit: proves the segment is accepted
+            try:
+                self._call("PrivacyManager.findDataSubjects", [
+                    ("idSite", self.id_sites), ("segment", segment_condition("visitEndServerDate", "1998-01-01", "<")),
+                    ("filter_limit", str(FIND_CAP))])
+            except ConnectorError as exc:
+                health.ok = False
+                health.problems.append(f"retention: {exc.message}")
         if not sites:
             health.ok = False
             health.problems.append("the token has admin access to no site; the GDPR tools need admin access")
@@ -383,11 +496,11 @@ class MatomoConnector(Connector):
         values = list(identities.of(self.user_id_identity)) + identities.of(IdentityType.MATOMO_USER_ID)
         return sorted({v for v in values if v})
 
-    def _conditions(self, identities: Identities) -> list[str]:
+    def _conditions(self, identities: Identities, op: str = "==") -> list[str]:
         conditions: list[str] = []
         visitor_ids: set[str] = set()
         for user_id in self._user_ids(identities):
-            conditions.append(segment_condition("userId", user_id))
+            conditions.append(segment_condition("userId", user_id, op))
             visitor_ids.add(user_id_hash(user_id))
         for raw in identities.of(IdentityType.MATOMO_VISITOR_ID):
             value = raw.strip().lower()
@@ -395,7 +508,7 @@ class MatomoConnector(Connector):
                 visitor_ids.add(value)
             else:
                 log.warning("matomo.visitor_id_ignored", system=self.name, reason="not 16 hex characters")
-        conditions.extend(segment_condition("visitorId", v) for v in sorted(visitor_ids))
+        conditions.extend(segment_condition("visitorId", v, op) for v in sorted(visitor_ids))
         return conditions
 
     def _subject_visits(self, identities: Identities) -> tuple[list[dict[str, Any]], int]:
@@ -421,16 +534,22 @@ class MatomoConnector(Connector):
         conditions = self._conditions(identities)
         if not conditions:
             return []
-        segment = ",".join(conditions)
+        return self._find_segment(",".join(conditions))
+
+    def _find_segment(self, segment: str) -> list[dict[str, Any]]:
+        """Every visit of the segment, deduplicated: findDataSubjects, then Live page by page past its cap."""
         rows = self._call(
             "PrivacyManager.findDataSubjects",
             [("idSite", self.id_sites), ("segment", segment), ("filter_limit", str(self.filter_limit))],
         )
-        if not isinstance(rows, list):
-            raise PermanentError(self.name, "PrivacyManager.findDataSubjects returned no list of visits")
-        if len(rows) >= min(self.filter_limit, FIND_CAP):
+        if isinstance(rows, list) and len(rows) >= min(self.filter_limit, FIND_CAP):
             log.info("matomo.find_truncated", system=self.name, rows=len(rows))
             rows = list(self._page_visits(segment))
+        return self._visit_rows(rows)
+
+    def _visit_rows(self, rows: Any) -> list[dict[str, Any]]:
+        if not isinstance(rows, list):
+            raise PermanentError(self.name, "PrivacyManager.findDataSubjects returned no list of visits")
         visits: dict[tuple[str, str], dict[str, Any]] = {}
         for row in rows:
             if not isinstance(row, dict) or row.get("idSite") in (None, "") or row.get("idVisit") in (None, ""):
@@ -474,6 +593,15 @@ def _fold(user_id: str) -> str:
     """A userId as compared with the subject's: Matomo's `==` runs in MySQL, which ignores case and
     trailing spaces under the default collation."""
     return user_id.strip().casefold()
+
+
+def _visit_time(visit: Mapping[str, Any]) -> datetime | None:
+    """`lastActionDateTime`, which Live formats in UTC (plugins/Live/VisitorDetails.php L198-201; core/bootstrap.php
+    L46 sets PHP's zone to UTC)."""
+    try:
+        return datetime.strptime(str(visit.get("lastActionDateTime") or ""), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def _chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

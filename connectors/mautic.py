@@ -48,6 +48,7 @@ from connectors.emails import InvalidEmail, email_forms, normalise_email
 from connectors.http import HttpClient, NotFound, RetryPolicy, in_parallel, paginate
 from connectors.ratelimit import make_rate_limiter
 from connectors.redact import redact, safe_url
+from connectors.retention import RetentionRule, vendor_rule
 from connectors.vendor_settings import MauticSettings, parse
 
 log = structlog.get_logger(__name__)
@@ -535,6 +536,15 @@ class MauticConnector(Connector):
             start += len(fields)
             if not fields or start >= _int(body.get("total"), default=0):
                 return out
+
+    # -- retention (docs/retention.md) -------------------------------------------------------------------
+    # The newsletter and trial promises are the marketing sweep's (discovery.schedule.retention lists them while
+    # this connector states none of that mechanism). A map rule for contacts is `by: vendor_setting` (e.g. the
+    # mautic:maintenance:cleanup cron's --days-old) or `by: request`; `where[]` with `lt` on a date column is
+    # settled (vendor-source-check.md M14), but no rule in the map asks dsar to delete contacts by age.
+
+    def retention_rules(self) -> list[RetentionRule]:
+        return [vendor_rule(self.name, spec) for spec in self.config.retention_rules]
 
     def check(self) -> Health:
         health = Health(system=self.name, ok=False)

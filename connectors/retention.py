@@ -231,6 +231,101 @@ class Due:
                 "oldest_age_days": (today_utc(now) - today_utc(self.oldest)).days if self.oldest else None}
 
 
+# A vendor system's promise (its data-map entry's `retention_rules:`), by who keeps it: dsar's own run (where the
+# connector can delete by age through the vendor's API), a vendor setting dsar cannot read (a person confirms it,
+# `dsar retention confirm`), or nobody until the person asks (no automatic deletion; reported, never run).
+By = Literal["dsar", "vendor_setting", "request"]
+BY_MECHANISM: dict[str, str] = {"dsar": MECHANISM_RUN, "vendor_setting": MECHANISM_CONFIRM,
+                                "request": MECHANISM_REQUEST}
+Words = str | dict[str, str]  # one text, or one per language ({en: ..., nb: ...})
+
+
+def _words(value: Words | None, what: str) -> Words | None:
+    if value is None:
+        return None
+    texts = [value] if isinstance(value, str) else list(value.values())
+    if not texts or any(not isinstance(t, str) or len(t.strip()) < 3 for t in texts):
+        raise ValueError(f"give the {what} in words (3 characters at least)")
+    return value
+
+
+class VendorRetentionSpec(BaseModel):
+    """One rule of a vendor system, in its settings:
+
+        retention_rules:
+          - {entity: visits, after: 5 years, by: dsar, reason: {en: ..., nb: ...}}
+          - {entity: conversations, by: request, reason: ...}
+          - {entity: contacts, by: vendor_setting, until: {en: you withdraw your consent, ...},
+             setting: "where a person checks it", reason: ...}
+
+    `by: dsar` needs `after` and a connector that deletes by age (`retention_apply`); `by: vendor_setting` needs
+    `setting` and one of `after` (with `from`) / `until`; `by: request` has neither (kept until the person asks).
+    `from` names the date `after` counts from, in words (a `by: dsar` connector has its own default).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    entity: str = Field(min_length=1)
+    by: By
+    after: str | None = None
+    from_: Words | None = Field(None, alias="from")
+    until: Words | None = None
+    setting: str | None = None
+    reason: Words
+
+    @field_validator("after")
+    @classmethod
+    def _period(cls, value: str | None) -> str | None:
+        if value is not None:
+            Period.parse(value)
+        return value
+
+    @field_validator("reason", "from_", "until", "setting")
+    @classmethod
+    def _readable(cls, value: Words | None, info: Any) -> Words | None:
+        return _words(value, info.field_name.rstrip("_"))
+
+    @model_validator(mode="after")
+    def _shape(self) -> VendorRetentionSpec:
+        if self.by == "request" and (self.after or self.until or self.setting):
+            raise ValueError("by: request takes no after, until or setting (kept until the person asks)")
+        if self.by == "dsar" and (not self.after or self.until or self.setting):
+            raise ValueError("by: dsar needs after (a period) and takes no until or setting")
+        if self.by == "vendor_setting" and (not self.setting or bool(self.after) == bool(self.until)):
+            raise ValueError("by: vendor_setting needs setting (where a person checks it) and one of after, until")
+        if self.by == "vendor_setting" and self.after and self.from_ is None:
+            raise ValueError("by: vendor_setting with after needs from (the date the vendor's setting counts from)")
+        return self
+
+    @property
+    def period(self) -> Period | None:
+        return Period.parse(self.after) if self.after else None
+
+
+UNTIL_REQUEST_TEXT = N_("{what}: kept until you ask us to delete it ({reason})")
+UNTIL_TEXT = N_("{what}: erased when {until} ({reason})")
+
+
+def vendor_rule(system: str, spec: VendorRetentionSpec, start: Words | Note = "", from_field: str | None = None
+                ) -> RetentionRule:
+    """A vendor rule as the framework sees it. `start` is the connector's words for the date a period counts
+    from (the rule's own `from` wins), `from_field` the vendor's field the connector reads it from."""
+    reason = dict(spec.reason) if isinstance(spec.reason, dict) else spec.reason
+    if spec.from_ is not None:
+        start = dict(spec.from_) if isinstance(spec.from_, dict) else spec.from_
+    if spec.by == "request":
+        text = note(UNTIL_REQUEST_TEXT, what=spec.entity, reason=reason)
+    elif spec.period is not None:
+        text = note(THEN_TEXT["erase"], what=spec.entity, period=spec.period.note(), start=start, reason=reason)
+    else:
+        until = dict(spec.until) if isinstance(spec.until, dict) else spec.until
+        text = note(UNTIL_TEXT, what=spec.entity, until=until, reason=reason)
+    return RetentionRule(system=system, entity=spec.entity, mechanism=BY_MECHANISM[spec.by], text=text,
+                         period=spec.period, from_field=from_field if spec.period else None,
+                         then="keep" if spec.by == "request" else "erase",
+                         unless=("open_request",) if spec.by == "dsar" else (), reason=reason,
+                         confirm_by_hand=spec.by == "vendor_setting")
+
+
 def _english(value: str | Mapping[str, str] | None) -> str:
     if isinstance(value, Mapping):
         return str(value.get("en") or next(iter(value.values()), ""))

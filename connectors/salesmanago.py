@@ -41,6 +41,7 @@ from connectors.emails import email_forms
 from connectors.http import HttpClient, NotFound, RetryPolicy
 from connectors.ratelimit import make_rate_limiter
 from connectors.redact import redact, safe_url
+from connectors.retention import RetentionRule, VendorRetentionSpec, vendor_rule
 from connectors.vendor_settings import SALESMANAGO_DATA_TYPES as DEFAULT_DATA_TYPES  # defaults live with the model
 from connectors.vendor_settings import SALESMANAGO_PATHS as DEFAULT_PATHS
 from connectors.vendor_settings import SALESMANAGO_PROBE_EMAIL as PROBE_EMAIL
@@ -137,9 +138,11 @@ class SalesmanagoConnector(Connector):
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] | None = None,
         monotonic: Callable[[], float] | None = None,
+        retention: Iterable[VendorRetentionSpec] = (),
     ) -> None:
         self.name = name
         self.ctx = ctx
+        self.retention = tuple(retention)
         self.owners = tuple(owners)
         if not self.owners:
             raise PermanentError(name, "data map: owners: at least one SALESmanago owner e-mail is required")
@@ -207,6 +210,7 @@ class SalesmanagoConnector(Connector):
             verify_export_contacts=config.verify_export_contacts,
             probe_email=config.probe_email,
             paths=config.paths,
+            retention=config.retention_rules,
             retry=retry,
             sleep=sleep,
             monotonic=monotonic,
@@ -607,6 +611,13 @@ class SalesmanagoConnector(Connector):
         lists them (the export job's PROPERTIES data type is per contact). Said plainly rather than guessed."""
         raise PermanentError(self.name, "no known SALESmanago API call lists contact properties; review them in "
                                         "SALESmanago (contact properties) and describe them in the data map's holds")
+
+    # -- retention (docs/retention.md) -------------------------------------------------------------------
+    # No SALESmanago call reads or lists contacts by age or consent state, nor an account retention setting (the
+    # v2/v3 clients in vendor-apis.md 3): a rule is `by: vendor_setting`, confirmed by hand, or `by: request`.
+
+    def retention_rules(self) -> list[RetentionRule]:
+        return [vendor_rule(self.name, spec) for spec in self.retention]
 
     def check(self) -> Health:
         health = Health(self.name, ok=True)

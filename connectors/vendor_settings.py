@@ -38,6 +38,7 @@ from pydantic_core import PydanticUndefined
 
 from connectors.base import IdentityType, PermanentError
 from connectors.redact import redact
+from connectors.retention import VendorRetentionSpec
 
 # The keys of a system entry that belong to discovery (discovery.engine.datamap.SystemInfo), not to
 # the connector: never settings, so never "unknown" either. A unit test keeps the two lists equal.
@@ -114,6 +115,41 @@ class VendorSettings(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+def _rules_check(entities: tuple[str, ...], by_dsar: tuple[str, ...] = ()) -> AfterValidator:
+    """The `retention_rules` key of a vendor: each rule names one of the connector's `entities`, `by: dsar` only
+    where the connector deletes by age itself (`by_dsar`), one rule per entity."""
+
+    def check(rules: tuple[VendorRetentionSpec, ...]) -> tuple[VendorRetentionSpec, ...]:
+        seen: set[str] = set()
+        for i, rule in enumerate(rules):
+            if rule.entity not in entities:
+                raise ValueError(f"[{i}].entity: '{rule.entity}' is not one of {', '.join(entities)}")
+            if rule.by == "dsar" and rule.entity not in by_dsar:
+                raise ValueError(f"[{i}].by: dsar cannot delete {rule.entity} by age through the vendor's API"
+                                 + (f" (only {', '.join(by_dsar)})" if by_dsar else "")
+                                 + "; use vendor_setting (confirmed by hand) or request")
+            if rule.entity in seen:
+                raise ValueError(f"[{i}].entity: {rule.entity} has two rules")
+            seen.add(rule.entity)
+        return rules
+
+    return AfterValidator(check)
+
+
+def _rules_field(by_dsar: str = "") -> Any:
+    return Field((), json_schema_extra={"type": "list of rules"}, description=(
+        "Retention promises: entity, by (" + ("dsar, " if by_dsar else "") + "vendor_setting or request), after "
+        "or until, from, setting, reason (docs/retention.md)" + (f"; by: dsar for {by_dsar}" if by_dsar else "")))
+
+
+# The entities a vendor rule may name: the connectors' own (`Connector.entities`; a unit test keeps them equal).
+FRESHCHAT_ENTITIES = ("user", "conversations", "messages")
+SALESMANAGO_ENTITIES = ("contact", "export_file", "export_contact", "export_tag")
+MAUTIC_ENTITIES = ("contact", "activity", "notes", "segments", "campaigns", "companies", "devices")
+MATOMO_ENTITIES = ("visits", "log_visit", "log_link_visit_action", "log_conversion", "log_conversion_item",
+                   "log_action")
+
+
 # ---------------------------------------------------------------------- FreshChat
 
 
@@ -162,6 +198,7 @@ class FreshchatSettings(VendorSettings):
     parallel_calls: Annotated[int, Strict(), Field(ge=1, le=16)] = Field(
         4, description="Conversations exported at once (still paced by rate_per_second)"
     )
+    retention_rules: Annotated[tuple[VendorRetentionSpec, ...], _rules_check(FRESHCHAT_ENTITIES)] = _rules_field()
 
 
 # ---------------------------------------------------------------------- Mautic
@@ -228,6 +265,7 @@ class MauticSettings(VendorSettings):
     trial_erasure_delay_days: LenientNonNegativeNumber = Field(
         0.0, description="Days after the sweep that an ended trial's erasure falls due"
     )
+    retention_rules: Annotated[tuple[VendorRetentionSpec, ...], _rules_check(MAUTIC_ENTITIES)] = _rules_field()
 
     @field_validator("rate_per_second")
     @classmethod
@@ -314,6 +352,7 @@ class SalesmanagoSettings(VendorSettings):
         True, description="Refuse an export file that names contacts that were not asked for"
     )
     probe_email: Text = Field(SALESMANAGO_PROBE_EMAIL, description="Address `dsar check` looks up (nobody's)")
+    retention_rules: Annotated[tuple[VendorRetentionSpec, ...], _rules_check(SALESMANAGO_ENTITIES)] = _rules_field()
     paths: Annotated[dict[str, Annotated[str, Strict(), Field(min_length=1)]], BeforeValidator(lambda v: v or {})] = (
         Field(default_factory=dict, json_schema_extra={"type": "mapping of call to path"},
               description="Overrides of the vendor paths, e.g. {delete: v2/contact/delete}; calls as in "
@@ -401,6 +440,8 @@ class MatomoSettings(VendorSettings):
         None, description="Calls per second, shared through Redis; null: no pacing (Matomo has no API limit)"
     )
     timeout_s: PositiveNumber = Field(60.0, description="Read timeout of one call in seconds (connect: at most 5)")
+    retention_rules: Annotated[tuple[VendorRetentionSpec, ...], _rules_check(MATOMO_ENTITIES, ("visits",))] = (
+        _rules_field("visits (their last action's UTC date)"))
 
 
 # ---------------------------------------------------------------------- checking

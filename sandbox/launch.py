@@ -47,6 +47,9 @@ VENDORS = ("freshchat", "mautic", "salesmanago", "matomo")  # system names in th
 DESCRIPTION_KEYS = frozenset({"kind", "enabled", "title", "purpose", "legal_basis", "retention", "processors",
                               "location", "source", "holds", "data_subjects", "data_categories", "recipients",
                               "transfers"})
+# A connector setting kept from the project's map too: its retention promises (docs/retention.md), so the demo's
+# `dsar retention plan|run|report` shows the project's own rules against the simulators.
+PROMISE_KEYS = frozenset({"retention_rules"})
 
 
 class Sim(Protocol):
@@ -109,7 +112,7 @@ class Sandbox:
             entry = systems.get(name)
             if entry is None:
                 raise KeyError(f"{source} has no system '{name}'")
-            kept = {k: v for k, v in entry.items() if k in DESCRIPTION_KEYS}
+            kept = {k: v for k, v in entry.items() if k in DESCRIPTION_KEYS | PROMISE_KEYS}
             systems[name] = {**kept, "enabled": True, **sim.settings(self.urls[name]), **common,
                              **per_system.get(name, {})}
         header = (f"# Written by sandbox.launch from {source.name}: the vendor systems point at local simulators.\n")

@@ -10,7 +10,10 @@ Written from the vendor notes (shared/vendor-apis.md section 4), not from the co
 - Live pages with `filter_limit` (HTTP default 100, -1 = all) and `filter_offset`, newest
   visit first; findDataSubjects asks Live for 401 visits whatever the request's `filter_limit`
   (PrivacyManager/API.php L100, core/API/Request.php L127, L579-592);
-- segments: `userId`, `visitorId`, `visitIp`, `visitId` with `==` / `!=`, `,` (OR) binding
+- segments: `userId`, `visitorId`, `visitIp`, `visitId`, and `visitEndServerDate` (the UTC date of the
+  visit's last action: `DATE(log_visit.visit_last_action_time)`, CoreHome/Columns/VisitLastActionDate.php)
+  with `==`, `!=` (which also matches an empty value: SegmentExpression.php L256-258, L329-334), `<`, `<=`,
+  `>`, `>=` (compared as MySQL compares a DATE with 'YYYY-MM-DD'), `,` (OR) binding
   tighter than `;` (AND); values url-decoded three times, as Matomo does: the whole segment
   (core/Segment.php L149-177: when decoding changes it and both forms parse into as many
   conditions, the decoded one), each condition (core/Segment/SegmentExpression.php L120) and
@@ -48,7 +51,7 @@ MSG_TOKEN_INSECURE = (
 )
 MSG_TOKEN_INVALID = "Unable to authenticate with the provided token. It is either invalid or expired."
 _VISITS_KEY = re.compile(r"^visits\[(\d+)\]\[([a-z_]+)\]$")
-_CONDITION = re.compile(r"^([A-Za-z_]+)(==|!=)(.*)$")
+_CONDITION = re.compile(r"^([A-Za-z_]+)(==|!=|>=|>|<=|<)(.*)$")  # SegmentExpression.php L122-131, in its order
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 FIND_CAP = 401  # PrivacyManager/API.php L100: findDataSubjects' own filter_limit, whatever the request says
 _FIND_COLUMNS = (
@@ -114,6 +117,7 @@ class MatomoSim:
         self._next_link = 1
         self.calls: list[str] = []  # API methods called, for tests
         self.invalidated: dict[int, set[date]] = {}  # site -> visit dates remembered for invalidation
+        self.delete_requests: list[list[tuple[int, int]]] = []  # (idsite, idvisit) asked per deleteDataSubjects
         self._map = Map([Rule("/index.php", endpoint="api"), Rule("/", endpoint="api")])
 
     # -- seeding --------------------------------------------------------------------------------
@@ -420,7 +424,9 @@ class MatomoSim:
         return dict(sorted(result.items(), reverse=True))  # krsort, as Matomo orders it
 
     def _delete(self, token: Token | None, params: dict[str, str], request: Request) -> Any:
-        visits = self._selected(self._visits_param(token, params))
+        pairs = self._visits_param(token, params)
+        self.delete_requests.append(pairs)
+        visits = self._selected(pairs)
         ids = {v.idvisit for v in visits}
         links = [k for k, row in self._link.items() if row["idvisit"] in ids]
         conversions = [row for row in self._conversions if row["idvisit"] in ids]
@@ -517,10 +523,16 @@ def _condition(text: str) -> Callable[[Visit], bool]:
         "visitorId": lambda v: v.visitor_id,
         "visitIp": lambda v: v.ip,
         "visitId": lambda v: str(v.idvisit),
+        "visitEndServerDate": lambda v: v.last.astimezone(UTC).date().isoformat(),
     }
     if name not in getters:
         raise ApiError(f"Segment '{name}' is not a supported segment.")
     if name == "visitorId" and not _HEX16.match(value):
         raise ApiError("visitorId is expected to be a 16 hex char string")
     get = getters[name]
-    return (lambda v: get(v) == value) if operator == "==" else (lambda v: get(v) != value)
+    tests: dict[str, Callable[[str], bool]] = {
+        "==": lambda x: x == value, "!=": lambda x: x != value, "<": lambda x: x < value,
+        "<=": lambda x: x <= value, ">": lambda x: x > value, ">=": lambda x: x >= value,
+    }
+    test = tests[operator]
+    return lambda v: test(get(v))

@@ -52,6 +52,7 @@ ALLOWED = {
     ("bench/bench_api.py", "DROP DATABASE IF EXISTS"): "the dsar_bench_api_<hex> databases it created",
     ("bench/bench_vendors.py", "DROP DATABASE IF EXISTS"): "the dsar_bench_vendors_<hex> database it created",
     ("bench/bench_retention.py", "DROP DATABASE IF EXISTS"): "the databases it created",
+    ("bench/bench_mapping.py", "DROP DATABASE IF EXISTS"): "its own dsar_bench_mapping_<engine>, a benchmark name",
 }
 
 

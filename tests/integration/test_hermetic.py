@@ -46,6 +46,7 @@ ALLOWED = {
     ("tests/conftest.py", "\"delete_vhost\", self.name"): "RabbitVhost: only the dsar-test-<hex> vhost it added",
     ("tests/integration/test_api.py", "DROP DATABASE IF EXISTS"): "the stack's own databases (self.databases)",
     ("tests/integration/test_subject_only_property.py", "DROP DATABASE IF EXISTS"): "the module's own dsar_t_<hex>",
+    ("tests/e2e/test_console.py", "DROP DATABASE IF EXISTS \"{self.db}\""): "the dsar_ui_<hex> it created",
     ("bench/bench_scheduler.py", "queue.flushdb()"): "the benchmark's own redis-server (bench/own_redis.py)",
     ("bench/bench_scheduler.py", "DROP DATABASE IF EXISTS \"{LEDGER_DB}\""): "its own dsar_bench_scheduler",
     ("bench/bench_backbone.py", "DROP DATABASE IF EXISTS {} WITH"): "--ledger-url, refused unless dsar_bench...",

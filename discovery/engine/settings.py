@@ -176,6 +176,10 @@ class ApiSettings(_Section):
     freshdesk_subject_field: str = "cf_dsar_subject_email"  # ticket field: the subject, when not the requester
     freshdesk_tag_prefix: str = "dsar-"  # or a tag such as dsar-erasure
     freshdesk_language_field: str = "cf_dsar_language"  # ticket field: the person's language (en, nb), optional
+    # the console at /ui (workers/console): how long a login lasts, and whether its cookie is Secure ("auto": when
+    # the request came over https, or public_url is https)
+    console_session_minutes: int = Field(480, ge=5, le=7 * 24 * 60)
+    console_secure_cookie: Literal["auto", "always", "never"] = "auto"
 
     @field_validator("callback_url")
     @classmethod

@@ -6,8 +6,9 @@ error is JSON of one shape: {"error": {"code": "...", "message": "...", "details
 
 This module assembles the app (`create_app`). The package: `schemas` (request and response models),
 `errors` (the error shape, exception handlers, the ASGI guard), `deps` (runtime, wake-ups, token auth),
-`views` (shared loading and response bodies), and one router per family: `routes_ops`, `routes_requests`,
-`routes_downloads`, `routes_webhooks`. Routes import the rest; nothing imports the routes but this module.
+`views` (shared loading and response bodies), and one router per family: `routes_ops`, `routes_metrics`,
+`routes_requests`, `routes_downloads`, `routes_webhooks`; the console (workers/console: /ui and /docs) mounts
+itself. Routes import the rest; nothing imports the routes but this module.
 """
 
 from collections.abc import AsyncIterator
@@ -17,14 +18,16 @@ from fastapi import FastAPI
 
 from discovery.engine import pipeline
 from discovery.engine.runtime import Runtime
-from workers.api import routes_downloads, routes_ops, routes_requests, routes_webhooks
+from workers import console
+from workers.api import routes_downloads, routes_metrics, routes_ops, routes_requests, routes_webhooks
 from workers.api.deps import SafeWakeups
 from workers.api.errors import HANDLERS, Guard
 
 __all__ = ["create_app"]
 
 # Include order is the order of the paths in the OpenAPI document.
-_ROUTERS = (routes_ops.router, routes_requests.router, routes_downloads.router, routes_webhooks.router)
+_ROUTERS = (routes_ops.router, routes_metrics.router, routes_requests.router, routes_downloads.router,
+            routes_webhooks.router)
 
 
 def create_app(rt: Runtime | None = None, wake: pipeline.Wakeups | None = None) -> FastAPI:
@@ -52,7 +55,7 @@ def create_app(rt: Runtime | None = None, wake: pipeline.Wakeups | None = None) 
         if own:
             runtime.close()
 
-    api = FastAPI(title="dsar", version="1", lifespan=lifespan,
+    api = FastAPI(title="dsar", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Answer GDPR data-subject requests: intake, status, deadlines, downloads, webhooks. "
                               'Every error is {"error": {"code", "message", "details"?}}.')
     api.state.rt, api.state.wake = rt, SafeWakeups(wake)
@@ -61,4 +64,5 @@ def create_app(rt: Runtime | None = None, wake: pipeline.Wakeups | None = None) 
         api.add_exception_handler(exc_type, handler)
     for router in _ROUTERS:
         api.include_router(router)
+    console.mount(api)  # /ui, and /docs with its assets served from here (no CDN)
     return api

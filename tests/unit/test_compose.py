@@ -2,7 +2,8 @@
 
 The stack keeps every promise: API, workers and the scheduler (which runs the periodic sweeps) each run a command the
 CLI accepts; every variable the settings and the data map name is passed through and none is unknown; config/ is
-mounted, not baked; the healthchecks run real code; the S3 server is pinned, signed, unpublished and the archive;
+mounted, not baked; the healthchecks run real code (the worker's reads its namespace's beats on either broker); RabbitMQ is
+offered as a profile; the S3 server is pinned, signed, unpublished and the archive;
 images are pinned; the image is a non-editable install run as a non-root user; the build context leaves .venv out.
 """
 
@@ -146,28 +147,99 @@ def test_the_api_healthcheck_asks_healthz() -> None:
 
 
 class _FakeRedis:
-    def __init__(self, values: list[bytes]) -> None:
-        self.values = values
+    def __init__(self, values: list[bytes], url: str, key: str) -> None:
+        self.values, self.url, self.key = values, url, key
 
     def hvals(self, key: str) -> list[bytes]:
-        assert key == heartbeat.KEY
+        assert key == self.key, f"the healthcheck read {key}, not the namespace's {self.key}"
         return self.values
 
 
+def _run_worker_healthcheck(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> bool:
+    """The worker healthcheck's code, run here under the container's settings file and `env`; True when healthy."""
+    for name in ("DSAR_BROKER_URL", "DSAR_BROKER_REDIS_URL", "DSAR_BROKER_NAMESPACE", "DSAR_LEDGER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DSAR_CONFIG", str(ROOT / "config" / "dsar.toml"))  # the file mounted at /etc/dsar
+    for name in ("DSAR_LEDGER_URL", "DSAR_SECRET_KEY"):  # as the container has them
+        monkeypatch.setenv(name, _interpolated(DSAR_ENV[name]))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = SERVICES["worker"]["healthcheck"]["test"][3]
+    with pytest.raises(SystemExit) as exit_:
+        exec(compile(code, "worker healthcheck", "exec"), {})
+    return exit_.value.code in (0, False)
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 @pytest.mark.parametrize("mine,alive,healthy", [(True, True, True), (True, False, False), (False, True, False)])
-def test_the_worker_healthcheck_reads_this_containers_heartbeat(monkeypatch: pytest.MonkeyPatch, mine: bool,
-                                                               alive: bool, healthy: bool) -> None:
+def test_the_worker_healthcheck_reads_this_containers_heartbeat(monkeypatch: pytest.MonkeyPatch, broker: str,
+                                                               mine: bool, alive: bool, healthy: bool) -> None:
+    """On either broker the beats are read from settings.redis_url under heartbeat.key(namespace)."""
     import redis
 
     now = time.time()
     beat = heartbeat.Beat(id="w1", host=socket.gethostname() if mine else "another-container", pid=7,
                           started_at=now - 60, last_beat=now if alive else now - 600, interval=heartbeat.BEAT_SECONDS)
-    monkeypatch.setattr(redis.Redis, "from_url", staticmethod(lambda *a, **k: _FakeRedis([beat.dump()])))
-    monkeypatch.setenv("DSAR_BROKER_URL", "redis://redis:6379/0")
-    code = SERVICES["worker"]["healthcheck"]["test"][3]
-    with pytest.raises(SystemExit) as exit_:
-        exec(compile(code, "worker healthcheck", "exec"), {})
-    assert (exit_.value.code in (0, False)) is healthy
+    opened: list[str] = []
+
+    def from_url(url: str, *a: object, **k: object) -> _FakeRedis:
+        opened.append(url)
+        return _FakeRedis([beat.dump()], url, heartbeat.key("prod-eu"))
+
+    monkeypatch.setattr(redis.Redis, "from_url", staticmethod(from_url))
+    env = {"DSAR_BROKER_NAMESPACE": "prod-eu"}
+    if broker == "redis":
+        env["DSAR_BROKER_URL"] = "redis://redis:6379/0"
+    else:  # as docs/deployment.md says to switch: the queue in RabbitMQ, the beats in the stack's Redis
+        env.update(DSAR_BROKER_URL="amqp://dsar:pw@rabbitmq:5672/dsar", DSAR_BROKER_REDIS_URL="redis://redis:6379/1")
+    assert _run_worker_healthcheck(monkeypatch, env) is healthy
+    assert opened == ["redis://redis:6379/0" if broker == "redis" else "redis://redis:6379/1"]
+
+
+@pytest.mark.parametrize("consumers,healthy", [(2, True), (0, False)])
+def test_the_worker_healthcheck_with_rabbitmq_alone_counts_the_queues_consumers(
+        monkeypatch: pytest.MonkeyPatch, consumers: int, healthy: bool) -> None:
+    asked: list[tuple[str, str]] = []
+
+    def count(url: str, queue: str) -> int:
+        asked.append((url, queue))
+        return consumers
+
+    monkeypatch.setattr(heartbeat, "rabbitmq_consumers", count)
+    url = "amqp://dsar:pw@rabbitmq:5672/dsar"
+    assert _run_worker_healthcheck(monkeypatch, {"DSAR_BROKER_URL": url}) is healthy
+    assert asked == [(url, "dsar")]  # the compose ledger's database name is the default namespace
+
+
+def test_the_broker_can_be_switched_to_the_rabbitmq_profile() -> None:
+    """RabbitMQ is offered in a profile: pinned 3.12+, login and vhost from .env, durable data, consumer_timeout
+    above the longest task, a real healthcheck; the dsar services take amqp:// plus a Redis for the beats."""
+    rabbit = SERVICES["rabbitmq"]
+    assert rabbit["profiles"] == ["rabbitmq"] and "build" not in rabbit
+    name, _, tag = rabbit["image"].partition(":")
+    assert name == "rabbitmq" and tuple(int(p) for p in tag.split(".")[:2]) >= (3, 12), rabbit["image"]
+    env = rabbit["environment"]
+    assert env["RABBITMQ_DEFAULT_VHOST"] == "dsar"
+    assert env["RABBITMQ_DEFAULT_USER"].startswith("${") and env["RABBITMQ_DEFAULT_PASS"].startswith("${")
+    assert "RABBITMQ_DEFAULT_PASS" in " ".join(rabbit["command"])  # refuses an empty password (guest otherwise)
+    assert "rabbitmq-data:/var/lib/rabbitmq" in rabbit["volumes"]
+    conf = next(v for v in rabbit["volumes"] if v.startswith("./deploy/rabbitmq.conf:"))
+    assert conf.split(":")[1].startswith("/etc/rabbitmq/conf.d/") and conf.endswith(":ro")
+    settings = dict(line.split("=", 1) for line in (ROOT / "deploy" / "rabbitmq.conf").read_text().splitlines()
+                    if line.strip() and not line.startswith("#"))
+    assert int(settings["consumer_timeout "]) == 6 * 3600 * 1000
+    assert rabbit["healthcheck"]["test"] == ["CMD", "rabbitmq-diagnostics", "-q", "ping"]
+    assert "backend" in rabbit["networks"] and "ports" not in rabbit  # only the dsar services reach it
+    assert COMPOSE["x-dsar"]["depends_on"]["rabbitmq"] == {"condition": "service_healthy", "required": False}
+
+    switched = {k: _interpolated(str(v), {"DSAR_BROKER_URL": "amqp://dsar:pw@rabbitmq:5672/dsar",
+                                          "DSAR_BROKER_REDIS_URL": "redis://redis:6379/0"})
+                for k, v in DSAR_ENV.items()}
+    settings_ = load_settings(ROOT / "config" / "dsar.toml", switched)
+    assert settings_.broker.kind == "rabbitmq" and settings_.redis_url == "redis://redis:6379/0"
+    assert settings_.broker.namespace == "dsar"
+    default = load_settings(ROOT / "config" / "dsar.toml", {k: _interpolated(str(v)) for k, v in DSAR_ENV.items()})
+    assert default.broker.kind == "redis" and default.broker.redis_url == ""
 
 
 def test_the_scheduler_healthcheck_reads_the_file_its_command_touches(tmp_path: Path) -> None:

@@ -60,6 +60,9 @@ class FreshchatSim:
         self._messages: dict[str, list[dict[str, Any]]] = {}
         self._owner: dict[str, str] = {}  # user id -> the seeded person's e-mail, kept after blanking
         self.requests: list[tuple[str, str]] = []  # (method, path) log for tests
+        # Every call that changes state, as (call, user or conversation id), answered or not: what a benchmark counts
+        # to show no write was lost or made twice (sandbox.launch.Sandbox.writes).
+        self.writes: list[tuple[str, str]] = []
         user_methods = ["GET", "PUT", "DELETE"] if user_delete else ["GET", "PUT"]
         self._map = Map([
             Rule("/v2/users", endpoint="search_users", methods=["GET"]),
@@ -246,6 +249,7 @@ class FreshchatSim:
             return _error(404, "USER_NOT_FOUND", "user not found")
         if request.method == "GET":
             return _json(200, user)
+        self.writes.append((f"{request.method} /v2/users", uid))
         if request.method == "DELETE":
             # [U] what a user delete does to conversations: pessimistically, every one the user is in goes,
             # including one shared with another user.
@@ -286,6 +290,7 @@ class FreshchatSim:
         if conversation is None:
             return _error(404, "CONVERSATION_NOT_FOUND", "conversation not found")
         if request.method == "PUT":
+            self.writes.append(("PUT /v2/conversations", cid))
             try:
                 body = orjson.loads(request.get_data())
             except orjson.JSONDecodeError:

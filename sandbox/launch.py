@@ -53,6 +53,8 @@ PROMISE_KEYS = frozenset({"retention_rules"})
 
 
 class Sim(Protocol):
+    writes: list[tuple[str, str]]
+
     def seed_demo(self) -> None: ...
     def settings(self, base_url: str) -> dict[str, Any]: ...
     def env(self) -> dict[str, str]: ...
@@ -124,6 +126,10 @@ class Sandbox:
         for sim in self.sims.values():
             merged.update(sim.env())
         return merged
+
+    def writes(self) -> dict[str, list[tuple[str, str]]]:
+        """Each simulator's state-changing calls so far, as (call, the vendor's id of the record), in order."""
+        return {name: list(sim.writes) for name, sim in self.sims.items()}
 
     def holdings(self, email: str) -> dict[str, dict[str, int]]:
         """What each simulator still holds about the person seeded under `email`, non-zero kinds only."""

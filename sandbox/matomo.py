@@ -118,6 +118,8 @@ class MatomoSim:
         self.calls: list[str] = []  # API methods called, for tests
         self.invalidated: dict[int, set[date]] = {}  # site -> visit dates remembered for invalidation
         self.delete_requests: list[list[tuple[int, int]]] = []  # (idsite, idvisit) asked per deleteDataSubjects
+        # Every visit a state-changing call named, as (call, "idsite:idvisit") (sandbox.launch.Sandbox.writes).
+        self.writes: list[tuple[str, str]] = []
         self._map = Map([Rule("/index.php", endpoint="api"), Rule("/", endpoint="api")])
 
     # -- seeding --------------------------------------------------------------------------------
@@ -426,6 +428,7 @@ class MatomoSim:
     def _delete(self, token: Token | None, params: dict[str, str], request: Request) -> Any:
         pairs = self._visits_param(token, params)
         self.delete_requests.append(pairs)
+        self.writes.extend(("PrivacyManager.deleteDataSubjects", f"{site}:{visit}") for site, visit in pairs)
         visits = self._selected(pairs)
         ids = {v.idvisit for v in visits}
         links = [k for k, row in self._link.items() if row["idvisit"] in ids]

@@ -115,6 +115,8 @@ class MauticSim:
         self.company_members: list[dict[str, Any]] = []
         self.devices: dict[int, dict[str, Any]] = {}
         self.event_log: list[dict[str, Any]] = []  # lead_event_log: deleted with the contact
+        # Every call that changes state, as (call, contact id), answered or not (sandbox.launch.Sandbox.writes).
+        self.writes: list[tuple[str, str]] = []
         self.dnc: list[dict[str, Any]] = []
         # ON DELETE SET NULL tables; `_subject` is the sim's own ground truth for holdings().
         self.email_stats: list[dict[str, Any]] = []
@@ -542,6 +544,7 @@ class MauticSim:
         return _json({"total": len(companies), "companies": companies})
 
     def _delete_contact(self, request: Request, cid: int) -> Response:
+        self.writes.append(("DELETE /api/contacts/delete", str(cid)))
         if cid not in self.contacts:
             return _error(404, "Item was not found.")
         view = self._contact_view(cid, deleted=True)  # Doctrine has cleared the id by the time it is serialised
@@ -560,6 +563,7 @@ class MauticSim:
         return _json({"contact": view})
 
     def _dnc_add(self, request: Request, cid: int, channel: str) -> Response:
+        self.writes.append((f"POST /api/contacts/dnc/{channel}/add", str(cid)))
         if cid not in self.contacts:
             return _error(404, "Item was not found.")
         body: dict[str, Any] = dict(request.form) if request.form else {}
@@ -606,6 +610,7 @@ class MauticSim:
         return _json({"total": len(rows), "stats": rows[start:start + limit]})
 
     def _dnc_remove(self, request: Request, cid: int, channel: str) -> Response:
+        self.writes.append((f"POST /api/contacts/dnc/{channel}/remove", str(cid)))
         if cid not in self.contacts:
             return _error(404, "Item was not found.")
         # DoNotContact::removeDncForContact without a reason: the first entry on the channel, whatever its reason.

@@ -31,6 +31,8 @@ from sandbox.people import DECOY_EMAIL, JANE, PEOPLE
 
 _NOW_MS = 1_714_650_000_000
 # dataType asked for -> section of the export file ([L] for contactData/tagData; the rest assumed).
+# Calls that read (an export job is a read the vendor runs later); every other method changes a contact.
+_READS = frozenset({"contact/basic", "contact/export/data", "job/status"})
 _SECTIONS = {"CONTACT": "contactData", "TAG": "tagData", "EXT_EVENT": "extEventData", "VISITS": "visitsData"}
 _BASIC_FIELDS = (
     "contactId", "name", "email", "phone", "fax", "score", "state", "company", "externalId", "optedOut",
@@ -59,6 +61,9 @@ class SalesmanagoSim:
         self.files: dict[str, dict[str, Any]] = {}  # token -> {"body": bytes, "emails": set}
         self.status_polls = 0
         self.calls: list[str] = []
+        # Every call that changes state, as (method, contactId or lower-cased e-mail), answered or not
+        # (sandbox.launch.Sandbox.writes).
+        self.writes: list[tuple[str, str]] = []
         self._map = Map([
             Rule("/api/<path:method>", endpoint="api", methods=["POST"]),
             Rule("/files/<name>", endpoint="file", methods=["GET"]),
@@ -226,6 +231,8 @@ class SalesmanagoSim:
             return _answer(False, ["Owner not found"])
         with self._lock:
             self.calls.append(method)
+            if method not in _READS:
+                self.writes.append((method, str(body.get("contactId") or str(body.get("email", "")).strip().lower())))
             result = handler(body, request)
         return Response(orjson.dumps(result), content_type="application/json")
 

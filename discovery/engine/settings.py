@@ -222,8 +222,7 @@ class ScheduleSettings(_Section):
     webhook_url: str = ""  # notifier "webhook": notices are POSTed here as JSON
     webhook_token_env: str = ""  # variable holding a bearer token for the webhook; empty: none
     # `dsar scheduler`'s periodic jobs (discovery.schedule.periodic): hours between two runs; 0: not run by it
-    inactivity_sweep_hours: float = Field(24.0, ge=0, le=24 * 31)
-    marketing_sweep_hours: float = Field(24.0, ge=0, le=24 * 31)
+    retention_run_hours: float = Field(24.0, ge=0, le=24 * 31)  # every rule, the inactivity and marketing sweeps too
     bundle_expiry_hours: float = Field(24.0, ge=0, le=24 * 31)
     ledger_purge_hours: float = Field(24.0, ge=0, le=24 * 31)
 

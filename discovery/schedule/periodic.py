@@ -1,9 +1,10 @@
 """Periodic jobs of `dsar scheduler`: the sweeps that keep the privacy policy's time limits without a request.
 
 A small registry, name -> PeriodicJob (what runs, and the setting that says every how many hours; 0: not run by the
-scheduler). Built in, in this order: the inactivity sweep (discovery.schedule.inactivity), the marketing sweep
-(discovery.schedule.marketing), bundle expiry (discovery.engine.bundles) and the ledger's retention purge
-(discovery.engine.ledger_retention), each once a day by default. Other jobs join with `register()`.
+scheduler). Built in, in this order: the retention run (discovery.schedule.retention: every rule of the data map,
+the inactivity notices and the marketing sweeps among them), bundle expiry (discovery.engine.bundles) and the
+ledger's retention purge (discovery.engine.ledger_retention), each once a day by default. Other jobs join with
+`register()`.
 
 The lock is the job's row in `periodic_runs`. A scheduler claims a due job in one short transaction: it locks the
 row (`SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers with BEGIN IMMEDIATE), checks
@@ -91,20 +92,17 @@ def register(job: PeriodicJob) -> None:
 
 # -- the built-in jobs -------------------------------------------------------------------------------
 
-def _inactivity(rt: Runtime, actor: str) -> Counts:
-    from discovery.schedule.inactivity import sweep_inactive
+def _retention(rt: Runtime, actor: str) -> Counts:
+    """Every retention rule (dsar retention run), the inactivity notice and marketing sweeps included: one mechanism."""
+    from discovery.schedule import retention
 
-    r = sweep_inactive(rt, actor=actor)
-    return {"inactive": r.inactive, "notified": r.notified, "already_scheduled": r.already_scheduled,
-            "failed": r.failed}
-
-
-def _marketing(rt: Runtime, actor: str) -> Counts:
-    from discovery.schedule.marketing import sweep_marketing
-
-    r = sweep_marketing(rt, actor=actor)
-    return {"unsubscribed": r.unsubscribed, "trials_ended": r.trials_ended, "scheduled": r.scheduled,
-            "already_scheduled": r.already_scheduled}
+    try:
+        r = retention.run(rt, actor=actor)
+    except retention.RetentionBusy:  # someone runs it by hand right now: that run covers today
+        return {"rules": 0, "changed": 0, "busy": 1}
+    if r.errors:
+        raise RuntimeError(f"{len(r.errors)} rule(s) failed: " + "; ".join(r.errors))
+    return {"rules": len(r.rules), "changed": r.changed}
 
 
 def _bundles(rt: Runtime, actor: str) -> Counts:
@@ -127,10 +125,8 @@ def _ledger(rt: Runtime, actor: str) -> Counts:
             "scheduled_actions": r.scheduled_actions}
 
 
-register(PeriodicJob("inactivity-sweep", _inactivity, lambda s: s.schedule.inactivity_sweep_hours,
-                     "notify inactive accounts, schedule their erasure (dsar sweep-inactive)"))
-register(PeriodicJob("marketing-sweep", _marketing, lambda s: s.schedule.marketing_sweep_hours,
-                     "schedule Mautic-only erasures: unsubscribed, trial ended (dsar sweep-marketing)"))
+register(PeriodicJob("retention-run", _retention, lambda s: s.schedule.retention_run_hours,
+                     "every retention rule, inactivity notices and marketing sweeps included (dsar retention run)"))
 register(PeriodicJob("bundle-expiry", _bundles, lambda s: s.schedule.bundle_expiry_hours,
                      "delete bundles past archive.retention_days (dsar bundles expire)"))
 register(PeriodicJob("ledger-purge", _ledger, lambda s: s.schedule.ledger_purge_hours,

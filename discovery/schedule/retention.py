@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,10 +50,12 @@ from connectors.retention import (
     MECHANISM_MARKETING,
     MECHANISM_RUN,
     Keep,
+    Period,
     RetentionRule,
     cutoff_moment,
     render,
 )
+from connectors.sql import SqlConnector
 from discovery.engine import pipeline
 from discovery.engine.ledger import OPEN_STATUSES, AuditEvent, Base, Request, ScheduledAction, SubjectIdentity
 from discovery.engine.runtime import Runtime
@@ -117,8 +118,24 @@ def rules(rt: Runtime, system: str | None = None) -> list[RetentionRule]:
         declared = conn.retention_rules()
         if isinstance(conn, MauticConnector) and not any(r.mechanism == MECHANISM_MARKETING for r in declared):
             declared += _marketing_rules(name, conn)
+        if isinstance(conn, SqlConnector) and conn.spec.inactivity is not None \
+                and not any(r.mechanism == MECHANISM_INACTIVITY for r in declared):
+            declared.append(_inactivity_rule(rt, name, conn))
         out += declared
     return out
+
+
+def _inactivity_rule(rt: Runtime, name: str, conn: SqlConnector) -> RetentionRule:
+    """An `inactivity` entity without a `then: notice` rule keeps the settings' promise (schedule.inactivity_months):
+    stated as a rule so that one run and one report cover it."""
+    assert conn.spec.inactivity is not None
+    spec = conn.spec.inactivity
+    period = Period(rt.settings.schedule.inactivity_months, "months")
+    start = spec.last_activity + (f" ({spec.fallback})" if spec.fallback else "")
+    return RetentionRule(system=name, entity=spec.entity, mechanism=MECHANISM_INACTIVITY, period=period,
+                         from_field=spec.last_activity, then="notice", unless=("open_request",),
+                         text=note(N_("{what}: erased {period} after the last activity ({start}), after a notice"),
+                                   what=spec.entity, period=period.note(), start=start))
 
 
 def _marketing_rules(name: str, conn: MauticConnector) -> list[RetentionRule]:
@@ -339,45 +356,6 @@ def _finish(rt: Runtime, run_id: int, status: str, actor: str, result: RunResult
                          details={"run_id": run_id, "as_of": result.as_of.isoformat(), "rules": counts,
                                   **({"error": error} if error else {})}))
     log.info("retention.run", run_id=run_id, status=status, changed=result.changed)
-
-
-# -- the daily job (dsar scheduler) ------------------------------------------------------------------
-
-def daily(rt: Runtime, worker: str, progress: Progress | None = None) -> RunResult | None:
-    """Run once per UTC day, when a rule needs running and no run started today; never raises (logged)."""
-    try:
-        if not any(r.mechanism in (MECHANISM_RUN, MECHANISM_INACTIVITY, MECHANISM_MARKETING) for r in rules(rt)):
-            return None
-        today = rt.clock().date()
-        with rt.sessions() as s:
-            last = s.scalars(sa.select(RetentionRun).where(RetentionRun.scope.is_(None))
-                             .order_by(RetentionRun.id.desc())).first()
-        if last is not None and last.status == DONE and last.as_of.date() >= today:
-            return None
-        return run(rt, worker=worker, actor="scheduler", progress=progress)
-    except RetentionBusy:
-        return None
-    except Exception as exc:  # the scheduler goes on with its other work; the report shows the failed run
-        log.warning("retention.daily_failed", error=type(exc).__name__)
-        return None
-
-
-class DailyJob:
-    """A job for scheduler.run_scheduler: calls `daily` at most every `every` seconds."""
-
-    def __init__(self, rt: Runtime, worker: str, every: float = 300.0) -> None:
-        self.rt, self.worker, self.every = rt, worker, every
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        import time
-
-        with self._lock:
-            if time.monotonic() - self._last < self.every and self._last:
-                return
-            self._last = time.monotonic()
-        daily(self.rt, self.worker)
 
 
 # -- confirm (vendor settings checked by hand) ------------------------------------------------------

@@ -206,14 +206,11 @@ def run_due(rt: Runtime, wake: pipeline.Wakeups, worker: str, batch: int) -> Bat
 
 
 def run_scheduler(rt: Runtime, wake: pipeline.Wakeups, *, worker: str, batch: int, once: bool,
-                  stop: threading.Event, progress: Callable[[BatchResult], None] | None = None,
-                  jobs: list[Callable[[], None]] | None = None) -> BatchResult:
-    """Claim and run due actions until stopped; `once`: until nothing is due (for cron). `jobs` run before each
-    round and decide themselves whether it is their time (the daily retention run, discovery.schedule.retention)."""
+                  stop: threading.Event, progress: Callable[[BatchResult], None] | None = None) -> BatchResult:
+    """Claim and run due actions until stopped; `once`: until nothing is due (for cron). The periodic jobs (the
+    retention run among them) are discovery.schedule.periodic's, run by `dsar scheduler` beside this."""
     total = BatchResult()
     while not stop.is_set():
-        for job in jobs or ():
-            job()
         result = run_due(rt, wake, worker, batch)
         total.add(result)
         if progress and result.claimed:

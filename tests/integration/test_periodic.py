@@ -18,7 +18,7 @@ from discovery.engine import db
 from discovery.engine.ledger import AuditEvent
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
-from discovery.schedule import periodic
+from discovery.schedule import periodic, retention
 from tests.conftest import SECRET, dsar_env, run_dsar, seed_accounts, write_config
 
 pytestmark = pytest.mark.integration
@@ -138,18 +138,23 @@ def test_a_scheduler_that_died_mid_job_leaves_it_due_when_the_lease_runs_out(env
 
 def test_the_built_in_jobs_run_with_their_counts_and_intervals(env: dict[str, Any]) -> None:
     rt, clock = env["rt"], env["clock"]
-    assert list(periodic.JOBS)[:4] == ["inactivity-sweep", "marketing-sweep", "bundle-expiry", "ledger-purge"]
-    builtin = {k: v for k, v in periodic.JOBS.items() if k in ("inactivity-sweep", "marketing-sweep",
-                                                                "bundle-expiry", "ledger-purge")}
+    assert list(periodic.JOBS)[:3] == ["retention-run", "bundle-expiry", "ledger-purge"]
+    builtin = {k: v for k, v in periodic.JOBS.items() if k in ("retention-run", "bundle-expiry", "ledger-purge")}
+    planned = retention.plan(rt)
     outcomes = {o.job: o for o in periodic.run_due(rt, "s1", builtin)}
     assert set(outcomes) == set(builtin) and all(o.status == "done" for o in outcomes.values()), outcomes
-    assert set(outcomes["inactivity-sweep"].counts) == {"inactive", "notified", "already_scheduled", "failed"}
+    # one retention run over every rule, the inactivity notice rule the settings state among them
+    assert outcomes["retention-run"].counts["rules"] == len(planned)
+    assert any(r["mechanism"] == "sweep-inactive" for r in planned), [r["mechanism"] for r in planned]
+    due = sum(r.get("due", 0) for r in planned if r["mechanism"] == "retention run")
+    assert due and outcomes["retention-run"].counts["changed"] >= due  # what was due went (with what it owned)
+    assert not any(r.get("due") for r in retention.plan(rt) if r["mechanism"] == "retention run")
     assert outcomes["bundle-expiry"].counts == {"expired": 0, "failed": 0}
     assert outcomes["ledger-purge"].counts["requests"] == 0
     clock.now += timedelta(hours=12, seconds=1)  # DSAR_SCHEDULE_LEDGER_PURGE_HOURS=12; the rest daily
     assert [o.job for o in periodic.run_due(rt, "s1", builtin)] == ["ledger-purge"]
     status = {s["job"]: s for s in periodic.status(rt)}
-    assert status["ledger-purge"]["hours"] == 12 and status["inactivity-sweep"]["status"] == "done"
+    assert status["ledger-purge"]["hours"] == 12 and status["retention-run"]["status"] == "done"
 
 
 def test_dsar_scheduler_once_periodic_runs_each_job_once_and_says_so(env: dict[str, Any], tmp_path: Path) -> None:
@@ -160,7 +165,7 @@ def test_dsar_scheduler_once_periodic_runs_each_job_once_and_says_so(env: dict[s
     first = run_dsar(["scheduler", "--once", "--periodic", "--json", "--alive-file", str(alive)], environ)
     assert first.returncode == 0, first.stderr
     ran = {p["job"]: p for p in orjson.loads(first.stdout)["periodic"]}
-    assert {"inactivity-sweep", "marketing-sweep", "bundle-expiry", "ledger-purge"} <= set(ran)
+    assert {"retention-run", "bundle-expiry", "ledger-purge"} <= set(ran)
     assert all(p["status"] == "done" for p in ran.values()) and alive.exists()
     assert "scheduler: ledger-purge: done" in first.stderr
     again = run_dsar(["scheduler", "--once", "--periodic", "--json"], environ)

@@ -30,7 +30,7 @@ import click
 from discovery.engine.ledger import ScheduledAction
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import ConfigError, load_settings
-from discovery.schedule import inactivity, marketing, periodic, retention, scheduler
+from discovery.schedule import inactivity, marketing, periodic, scheduler
 from workers.cli.common import EXIT_FAILED, emit, errors_to_exit, main, wait_for
 from workers.inprocess import in_process_worker_if_embedded
 
@@ -86,19 +86,16 @@ def _action_data(a: ScheduledAction) -> dict[str, Any]:
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help="With the in-process broker and --once: seconds to wait for the requests created.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
-@click.option("--retention/--no-retention", "with_retention", default=None,
-              help="Run `dsar retention run` once a day (UTC) under its lock (default: on in the loop, off with "
-                   "--once, where cron runs `dsar retention run` itself).")
 @click.option("--periodic/--no-periodic", "with_periodic", default=None,
-              help="Run the periodic jobs when due, each under its lock: inactivity and marketing sweeps, bundle "
-                   "expiry, ledger purge (default: on in the loop, off with --once).")
+              help="Run the periodic jobs when due, each under its lock: the retention run (with the inactivity and "
+                   "marketing sweeps), bundle expiry, ledger purge (default: on in the loop, off with --once).")
 @click.option("--alive-file", type=click.Path(dir_okay=False), help="Touched after every round (a container "
               "healthcheck reads its age).")
 @click.pass_context
 def scheduler_cmd(ctx: click.Context, once: bool, batch: int | None, timeout: float, as_json: bool,
-                  with_retention: bool | None, with_periodic: bool | None, alive_file: str | None) -> None:
+                  with_periodic: bool | None, alive_file: str | None) -> None:
     """Claim due scheduled actions and turn them into erasure requests (a loop; --once for cron), and run the
-    periodic jobs when due (discovery.schedule.periodic); once a day, the retention run."""
+    periodic jobs when due (discovery.schedule.periodic), the daily retention run among them."""
     with errors_to_exit():
         from workers import app
         from workers.actors import WAKE
@@ -117,7 +114,6 @@ def scheduler_cmd(ctx: click.Context, once: bool, batch: int | None, timeout: fl
         if not once:
             click.echo(f"scheduler {worker}: polling every {rt.settings.schedule.poll_interval_seconds:g}s "
                        f"(batch {size}); Ctrl-C stops", err=True)
-        jobs = [retention.DailyJob(rt, worker)] if (not once if with_retention is None else with_retention) else []
         run_periodic = (not once) if with_periodic is None else with_periodic
         ran: list[periodic.JobOutcome] = []  # kept for the summary with --once only (a loop runs for months)
         with in_process_worker_if_embedded(app.is_embedded()):
@@ -128,7 +124,7 @@ def scheduler_cmd(ctx: click.Context, once: bool, batch: int | None, timeout: fl
                     if once:
                         ran.append(outcome)
                 total.add(scheduler.run_scheduler(rt, WAKE, worker=worker, batch=size, once=True, stop=stop,
-                                                  progress=progress, jobs=list(jobs)))
+                                                  progress=progress))
                 if alive_file:
                     Path(alive_file).touch()
                 if once:

@@ -232,7 +232,7 @@ class SalesmanagoSim:
         with self._lock:
             self.calls.append(method)
             if method not in _READS:
-                self.writes.append((method, str(body.get("contactId") or str(body.get("email", "")).strip().lower())))
+                self.writes.extend((method, target) for target in _targets(body))
             result = handler(body, request)
         return Response(orjson.dumps(result), content_type="application/json")
 
@@ -373,6 +373,13 @@ class SalesmanagoSim:
 
 def _fail(message: str) -> dict[str, Any]:
     return {"success": False, "message": [message]}
+
+
+def _targets(body: dict[str, Any]) -> list[str]:
+    """Whom a write names: its contactId or e-mail (lower-cased), or each addressee of a `contacts` list."""
+    named = [body.get("contactId") or body.get("email")]
+    named += [a.get("value") for a in body.get("contacts") or [] if isinstance(a, dict)]
+    return [str(n).strip().lower() for n in named if isinstance(n, str) and n.strip()]
 
 
 def _answer(success: bool, message: list[str], status: int = 200) -> Response:

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -479,14 +479,6 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 class Worker:
     """`dsar worker --processes N --threads M` in its own session (so SIGKILL to the group takes all of it)."""
 
@@ -644,15 +636,6 @@ class RedisWakeups:
 
 TERMINAL = {"completed", "completed_with_errors", "failed", "denied", "cancelled"}
 TERMINAL_TASKS = {"done", "failed", "unsupported", "cancelled"}
-
-
-@dataclass
-class Settled:
-    """Where the requests stand when the campaign stops waiting."""
-
-    states: dict[str, str]  # request id -> status
-    problems: list[str]  # requests neither terminal nor waiting with a reason, or terminal without one
-    seconds: float
 
 
 @dataclass
@@ -944,9 +927,3 @@ def _with_timeouts(datamap: str, timeout_s: float) -> str:
         if name in ("freshchat", "mautic", "salesmanago", "matomo"):
             system["timeout_s"] = timeout_s
     return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=1000)
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[Callable[[], float]]:
-    start = time.monotonic()
-    yield lambda: time.monotonic() - start

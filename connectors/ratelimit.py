@@ -15,6 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 # Reserve a slot using the Redis server's clock, so worker machines with skewed clocks agree.
 _RESERVE_LUA = """
 local t = redis.call('TIME')
@@ -83,6 +87,10 @@ class RedisRateLimiter:
         self._interval = 1.0 / (rate_per_second * HEADROOM)
         self._script = redis_client.register_script(_RESERVE_LUA)  # type: ignore[attr-defined]
         self._sleep = sleep
+        # While Redis is away (restarted, failing over) each process paces on its own: vendor calls go on, slower
+        # than shared pacing would allow only if several processes call one vendor at once.
+        self._fallback = LocalRateLimiter(rate_per_second, sleep)
+        self._degraded = False
 
     def reserve(self) -> tuple[float, float]:
         """Take the next free slot: (slot, now), both on the Redis server's clock."""
@@ -90,7 +98,19 @@ class RedisRateLimiter:
         return float(slot), float(now)
 
     def acquire(self) -> float:
-        slot, now = self.reserve()
+        from redis.exceptions import RedisError
+
+        try:
+            slot, now = self.reserve()
+        except RedisError as exc:
+            if not self._degraded:
+                log.warning("ratelimit.redis_unavailable", key=self._key, error=type(exc).__name__,
+                            action="pacing in this process until Redis answers")
+                self._degraded = True
+            return self._fallback.acquire()
+        if self._degraded:
+            log.info("ratelimit.redis_back", key=self._key)
+            self._degraded = False
         wait = slot - now
         if wait > 0:
             self._sleep(wait)

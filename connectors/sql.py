@@ -10,6 +10,7 @@ changes them by key, deleting rows that hold a foreign key before the rows it po
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -133,6 +134,7 @@ class SqlConnector(Connector):
         self.order = topological(spec.entities)
         self.entities = tuple(self.order)
         self._tables: dict[str, sa.Table] = {}
+        self._tables_lock = threading.Lock()
         self.s3 = S3Files(name, spec.s3, ctx) if spec.s3 else None
 
     @classmethod
@@ -464,6 +466,15 @@ class SqlConnector(Connector):
         return _DbErrors(self.name, self.engine.begin)
 
     def _table(self, name: str, conn: Connection) -> sa.Table:
+        table = self._tables.get(name)
+        if table is not None:
+            return table
+        # One reflection per table and process: two threads reflecting at once would each build their own Table,
+        # and a query joining both copies names the table twice (PostgreSQL refuses it).
+        with self._tables_lock:
+            return self._reflect(name, conn)
+
+    def _reflect(self, name: str, conn: Connection) -> sa.Table:
         if name not in self._tables:
             entity = self.spec.entities[name]
             try:

@@ -63,3 +63,25 @@ def test_local_limiter_and_factory() -> None:
     assert isinstance(make_rate_limiter("x", 3, None), LocalRateLimiter)
     with pytest.raises(ValueError, match="positive"):
         LocalRateLimiter(0)
+
+
+
+class GoneRedis:
+    """A Redis client whose server went away: every script call raises as redis-py does then."""
+
+    def register_script(self, _source: str) -> object:
+        def call(**_kwargs: object) -> object:
+            raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+        return call
+
+
+def test_redis_going_away_paces_in_process_instead_of_failing_the_vendor_call() -> None:
+    """The fault campaign: a restarted Redis made every rate-limited vendor call fail with ConnectionError."""
+    slept: list[float] = []
+    limiter = RedisRateLimiter(GoneRedis(), "vendor:gone", 10.0, sleep=slept.append)
+    waits = [limiter.acquire() for _ in range(3)]
+    interval = 1.0 / (10.0 * HEADROOM)
+    # no error, and still paced: by the process itself (the slots are 1/rate apart; nothing really sleeps here)
+    assert waits[0] == 0.0 and waits[1] == pytest.approx(interval, abs=0.01)
+    assert waits[2] == pytest.approx(2 * interval, abs=0.01) and slept == waits[1:]

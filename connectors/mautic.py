@@ -74,6 +74,9 @@ LEARNED_VIA = N_("{system}: contact {id} ({how}), field {field}")
 TOKEN_PATH = "oauth/v2/token"
 TOKEN_MARGIN_S = 60.0  # renew a little before expiry so a token never dies mid-request
 DEFAULT_TOKEN_LIFETIME_S = 3600.0  # Mautic's default api_oauth2_access_token_lifetime (60 min)
+# After a token call failed (with its retries), threads that queued behind it get the same error at once for this
+# long instead of each retrying again: a Mautic answering 500 held every worker thread for minutes (fault campaign).
+TOKEN_FAILURE_HOLD_S = 30.0
 
 # Rows Mautic keeps with lead_id set to NULL when a contact is deleted (ON DELETE SET NULL), and
 # form results for which the API has no delete call (vendor-apis.md 2.4).
@@ -161,6 +164,7 @@ class MauticConnector(Connector):
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = threading.Lock()
+        self._token_failure: tuple[ConnectorError, float] | None = None  # the last failed token call, until when
         self.http = HttpClient(
             name,
             config.base_url,
@@ -714,24 +718,35 @@ class MauticConnector(Connector):
         with self._token_lock:
             if self._token and self._clock() < self._token_expires - TOKEN_MARGIN_S:
                 return self._token
-            assert self._client_credentials is not None
-            client_id, client_secret = self._client_credentials
-            data = {"client_id": client_id, "client_secret": client_secret, "grant_type": "client_credentials"}
-            resp = self.http.request("POST", TOKEN_PATH, data=data, ok=(200, 400))
-            if resp.status_code != 200:
-                raise PermanentError(self.name, self._token_problem(resp))
+            failed = self._token_failure
+            if failed is not None and self._clock() < failed[1]:
+                raise failed[0]
             try:
-                body = orjson.loads(resp.content)
-            except orjson.JSONDecodeError:
-                body = None
-            token = body.get("access_token") if isinstance(body, dict) else None
-            if not isinstance(token, str) or not token:
-                raise PermanentError(self.name, f"POST {safe_url(self.http.url(TOKEN_PATH))} answered without "
-                                                "an access_token")
-            lifetime = _int(body.get("expires_in"), default=None) if isinstance(body, dict) else None
-            self._token = token
-            self._token_expires = self._clock() + float(lifetime or DEFAULT_TOKEN_LIFETIME_S)
-            return token
+                return self._fetch_token()
+            except ConnectorError as exc:
+                self._token_failure = (exc, self._clock() + TOKEN_FAILURE_HOLD_S)
+                raise
+
+    def _fetch_token(self) -> str:
+        """POST the client credentials (the caller holds the token lock)."""
+        assert self._client_credentials is not None
+        client_id, client_secret = self._client_credentials
+        data = {"client_id": client_id, "client_secret": client_secret, "grant_type": "client_credentials"}
+        resp = self.http.request("POST", TOKEN_PATH, data=data, ok=(200, 400))
+        if resp.status_code != 200:
+            raise PermanentError(self.name, self._token_problem(resp))
+        try:
+            body = orjson.loads(resp.content)
+        except orjson.JSONDecodeError:
+            body = None
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise PermanentError(self.name, f"POST {safe_url(self.http.url(TOKEN_PATH))} answered without "
+                                            "an access_token")
+        lifetime = _int(body.get("expires_in"), default=None) if isinstance(body, dict) else None
+        self._token, self._token_failure = token, None
+        self._token_expires = self._clock() + float(lifetime or DEFAULT_TOKEN_LIFETIME_S)
+        return token
 
     def _token_problem(self, resp: requests.Response) -> str:
         error_type, message = _error_info(resp)

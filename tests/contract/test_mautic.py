@@ -547,6 +547,24 @@ def test_oauth2_fetches_a_token_once_and_reuses_it(vendor, ctx) -> None:
     assert "Authorization" not in vendor.calls[0].request.headers  # no credentials on the token call header
 
 
+def test_a_failed_token_call_fails_the_threads_behind_it_at_once_then_is_tried_again(vendor, ctx, sleeps) -> None:
+    # Fault campaign: a Mautic answering 500 made every worker thread retry the token call in turn, each holding
+    # the lock for the whole retry sequence. The first caller retries; the next ones get its error at once.
+    now = [1000.0]
+    for _ in range(FAST_RETRY.attempts):
+        vendor.post(f"{BASE}/oauth/v2/token", status=500, match=[matchers.urlencoded_params_matcher(TOKEN_FORM)])
+    conn = connector(ctx, auth="oauth2", clock=lambda: now[0])
+    with pytest.raises(TransientError) as first:
+        conn.locate(ids(JANE))
+    with pytest.raises(TransientError) as second:
+        conn.locate(ids(JANE))
+    assert second.value is first.value and token_calls(vendor) == FAST_RETRY.attempts
+    now[0] += 31  # the hold is over: the next caller asks Mautic again
+    token(vendor, "tok-1")
+    search(vendor, JANE, [], header="Bearer tok-1")
+    assert conn.locate(ids(JANE)).found is False and token_calls(vendor) == FAST_RETRY.attempts + 1
+
+
 def test_oauth2_renews_an_expired_token(vendor, ctx) -> None:
     now = [1000.0]
     token(vendor, "tok-1", expires_in=3600)

@@ -207,26 +207,33 @@ class RetentionRule:
 @dataclass
 class Keep:
     """What a retention run must leave alone: records of people with an open request (their identities, as
-    the connector searches them) and records under a legal hold that has not ended."""
+    the connector searches them), records under a legal hold that has not ended, and records whose processing
+    is restricted (Art. 18: kept, not processed; erasing them is processing). Restricted are the rows carrying
+    the entity's restriction marker that no running hold explains, and every row of a person whose last
+    completed restriction request was not lifted (`restricted`)."""
 
     identities: Any = None  # connectors.base.Identities of every open request's subject; None: nobody
     holds: bool = True
     requests: bool = True
+    restricted: Any = None  # Identities of everyone whose processing is restricted (Art. 18); None: nobody
 
 
 @dataclass
 class Due:
-    """A rule's state today, counts only: records past retention that a run would change, kept under a hold
-    or for an open request, without a date, and the age in days of the oldest one past retention."""
+    """A rule's state today, counts only: records past retention that a run would change, kept under a hold,
+    for an open request or restricted (Art. 18), without a date, and the age in days of the oldest one past
+    retention."""
 
     due: int = 0
     kept_hold: int = 0
     kept_request: int = 0
+    kept_restricted: int = 0
     undated: int = 0
     oldest: datetime | None = None
 
     def to_dict(self, now: datetime) -> dict[str, Any]:
         return {"due": self.due, "kept_hold": self.kept_hold, "kept_request": self.kept_request,
+                "kept_restricted": self.kept_restricted,
                 "undated": self.undated, "oldest": self.oldest.isoformat() if self.oldest else None,
                 "oldest_age_days": (today_utc(now) - today_utc(self.oldest)).days if self.oldest else None}
 
@@ -324,6 +331,28 @@ def vendor_rule(system: str, spec: VendorRetentionSpec, start: Words | Note = ""
                          then="keep" if spec.by == "request" else "erase",
                          unless=("open_request",) if spec.by == "dsar" else (), reason=reason,
                          confirm_by_hand=spec.by == "vendor_setting")
+
+
+def marketing_rules(system: str, newsletter_days: float, trial_field: str | None, trial_days: float
+                    ) -> list[RetentionRule]:
+    """Mautic's two promises, kept by the marketing sweep (discovery.schedule.marketing): the newsletter while
+    subscribed, trial data until the trial ends. Stated here so the report and the bundle page say the same."""
+    newsletter_days, trial_days = _whole(newsletter_days), _whole(trial_days)
+    out = [RetentionRule(system=system, entity="newsletter", mechanism=MECHANISM_MARKETING, from_field="unsubscribed",
+                         text=note(N_("{what}: kept while you are subscribed; erased {days} day(s) after you "
+                                      "unsubscribe"), what="newsletter", days=newsletter_days),
+                         unless=("open_request",))]
+    if trial_field:
+        out.append(RetentionRule(system=system, entity="trial", mechanism=MECHANISM_MARKETING, from_field=trial_field,
+                                 text=note(N_("{what}: erased {days} day(s) after the trial ends ({start})"),
+                                           what="trial", days=trial_days, start=trial_field),
+                                 unless=("open_request",)))
+    return out
+
+
+def _whole(days: float) -> float | int:
+    """3.0 days read as 3 days (the settings accept a number)."""
+    return int(days) if float(days).is_integer() else days
 
 
 def _english(value: str | Mapping[str, str] | None) -> str:

@@ -85,6 +85,7 @@ OWNED_BY_SOMEONE_ELSE = N_("also owned through someone else's record")
 # why a retention run left a row alone (the receipt's `skipped`)
 KEPT_HOLD = N_("kept under a legal hold that has not ended")
 KEPT_REQUEST = N_("kept: the person has an open request")
+KEPT_RESTRICTED = N_("kept: processing restricted (Art. 18)")
 
 # keys changed per statement when an erasure acts on the keys it read
 KEY_CHUNK = 500
@@ -915,13 +916,11 @@ class SqlConnector(Connector):
         out = Due()
         with self._connect() as conn:
             table = self._table(name, conn)
-            expr, due, kept_hold, kept_request = self._retention_clauses(conn, name, table, spec, now, keep)
+            expr, due, kept = self._retention_clauses(conn, name, table, spec, now, keep)
             out.undated = int(conn.execute(sa.select(sa.func.count()).select_from(table)
                                            .where(expr.is_(None))).scalar_one())
             left = due
-            for cond, attr in ((kept_hold, "kept_hold"), (kept_request, "kept_request")):
-                if cond is None:
-                    continue
+            for attr, _why, cond in kept:
                 n = conn.execute(sa.select(sa.func.count()).select_from(table).where(left, cond)).scalar_one()
                 setattr(out, attr, int(n))
                 left = sa.and_(left, sa.not_(cond))
@@ -943,11 +942,9 @@ class SqlConnector(Connector):
         with self._connect() as conn:
             table = self._table(name, conn)
             cols = [table.c[k] for k in entity.key_columns()]
-            _expr, due, kept_hold, kept_request = self._retention_clauses(conn, name, table, spec, now, keep)
+            _expr, due, kept = self._retention_clauses(conn, name, table, spec, now, keep)
             left = due
-            for cond, why in ((kept_hold, KEPT_HOLD), (kept_request, KEPT_REQUEST)):
-                if cond is None:
-                    continue
+            for _attr, why, cond in kept:
                 n = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(left, cond)).scalar_one())
                 if n:
                     receipt.skipped.setdefault(name, {})[why] = n
@@ -1026,9 +1023,10 @@ class SqlConnector(Connector):
 
     def _retention_clauses(self, conn: Connection, name: str, table: sa.Table, spec: RetentionSpec, now: datetime,
                            keep: Keep) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[bool],
-                                                sa.ColumnElement[bool] | None, sa.ColumnElement[bool] | None]:
+                                                list[tuple[str, str, sa.ColumnElement[bool]]]]:
         """The rule's date, the rows past retention (connectors.retention's boundary, in the column's own type),
-        and those of them a hold keeps and an open request keeps (None: not asked to keep them)."""
+        and what keeps some of them, in the order they are counted: (Due attribute, receipt reason, rows) for a
+        hold, an open request and a restriction (Art. 18)."""
         entity = self.spec.entities[name]
         parent = spec.parent()
         if parent is None:
@@ -1049,16 +1047,46 @@ class SqlConnector(Connector):
         if spec.then == "notice":  # as the sweep: a restricted account is not told (it may need its data)
             for column, value in (entity.restrict.set.items() if entity.restrict else ()):
                 due = sa.and_(due, sa.not_(carries(table.c[column], value)))
-        kept_hold = None
+        kept: list[tuple[str, str, sa.ColumnElement[bool]]] = []
         if keep.holds and "hold" in spec.unless:
             held = [self._held_any(name, table, now, conn), *self._held_below(name, table, now, conn)]
-            kept_hold = sa.func.coalesce(sa.or_(*held), sa.false())
-        kept_request = None
+            kept.append(("kept_hold", KEPT_HOLD, sa.func.coalesce(sa.or_(*held), sa.false())))
         if keep.requests and "open_request" in spec.unless and keep.identities is not None and len(keep.identities):
             reach = self._reach(name, keep.identities, conn)
             if reach is not None:
-                kept_request = sa.func.coalesce(reach.mine, sa.false())
-        return expr, due, kept_hold, kept_request
+                kept.append(("kept_request", KEPT_REQUEST, sa.func.coalesce(reach.mine, sa.false())))
+        # Art. 18 whatever `unless` says: erasing or masking a restricted row is processing it. A marker a hold
+        # wrote looks the same as an Art. 18 one; such a row goes at its hold end (the `hold ends` mechanism).
+        restricted = self._restricted(name, table, conn)
+        if keep.restricted is not None and len(keep.restricted):
+            reach = self._reach(name, keep.restricted, conn)
+            if reach is not None:
+                restricted.append(sa.func.coalesce(reach.mine, sa.false()))
+        if restricted:
+            kept.append(("kept_restricted", KEPT_RESTRICTED, sa.or_(*restricted)))
+        return expr, due, kept
+
+    def _restricted(self, name: str, table: sa.Table, conn: Connection,
+                    seen: frozenset[str] = frozenset()) -> list[sa.ColumnElement[bool]]:
+        """Rows carrying the entity's restriction marker, and rows owning such a row further down (erasing them
+        would take it along)."""
+        entity = self.spec.entities[name]
+        out: list[sa.ColumnElement[bool]] = []
+        if entity.restrict is not None and entity.restrict.set:
+            out.append(sa.and_(*(carries(table.c[c], v) for c, v in entity.restrict.set.items())))
+        for child in self.order:
+            if child in seen or child == name:
+                continue
+            for column, ref in self.spec.entities[child].owners():
+                if ref.entity != name:
+                    continue
+                ctable = self._table(child, conn)
+                below = self._restricted(child, ctable, conn, seen | {name})
+                if below:
+                    target = ctable.c[column]
+                    out.append(table.c[ref.column].in_(
+                        sa.select(target).where(target.is_not(None), sa.or_(*below))))
+        return out
 
     def _owned_below(self, name: str) -> list[tuple[str, sa.ColumnElement[bool] | None]]:
         """Every entity owned by `name`'s rows, directly or further down, owners first."""
@@ -1175,7 +1203,11 @@ CONNECT_TIMEOUT_SECONDS = 10
 
 def _connect_args(url: str) -> dict[str, Any]:
     driver = sa.engine.make_url(url).get_backend_name()
-    return {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if driver in ("postgresql", "mysql", "mariadb") else {}
+    if driver in ("mysql", "mariadb"):
+        # TIMESTAMP columns are shown and compared in the session's zone: UTC, as the retention boundary and every
+        # timestamp without a zone are read (the server's own zone may be anything)
+        return {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "init_command": "SET time_zone = '+00:00'"}
+    return {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if driver == "postgresql" else {}
 
 
 def db_reason(exc: SQLAlchemyError) -> str:

@@ -228,11 +228,17 @@ def _check_values(self: SqlConnector, conn: Connection, name: str, entity: Entit
     """Each mask and literal `set` value must fit its column: first what sql_values says about the type,
     then (for the values themselves, as the request would write them) what the database says."""
     now = self.ctx.clock()
-    for col, method in entity.erase.mask.items():
+    masks = [("erase.mask", col, method) for col, method in entity.erase.mask.items()]
+    if entity.retention is not None and entity.retention.mask is not None:
+        # a `then: anonymise` rule's own masks are written by every retention run: the same checks
+        masks += [("retention.mask", col, method) for col, method in entity.retention_mask().items()]
+    for where, col, method in masks:
         if col not in table.c:
             continue
-        what = f"entity {name}: erase.mask {entity.table}.{col} ({_method(method)})"
+        what = f"entity {name}: {where} {entity.table}.{col} ({_method(method)})"
         reason = sql_values.mask_problem(table.c[col], method)
+        if reason is None and where == "retention.mask":
+            reason = _mask_fits_schema(table.c[col], method, _unique_columns(conn, entity.table))
         if reason is None:
             try:
                 value = sql_values.mask_value(table.c[col], method, row=f"{entity.table}:check",
@@ -258,6 +264,21 @@ def _check_values(self: SqlConnector, conn: Connection, name: str, entity: Entit
                     reason = _refused(conn, table, table.c[col], value)
             if reason is not None:
                 health.problems.append(f"{what}: {reason}")
+
+
+def _unique_columns(conn: Connection, table: str) -> set[str]:
+    """Columns the database keeps unique on their own (the primary key or a one-column constraint or index)."""
+    return {u[0] for u in _unique_sets(sa.inspect(conn), table) if len(u) == 1}
+
+
+def _mask_fits_schema(column: sa.Column[Any], method: Any, unique: set[str]) -> str | None:
+    """What _check_entity says of erase.mask, for a retention rule's own mask: null needs a nullable column, and
+    one value for every row cannot go into a unique column."""
+    if method == "null" and not column.nullable:
+        return "the column is NOT NULL: it cannot be masked with null"
+    if (isinstance(method, Fixed) or method == "redact") and column.name in unique:
+        return "the column is unique; mask it with 'hash', not one value"
+    return None
 
 
 def _method(method: Any) -> str:

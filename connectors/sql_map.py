@@ -302,7 +302,7 @@ class EntitySpec(BaseModel):
             mask = rule.mask if rule.mask is not None else self.erase.mask
             if not mask:
                 raise ValueError("retention: then anonymise needs a 'mask' (in the rule, or the entity's erase.mask)")
-            for column, how in mask.items():
+            for column, how in (rule.mask or {}).items():  # erase.mask's own were checked as it was parsed
                 if not (how in ("null", "hash", "redact") or (isinstance(how, dict) and set(how) == {"fixed"})):
                     raise ValueError(f"retention.mask {column}: null, hash, redact or {{fixed: value}}")
         if rule.then == "notice":

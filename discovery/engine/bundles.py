@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING, Any, cast
 import sqlalchemy as sa
 import structlog
 
-from connectors.base import ConnectorError, EntityPolicy
-from connectors.retention import render, rule_note
+from connectors.base import ConnectorError, EntityPolicy, Note
+from connectors.matomo import RETENTION_START as MATOMO_RETENTION_START
+from connectors.retention import marketing_rules, render, rule_note, vendor_rule
 from connectors.sql_map import parse_system
+from connectors.vendor_settings import MODELS
+from connectors.vendor_settings import parse as vendor_parse
 from discovery.bundle.archive import ArchiveError, store_for_uri
 from discovery.bundle.build import BundleView
 from discovery.bundle.staging import safe_name
@@ -41,8 +44,7 @@ def bundle_view(data_map: DataMap, policies: Mapping[str, Mapping[str, EntityPol
         about: dict[str, Any] = {key: [lang.text(v) for v in value] if isinstance(value, list) else lang.text(value)
                  for key, value in system.info.model_dump(exclude={"kind", "enabled"}).items()}
         about["categories"] = {e: list(p.categories) for e, p in policies.get(name, {}).items() if p.categories}
-        if system.info.kind == "sql":
-            about["retention_rules"] = _retention_rules(name, system.settings, lang.gettext, lang.code)
+        about["retention_rules"] = _retention_rules(name, system.info.kind, system.settings, lang.gettext, lang.code)
         systems[name] = about
         if request_type != "portability" or system.info.kind != "sql":
             continue
@@ -58,13 +60,36 @@ def bundle_view(data_map: DataMap, policies: Mapping[str, Mapping[str, EntityPol
     return BundleView(controller=controller, systems=systems, portable=portable, language=lang.code)
 
 
-def _retention_rules(name: str, settings: Mapping[str, Any], gettext: Any, code: str) -> list[str]:
-    """The entities' retention rules (connectors.retention) as sentences in the request's language."""
-    try:
-        spec = parse_system(name, dict(settings))
-    except ConnectorError:  # the connector reported it when the request ran
+def _retention_rules(name: str, kind: str, settings: Mapping[str, Any], gettext: Any, code: str) -> list[str]:
+    """The system's retention rules (connectors.retention) as sentences in the request's language: a SQL system's
+    entities' `retention:` keys, a vendor system's `retention_rules:` (as its connector states them)."""
+    return [render(text, gettext, code) for text in declared_retention(name, kind, settings)]
+
+
+def declared_retention(name: str, kind: str, settings: Mapping[str, Any]) -> list[Note]:
+    """The rules a system's data-map entry declares, as the texts its connector states (no connection made).
+    A declaration the connector would refuse yields nothing here: the connector reports it when it runs."""
+    if kind == "sql":
+        try:
+            spec = parse_system(name, dict(settings))
+        except ConnectorError:
+            return []
+        return [rule_note(entity, rule) for entity, rule in spec.retention_rules()]
+    model = MODELS.get(kind)
+    if model is None or "retention_rules" not in model.model_fields:
         return []
-    return [render(rule_note(entity, rule), gettext, code) for entity, rule in spec.retention_rules()]
+    try:
+        parsed = vendor_parse(model, name, settings)
+    except ConnectorError:
+        return []
+    # Matomo counts a visit's age from its last action (connectors/matomo.py), and says so
+    start: Note | str = Note(MATOMO_RETENTION_START) if kind == "matomo" else ""
+    declared = [vendor_rule(name, spec, start).text for spec in getattr(parsed, "retention_rules", ())]
+    if kind == "mautic":  # the marketing sweep's promises, as discovery.schedule.retention.rules adds them
+        cfg: Any = parsed
+        declared += [r.text for r in marketing_rules(name, cfg.newsletter_erasure_delay_days, cfg.trial_field,
+                                                     cfg.trial_erasure_delay_days)]
+    return declared
 
 
 def bundle_unavailable(req: Request, now: datetime) -> str | None:

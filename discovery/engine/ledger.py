@@ -251,6 +251,42 @@ class ScheduledAction(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class OutboxStatus(enum.StrEnum):
+    PENDING = "pending"  # not delivered yet: tried again at next_attempt_at, until expires_at
+    DELIVERED = "delivered"
+    EXPIRED = "expired"  # still undelivered at expires_at (api.report_back_expiry_days)
+    REFUSED = "refused"  # an answer that will not change (a 404, the callback allow-list): not tried again
+
+
+class OutboxMessage(Base):
+    """What the ticket's side is to hear (a Freshdesk note, a signed callback), kept until delivered or expired.
+
+    Written in the transaction of the state change it reports, so a crash between the two loses nothing; sent by
+    discovery/intake/outbox.py, claimed under a lease (`claimed_by`, `claimed_until`) so no two senders send one
+    row. `target` is the ticket id or callback URL the request holds already; `payload` the note's HTML or the
+    callback's JSON (signed when sent), blanked by the ledger purge with the request's personal data.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(sa.ForeignKey("requests.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # ticket_note | callback
+    event: Mapped[str] = mapped_column(sa.String(32))  # request.held | request.extended | request.finished
+    target: Mapped[str] = mapped_column(sa.String(1024))
+    payload: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default=OutboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(36))
+    claimed_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.String(300))  # one scrubbed line
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime]
+
+
 class ApiToken(Base):
     """An HTTP API token: only its SHA-256 is stored; scopes limit what it may do."""
 

@@ -10,6 +10,8 @@ that ended (`completed_at`, else its last update) more than `ledger.retention_da
 - every learned identifier's value replaced by a marker (type, source, round and provenance stay);
 - task results scrubbed: vendor references, values inside receipt notes (ids, names), attachment record
   ids and file names are blanked; counts, statuses, entities, hold dates and the notes' texts stay;
+- the request's report-back (outbox rows: ticket notes and callbacks, which may carry names in the operator's
+  reason or a download link) loses its payload; a row still pending then is expired, never sent blank;
 - `purged_at` set, which makes the purge idempotent.
 
 Finished scheduled actions (done, cancelled, failed) lose their e-mail and identifiers on the same terms;
@@ -29,7 +31,16 @@ import sqlalchemy as sa
 import structlog
 
 from connectors.emails import normalise_email
-from discovery.engine.ledger import OPEN_STATUSES, AuditEvent, Request, ScheduledAction, SubjectIdentity, Task
+from discovery.engine.ledger import (
+    OPEN_STATUSES,
+    AuditEvent,
+    OutboxMessage,
+    OutboxStatus,
+    Request,
+    ScheduledAction,
+    SubjectIdentity,
+    Task,
+)
 from discovery.engine.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -49,6 +60,7 @@ class PurgeResult:
     identities: int = 0
     tasks: int = 0
     scheduled_actions: int = 0
+    outbox: int = 0  # report-back messages whose payload was blanked
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "cutoff": self.cutoff.isoformat()}
@@ -90,11 +102,11 @@ def purge(rt: Runtime, *, dry_run: bool = False, actor: str = "sweeper", batch: 
                 break
             s.add(AuditEvent(event="ledger.purged", actor=actor, request_id=None, subject_hash=None,
                              at=rt.clock(), details={k: v for k, v in done.to_dict().items() if k != "dry_run"}))
-        for name in ("requests", "identities", "tasks", "scheduled_actions"):
+        for name in ("requests", "identities", "tasks", "scheduled_actions", "outbox"):
             setattr(result, name, getattr(result, name) + getattr(done, name))
     if result.changed:
         log.info("ledger.purged", requests=result.requests, identities=result.identities, tasks=result.tasks,
-                 scheduled_actions=result.scheduled_actions, retention_days=days)
+                 scheduled_actions=result.scheduled_actions, outbox=result.outbox, retention_days=days)
     return result
 
 
@@ -107,6 +119,7 @@ def _count(rt: Runtime, result: PurgeResult) -> PurgeResult:
                                                                   Task.result.is_not(None))) or 0
         result.scheduled_actions = s.scalar(sa.select(sa.func.count()).select_from(
             _due_actions(result.cutoff).subquery())) or 0
+        result.outbox = s.scalar(sa.select(sa.func.count()).where(OutboxMessage.request_id.in_(ids))) or 0
     return result
 
 
@@ -122,6 +135,14 @@ def _scrub_request(s: sa.orm.Session, req: Request, now: datetime, done: PurgeRe
     for task in s.scalars(sa.select(Task).where(Task.request_id == req.id, Task.result.is_not(None))):
         task.result = scrub_result(task.result)
         done.tasks += 1
+    # A message still pending this late is expired rather than sent blank; delivered ones keep their record.
+    s.execute(sa.update(OutboxMessage).where(OutboxMessage.request_id == req.id,
+                                             OutboxMessage.status == OutboxStatus.PENDING)
+              .values(status=OutboxStatus.EXPIRED, claimed_by=None, claimed_until=None),
+              execution_options={"synchronize_session": False})
+    scrubbed = s.execute(sa.update(OutboxMessage).where(OutboxMessage.request_id == req.id)
+                         .values(payload=MARKER), execution_options={"synchronize_session": False})
+    done.outbox += scrubbed.rowcount  # type: ignore[attr-defined]
 
 
 def _scrub_action(action: ScheduledAction) -> None:

@@ -46,6 +46,7 @@ from discovery.engine.pipeline import (
     known_identities,
     one_line,
     open_key,
+    report,
     run_completion_hooks,
 )
 from discovery.engine.runtime import Runtime
@@ -206,9 +207,10 @@ def _close(rt: Runtime, request_id: str, status: RequestStatus, reason: str, bas
         req.lease_until = req.lease_owner = None  # a discovery or merge in flight finds it superseded
         audit(s, f"request.{verb}", actor, req, reason=reason, basis=basis, previous_status=previous,
               tasks_stopped=stopped.rowcount)  # type: ignore[attr-defined]
+        report(s, rt, req, "request.finished")  # the note and callback commit with the closing
     rt.staging.discard(request_id)  # nothing will be merged: staged personal data has no further use
     log.info(f"request.{verb}", request_id=request_id, basis=basis)
-    run_completion_hooks(rt, request_id)  # report back: the ticket hears it was denied or cancelled, and why
+    run_completion_hooks(rt, request_id)  # report back now: the ticket hears it was denied or cancelled, and why
     return _reload(rt, request_id)
 
 

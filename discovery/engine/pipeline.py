@@ -124,6 +124,47 @@ def _now(rt: Runtime) -> datetime:
     return rt.clock()
 
 
+# -- reporting back --------------------------------------------------------------------------
+
+class Reporter(Protocol):
+    """Tells the ticket's side what happened (discovery/intake/report_back.py registers one; the engine cannot
+    import it). `enqueue` runs inside the transaction of the state change, so what is to be said commits with it;
+    `send` runs after the commit and tries to deliver at once."""
+
+    def enqueue(self, s: Session, rt: Runtime, req: Request, event: str, details: dict[str, Any]) -> None: ...
+    def send(self, rt: Runtime, request_id: str) -> None: ...
+
+
+REPORTERS: list[Reporter] = []
+
+
+def register_reporter(reporter: Reporter) -> None:
+    if reporter not in REPORTERS:
+        REPORTERS.append(reporter)
+
+
+def report(s: Session, rt: Runtime, req: Request, event: str, **details: Any) -> None:
+    """Within the state change's transaction: queue what the ticket's side is to hear of `event`
+    (request.held, request.extended, request.finished). A reporter failing never undoes the change."""
+    if REPORTERS:
+        s.flush()  # the change's own errors (a unique key) stay the caller's, outside the savepoint below
+    for reporter in REPORTERS:
+        try:
+            with s.begin_nested():  # a failed insert rolls back to here, not the state change
+                reporter.enqueue(s, rt, req, event, details)
+        except Exception as exc:
+            log.error("report.enqueue_failed", request_id=req.id, report_event=event, error=one_line(exc))
+
+
+def send_reports(rt: Runtime, request_id: str) -> None:
+    """After the commit: deliver what `report` queued now (what fails is retried later by the sweeper)."""
+    for reporter in REPORTERS:
+        try:
+            reporter.send(rt, request_id)
+        except Exception as exc:
+            log.warning("report.send_failed", request_id=request_id, error=one_line(exc))
+
+
 # -- intake ----------------------------------------------------------------------------------
 
 @dataclass
@@ -181,6 +222,8 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
             audit(s, "request.received", actor, request, type=rtype.value, ticket=ticket, source=source,
                   needs_verification=needs_verification, systems=scope, language=lang,
                   confirm_others=request.confirm_others)  # the operator's reason, audited with the request
+            if needs_verification:  # the ticket hears why nothing happens yet
+                report(s, rt, request, "request.held")
     except IntegrityError:
         with rt.sessions() as s:
             existing = s.scalars(sa.select(Request).where(sa.or_(
@@ -199,6 +242,8 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
     log.info("request.received", request_id=request.id, type=rtype.value, needs_verification=needs_verification)
     if not needs_verification:
         wake.discover(request.id)
+    else:
+        send_reports(rt, request.id)
     return Submitted(request, created=True)
 
 
@@ -394,6 +439,7 @@ def fail_request(rt: Runtime, request_id: str, error: str, owner: str | None = N
         req.open_key = None  # closed: the person may ask again
         req.lease_until = req.lease_owner = None
         audit(s, "request.failed", "worker", req, error=error[:500])
+        report(s, rt, req, "request.finished")
     run_completion_hooks(rt, request_id)  # report back: the ticket hears that it failed
     return True
 
@@ -882,6 +928,7 @@ def _record_bundle(rt: Runtime, s: Session, req: Request, built: BuiltBundle, fa
     audit(s, "request.completed", "worker", req, status=req.status, bundle_sha256=built.sha256,
           bundle_size=built.size, bundle_expires_at=req.bundle_expires_at.isoformat(),
           records=sum(built.counts.values()))
+    report(s, rt, req, "request.finished")
 
 
 def merge_failed(rt: Runtime, request_id: str, error: str) -> bool:
@@ -905,6 +952,7 @@ def merge_failed(rt: Runtime, request_id: str, error: str) -> bool:
         req.completed_at, req.open_key = _now(rt), None
         req.lease_until = req.lease_owner = None
         audit(s, "request.failed", "worker", req, error=error[:500])
+        report(s, rt, req, "request.finished")
     rt.staging.discard(request_id)  # the request is closed: staged personal data has no further use
     log.error("request.failed", request_id=request_id, error=error)
     run_completion_hooks(rt, request_id)

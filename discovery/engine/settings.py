@@ -168,6 +168,8 @@ class ApiSettings(_Section):
     callback_allow: list[str] = Field(default_factory=list)
     # Non-public addresses (private, loopback, link-local) a callback host may resolve to, e.g. "10.20.0.0/16"
     callback_networks: list[str] = Field(default_factory=list)
+    # Ticket notes and callbacks not delivered yet are retried (1 minute, doubling to 6 hours) for this many days
+    report_back_expiry_days: int = Field(7, ge=1, le=90)
     freshdesk_domain: str = ""  # acme.freshdesk.com (or a full https:// URL); empty: no notes
     freshdesk_api_key_env: str = "DSAR_FRESHDESK_API_KEY"
     freshdesk_secret_env: str = "DSAR_FRESHDESK_WEBHOOK_SECRET"

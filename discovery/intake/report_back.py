@@ -1,13 +1,20 @@
-"""Completion hook: tell the ticket's side how a request ended.
+"""Report-back: tell the ticket's side what happened to its request, through the outbox (discovery/intake/outbox.py).
 
-Two channels, each used when it applies: a signed POST of the outcome to the request's callback
-URL (or the configured default for webhook tickets), and for Freshdesk tickets a private note on
-the ticket with the outcome and the person's download link. Both are tried; any failure is raised
-afterwards so pipeline.run_completion_hooks logs and audits it. Neither carries the subject's e-mail.
-The note is written in the request's language (the agent forwards the link to the person); the callback's
-JSON is for machines and carries the language code. A callback goes only where `api.callback_allow` lets it:
-the address is resolved and checked as the connection is made, and redirects are not followed
-(discovery/engine/callbacks.py).
+Two channels, each used when it applies: a signed POST of the outcome to the request's callback URL (or the
+configured default for webhook tickets), and for Freshdesk tickets a private note on the ticket. What is to be said is
+queued in the ledger's outbox in the transaction of the state change (`REPORTER`, registered with the engine), then
+sent at once and, when that fails, retried with backoff until delivered or expired (days, not seconds).
+
+- request.finished (completed, failed, denied, cancelled): the note with the outcome and the person's download link,
+  and the callback (machines: JSON with the language code, signed when sent);
+- request.held (the requester is not the subject: nothing runs until an operator verifies) and request.extended
+  (Art. 12(3): the new deadline and why): a note only; callbacks keep their one event, the outcome.
+
+Neither carries the subject's e-mail. Notes are written in the request's language (the agent forwards the link to the
+person). A callback goes only where `api.callback_allow` lets it: checked when sent, the address resolved and checked
+as the connection is made, redirects not followed (discovery/engine/callbacks.py). `report_back` is the completion hook
+(workers/app.setup): it queues the outcome if the event did not (a request finished before the outbox existed) and
+sends the request's rows now; what failed is audited and raised, so pipeline.run_completion_hooks records it too.
 """
 
 from __future__ import annotations
@@ -17,76 +24,129 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 import structlog
+from sqlalchemy.orm import Session
 
 from connectors.base import N_
-from connectors.freshdesk import FreshdeskClient
-from connectors.http import HttpClient, RetryPolicy
-from connectors.redact import redact, safe_url
-from discovery.engine.callbacks import CallbackPolicy
-from discovery.engine.callbacks import session as callback_session
-from discovery.engine.ledger import Request, RequestStatus, Task
+from connectors.redact import safe_url
+from discovery.engine import pipeline
+from discovery.engine.ledger import OPEN_STATUSES, OutboxMessage, OutboxStatus, Request, RequestStatus, Task
 from discovery.engine.pipeline import audit
 from discovery.engine.runtime import Runtime
-from discovery.i18n.languages import SOURCE, language
+from discovery.i18n.languages import SOURCE, Language, language
+from discovery.intake import outbox
 from discovery.intake.download_tokens import NoPublicUrl, download_link
-from discovery.intake.tickets import SIGNATURE_HEADER, sign
 
 log = structlog.get_logger(__name__)
 
 WEBHOOK_SOURCES = ("ticket", "freshdesk")
 _FINISHED = (RequestStatus.COMPLETED, RequestStatus.COMPLETED_WITH_ERRORS)
+HELD, EXTENDED, FINISHED = "request.held", "request.extended", "request.finished"
 
 
 class ReportBackError(Exception):
     pass
 
 
+def callback_target(rt: Runtime, req: Request) -> str:
+    """The request's callback URL, or the configured default for webhook tickets; empty: no callback."""
+    return req.callback_url or (rt.settings.api.callback_url if req.source in WEBHOOK_SOURCES else "")
+
+
+def note_target(rt: Runtime, req: Request) -> str | None:
+    """The Freshdesk ticket id a note goes to; None: not a Freshdesk ticket, or no Freshdesk configured."""
+    if req.source == "freshdesk" and req.ticket_ref and rt.settings.api.freshdesk_domain:
+        return str(req.ticket_ref)
+    return None
+
+
+def _link(rt: Runtime, req: Request, now: datetime) -> tuple[tuple[str, datetime] | None, str | None]:
+    """The person's download link (or why there is none) for a finished request with a bundle."""
+    if not (req.bundle_path and req.status in _FINISHED):
+        return None, None
+    try:
+        return download_link(rt.settings, req.id, now), None
+    except NoPublicUrl as exc:  # reported without a link, and the reason recorded: the agent sends it by hand
+        return None, str(exc)
+
+
+def enqueue(s: Session, rt: Runtime, req: Request, event: str, details: dict[str, Any]) -> None:
+    """Queue what `event` tells the ticket's side, in the caller's transaction (pipeline.report)."""
+    note, callback = note_target(rt, req), callback_target(rt, req)
+    if not note and not (callback and event == FINISHED):
+        return
+    code = req.language or rt.settings.requests.language
+    if event == FINISHED:
+        tasks = list(s.scalars(sa.select(Task).where(Task.request_id == req.id).order_by(Task.id)
+                               .execution_options(populate_existing=True)))  # as just updated in this transaction
+        outcome = outcome_of(req, tasks, _link(rt, req, rt.clock())[0], code)
+        if callback:
+            outbox.add(s, rt, req, outbox.CALLBACK, event, callback, orjson.dumps(outcome).decode())
+        if note:
+            outbox.add(s, rt, req, outbox.NOTE, event, note, note_html(outcome))
+    elif note and event == HELD:
+        outbox.add(s, rt, req, outbox.NOTE, event, note, held_note_html(_brief(req, code)))
+    elif note and event == EXTENDED:
+        outbox.add(s, rt, req, outbox.NOTE, event, note, extended_note_html(
+            _brief(req, code), int(details.get("days") or 0), str(details.get("reason") or "")))
+
+
+def _brief(req: Request, code: str) -> dict[str, Any]:
+    return {"id": req.id, "type": req.type, "due_at": req.due_at.isoformat(), "language": code}
+
+
+class _Reporter:
+    """The engine's side of reporting back (pipeline.Reporter)."""
+
+    def enqueue(self, s: Session, rt: Runtime, req: Request, event: str, details: dict[str, Any]) -> None:
+        enqueue(s, rt, req, event, details)
+
+    def send(self, rt: Runtime, request_id: str) -> None:
+        outbox.deliver(rt, request_id=request_id, force=True)
+
+
+REPORTER = _Reporter()
+pipeline.register_reporter(REPORTER)  # every process that reports back imports this module (workers/app.setup)
+
+
 def report_back(rt: Runtime, request_id: str) -> None:
-    with rt.sessions() as s:
+    """Completion hook: queue the outcome if nothing did, then send the request's report-back now."""
+    now = rt.clock()
+    with rt.sessions.begin() as s:
         req = s.get(Request, request_id)
         if req is None:
             return
-        tasks = list(req.tasks)
-    api = rt.settings.api
-    callback = req.callback_url or (api.callback_url if req.source in WEBHOOK_SOURCES else "")
-    to_freshdesk = req.source == "freshdesk" and bool(req.ticket_ref) and bool(api.freshdesk_domain)
-    if not callback and not to_freshdesk:
-        return
-    now = rt.clock()
+        callback = callback_target(rt, req)
+        if not callback and not note_target(rt, req):
+            return
+        problems: list[str] = []
+        if req.status not in OPEN_STATUSES:
+            link_problem = _link(rt, req, now)[1]
+            if link_problem:
+                problems.append(link_problem)
+            queued = s.scalar(sa.select(sa.func.count()).select_from(OutboxMessage).where(
+                OutboxMessage.request_id == request_id, OutboxMessage.event == FINISHED,
+                OutboxMessage.created_at >= (req.completed_at or req.updated_at)))
+            if not queued:
+                enqueue(s, rt, req, FINISHED, {})
+    sent = outbox.deliver(rt, request_id=request_id, force=True)
     done: dict[str, Any] = {}
-    problems: list[str] = []
-    link = None
-    if req.bundle_path and req.status in _FINISHED:
-        try:
-            link = download_link(rt.settings, req.id, now)
-        except NoPublicUrl as exc:  # reported without a link, and the reason recorded: the agent sends it by hand
-            problems.append(str(exc))
-    outcome = outcome_of(req, tasks, link, req.language or rt.settings.requests.language)
-    if callback:
-        try:
-            done["callback_status"] = post_callback(rt, callback, outcome, now)
-        except Exception as exc:
-            problems.append(f"callback {safe_url(callback)}: {_why(exc)}")
-    if to_freshdesk:
-        try:
-            client = FreshdeskClient.from_settings(api.freshdesk_domain, api.freshdesk_api_key_env, rt.env)
-            try:
-                done["freshdesk_note"] = client.add_note(str(req.ticket_ref), note_html(outcome))
-            finally:
-                client.close()
-        except Exception as exc:
-            problems.append(f"freshdesk note: {_why(exc)}")
+    for a in sent.attempts:
+        channel = f"callback {safe_url(a.target)}" if a.kind == outbox.CALLBACK else "freshdesk note"
+        if a.status == OutboxStatus.DELIVERED:
+            done["callback_status" if a.kind == outbox.CALLBACK else "freshdesk_note"] = \
+                a.http_status if a.kind == outbox.CALLBACK else a.note_id
+        elif a.status == OutboxStatus.PENDING:
+            problems.append(f"{channel}: {a.error} (retried later)")
+        else:
+            problems.append(f"{channel}: {a.error or a.status} ({a.status})")
     with rt.sessions.begin() as s:
         audit(s, "request.reported", "worker", s.get(Request, request_id), **done,
               callback=safe_url(callback) if callback else None, problems=problems or None)
     log.info("request.reported", request_id=request_id, channels=sorted(done), problems=len(problems))
     if problems:
         raise ReportBackError("; ".join(problems))
-
-
-def _why(exc: Exception) -> str:
-    return redact(str(exc))[:300] or type(exc).__name__
 
 
 def outcome_of(req: Request, tasks: list[Task], link: tuple[str, datetime] | None,
@@ -107,20 +167,8 @@ def outcome_of(req: Request, tasks: list[Task], link: tuple[str, datetime] | Non
 
 
 def post_callback(rt: Runtime, url: str, outcome: dict[str, Any], now: datetime) -> int:
-    secret = rt.env.get(rt.settings.api.callback_secret_env, "")
-    if not secret:
-        raise ReportBackError(f"no callback secret in {rt.settings.api.callback_secret_env}; not sending unsigned")
-    policy = CallbackPolicy.from_settings(rt.settings.api)
-    policy.check(url)  # refused before anything is signed; the session checks again as it connects
-    body = orjson.dumps(outcome)  # HttpClient serialises `json=` with orjson.dumps too: the signed bytes are sent
-    client = HttpClient("callback", url, retry=RetryPolicy(attempts=4), timeout=(5.0, 15.0),
-                        session=callback_session(policy))
-    try:
-        resp = client.request("POST", url, json=outcome, ok=(200, 201, 202, 204),
-                              headers={SIGNATURE_HEADER: sign(secret.encode(), body, now)})
-        return resp.status_code
-    finally:
-        client.close()
+    """POST an outcome to a callback URL at once, signed; the allow-list is checked first (outbox.send_callback)."""
+    return outbox.send_callback(rt, url, orjson.dumps(outcome), now)
 
 
 TYPE_NAME = {"access": N_("access request"), "portability": N_("portability request"),
@@ -134,18 +182,27 @@ BASIS_NAME = {"unfounded_or_excessive": N_("manifestly unfounded or excessive (A
               "identity_not_verified": N_("the requester's identity could not be verified (Art. 12(6))")}
 
 
+class _Html:
+    """Texts of a note in one language: each translated text escaped, then its HTML parts put in."""
+
+    def __init__(self, code: str) -> None:
+        self.lang: Language = language(code or SOURCE)
+
+    def tr(self, message: str, **parts: str) -> str:
+        return html.escape(self.lang.gettext(message)).format(**parts)
+
+    def tr_n(self, singular: str, plural: str, n: int, **parts: str) -> str:
+        return html.escape(self.lang.ngettext(singular, plural, n)).format(**parts)
+
+    def word(self, names: dict[str, str], key: str) -> str:
+        return html.escape(self.lang.gettext(names[key]) if key in names else key)
+
+
 def note_html(outcome: dict[str, Any]) -> str:
     """The private note on the ticket, in the request's language; system names and errors stay as recorded."""
     req = outcome["request"]
-    lang = language(req.get("language") or SOURCE)
-    _ = lang.gettext
-
-    def tr(message: str, **parts: str) -> str:  # the translated text escaped, then the HTML parts put in
-        return html.escape(_(message)).format(**parts)
-
-    def word(names: dict[str, str], key: str) -> str:
-        return html.escape(_(names[key]) if key in names else key)
-
+    h = _Html(req.get("language") or SOURCE)
+    tr, word, lang = h.tr, h.word, h.lang
     e = html.escape
     request_id = "<code>" + e(req["id"]) + "</code>"
     status = "<b>" + word(STATUS_NAME, req["status"]) + "</b>"
@@ -166,4 +223,31 @@ def note_html(outcome: dict[str, Any]) -> str:
         lines.append("<p>" + tr("Grounds: {basis}", basis=word(BASIS_NAME, req["basis"])) + "</p>")
     if req.get("reason"):  # the operator's own words, not translated
         lines.append("<p>" + tr("Reason: {reason}", reason=e(req["reason"])) + "</p>")
+    return "".join(lines)
+
+
+def held_note_html(req: dict[str, Any]) -> str:
+    """The note when a request waits for the requester's identity (the requester is not the person)."""
+    h = _Html(req.get("language") or SOURCE)
+    request_id = "<code>" + html.escape(req["id"]) + "</code>"
+    return ("<p>" + h.tr("{dsar}: {type} {id} is on hold: the requester is not the person it is about. Nothing is "
+                         "searched or changed until an operator has verified that the requester may act for them, or "
+                         "has refused the request.", dsar="<b>dsar</b>", type=h.word(TYPE_NAME, req["type"]),
+                         id=request_id) + "</p>"
+            + "<p>" + h.tr("Deadline: {date}", date=html.escape(h.lang.date(req["due_at"]))) + "</p>")
+
+
+def extended_note_html(req: dict[str, Any], days: int, reason: str) -> str:
+    """The note when the deadline is extended (Art. 12(3)): by how much, to when, and why."""
+    h = _Html(req.get("language") or SOURCE)
+    request_id = "<code>" + html.escape(req["id"]) + "</code>"
+    lines = ["<p>" + h.tr_n("{dsar}: the deadline of {type} {id} is extended by {days} day, to {date} (Art. 12(3)). "
+                            "The person must be told of the extension and why within one month of the request.",
+                            "{dsar}: the deadline of {type} {id} is extended by {days} days, to {date} (Art. 12(3)). "
+                            "The person must be told of the extension and why within one month of the request.",
+                            days, dsar="<b>dsar</b>", type=h.word(TYPE_NAME, req["type"]), id=request_id,
+                            days=html.escape(h.lang.number(days)),
+                            date="<b>" + html.escape(h.lang.date(req["due_at"])) + "</b>") + "</p>"]
+    if reason:  # the operator's own words, not translated
+        lines.append("<p>" + h.tr("Reason: {reason}", reason=html.escape(reason)) + "</p>")
     return "".join(lines)

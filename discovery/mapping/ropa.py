@@ -118,6 +118,7 @@ def build_record(data_map: DataMap, language_code: str, now: datetime) -> dict[s
                            "recipient": lang.text(t.recipient), "documentation": lang.text(t.documentation)}
                           for t in info.transfers],
             "retention": about["retention"],
+            "retention_rules": about.get("retention_rules") or [],
             "retention_by_entity": _holds(lang, specs[name]) if name in specs else [],
             "location": about["location"], "source": about["source"],
         })
@@ -185,7 +186,9 @@ def _party_text(p: Mapping[str, str] | None) -> str:
 
 def _cells(lang: Language, a: Mapping[str, Any]) -> dict[str, list[str]]:
     """Each column of an activity as its lines of text (an empty list reads "none" or "not given")."""
-    retention = [a["retention"]] if a["retention"] else []
+    # (f) the machine-readable rules where the map declares them (the same sentences as the bundle page and
+    # `dsar retention report`), else the system's free text; then each legal hold
+    retention = list(a.get("retention_rules") or []) or ([a["retention"]] if a["retention"] else [])
     return {
         "title": [a["title"]], "purpose": [a["purpose"]], "legal_basis": [a["legal_basis"]],
         "data_subjects": a["data_subjects"],

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from discovery.engine.ledger import OPEN_STATUSES, Request
-from discovery.engine.pipeline import InvalidInput, NotFoundError, audit
+from discovery.engine.pipeline import InvalidInput, NotFoundError, audit, report, send_reports
 from discovery.engine.runtime import Runtime
 
 MAX_EXTENSION_MONTHS = 2
@@ -69,6 +69,9 @@ def extend(rt: Runtime, request_id: str, days: int, reason: str, actor: str) -> 
         req.extension_reason = reason if not req.extension_reason else f"{req.extension_reason}\n{reason}"
         req.updated_at = now
         audit(s, "request.extended", actor, req, days=days, due_at=new_due.isoformat(), reason=reason[:500])
+        # Art. 12(3): the person is told of the extension and why; the ticket's agent hears it here
+        report(s, rt, req, "request.extended", days=days, reason=reason[:500])
+    send_reports(rt, request_id)
     return Extension(request_id, new_due, original, latest)
 
 

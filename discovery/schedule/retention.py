@@ -24,7 +24,7 @@ import html
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -53,11 +53,21 @@ from connectors.retention import (
     Period,
     RetentionRule,
     cutoff_moment,
+    marketing_rules,
     render,
 )
 from connectors.sql import SqlConnector
 from discovery.engine import pipeline
-from discovery.engine.ledger import OPEN_STATUSES, AuditEvent, Base, Request, ScheduledAction, SubjectIdentity
+from discovery.engine.ledger import (
+    OPEN_STATUSES,
+    AuditEvent,
+    Base,
+    Request,
+    RequestStatus,
+    RequestType,
+    ScheduledAction,
+    SubjectIdentity,
+)
 from discovery.engine.runtime import Runtime
 from discovery.schedule import inactivity, marketing, scheduler
 
@@ -141,31 +151,54 @@ def _inactivity_rule(rt: Runtime, name: str, conn: SqlConnector) -> RetentionRul
 def _marketing_rules(name: str, conn: MauticConnector) -> list[RetentionRule]:
     """Mautic's two promises, kept by the marketing sweep (until the Mautic connector states them itself)."""
     cfg = conn.config
-    out = [RetentionRule(system=name, entity="newsletter", mechanism=MECHANISM_MARKETING, from_field="unsubscribed",
-                         text=note(N_("{what}: kept while you are subscribed; erased {days} day(s) after you "
-                                      "unsubscribe"), what="newsletter", days=cfg.newsletter_erasure_delay_days),
-                         unless=("open_request",))]
-    if cfg.trial_field:
-        out.append(RetentionRule(system=name, entity="trial", mechanism=MECHANISM_MARKETING, from_field=cfg.trial_field,
-                                 text=note(N_("{what}: erased {days} day(s) after the trial ends ({start})"),
-                                           what="trial", days=cfg.trial_erasure_delay_days, start=cfg.trial_field),
-                                 unless=("open_request",)))
-    return out
+    return marketing_rules(name, cfg.newsletter_erasure_delay_days, cfg.trial_field, cfg.trial_erasure_delay_days)
 
 
 def open_requests_keep(rt: Runtime) -> Keep:
     """The identities of every open request's subject (e-mail and what discovery learned): their records stay
-    until the request is done. Held in memory for the run only."""
-    identities = Identities()
+    until the request is done; and of everyone whose processing is restricted (Art. 18: their latest completed
+    restriction or lift request is a restriction): their records stay until it is lifted. Held in memory for the
+    run only."""
     with rt.sessions() as s:
         open_ids = sa.select(Request.id).where(Request.status.in_([str(x) for x in OPEN_STATUSES]))
-        for email in s.scalars(sa.select(Request.subject_email).where(Request.id.in_(open_ids))):
-            identities.add(Identity(IdentityType.EMAIL, email))
-        for type_, value in s.execute(sa.select(SubjectIdentity.type, SubjectIdentity.value)
-                                      .where(SubjectIdentity.request_id.in_(open_ids))):
-            if type_ in {t.value for t in IdentityType} and value:
-                identities.add(Identity(IdentityType(type_), value))
-    return Keep(identities=identities)
+        identities = _identities(s, open_ids)
+        # per subject, the latest completed restriction or lift; a restriction last: restricted
+        done = [str(RequestStatus.COMPLETED), str(RequestStatus.COMPLETED_WITH_ERRORS)]
+        kinds = [str(RequestType.RESTRICTION), str(RequestType.LIFT_RESTRICTION)]
+        latest: dict[str, tuple[datetime, str, str]] = {}
+        for id_, subject, type_, at in s.execute(
+                sa.select(Request.id, Request.subject_hash, Request.type, Request.completed_at)
+                .where(Request.type.in_(kinds), Request.status.in_(done))):
+            when = at or datetime.min.replace(tzinfo=UTC)
+            if subject not in latest or when >= latest[subject][0]:
+                latest[subject] = (when, type_, id_)
+        restricted_ids = [i for _, t, i in latest.values() if t == RequestType.RESTRICTION]
+        restricted = _identities(s, restricted_ids) if restricted_ids else Identities()
+    return Keep(identities=identities, restricted=restricted)
+
+
+def _keep_for(conn: Any, keep: Keep) -> Keep:
+    """A vendor connector knows open requests only: a restricted person's records are kept as if the request were
+    open (counted as such); the SQL connector counts them apart."""
+    if isinstance(conn, SqlConnector) or keep.restricted is None or not len(keep.restricted):
+        return keep
+    merged = Identities()
+    for identity in [*(keep.identities or ()), *keep.restricted]:
+        merged.add(identity)
+    return Keep(identities=merged, holds=keep.holds, requests=keep.requests)
+
+
+def _identities(s: Session, request_ids: Any) -> Identities:
+    """The subjects' e-mail addresses and what discovery learned about them, for these requests."""
+    identities = Identities()
+    ids = request_ids if isinstance(request_ids, sa.Select) else list(request_ids)
+    for email in s.scalars(sa.select(Request.subject_email).where(Request.id.in_(ids))):
+        identities.add(Identity(IdentityType.EMAIL, email))
+    for type_, value in s.execute(sa.select(SubjectIdentity.type, SubjectIdentity.value)
+                                  .where(SubjectIdentity.request_id.in_(ids))):
+        if type_ in {t.value for t in IdentityType} and value:
+            identities.add(Identity(IdentityType(type_), value))
+    return identities
 
 
 # -- plan ---------------------------------------------------------------------------------------------
@@ -180,7 +213,8 @@ def plan(rt: Runtime, system: str | None = None, now: datetime | None = None) ->
         row = {"rule": rule_key(rule), **rule.to_dict(), "action": _action(rule)}
         if rule.mechanism in (MECHANISM_RUN, MECHANISM_INACTIVITY):
             try:
-                row.update(rt.connector(rule.system).retention_due(rule, now, keep).to_dict(now))
+                conn = rt.connector(rule.system)
+                row.update(conn.retention_due(rule, now, _keep_for(conn, keep)).to_dict(now))
             except ConnectorError as exc:
                 row["error"] = exc.message
         out.append(row)
@@ -265,7 +299,7 @@ def _run_rule(rt: Runtime, run_id: int, rule: RetentionRule, key: str, entry: di
 
         # a resumed rule adds to what its earlier attempt changed
         entry["base_changed"] = dict(entry.get("changed") or {})
-        receipt = conn.retention_apply(rule, as_of, keep, batch=batch, cursor=entry.get("cursor"),
+        receipt = conn.retention_apply(rule, as_of, _keep_for(conn, keep), batch=batch, cursor=entry.get("cursor"),
                                        checkpoint=checkpoint)
         entry["changed"] = _merged(entry.pop("base_changed"), receipt.changed)
         entry["skipped"] = receipt.skipped
@@ -406,8 +440,9 @@ def report(rt: Runtime, now: datetime | None = None) -> dict[str, Any]:
                                "error": entry.get("error")}
         if rule.mechanism in (MECHANISM_RUN, MECHANISM_INACTIVITY):
             try:
-                row["now"] = rt.connector(rule.system).retention_due(rule, now, keep).to_dict(now)
-                late = rt.connector(rule.system).retention_due(rule, now - timedelta(days=1), keep)
+                conn = rt.connector(rule.system)
+                row["now"] = conn.retention_due(rule, now, _keep_for(conn, keep)).to_dict(now)
+                late = conn.retention_due(rule, now - timedelta(days=1), _keep_for(conn, keep))
                 row["overdue"] = late.due > 0
                 row["overdue_records"] = late.due
             except ConnectorError as exc:
@@ -465,8 +500,8 @@ def _stated(value: Any) -> dict[str, str]:
 
 
 CSV_COLUMNS = ("rule", "system", "entity", "mechanism", "period", "from", "then", "unless", "due_now", "kept_hold",
-               "kept_request", "undated", "oldest_age_days", "overdue", "last_run_at", "last_run_status",
-               "last_run_changed", "last_run_kept", "confirmed_at", "text")
+               "kept_request", "kept_restricted", "undated", "oldest_age_days", "overdue", "last_run_at",
+               "last_run_status", "last_run_changed", "last_run_kept", "confirmed_at", "text")
 
 
 def report_csv(data: dict[str, Any]) -> str:
@@ -479,7 +514,8 @@ def report_csv(data: dict[str, Any]) -> str:
         w.writerow([_cell(v) for v in (
             r["rule"], r["system"], r.get("entity") or "", r["mechanism"], r.get("period") or "", r.get("from") or "",
             r.get("then") or "", " ".join(r.get("unless") or []), now.get("due", ""), now.get("kept_hold", ""),
-            now.get("kept_request", ""), now.get("undated", ""), now.get("oldest_age_days", ""),
+            now.get("kept_request", ""), now.get("kept_restricted", ""), now.get("undated", ""),
+            now.get("oldest_age_days", ""),
             "yes" if r.get("overdue") else "no", last.get("at", ""), last.get("status", ""),
             counts_text(last.get("changed")), counts_text(last.get("kept")), (r.get("confirmed") or {}).get("at", ""),
             r.get("text", ""))])
@@ -503,8 +539,9 @@ def _cell(value: Any) -> Any:
 
 def report_html(data: dict[str, Any]) -> str:
     e = html.escape
-    head = ("<tr><th>Rule</th><th>Mechanism</th><th>Promise</th><th>Due now</th><th>Kept (hold / open request)"
-            "</th><th>Oldest (days)</th><th>Last run</th><th>Removed</th><th>Kept, why</th><th>Overdue</th></tr>")
+    head = ("<tr><th>Rule</th><th>Mechanism</th><th>Promise</th><th>Due now</th>"
+            "<th>Kept (hold / open request / restricted)</th><th>Oldest (days)</th><th>Last run</th>"
+            "<th>Removed</th><th>Kept, why</th><th>Overdue</th></tr>")
     rows = []
     for r in data["rules"]:
         now = r.get("now") or {}
@@ -515,7 +552,8 @@ def report_html(data: dict[str, Any]) -> str:
             when += f" confirmed {confirmed['at'][:10]} by {confirmed['by']}: {confirmed['note']}"
         rows.append("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (
             r["rule"], r["mechanism"], r.get("text", ""), now.get("due", ""),
-            f"{now.get('kept_hold', '')} / {now.get('kept_request', '')}" if now else "",
+            f"{now.get('kept_hold', '')} / {now.get('kept_request', '')} / {now.get('kept_restricted', '')}"
+            if now else "",
             now.get("oldest_age_days") if now.get("oldest_age_days") is not None else "", when,
             counts_text(last.get("changed")), counts_text(last.get("kept")),
             "yes" if r.get("overdue") else "no")) + "</tr>")

@@ -136,3 +136,47 @@ def test_a_run_in_progress_is_refused_and_a_stale_one_resumed(cli: dict[str, Any
     assert out.returncode == 0, out.stderr
     data = orjson.loads(out.stdout)
     assert data["resumed"] and data["run_id"] == run_id and data["rules"]["accounts.orders"]["changed"] == {"orders": 3}
+
+
+def completed(cli: dict[str, Any], email: str, type_: RequestType, at: datetime) -> None:
+    """A completed request for `email` of `type_`, completed at `at` (as the pipeline leaves one)."""
+    from discovery.engine import db, pipeline
+    from discovery.engine.ledger import RequestStatus
+
+    settings = load_settings(cli["config"], env=cli["env"])
+    rt = Runtime(settings, env=cli["env"])
+    try:
+        db.upgrade(rt.engine)
+        subject = normalise_email(email)
+        with rt.sessions.begin() as s:
+            req = pipeline.new_request(rt, type_, subject, rt.subject_hash(subject), at)
+            req.status, req.completed_at, req.open_key = str(RequestStatus.COMPLETED), at, None
+            s.add(req)
+            s.add(SubjectIdentity(request_id=req.id, type="email", value=subject, source="request", round=0))
+    finally:
+        rt.close()
+
+
+def test_a_restricted_persons_records_are_kept_until_the_restriction_is_lifted(cli: dict[str, Any]) -> None:
+    """Art. 18: a completed restriction request, not lifted since, keeps the person's records past retention
+    (counted apart from holds and open requests); once a later lift completes they go like anyone's."""
+    before = orders(cli["engine"])
+    completed(cli, JANE.email, RequestType.RESTRICTION, datetime(2025, 1, 1, tzinfo=UTC))
+    plan = dsar(["retention", "plan", "--system", "accounts", "--json"], cli["env"])
+    rows = {r["rule"]: r for r in orjson.loads(plan.stdout)}
+    assert (rows["accounts.orders"]["due"], rows["accounts.orders"]["kept_request"],
+            rows["accounts.orders"]["kept_restricted"]) == (2, 0, 1), rows["accounts.orders"]
+    run = orjson.loads(dsar(["retention", "run", "--json"], cli["env"]).stdout)
+    assert run["rules"]["accounts.orders"]["skipped"] == {"orders": {"kept: processing restricted (Art. 18)": 1}}
+    left = orders(cli["engine"])
+    assert left == [o for o in before if o not in (4, 7)]
+    table = list(csv.DictReader(io.StringIO(dsar(["retention", "report", "--format", "csv"], cli["env"]).stdout)))
+    assert next(r for r in table if r["rule"] == "accounts.orders")["kept_restricted"] == "1"
+    # an older lift changes nothing; a later one ends the restriction
+    completed(cli, JANE.email, RequestType.LIFT_RESTRICTION, datetime(2024, 6, 1, tzinfo=UTC))
+    assert orjson.loads(dsar(["retention", "run", "--json"], cli["env"]).stdout)[
+        "rules"]["accounts.orders"]["changed"] == {}
+    completed(cli, JANE.email, RequestType.LIFT_RESTRICTION, datetime(2025, 2, 1, tzinfo=UTC))
+    last = orjson.loads(dsar(["retention", "run", "--json"], cli["env"]).stdout)
+    assert last["rules"]["accounts.orders"]["changed"] == {"orders": 1}
+    assert orders(cli["engine"]) == [o for o in left if o != 1]

@@ -290,3 +290,94 @@ def test_a_timestamp_hold_ends_at_its_moment(db: tuple[str, sa.Engine, dict[str,
     assert ids(engine, t) == [1]
     connector(url, "ordered_on", datetime(2025, 6, 15, 12, 0, 1, tzinfo=UTC), hold_from="ordered_at").erase(ann)
     assert ids(engine, t) == []
+
+
+# -- Art. 18: a restricted row is kept, not processed (erasing or masking it is processing) -------------------
+
+def test_restricted_rows_are_kept_and_counted_apart_from_holds(db: tuple[str, sa.Engine, dict[str, sa.Table]]
+                                                              ) -> None:
+    url, engine, t = db
+    seed(engine, t, [
+        {"id": 1, "ordered_on": date(2023, 1, 1)},  # due
+        {"id": 2, "ordered_on": date(2023, 1, 1), "processing_restricted": True},  # restricted, no running hold
+        {"id": 3, "ordered_on": date(2023, 1, 1), "processing_restricted": True,
+         "invoiced_on": date(2024, 1, 1)},  # restricted by a running hold: counted as held
+        {"id": 4, "ordered_on": date(2023, 1, 1), "user_id": 2},  # Bob asked for restriction (ledger), unmarked
+    ])
+    bob = Keep(identities=Identities(), restricted=Identities([Identity(IdentityType.EMAIL, "bob@example.com")]))
+    c = connector(url, "ordered_on", TODAY)
+    due = c.retention_due(rule(c), TODAY, bob)
+    assert (due.due, due.kept_hold, due.kept_request, due.kept_restricted) == (1, 1, 0, 2)
+    for then in ("erase", "anonymise"):
+        settings = _map("ordered_on", then)
+        if then == "anonymise":
+            settings["entities"]["orders"]["retention"]["mask"] = {"invoiced_on": {"fixed": "2001-01-01"}}
+        c = SqlConnector.from_settings(SYSTEM, settings, ConnectorContext(env={URL_ENV: url}, secret_key=b"k",
+                                                                           now=lambda: TODAY))
+        receipt = c.retention_apply(rule(c), TODAY, bob)
+        assert receipt.skipped == {"orders": {"kept under a legal hold that has not ended": 1,
+                                              "kept: processing restricted (Art. 18)": 2}}, then
+    assert ids(engine, t) == [2, 3, 4] and line_ids(engine, t) == [20, 30, 40]
+    with engine.connect() as conn:  # anonymise did not touch them either
+        assert conn.execute(sa.select(t["orders"].c.invoiced_on).where(t["orders"].c.id.in_([2, 4]))
+                            ).scalars().all() == [OLD, OLD]
+    # the restriction lifted (the marker cleared, Bob's lift done): they go as anyone's
+    with engine.begin() as conn:
+        conn.execute(t["orders"].update().values(processing_restricted=False))
+    later = datetime(2030, 1, 2, tzinfo=UTC)
+    c = connector(url, "ordered_on", later)
+    assert c.retention_apply(rule(c), later, NOBODY).changed == {"orders": 3, "order_lines": 3}
+    assert ids(engine, t) == []
+
+
+def test_a_restricted_user_keeps_the_orders_it_owns_from_a_users_rule(db: tuple[str, sa.Engine,
+                                                                                 dict[str, sa.Table]]) -> None:
+    """A rule on the owner: erasing a user would take its orders along, so a restricted order below keeps it."""
+    url, engine, t = db
+    seed(engine, t, [{"id": 1, "ordered_on": date(2023, 1, 1), "processing_restricted": True},
+                     {"id": 2, "ordered_on": date(2023, 1, 1), "user_id": 2}])
+    settings = _map("ordered_on")
+    users = settings["entities"]["users"]
+    users["fields"]["created"] = "account"
+    users["retention"] = {"after": "1 year", "from": "created", "reason": "accounts are kept one year"}
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE users ADD created DATE"))
+        conn.execute(sa.text("UPDATE users SET created = '2020-01-01'"))
+    ctx = ConnectorContext(env={URL_ENV: url}, secret_key=b"k", now=lambda: TODAY)
+    c = SqlConnector.from_settings(SYSTEM, settings, ctx)
+    r = next(x for x in c.retention_rules() if x.entity == "users" and x.mechanism == "retention run")
+    due = c.retention_due(r, TODAY, NOBODY)
+    assert (due.due, due.kept_restricted) == (1, 1)
+    c.retention_apply(r, TODAY, NOBODY)
+    with engine.connect() as conn:
+        emails = dict(conn.execute(sa.select(t["users"].c.id, t["users"].c.email)).all())
+    assert emails[1] == "ann@example.com" and emails[2] != "bob@example.com"  # Bob's masked, Ann's kept
+
+
+def test_mariadb_timestamp_column_is_read_in_utc(mariadb_database: Callable[[], str]) -> None:
+    """MariaDB TIMESTAMP stores UTC and shows it in the session's time zone; dsar's sessions are UTC, so a
+    value written from another zone lands on the right side of the boundary."""
+    url = mariadb_database()
+    engine = sa.create_engine(url)
+    md, t = _schema("mariadb")
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE orders ADD ordered_ts TIMESTAMP NULL DEFAULT NULL"))
+        conn.execute(t["users"].insert(), [{"id": 1, "email": "ann@example.com", "processing_restricted": False}])
+        conn.execute(sa.text("SET time_zone = '+02:00'"))  # a client in Oslo writes local times
+        for i, local in ((1, "2024-03-01 00:30:00"),  # 29 Feb 22:30 UTC: last day 28 Feb 2025, due on 1 March
+                         (2, "2024-03-01 02:30:00"),  # 1 March 00:30 UTC: last day 1 March 2025, kept
+                         (3, "2024-03-02 01:59:59")):  # 1 March 23:59:59 UTC: kept
+            conn.execute(sa.text("INSERT INTO orders (id, user_id, invoiced_on, processing_restricted, ordered_ts) "
+                                 "VALUES (:i, 1, '2000-01-01', 0, :ts)"), {"i": i, "ts": local})
+    settings = _map("ordered_on")
+    settings["entities"]["orders"]["fields"]["ordered_ts"] = "billing"
+    settings["entities"]["orders"]["retention"]["from"] = "ordered_ts"
+    for now, left in ((TODAY, [2, 3]), (datetime(2025, 3, 2, 0, 0, tzinfo=UTC), [])):
+        ctx = ConnectorContext(env={URL_ENV: url}, secret_key=b"k", now=lambda now=now: now)
+        c = SqlConnector.from_settings(SYSTEM, settings, ctx)
+        with c.engine.connect() as conn:  # whatever the server's own zone: the connector's sessions are UTC
+            assert conn.execute(sa.text("SELECT @@session.time_zone")).scalar_one() == "+00:00"
+        c.retention_apply(rule(c), now, NOBODY)
+        assert ids(engine, t) == left, now
+    engine.dispose()

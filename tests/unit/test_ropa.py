@@ -287,3 +287,35 @@ def test_check_warns_when_a_system_lacks_an_art30_item(tmp_path: Path, env: dict
     warnings = orjson.loads(done.stdout)["systems"]["data_map"]["warnings"]
     assert [w for w in warnings if "Art. 30" in w] == [
         "systems.freshchat.data_subjects: not given (the record of processing, Art. 30(1), lists it)"]
+
+
+def test_retention_per_system_is_the_machine_readable_rules_else_the_free_text(tmp_path: Path) -> None:
+    """(f) from the same declarations as the bundle page and `dsar retention report`: each declared rule's sentence
+    (SQL `retention:`, a vendor's `retention_rules:`), the free text only where no rule is declared."""
+    rec = record()
+    by_name = {a["system"]: a for a in rec["activities"]}
+    assert by_name["matomo"]["retention_rules"] == [
+        "visits: erased 5 years after the visit's last action (the privacy policy: website statistics are kept "
+        "five years)"]
+    assert by_name["freshchat"]["retention_rules"][0].startswith("conversations: kept until you ask us to delete it")
+    assert by_name["salesmanago"]["retention_rules"][0].startswith("contact: erased when you withdraw your consent")
+    assert any(r.startswith("orders: erased 5 years after ordered_at") for r in by_name["accounts"]["retention_rules"])
+    rows = {r[0]: r for r in csv.reader(io.StringIO(ropa.to_csv(rec)))}
+    column = rows["System"].index("Time limits for erasure")
+    assert rows["matomo"][column].startswith("visits: erased 5 years after the visit's last action")
+    assert rows["matomo"][column] == by_name["matomo"]["retention_rules"][0]  # the rule replaces the free text
+    # the held entities follow the rules
+    assert rows["billing"][column].startswith("invoices: erased 5 years after invoice_date")
+    assert "invoice_lines" in rows["billing"][column]
+    nb = {a["system"]: a for a in record("nb")["activities"]}
+    assert nb["matomo"]["retention_rules"][0].startswith("visits: slettes 5 år etter besøkets siste handling")
+    # a system without a declared rule keeps its free text
+    path = tmp_path / "datamap.yaml"
+    raw = yaml.safe_load(PROJECT_MAP.read_text(encoding="utf-8"))
+    del raw["systems"]["matomo"]["retention_rules"]
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    own_record = record(path=path)
+    own = {a["system"]: a for a in own_record["activities"]}
+    assert own["matomo"]["retention_rules"] == []
+    rows = {r[0]: r for r in csv.reader(io.StringIO(ropa.to_csv(own_record)))}
+    assert rows["matomo"][column] == own["matomo"]["retention"]

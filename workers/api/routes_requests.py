@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from discovery.engine import callbacks, lifecycle, pipeline
 from discovery.engine.ledger import Request as LedgerRequest
 from discovery.engine.ledger import RequestType
+from discovery.intake import outbox
 from discovery.schedule import deadlines
 from workers.api.deps import RT, Act, Read, Submit, Wake
 from workers.api.errors import ApiError, fail
@@ -109,7 +110,8 @@ def list_requests(rt: RT, who: Read, status: StatusFilter | None = None,
 def get_request(request_id: str, rt: RT, _who: Read) -> dict[str, Any]:
     """A request with every task, its deadline and days left."""
     req, tasks = load_request(rt, request_id)
-    return view(req, tasks, rt.clock(), pipeline.identifiers(rt, request_id))
+    return {**view(req, tasks, rt.clock(), pipeline.identifiers(rt, request_id)),
+            "report_back": outbox.state(rt, request_id)}
 
 
 @router.post("/v1/requests/{request_id}/confirm", response_model=Confirmed, tags=["requests"], responses=ERRORS)

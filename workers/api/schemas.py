@@ -109,6 +109,21 @@ class TaskView(BaseModel):
     manual_steps: list[Any] | None
 
 
+class ReportBackView(BaseModel):
+    """A ticket note or callback in the outbox: delivered, or still tried (when next), refused or expired."""
+
+    id: int
+    kind: str = Field(description="ticket_note | callback")
+    event: str = Field(description="request.held | request.extended | request.finished")
+    status: str = Field(description="pending | delivered | refused | expired")
+    attempts: int
+    target: str = Field(description="the ticket id, or the callback URL without any password")
+    next_attempt_at: datetime | None = Field(None, description="while pending: when it is tried next")
+    delivered_at: datetime | None
+    expires_at: datetime = Field(description="given up if not delivered by then (api.report_back_expiry_days)")
+    last_error: str | None
+
+
 class RequestSummary(BaseModel):
     id: str
     type: str
@@ -136,6 +151,8 @@ class RequestView(RequestSummary):
     error: str | None
     identifiers: list[IdentifierView]
     tasks: list[TaskView]
+    report_back: list[ReportBackView] = Field(default_factory=list,
+                                              description="ticket notes and callbacks about this request")
 
 
 class ListedRequest(RequestSummary):

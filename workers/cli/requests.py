@@ -12,6 +12,7 @@ import click
 
 from discovery.engine import lifecycle, pipeline
 from discovery.engine.ledger import RequestStatus, RequestType
+from discovery.intake import outbox
 from workers.cli.common import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -143,8 +144,24 @@ def _print_status(data: dict[str, Any]) -> None:
     if data.get("closed"):
         basis = f" ({data['closed']['basis']})" if data["closed"]["basis"] else ""
         click.echo(f"{str(data['status']).capitalize()}{basis}: {data['closed']['reason']}")
+    for r in data.get("report_back") or []:
+        click.echo(f"Report-back: {_report_line(r)}")
     for action in data.get("next_actions") or []:
         click.echo(f"Next: {action}")
+
+
+def _report_line(r: dict[str, Any]) -> str:
+    """One outbox row: what, where, its state and, while pending, when it is tried next and why it failed."""
+    what = "ticket note" if r["kind"] == "ticket_note" else "callback"
+    line = f"{what} ({r['event'].removeprefix('request.')}) to {r['target']}: {r['status']}, {r['attempts']} attempt(s)"
+    if r["delivered_at"]:
+        line += f", delivered {r['delivered_at'][:16].replace('T', ' ')} UTC"
+    if r["next_attempt_at"]:
+        line += (f", next {r['next_attempt_at'][:16].replace('T', ' ')} UTC, gives up "
+                 f"{r['expires_at'][:16].replace('T', ' ')} UTC")
+    if r["last_error"] and r["status"] != "delivered":
+        line += f": {r['last_error']}"
+    return line
 
 
 def _print_plan(data: dict[str, Any]) -> None:
@@ -193,6 +210,7 @@ def status_cmd(ctx: click.Context, request_id: str, as_json: bool) -> None:
         data["closed"] = {"reason": req.close_reason, "basis": req.close_basis} if req.close_reason else None
         data["confirmed"] = lifecycle.confirmations(rt, request_id)  # manual steps: by whom, when, what
         data["next_actions"] = lifecycle.next_actions(rt, request_id)
+        data["report_back"] = outbox.state(rt, request_id)  # ticket notes and callbacks: delivered, or why not
         emit(data, as_json, lambda: _print_status(data))
         if data["workers"] and data["workers"]["problem"] and not as_json:
             click.echo(f"Warning: {data['workers']['problem']}; this request waits for a worker.", err=True)

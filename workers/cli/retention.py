@@ -58,8 +58,8 @@ def retention_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def plan_cmd(ctx: click.Context, system: str | None, as_json: bool) -> None:
-    """Per system and rule: records past retention today, kept (hold, open request), the oldest one's age, and
-    what a run would do. Changes nothing."""
+    """Per system and rule: records past retention today, kept (hold, open request, restricted), the oldest one's
+    age, and what a run would do. Changes nothing."""
     with errors_to_exit():
         rows = retention.plan(_runtime(ctx), system)
 
@@ -67,12 +67,14 @@ def plan_cmd(ctx: click.Context, system: str | None, as_json: bool) -> None:
             if not rows:
                 click.echo("No retention rule is declared" + (f" for {system}." if system else "."))
                 return
-            click.echo(f"{'RULE':<34} {'MECHANISM':<16} {'DUE':>8} {'HELD':>7} {'REQUEST':>7} {'OLDEST':>8}  ACTION")
+            click.echo(f"{'RULE':<34} {'MECHANISM':<16} {'DUE':>8} {'HELD':>7} {'REQUEST':>7} {'ART18':>7} "
+                       f"{'OLDEST':>8}  ACTION")
             for r in rows:
                 oldest = f"{r['oldest_age_days']}d" if r.get("oldest_age_days") is not None else ""
                 due = r.get("due", "") if "error" not in r else "error"
                 click.echo(f"{r['rule']:<34} {r['mechanism']:<16} {due!s:>8} "
-                           f"{r.get('kept_hold', '')!s:>7} {r.get('kept_request', '')!s:>7} {oldest:>8}  "
+                           f"{r.get('kept_hold', '')!s:>7} {r.get('kept_request', '')!s:>7} "
+                           f"{r.get('kept_restricted', '')!s:>7} {oldest:>8}  "
                            f"{r['action']}" + (f" ({r['error']})" if r.get("error") else ""))
 
         emit(rows, as_json, human)

@@ -24,11 +24,12 @@ NUMERIC = frozenset({"int", "numeric"})
 NEEDS_TEXT = frozenset({n.EMAIL, n.NAME, n.FREE_TEXT})
 # categories a value detector can confirm; a sample of such a column matching none of it weakens the name
 DETECTABLE = {n.EMAIL: "email", n.PHONE: "phone", n.IP: "ip", n.NATIONAL_ID: "fodselsnummer",
-              n.PAYMENT_CARD: "card"}
+              n.PAYMENT_CARD: "card", n.BANK_ACCOUNT: "bank"}
 _WHAT = {"email": "e-mail syntax", "fodselsnummer": "pass the fødselsnummer/D-number check (mod 11)",
          "iban": "valid IBAN (mod 97)", "card": "card numbers passing Luhn", "ip": "IPv4/IPv6 addresses",
          "kontonummer": "pass the kontonummer check (mod 11)", "orgnr": "pass the organisation number check (mod 11)",
-         "phone": "valid phone numbers", "formatted_phone": "written as phone numbers",
+         "phone": "valid phone numbers", "bank": "pass the IBAN or kontonummer check",
+         "formatted_phone": "written as phone numbers",
          "eleven_digits": "11-digit numbers", "names": "start with a common given name",
          "embedded": "free text holding an e-mail, phone or identity number"}
 
@@ -132,7 +133,8 @@ def classify(column: str, table: str, family: str, values: Iterable[Any] = (), *
         weight = name.weight
         detector = DETECTABLE.get(name.category)
         if detector and total >= 10 and family in TEXTUAL:
-            hits = sum(1 for v in values if (t := d.text(v)) is not None and d.DETECTORS[detector](t))
+            check = d.is_bank_account if detector == "bank" else d.DETECTORS[detector]
+            hits = sum(1 for v in values if (t := d.text(v)) is not None and check(t))
             evidence.append(_share(hits, total, detector))
             if hits == 0:
                 weight -= 0.1  # the name says so, the values do not: still proposed, with less confidence

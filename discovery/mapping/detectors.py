@@ -108,6 +108,11 @@ def is_ip(value: str) -> bool:
     return True
 
 
+def is_bank_account(value: str) -> bool:
+    """An IBAN or a Norwegian kontonummer (what a column named for a bank account should hold)."""
+    return is_iban(value) or is_kontonummer(value)
+
+
 def is_eleven_digits(value: str) -> bool:
     number = digits(value)
     return len(number) == 11 and number.isdigit()

@@ -129,9 +129,17 @@ _SPLIT = re.compile(r"[^a-z0-9]+")
 
 
 def words(name: str) -> list[str]:
-    """`E-postAdresse2` -> ['e', 'post', 'adresse', '2'] ... folded and lower-cased."""
+    """`E-postAdresse2` -> ['e', 'post', 'adresse', '2'] ... folded and lower-cased; a word unknown as written but
+    known with Norwegian letters spelt out undone (`foedselsnummer`, `foedt` for fødselsnummer, født) is read so."""
     spaced = _CAMEL.sub("_", name).lower().translate(_FOLD)
-    return [w for w in _SPLIT.split(spaced) if w]
+    return [_unspelt(w) for w in _SPLIT.split(spaced) if w]
+
+
+def _unspelt(word: str) -> str:
+    if word in WORDS or ("oe" not in word and "aa" not in word):
+        return word
+    folded = word.replace("oe", "o").replace("aa", "a")
+    return folded if folded in WORDS or any(folded.endswith(s) for s, _ in _SUFFIXES) else word
 
 
 @dataclass(frozen=True)
@@ -234,5 +242,7 @@ FIRST_NAMES = frozenset(_GIVEN_NAMES.split())
 
 
 def looks_like_person_name(value: str) -> bool:
-    first = words(value.split(" ", 1)[0].split(",")[-1])
+    """The value starts with a common given name ("Kari Nordmann"), or has one after a comma ("Nordmann, Kari")."""
+    given = value.split(",", 1)[1] if "," in value else value
+    first = words(given.strip().split(" ", 1)[0])
     return bool(first) and first[0] in FIRST_NAMES

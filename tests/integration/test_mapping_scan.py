@@ -227,3 +227,41 @@ def test_thousands_of_tables_scan_the_first_max_tables_marked_partial(pg_databas
     assert data["problems"] == ["2000 tables; scanned the first 40 by name (raise --max-tables to scan more)"]
     assert [t["name"] for t in data["tables"]][:2] == ["t0001", "t0002"]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_a_table_the_user_may_not_read_is_named_and_the_scan_marked_partial(pg_database: Callable[[], str],
+                                                                            tmp_path: Path) -> None:
+    """Bad input: the scanning login may not read one table. The others are classified; that one is named with
+    its reason, classified by name and type only, and the whole result is marked partial (exit 1)."""
+    import secrets
+
+    url = pg_database()
+    role = f"dsar_t_scan_{secrets.token_hex(4)}"  # created here, dropped here: nothing shared is touched
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE kunder (kundenr integer PRIMARY KEY, epost text, navn text)")
+        conn.exec_driver_sql("CREATE TABLE hemmelig (id integer PRIMARY KEY, fodselsnummer text)")
+        conn.exec_driver_sql("INSERT INTO kunder VALUES (1, 'kari@example.no', 'Kari Nordmann')")
+        conn.exec_driver_sql("INSERT INTO hemmelig VALUES (1, '01010112345')")
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        conn.exec_driver_sql(f'GRANT SELECT ON kunder TO "{role}"')
+    try:
+        limited = sa.engine.make_url(url).set(username=role, password=None)
+        config = write_config(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}")
+        env = {"DSAR_CONFIG": str(config), "DSAR_SECRET_KEY": SECRET,
+               "LIMITED_URL": limited.render_as_string(hide_password=False)}
+        result = CliRunner().invoke(main, ["datamap", "scan", "limited", "--url-env", "LIMITED_URL", "--json"],
+                                    env=env)
+        assert result.exit_code == 1, result.output
+        data = orjson.loads(result.stdout)
+        assert data["partial"] is True
+        assert [p for p in data["problems"] if p.startswith("table hemmelig: cannot read a sample")], data["problems"]
+        assert "01010112345" not in result.output and "kari@example.no" not in result.output
+        columns = {(t["name"], c["name"]): c for t in data["tables"] for c in t["columns"]}
+        assert columns[("kunder", "epost")]["category"] == "email"  # the readable table is still classified
+        assert columns[("hemmelig", "fodselsnummer")]["category"] == "national_id"  # by its name alone
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'REVOKE ALL ON kunder FROM "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        admin.dispose()

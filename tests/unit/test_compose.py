@@ -2,8 +2,8 @@
 
 The stack keeps every promise: API, workers and the scheduler (which runs the periodic sweeps) each run a command the
 CLI accepts; every variable the settings and the data map name is passed through and none is unknown; config/ is
-mounted, not baked; the healthchecks run real code (the worker's reads its namespace's beats on either broker); RabbitMQ is
-offered as a profile; the S3 server is pinned, signed, unpublished and the archive;
+mounted, not baked; the healthchecks run real code (the worker's reads its namespace's beats on either broker);
+RabbitMQ is offered as a profile; the S3 server is pinned, signed, unpublished and the archive;
 images are pinned; the image is a non-editable install run as a non-root user; the build context leaves .venv out.
 """
 

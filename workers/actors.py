@@ -150,5 +150,10 @@ def add_sweeper() -> None:
 
 if app.os_env_flag("DSAR_SWEEPER"):
     add_sweeper()
+if app.os_env_flag("DSAR_WORKER_METRICS"):  # set by `dsar worker` with worker.metrics_port (workers/supervisor.py)
+    from dramatiq.middleware.prometheus import Prometheus
+
+    if not any(isinstance(m, Prometheus) for m in app.ensure_broker().middleware):
+        app.ensure_broker().add_middleware(Prometheus())
 # each worker process says it is alive (workers/heartbeat.py), under its namespace
 heartbeat.install(app.ensure_broker(), namespace=QUEUE, redis_url=app.settings().redis_url)

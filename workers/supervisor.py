@@ -15,20 +15,24 @@ worker is a child process of its own (a fresh interpreter: `python -m workers.su
   finishes its running messages (up to SHUTDOWN_MS, as Dramatiq's --worker-shutdown-timeout) and exits; then the
   supervisor exits 0. A second signal kills the children at once (their leases expire; the sweeper re-wakes).
 - A child whose supervisor disappeared (kill -9) stops by itself instead of running unsupervised.
+- With worker.metrics_port set, Dramatiq's own metrics of every child are served on that port (WorkerMetrics).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -73,10 +77,62 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+class WorkerMetrics:
+    """Dramatiq's own metrics (dramatiq.middleware.Prometheus: messages processed, errored, retried, rejected, in
+    progress, durations per actor), summed over the worker processes and served for Prometheus to scrape.
+
+    As under Dramatiq's CLI: each child's middleware writes its counters into files of one directory
+    (prometheus_client's multiprocess mode, the directory named by the environment before the child starts), and
+    the main process serves their sum. Here the supervisor serves them from a thread instead of a forked process,
+    and the directory is a fresh one of its own (not Dramatiq's shared /tmp default, where two deployments on one
+    host would add up), removed when it stops. A restarted child's counts stay in the sum (counters only grow);
+    a dead child's in-progress gauge is dropped."""
+
+    ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "dramatiq_prom_db")  # the last: Dramatiq's
+    FLAG = "DSAR_WORKER_METRICS"  # workers/actors.py adds the middleware in a child that has it
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.path = tempfile.mkdtemp(prefix="dsar-worker-metrics-")
+        self._server: Any = None
+
+    def env(self) -> dict[str, str]:
+        return {**dict.fromkeys(self.ENV, self.path), self.FLAG: "1"}
+
+    def start(self) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.path)
+        try:
+            self._server, _thread = start_http_server(self.port, self.host, registry)
+        except OSError as exc:  # the port is taken, the address is not this host's: a settings error
+            self.close()
+            raise GaveUp(f"cannot serve worker metrics on {self.host}:{self.port} (worker.metrics_port): "
+                         f"{exc.strerror or exc}", CHILD_CONFIG) from None
+        log.info("worker.metrics_serving", host=self.host, port=self.port)
+
+    def process_died(self, pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.path)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 class Supervisor:
     def __init__(self, processes: int, threads: int, env: Mapping[str, str],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: WorkerMetrics | None = None) -> None:
         self.threads, self.env, self.clock = threads, dict(env), clock
+        self.metrics = metrics
+        if metrics is not None:
+            self.env.update(metrics.env())
         self.slots = [_Slot(i) for i in range(processes)]
         self._stopping = False
         self._forced = False
@@ -95,6 +151,8 @@ class Supervisor:
         """Supervise until stopped: 0 after a graceful stop, 1 if a second signal cut it short; raises GaveUp."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
+            if self.metrics is not None:
+                self.metrics.start()  # before any child: a port that is taken fails the start, once
             log.info("supervisor.started", processes=len(self.slots), threads=self.threads, pid=os.getpid())
             for slot in self.slots:
                 self._start(slot)
@@ -107,6 +165,8 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.metrics is not None:
+                self.metrics.close()
         if self._gave_up is not None:
             raise self._gave_up
         log.info("supervisor.stopped", forced=self._forced)
@@ -140,6 +200,8 @@ class Supervisor:
 
     def _died(self, slot: _Slot, code: int, now: float) -> None:
         assert slot.proc is not None
+        if self.metrics is not None:
+            self.metrics.process_died(slot.proc.pid)  # its in-progress gauge no longer counts
         ran = now - slot.started
         slot.deaths = 1 if ran >= STABLE_SECONDS else slot.deaths + 1
         slot.quick_deaths = slot.quick_deaths + 1 if ran < QUICK_SECONDS else 0

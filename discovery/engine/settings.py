@@ -137,6 +137,10 @@ class WorkerSettings(_Section):
     # 1000 ms, which adds up to a second between the steps of a request; 50 ms costs an idle worker
     # a few percent of a core, see bench/RESULTS.md).
     poll_ms: int = Field(50, ge=10, le=5000)
+    # `dsar worker` serves Dramatiq's own metrics (messages processed, failed, retried, in progress, durations)
+    # for Prometheus on this port, summed over its worker processes; 0: off. Loopback unless metrics_host says.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
 
 class SecretSettings(_Section):

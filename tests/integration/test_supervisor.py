@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,11 +19,14 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
+import dramatiq
 import orjson
 import pytest
 import redis
 import requests
 import sqlalchemy as sa
+from dramatiq.brokers.redis import RedisBroker
+from prometheus_client.parser import text_string_to_metric_families
 
 from discovery.engine.settings import load_settings
 from sandbox.people import JANE
@@ -64,7 +68,7 @@ class Stack:
         self.config = write_config(tmp, ledger, redis_url, task_lease_seconds=5, sweep_interval_seconds=1,
                                    retry_backoff_seconds=0.2)
         self.env = dsar_env(self.config, accounts)
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis, self.redis_url = redis.Redis.from_url(redis_url), redis_url
         self.beats_key = heartbeat.key(load_settings(self.config, self.env).broker.namespace)  # the ledger's name
         self.ledger = sa.create_engine(ledger)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -235,11 +239,97 @@ def test_a_worker_dying_at_start_again_and_again_makes_it_give_up(stack: Stack) 
     assert not pid_exists(beat.pid)
 
 
+# -- Dramatiq's own metrics (worker.metrics_port) ----------------------------------------------------------------
+
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    """(sample name, actor) -> value, summed over the other labels, from the text the pool serves."""
+    got = requests.get(url, timeout=5)
+    assert got.status_code == 200 and got.headers["content-type"].startswith("text/plain")
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(got.text):
+        for sample in family.samples:
+            key = (sample.name, sample.labels.get("actor_name", ""))
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def listening(port: int) -> set[str]:
+    """The addresses (hex, as /proc/net/tcp* shows them) something listens on at this port."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, _, hex_port = local.rpartition(":")
+                if int(hex_port, 16) == port and state == "0A":
+                    found.add(address)
+    return found
+
+
+def test_the_pool_serves_dramatiqs_own_metrics_on_loopback(stack: Stack) -> None:
+    port = free_port()
+    stack.env["DSAR_WORKER_METRICS_PORT"] = str(port)  # worker.metrics_port; metrics_host stays 127.0.0.1
+    sup, beats = start_pool(stack, 2)
+    url = f"http://127.0.0.1:{port}/metrics"
+    assert listening(port) == {"0100007F"}  # 127.0.0.1 only, not every interface
+    with open(f"/proc/{beats[0].pid}/environ", "rb") as f:
+        child_env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+    metrics_dir = Path(child_env[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+    assert metrics_dir.is_dir() and metrics_dir.name.startswith("dsar-worker-metrics-")
+
+    done = run_dsar(["request", "access", "--email", JANE.email, "--wait", "--json", "--timeout", "90"], stack.env)
+    assert done.returncode == 0 and orjson.loads(done.stdout)["status"] == "completed", done.stdout + done.stderr
+    tasks = len(orjson.loads(done.stdout)["tasks"])
+    got = scrape(url)
+    assert got[("dramatiq_messages_total", "discover")] >= 1
+    assert got[("dramatiq_messages_total", "execute")] >= tasks  # one message per task at least
+    assert got[("dramatiq_message_duration_milliseconds_count", "execute")] == got[
+        ("dramatiq_messages_total", "execute")]
+    assert got[("dramatiq_messages_inprogress", "execute")] == 0  # all done
+    assert ("dramatiq_message_errors_total", "execute") not in got  # nothing failed yet
+    text = requests.get(url, timeout=5).text
+    namespace = load_settings(stack.config, stack.env).broker.namespace
+    assert f'queue_name="{namespace}"' in text and JANE.email not in text
+
+    # A message its actor cannot take (wrong arguments) fails, is retried with backoff, then dead-lettered.
+    bad = RedisBroker(url=stack.redis_url, namespace=f"{namespace}:dramatiq")
+    try:
+        bad.enqueue(dramatiq.Message(queue_name=namespace, actor_name="execute", args=(1, 2), kwargs={},
+                                     options={}))
+    finally:
+        bad.close()
+    wait_until(lambda: scrape(url).get(("dramatiq_message_rejects_total", "execute")), 90, "the dead-letter")
+    failing = scrape(url)
+    assert failing[("dramatiq_message_errors_total", "execute")] == 1 + 5  # the first try and max_attempts more
+    # each retry is counted as it is delayed and again as it comes due (Dramatiq's after_enqueue): 5 or more
+    assert failing[("dramatiq_message_retries_total", "execute")] >= 5
+    got = failing
+
+    # A worker killed and restarted: what it counted stays in the sum (counters never go down).
+    os.kill(beats[0].pid, signal.SIGKILL)
+    wait_until(lambda: [b for b in stack.alive() if b.pid not in {x.pid for x in beats}], 60, "a restart")
+    after = scrape(url)
+    assert after[("dramatiq_messages_total", "execute")] >= got[("dramatiq_messages_total", "execute")]
+
+    os.kill(sup.pid, signal.SIGTERM)
+    assert sup.wait(timeout=60) == 0, stack.log("worker")
+    assert not listening(port) and not metrics_dir.exists()  # the port closed, the counters' files removed
+    assert "worker.metrics_serving" in stack.log("worker")  # (its tracebacks are the bad message's, by Dramatiq)
+
+
+def test_without_metrics_port_nothing_is_served(stack: Stack) -> None:
+    sup, (beat,) = start_pool(stack, 1)
+    with open(f"/proc/{beat.pid}/environ", "rb") as f:
+        assert b"PROMETHEUS_MULTIPROC_DIR" not in f.read() and b"DSAR_WORKER_METRICS=" not in f.read()
+    os.kill(sup.pid, signal.SIGTERM)
+    assert sup.wait(timeout=60) == 0
+
+
 # -- the supervisor on its own, with stand-in children: the give-up rule and the exit codes ----------------------
 
 class Stub(supervisor.Supervisor):
-    def __init__(self, script: str, processes: int = 2) -> None:
-        super().__init__(processes, 1, os.environ)
+    def __init__(self, script: str, processes: int = 2, metrics: supervisor.WorkerMetrics | None = None) -> None:
+        super().__init__(processes, 1, os.environ, metrics=metrics)
         self.script = script
 
     def child_argv(self, slot: Any) -> list[str]:
@@ -259,6 +349,20 @@ def test_gives_up_with_the_childs_kind_of_failure(fast: None, code: int, expecte
     assert gave_up.value.code == expected
     assert str(gave_up.value).startswith("worker process ") and f"(exit code {code};" in str(gave_up.value)
     assert not stub.pids()
+
+
+def test_a_metrics_port_in_use_stops_the_start_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        metrics = supervisor.WorkerMetrics("127.0.0.1", port)
+        stub = Stub("import time; time.sleep(30)", metrics=metrics)
+        with pytest.raises(supervisor.GaveUp) as gave_up:
+            stub.run()
+    assert gave_up.value.code == 3 and str(gave_up.value).startswith(
+        f"cannot serve worker metrics on 127.0.0.1:{port} (worker.metrics_port): ")
+    assert not stub.pids() and not Path(metrics.path).exists()  # no child started, nothing left behind
 
 
 def test_a_worker_that_runs_a_while_is_restarted_without_giving_up(fast: None,

@@ -96,7 +96,7 @@ def worker_cmd(ctx: click.Context, processes: int | None, threads: int | None) -
 
     SIGTERM or Ctrl-C stops them gracefully (running messages finish); a second one stops them at once.
     """
-    from workers.supervisor import GaveUp, Supervisor
+    from workers.supervisor import GaveUp, Supervisor, WorkerMetrics
 
     with errors_to_exit():
         settings = load_settings(ctx.obj.get("config"))
@@ -107,7 +107,11 @@ def worker_cmd(ctx: click.Context, processes: int | None, threads: int | None) -
         env = dict(os.environ, DSAR_SWEEPER="1", DSAR_SCHEMA_UPGRADED="1")
         if ctx.obj.get("config"):
             env["DSAR_CONFIG"] = str(Path(ctx.obj["config"]).resolve())
-        supervisor = Supervisor(processes or settings.worker.processes, threads or settings.worker.threads, env)
+        metrics = None
+        if settings.worker.metrics_port:  # Dramatiq's own metrics of the pool, for Prometheus (docs/console.md)
+            metrics = WorkerMetrics(settings.worker.metrics_host, settings.worker.metrics_port)
+        supervisor = Supervisor(processes or settings.worker.processes, threads or settings.worker.threads, env,
+                                metrics=metrics)
         try:
             code = supervisor.run()
         except GaveUp as exc:

@@ -57,6 +57,7 @@ DENIAL_BASES = ("unfounded_or_excessive", "identity_not_verified")  # Art. 12(5)
 FINISHED = (RequestStatus.COMPLETED, RequestStatus.COMPLETED_WITH_ERRORS, RequestStatus.FAILED)
 RETRYABLE = (RequestStatus.COMPLETED_WITH_ERRORS, RequestStatus.FAILED)
 MAX_PER_PAGE = 500
+SORTS = ("due", "-due", "received", "-received")  # by deadline or arrival; "-": latest first
 _REASON_MIN, _REASON_MAX = 3, 1000
 
 
@@ -75,6 +76,7 @@ class RequestItem:
     due_at: datetime
     days_left: int | None  # whole days while open; negative when late
     overdue: bool
+    extended: bool = False  # the deadline was extended (Art. 12(3))
 
     def to_dict(self, full_subject: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -92,6 +94,8 @@ class RequestPage:
     total: int  # matching requests on every page
     page: int
     per_page: int
+    open_total: int | None = None  # with totals=True: open requests in the whole ledger, whatever the filters
+    overdue_total: int | None = None  # ... and those of them past their deadline
 
     @property
     def pages(self) -> int:
@@ -113,13 +117,17 @@ def mask_email(email: str) -> str:
 def list_requests(rt: Runtime, *, status: str | None = None, type: str | None = None,
                   overdue: bool = False, ticket: str | None = None, page: int = 1, per_page: int = 50,
                   now: datetime | None = None, due_within_days: int | None = None,
-                  offset: int | None = None) -> RequestPage:
+                  offset: int | None = None, sort: str | None = None, totals: bool = False) -> RequestPage:
     """Requests, newest first (`overdue`: open and past due; `due_within_days`: open and due within that many days,
     late ones included; either sorts by deadline, most urgent first). `status` is a request status or `open` (every
-    open status); `ticket` matches the ticket reference exactly. Pages count from 1; `offset` (the API's older
-    limit/offset paging) overrides the page's."""
+    open status); `ticket` matches the ticket reference exactly. `sort` (one of SORTS) overrides the order. Pages
+    count from 1; `offset` (the API's older limit/offset paging) overrides the page's. `totals`: also count the open
+    and overdue requests of the whole ledger (the console's header). One function for the CLI, the API and the
+    console, so a filter means the same in each."""
     if page < 1 or not 1 <= per_page <= MAX_PER_PAGE or (offset is not None and offset < 0):
         raise InvalidInput(f"page starts at 1 and per_page is 1 to {MAX_PER_PAGE}")
+    if sort is not None and sort not in SORTS:
+        raise InvalidInput(f"unknown sort '{sort}' (one of: {', '.join(SORTS)})")
     now = now or rt.clock()
     q = sa.select(Request)
     if status is not None:
@@ -141,19 +149,27 @@ def list_requests(rt: Runtime, *, status: str | None = None, type: str | None = 
         q = q.where(Request.status.in_(list(OPEN_STATUSES)), Request.due_at <= now + timedelta(days=due_within_days))
     by_deadline = overdue or due_within_days is not None
     order = (Request.due_at.asc(),) if by_deadline else (Request.received_at.desc(),)
+    if sort is not None:
+        column = Request.due_at if sort.lstrip("-") == "due" else Request.received_at
+        order = (column.desc() if sort.startswith("-") else column.asc(),)
     with rt.sessions() as s:
         total = s.scalar(sa.select(sa.func.count()).select_from(q.subquery())) or 0
         start = (page - 1) * per_page if offset is None else offset
         rows = s.scalars(q.order_by(*order, Request.id).limit(per_page).offset(start)).all()
         items = [item_of(r, now) for r in rows]
-    return RequestPage(items, total, page, per_page)
+        open_total = overdue_total = None
+        if totals:
+            open_total, overdue_total = s.execute(
+                sa.select(sa.func.count(), sa.func.count().filter(Request.due_at < now))
+                .where(Request.status.in_(list(OPEN_STATUSES)))).one()
+    return RequestPage(items, total, page, per_page, open_total, overdue_total)
 
 
 def item_of(req: Request, now: datetime) -> RequestItem:
     is_open = req.status in OPEN_STATUSES
     return RequestItem(req.id, req.type, req.status, mask_email(req.subject_email), req.subject_email, req.ticket_ref,
                        req.source, req.received_at, req.due_at, (req.due_at - now).days if is_open else None,
-                       is_open and req.due_at < now)
+                       is_open and req.due_at < now, req.original_due_at is not None)
 
 
 # -- deny and cancel -------------------------------------------------------------------------

@@ -341,3 +341,122 @@ def test_metrics_match_the_ledger(console: Console) -> None:
     (size,), = console.sql("SELECT coalesce(sum(bundle_size), 0) FROM requests")
     assert got[("dsar_bundle_bytes_written", ())] == size > 0
     assert ("dsar_scheduled_actions_due", ()) in got and ("dsar_scheduled_actions_overdue", ()) in got
+
+
+def test_the_console_and_the_api_list_the_same_requests_for_the_same_filters(console: Console) -> None:
+    """One rule in both places (lifecycle.list_requests): each filter picks the same requests, in the same order
+    for the same sort, with the same totals, in GET /v1/requests and on /ui/."""
+    tag = uuid.uuid4().hex[:6]
+    made = [console.submit("access", JANE.email.replace("@", f"+{tag}{n}@"), f"AGREE-{tag}-{n}") for n in range(3)]
+    for request_id in made:
+        console.wait(request_id, {"completed", "completed_with_errors"})
+    # Two of them open again, held for identity checks (nothing picks those up): one past its deadline, one not.
+    late, waiting = made[0], made[1]
+    console.sql("UPDATE requests SET status = 'awaiting_verification', due_at = now() - interval '3 days' "
+                "WHERE id = :id", id=late)
+    console.sql("UPDATE requests SET status = 'awaiting_verification', due_at = now() + interval '2 days' "
+                "WHERE id = :id", id=waiting)
+    http = console.login("viewer")
+
+    def api_ids(**params: str) -> tuple[list[str], int]:
+        got = console.api("GET", "/v1/requests", params={**params, "per_page": "500"})
+        assert got.status_code == 200, got.text
+        return [r["id"] for r in got.json()["requests"]], got.json()["total"]
+
+    def ui_ids(**params: str) -> tuple[list[str], int, int, int]:
+        got = http.get(f"{console.base}/ui/", params=params, timeout=30)
+        assert got.status_code == 200, got.text[:500]
+        ids = re.findall(r'href="/ui/requests/([0-9a-f-]{36})"', got.text)
+        stats = re.search(r"<b>(\d+)</b> open</span><span><b>(\d+)</b> overdue</span>\s*<span><b>(\d+)</b> shown",
+                          got.text)
+        assert stats, got.text[:1000]
+        return ids, int(stats[3]), int(stats[1]), int(stats[2])
+
+    cases: list[tuple[dict[str, str], dict[str, str]]] = [
+        ({}, {"status": "all", "sort": "-received"}),  # the API's default order: newest first
+        ({"status": "open"}, {"status": "open", "sort": "-received"}),
+        ({"status": "completed"}, {"status": "completed", "sort": "-received"}),
+        ({"status": "denied"}, {"status": "denied", "sort": "-received"}),
+        ({"type": "access"}, {"status": "all", "type": "access", "sort": "-received"}),
+        ({"type": "erasure", "status": "open"}, {"status": "open", "type": "erasure", "sort": "-received"}),
+        ({"overdue": "true"}, {"status": "open", "overdue": "1", "sort": "due"}),  # most late first
+        ({"ticket": f"AGREE-{tag}-2"}, {"status": "all", "ticket": f"AGREE-{tag}-2", "sort": "-received"}),
+    ]
+    open_ids, open_total = api_ids(status="open")
+    overdue_ids, overdue_total = api_ids(overdue="true")
+    assert late in overdue_ids and waiting in open_ids and waiting not in overdue_ids
+    for api_params, ui_params in cases:
+        want, want_total = api_ids(**api_params)
+        got, got_total, ui_open, ui_overdue = ui_ids(**ui_params)
+        assert got == want and got_total == want_total, (api_params, got, want)
+        assert (ui_open, ui_overdue) == (open_total, overdue_total)  # the header counts the whole ledger
+    assert ui_ids(status="all", ticket=f"AGREE-{tag}-2")[0] == [made[2]]
+    # The same sort, both ways, on the console: by deadline, earliest first and latest first.
+    by_due = ui_ids(status="open", sort="due")[0]
+    assert by_due.index(late) < by_due.index(waiting) and ui_ids(status="open", sort="-due")[0] == by_due[::-1]
+
+
+def _section(page: str, heading: str) -> str:
+    """The HTML from an <h2> to the next one."""
+    start = page.index(f"<h2>{heading}</h2>")
+    end = page.find("<h2>", start + 4)
+    return page[start:end if end != -1 else len(page)]
+
+
+def test_a_request_page_shows_identities_plan_receipts_and_holds_as_the_ledger_has_them(console: Console) -> None:
+    """An erasure of the sandbox's Jane (the browser scenario's, or a new one): each section holds what the ledger
+    says, the subject's values masked without the subject scope and in full with it."""
+    found = console.sql("SELECT id FROM requests WHERE type = 'erasure' AND ticket_ref = 'UI-1'")
+    request_id = found[0][0] if found else console.submit("erasure", JANE.email, "UI-1")
+    console.wait(request_id, {"awaiting_manual", "completed", "completed_with_errors"})
+    page = console.login("operator").get(f"{console.base}/ui/requests/{request_id}", timeout=30).text
+    identities = _section(page, "Identities learned")
+    learned = console.sql("SELECT type, source FROM identities WHERE request_id = :id", id=request_id)
+    assert learned and all(f"<td>{source}</td>" in identities for _kind, source in learned)
+    assert JANE.email not in identities and "j***@e***.com" in identities  # masked without the subject scope
+    plan = _section(page, "Plan")
+    (steps,) = console.sql("SELECT plan FROM requests WHERE id = :id", id=request_id)[0]
+    assert steps and all(f"<td>{s['system']}</td><td>{s['entity']}</td>" in plan for s in steps)
+    changed = console.sql("SELECT system, action FROM tasks WHERE request_id = :id AND action <> 'export' AND "
+                          "result::jsonb ? 'changed'", id=request_id)
+    assert changed  # the accounts erasure at least
+    receipts = _section(page, "Receipts")
+    assert all(f"<td>{system}</td>" in receipts for system, _action in changed)
+    held = console.sql("SELECT system, h->>'entity', h->>'until' FROM tasks, "
+                       "json_array_elements(COALESCE(result->'held', '[]'::json)) h WHERE request_id = :id",
+                       id=request_id)
+    assert held  # the accounts system keeps bookkeeping records under a legal hold, until a date
+    section = _section(page, "Held records")
+    assert all(f"<td>{entity}</td>" in section and (until or "")[:10] in section for _s, entity, until in held)
+    full = console.login("api")  # read + submit: no subject scope either
+    assert JANE.email not in full.get(f"{console.base}/ui/requests/{request_id}", timeout=30).text
+
+
+def test_scheduled_actions_are_listed_and_cancelled_with_a_reason(console: Console) -> None:
+    email = JOHN.email.replace("@", f"+{uuid.uuid4().hex[:6]}@")
+    made = run_dsar(["account-deleted", "--email", email, "--grace", "30d", "--actor", "test", "--json"],
+                    console.env)
+    assert made.returncode == 0, made.stderr
+    action_id = int(re.search(r'"id":\s*(\d+)', made.stdout)[1])  # type: ignore[index]
+    viewer = console.login("viewer")
+    listed = viewer.get(f"{console.base}/ui/scheduled", timeout=30).text
+    assert f"<td>{action_id}</td>" in listed and email not in listed
+    assert f"/ui/scheduled/{action_id}/cancel" not in listed  # no form without the act scope
+    refused = viewer.post(f"{console.base}/ui/scheduled/{action_id}/cancel", timeout=30,
+                          data={"csrf": csrf_of(listed), "reason": "viewer tries"})
+    assert refused.status_code == 403
+
+    operator = console.login("operator")
+    page = operator.get(f"{console.base}/ui/scheduled", timeout=30).text
+    assert f'action="/ui/scheduled/{action_id}/cancel"' in page
+    blank = operator.post(f"{console.base}/ui/scheduled/{action_id}/cancel", timeout=30,
+                          data={"csrf": csrf_of(page), "reason": "  "})
+    assert blank.status_code == 200 and "a reason for cancelling is required" in html.unescape(blank.text)
+    assert console.sql("SELECT status FROM scheduled_actions WHERE id = :id", id=action_id) == [("scheduled",)]
+    done = operator.post(f"{console.base}/ui/scheduled/{action_id}/cancel", timeout=30,
+                         data={"csrf": csrf_of(page), "reason": "the account was restored"})
+    assert done.status_code == 200 and f"Cancelled scheduled action {action_id}." in done.text
+    assert console.sql("SELECT status FROM scheduled_actions WHERE id = :id", id=action_id) == [("cancelled",)]
+    assert console.sql("SELECT actor, details->>'reason' FROM audit_events WHERE event = 'schedule.cancelled' AND "
+                       "details->>'action_id' = :id", id=str(action_id)) == [("ui:operator",
+                                                                              "the account was restored")]

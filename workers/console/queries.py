@@ -110,66 +110,17 @@ def is_request_id(value: str) -> bool:
     return bool(_UUID.match(value))
 
 
-@dataclass
-class Row:
-    id: str
-    type: str
-    status: str
-    ticket: str | None
-    subject_email: str
-    received_at: datetime
-    due_at: datetime
-    overdue: bool
-    days_left: int | None
-    extended: bool
-
-
-@dataclass
-class Listing:
-    rows: list[Row]
-    total: int  # matching the filters
-    page: int
-    pages: int
-    open: int  # in the whole ledger, whatever the filters
-    overdue: int
-
-
 def list_requests(rt: Runtime, *, status: str, type: str | None, overdue: bool, ticket: str | None, sort: str,
-                  page: int) -> Listing:
-    """One page of requests: three queries (the page, its count, the open and overdue totals), each on an index."""
-    now = rt.clock()
-    where: list[sa.ColumnElement[bool]] = []
-    if status == "open" or overdue:
-        where.append(LedgerRequest.status.in_(list(OPEN_STATUSES)))
-    if status not in ("open", "all"):
-        where.append(LedgerRequest.status == status)
-    if type:
-        where.append(LedgerRequest.type == type)
-    if overdue:
-        where.append(LedgerRequest.due_at < now)
-    if ticket:
-        where.append(LedgerRequest.ticket_ref == ticket)
-    column = LedgerRequest.due_at if sort.lstrip("-") == "due" else LedgerRequest.received_at
-    order = column.desc() if sort.startswith("-") else column.asc()
-    cols = (LedgerRequest.id, LedgerRequest.type, LedgerRequest.status, LedgerRequest.ticket_ref,
-            LedgerRequest.subject_email, LedgerRequest.received_at, LedgerRequest.due_at,
-            LedgerRequest.original_due_at)
-    is_open = LedgerRequest.status.in_(list(OPEN_STATUSES))
-    with rt.sessions() as s:
-        total = s.scalar(sa.select(sa.func.count()).select_from(LedgerRequest).where(*where)) or 0
-        pages = max(1, -(-total // PER_PAGE))
-        page = min(page, pages)
-        found = s.execute(sa.select(*cols).where(*where).order_by(order, LedgerRequest.id)
-                          .limit(PER_PAGE).offset((page - 1) * PER_PAGE)).all()
-        counts = s.execute(sa.select(sa.func.count(), sa.func.count().filter(LedgerRequest.due_at < now))
-                           .where(is_open)).one()
-    rows = []
-    for r in found:
-        open_ = r.status in OPEN_STATUSES
-        rows.append(Row(r.id, r.type, r.status, r.ticket_ref, r.subject_email, r.received_at, r.due_at,
-                        open_ and r.due_at < now, deadlines.days_left(r.due_at, now) if open_ else None,
-                        r.original_due_at is not None))
-    return Listing(rows, total, page, pages, counts[0], counts[1])
+                  page: int) -> lifecycle.RequestPage:
+    """One page of the list, with the open and overdue totals: lifecycle.list_requests, the very filters and order
+    of `dsar requests` and GET /v1/requests (status "all": no status filter). A page past the last (the list
+    shrank since the link was made) shows the last one."""
+    def one(page_no: int) -> lifecycle.RequestPage:
+        return lifecycle.list_requests(rt, status=None if status == "all" else status, type=type, overdue=overdue,
+                                       ticket=ticket, sort=sort, page=page_no, per_page=PER_PAGE, totals=True)
+
+    found = one(page)
+    return found if found.page <= found.pages else one(found.pages)
 
 
 # -- the lifecycle (discovery.engine.lifecycle: the same rules as the CLI and the API) ---------------------------

@@ -67,7 +67,20 @@ def test_confirm_completes_the_manual_steps_and_refuses_bad_input(cli: dict[str,
                       "--note", "Deleted the NULL-lead email_stats, page_hits and form_submissions rows"], env)
     assert first.returncode == 0, first.stderr
     assert "confirmed 1 task(s) of mautic" in first.stderr
-    assert status(env, request_id)["status"] == "awaiting_manual"  # FreshChat's step is still open
+    midway = status(env, request_id)
+    assert midway["status"] == "awaiting_manual"  # FreshChat's step is still open
+    # status: the step that was confirmed, by whom, when, with the note; the next action is the exact command.
+    (confirmed,) = midway["confirmed"]
+    assert confirmed == {"system": "mautic", "action": "erase", "by": "dpo", "at": confirmed["at"],
+                         "note": "Deleted the NULL-lead email_stats, page_hits and form_submissions rows"}
+    confirm_next = f'dsar confirm {request_id} --system freshchat --note "<what was done>"'
+    assert confirm_next in midway["next_actions"]
+    human = run_dsar(["status", request_id], env)
+    assert human.returncode == 0, human.stderr
+    assert (f"Confirmed: mautic erase by dpo at {confirmed['at'][:16].replace('T', ' ')}: Deleted the NULL-lead "
+            "email_stats, page_hits and form_submissions rows") in human.stdout.splitlines()
+    assert f"Next: {confirm_next}" in human.stdout.splitlines()
+    assert "Next: dsar confirm" not in human.stdout.replace(confirm_next, "")  # mautic's is not asked again
 
     again = run_dsar(["confirm", request_id, "--system", "mautic", "--note", "twice"], env)
     one_line_error(again, 2, "no task awaiting a manual step in system 'mautic'")

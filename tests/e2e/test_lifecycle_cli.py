@@ -3,6 +3,7 @@ each command, bad input (exit 2), an unknown id (exit 4) and a wrong state (exit
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,40 @@ def test_retry_after_a_failed_search(cli: dict[str, Any]) -> None:
     data = orjson.loads(retried.stdout)
     assert data["status"] == "completed" and data["relocated"] == {"accounts": None}
     assert dsar(cli, "retry", request_id).returncode == 8
+
+
+def test_token_extend_and_identity_verified_name_the_os_user_too(cli: dict[str, Any]) -> None:
+    """`token`, `extend`, `identity-verified` and `schedule cancel` take the same actor as the lifecycle commands: --actor, else the OS
+    user (getpass: $LOGNAME/$USER, else the password database), never a made-up "operator"; a blank one is
+    refused before anything changes."""
+    import pwd
+
+    import sqlalchemy as sa
+
+    env = {k: v for k, v in cli["env"].items() if k not in ("LOGNAME", "USER", "LNAME", "USERNAME")}
+    me = pwd.getpwuid(os.getuid()).pw_name
+    held = open_request(cli, JOHN.email)
+
+    assert run_dsar(["token", "create", "desk", "--scope", "read", "--actor", " "], env).returncode == 2
+    assert run_dsar(["extend", held, "--days", "10", "--reason", "complex", "--actor", ""], env).returncode == 2
+    blank = run_dsar(["identity-verified", held, "--note", "passport seen", "--actor", "  "], env)
+    assert blank.returncode == 2 and "--actor must name who acts" in blank.stderr
+    assert run_dsar(["schedule", "cancel", "1", "--reason", "restored", "--actor", " "], env).returncode == 2
+    assert run_dsar(["token", "list", "--json"], env).stdout.strip() == "[]"  # nothing was made
+
+    assert run_dsar(["token", "create", "desk", "--scope", "read"], env).returncode == 0
+    assert run_dsar(["token", "revoke", "desk", "--actor", "dpo-kari"], env).returncode == 0
+    extended = run_dsar(["extend", held, "--days", "10", "--reason", "many systems to search"], env)
+    assert extended.returncode == 0, extended.stderr
+
+    ledger = sa.create_engine(f"sqlite:///{cli['tmp'] / 'ledger.db'}")
+    try:
+        with ledger.connect() as conn:
+            rows = conn.execute(sa.text("SELECT event, actor FROM audit_events WHERE event IN "
+                                        "('api_token.created', 'api_token.revoked', 'request.extended') "
+                                        "ORDER BY id")).all()
+    finally:
+        ledger.dispose()
+    assert [tuple(r) for r in rows] == [("api_token.created", me), ("api_token.revoked", "dpo-kari"),
+                                        ("request.extended", me)]
+    assert me not in ("", "operator")

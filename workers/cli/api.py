@@ -13,11 +13,11 @@ from discovery.engine import pipeline
 from discovery.engine.settings import load_settings
 from discovery.intake import api_tokens, download_tokens
 from discovery.schedule import deadlines
-from workers.cli.common import EXIT_CONFIG, emit, errors_to_exit, fail, main, runtime, wait_for
+from workers.cli.common import EXIT_CONFIG, actor_or_user, emit, errors_to_exit, fail, main, runtime, wait_for
 from workers.inprocess import in_process_worker_if_embedded
 
-_ACTOR = click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
-                      help="Who does this (kept in the audit log).")
+# No default here: actor_or_user names the OS user (never a made-up "operator") and refuses a blank --actor.
+_ACTOR = click.option("--actor", help="Who does this, kept in the audit log (default: the OS user).")
 
 
 @main.command("serve")
@@ -76,10 +76,10 @@ def token_group() -> None:
 @_ACTOR
 @click.pass_context
 def token_create_cmd(ctx: click.Context, name: str, scopes: tuple[str, ...], expires_days: int | None,
-                     as_json: bool, actor: str) -> None:
+                     as_json: bool, actor: str | None) -> None:
     """Create a token and print it once (only its hash is kept)."""
     with errors_to_exit():
-        info, token = api_tokens.create_token(runtime(ctx), name, list(scopes), actor,
+        info, token = api_tokens.create_token(runtime(ctx), name, list(scopes), actor_or_user(actor),
                                               timedelta(days=expires_days) if expires_days else None)
         if as_json:
             emit({**info.to_dict(), "token": token}, True, lambda: None)
@@ -112,10 +112,10 @@ def token_list_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @_ACTOR
 @click.pass_context
-def token_revoke_cmd(ctx: click.Context, name: str, actor: str) -> None:
+def token_revoke_cmd(ctx: click.Context, name: str, actor: str | None) -> None:
     """Revoke a token at once (its name stays taken)."""
     with errors_to_exit():
-        api_tokens.revoke_token(runtime(ctx), name, actor)
+        api_tokens.revoke_token(runtime(ctx), name, actor_or_user(actor))
         click.echo(f"token '{name}' revoked", err=True)
 
 
@@ -149,15 +149,16 @@ def overdue_cmd(ctx: click.Context, within_days: int, as_json: bool) -> None:
 @click.option("--note", required=True, help="How the identity was checked (kept in the audit log).")
 @_ACTOR
 @click.pass_context
-def identity_verified_cmd(ctx: click.Context, request_id: str, note: str, actor: str) -> None:
+def identity_verified_cmd(ctx: click.Context, request_id: str, note: str, actor: str | None) -> None:
     """Release a request held in awaiting_verification: the requester may act for the subject."""
     with errors_to_exit():
+        who = actor_or_user(actor)
         from workers import app
         from workers.actors import WAKE
 
         rt = runtime(ctx)
         with in_process_worker_if_embedded(app.is_embedded()):
-            pipeline.verify_request(rt, WAKE, request_id, actor, note)
+            pipeline.verify_request(rt, WAKE, request_id, who, note)
             click.echo(f"request {request_id}: identity verified; it proceeds", err=True)
             if app.is_embedded():
                 wait_for(rt, request_id, 600, show=True)
@@ -170,10 +171,11 @@ def identity_verified_cmd(ctx: click.Context, request_id: str, note: str, actor:
 @click.option("--json", "as_json", is_flag=True)
 @_ACTOR
 @click.pass_context
-def extend_cmd(ctx: click.Context, request_id: str, days: int, reason: str, as_json: bool, actor: str) -> None:
+def extend_cmd(ctx: click.Context, request_id: str, days: int, reason: str, as_json: bool,
+               actor: str | None) -> None:
     """Extend a request's deadline, recording the reason (audited)."""
     with errors_to_exit():
-        ext = deadlines.extend(runtime(ctx), request_id, days, reason, actor)
+        ext = deadlines.extend(runtime(ctx), request_id, days, reason, actor_or_user(actor))
         data = {"id": ext.request_id, "due_at": ext.due_at.isoformat(),
                 "original_due_at": ext.original_due_at.isoformat(), "latest_possible": ext.latest_possible.isoformat()}
         emit(data, as_json, lambda: click.echo(

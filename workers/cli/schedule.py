@@ -31,7 +31,7 @@ from discovery.engine.ledger import ScheduledAction
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import ConfigError, load_settings
 from discovery.schedule import inactivity, marketing, periodic, scheduler
-from workers.cli.common import EXIT_FAILED, emit, errors_to_exit, main, wait_for
+from workers.cli.common import EXIT_FAILED, actor_or_user, emit, errors_to_exit, main, wait_for
 from workers.inprocess import in_process_worker_if_embedded
 
 CLOCK_ENV = "DSAR_NOW"
@@ -156,10 +156,11 @@ def scheduler_cmd(ctx: click.Context, once: bool, batch: int | None, timeout: fl
 @main.command("account-deleted")
 @click.option("--email", required=True, help="The e-mail of the deleted account.")
 @click.option("--grace", help="Erase after this long, e.g. 30d, 12h, 2w (default: schedule.grace_days).")
-@click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER")
+@click.option("--actor", help="Who does this, kept in the audit log (default: the OS user).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def account_deleted_cmd(ctx: click.Context, email: str, grace: str | None, actor: str, as_json: bool) -> None:
+def account_deleted_cmd(ctx: click.Context, email: str, grace: str | None, actor: str | None,
+                        as_json: bool) -> None:
     """An account was deleted: schedule its erasure after the grace period (cancel it if the account is restored)."""
     with errors_to_exit():
         from connectors.emails import normalise_email
@@ -167,7 +168,7 @@ def account_deleted_cmd(ctx: click.Context, email: str, grace: str | None, actor
         normalise_email(email)  # refuse bad input before touching any service
         delta = scheduler.parse_duration(grace) if grace is not None else None
         rt = schedule_runtime(ctx)
-        action, created = scheduler.account_deletion(rt, email, delta, actor)
+        action, created = scheduler.account_deletion(rt, email, delta, actor_or_user(actor))
         data = {**_action_data(action), "created": created}
 
         def human() -> None:
@@ -212,13 +213,13 @@ def schedule_list_cmd(ctx: click.Context, include_closed: bool, email: str | Non
 @schedule_group.command("cancel")
 @click.argument("action_id", type=int)
 @click.option("--reason", required=True, help="Why (kept in the audit log), e.g. 'account restored'.")
-@click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER")
+@click.option("--actor", help="Who does this, kept in the audit log (default: the OS user).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def schedule_cancel_cmd(ctx: click.Context, action_id: int, reason: str, actor: str, as_json: bool) -> None:
+def schedule_cancel_cmd(ctx: click.Context, action_id: int, reason: str, actor: str | None, as_json: bool) -> None:
     """Cancel a scheduled action, e.g. because the account was restored."""
     with errors_to_exit():
-        action = scheduler.cancel(schedule_runtime(ctx), action_id, reason, actor)
+        action = scheduler.cancel(schedule_runtime(ctx), action_id, reason, actor_or_user(actor))
         data = _action_data(action)
         emit(data, as_json, lambda: click.echo(f"Cancelled #{action.id} ({action.kind}, was due "
                                                f"{action.due_at:%Y-%m-%d}): {reason}"))

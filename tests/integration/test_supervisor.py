@@ -213,6 +213,42 @@ def test_with_no_worker_alive_status_check_and_readyz_say_since_when(stack: Stac
     assert wait_until(finished, 90, "the request to complete")["workers"] is None
 
 
+def test_readyz_names_an_unreachable_broker_and_ledger(stack: Stack, pg_admin: sa.Engine) -> None:
+    """GET /readyz checks the ledger and the broker too, not only the workers: each that does not answer is a
+    reason of the 503."""
+    start_pool(stack, 1)
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    ports = {"ok": free_port(), "no_broker": free_port()}
+    stack.spawn("serve", ["serve", "--host", "127.0.0.1", "--port", str(ports["ok"])])
+    stack.env = {**stack.env, "DSAR_BROKER_URL": dead_redis}
+    stack.spawn("serve-nobroker", ["serve", "--host", "127.0.0.1", "--port", str(ports["no_broker"])])
+
+    def ready(port: int) -> tuple[int, Any] | None:
+        try:
+            got = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            return got.status_code, got.json()
+        except requests.ConnectionError:
+            return None
+
+    assert wait_until(lambda: ready(ports["ok"]), 60, "dsar serve")[0] == 200
+    status, body = wait_until(lambda: ready(ports["no_broker"]), 60, "dsar serve without its broker")
+    assert status == 503 and [d["check"] for d in body["error"]["details"]] == ["broker"], body
+
+    ledger = stack.ledger.url.database
+    with pg_admin.connect() as conn:  # the test's own ledger database stops taking connections
+        conn.execute(sa.text(f'ALTER DATABASE "{ledger}" ALLOW_CONNECTIONS false'))
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"),
+                     {"db": ledger})
+    try:
+        status, body = wait_until(lambda: ready(ports["ok"]), 30, "dsar serve again")
+        assert status == 503 and {"check": "ledger", "message": "ledger database unreachable"} in body[
+            "error"]["details"], body
+    finally:
+        with pg_admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{ledger}" ALLOW_CONNECTIONS true'))
+    assert wait_until(lambda: (ready(ports["ok"]) or (0,))[0] == 200, 30, "ready again")
+
+
 def test_a_worker_whose_supervisor_was_killed_stops(stack: Stack) -> None:
     sup, (beat,) = start_pool(stack, 1)
     os.kill(sup.pid, signal.SIGKILL)

@@ -83,7 +83,7 @@ def test_a_norwegian_erasure_page_has_no_english_receipt_plan_or_provenance_text
     assert "ville endret poster med 1 identifikator(er) som ikke tilhører denne personen" in page
     # how we found her
     assert "accounts: users (funnet direkte), kolonnen phone" in page
-    assert "(funnet via e-postadresse, for den konfigurerte eieren), feltet contactId" in page
+    assert "(funnet via e-postadresse under eier 1 i datakartets eierliste), feltet contactId" in page
     assert re.search(r"matomo: besøk \d+/\d+ \(userId-en er din\), feltet visitorId", page)
 
     # ... then FreshChat, confirmed: the profile blanked, a manual step, and records left alone.

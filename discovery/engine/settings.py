@@ -232,7 +232,6 @@ class ScheduleSettings(_Section):
     bundle_expiry_hours: float = Field(24.0, ge=0, le=24 * 31)
     ledger_purge_hours: float = Field(24.0, ge=0, le=24 * 31)
 
-
     @field_validator("webhook_url")
     @classmethod
     def _webhook_is_http(cls, value: str) -> str:

@@ -128,9 +128,9 @@ def test_retry_after_a_failed_search(cli: dict[str, Any]) -> None:
 
 
 def test_token_extend_and_identity_verified_name_the_os_user_too(cli: dict[str, Any]) -> None:
-    """`token`, `extend`, `identity-verified` and `schedule cancel` take the same actor as the lifecycle commands: --actor, else the OS
-    user (getpass: $LOGNAME/$USER, else the password database), never a made-up "operator"; a blank one is
-    refused before anything changes."""
+    """`token`, `extend`, `identity-verified` and `schedule cancel` take the same actor as the lifecycle commands:
+    --actor, else the OS user (getpass: $LOGNAME/$USER, else the password database), never a made-up "operator";
+    a blank one is refused before anything changes."""
     import pwd
 
     import sqlalchemy as sa

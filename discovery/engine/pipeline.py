@@ -829,7 +829,8 @@ def _merge(rt: Runtime, request_id: str, owner: str,
         if lease_is_live(req, now):
             log.info("request.merge_busy", request_id=request_id)
             return None  # another process is merging it right now
-        if req.lease_owner is not None:
+        dead = req.lease_owner  # a merge whose lease lapsed: it may have stored its bundle and died recording it
+        if dead is not None:
             log.warning("request.merge_taken_over", request_id=request_id)
             audit(s, "request.merge_taken_over", "worker", req)
         req.lease_until, req.lease_owner = now + lease, owner
@@ -907,6 +908,14 @@ def _merge(rt: Runtime, request_id: str, owner: str,
         except Exception as exc:  # an orphan object, named in the log; the recorded bundle is untouched
             log.warning("request.orphan_bundle", request_id=request_id, error=one_line(exc))
         return None
+    if dead is not None:
+        # A merge killed between storing its bundle and recording it left a whole copy of the person's data that no
+        # ledger row names (bundle expiry would never find it): remove it. One still running finds itself
+        # superseded and removes its own.
+        try:
+            store.delete_uri(store.uri_for(bundle_key(request_id, dead)))
+        except Exception as exc:
+            log.warning("request.orphan_bundle", request_id=request_id, error=one_line(exc))
     rt.staging.discard(request_id)
     log.info("request.completed", request_id=request_id, status=str(req.status), records=sum(built.counts.values()),
              bundle_size=built.size)

@@ -132,9 +132,12 @@ def test_beats_beside_rabbitmq_live_in_the_redis_of_broker_redis_url(tmp_path: P
 def test_the_vhost_fixture_deletes_only_its_own(tmp_path: Path) -> None:
     listed = lambda: set(subprocess.run([RABBITMQCTL, "-q", "list_vhosts"], capture_output=True,  # noqa: E731
                                         text=True, timeout=60).stdout.split())
+    # RabbitMQ is shared: other programs may add or remove their own vhosts meanwhile, so only ours is compared
     before = listed()
     vhost = RabbitVhost()
-    assert listed() == before | {vhost.name} and vhost.name.startswith("dsar-test-")
+    during = listed()
+    assert vhost.name in during and vhost.name not in before and vhost.name.startswith("dsar-test-")
     vhost.stop()
     vhost.stop()  # once only
-    assert listed() == before
+    after = listed()
+    assert vhost.name not in after and (before & during) <= after  # nothing that was there went with it

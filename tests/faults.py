@@ -45,6 +45,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import sqlalchemy as sa
 
+from tests.conftest import BrokerWakeups, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------------------------- faults
@@ -400,12 +402,6 @@ class TcpProxy:
 # ---------------------------------------------------------------------------------------------- Redis
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class OwnRedis:
     """A redis-server of this test's own: `aof=True` appends every write (fsync every second), else no persistence.
     `kill()` is SIGKILL (nothing flushed); `start()` brings it back on the same port and directory."""
@@ -605,35 +601,6 @@ def seed_synthetic(accounts: sa.Engine, sims: dict[str, Any], people: list[Synth
 # ---------------------------------------------------------------------------------------------- the world
 
 
-class RedisWakeups:
-    """Sends wake-ups to the deployment's queue the way workers.actors does, without importing it (it binds this
-    process's broker): the broker and queue name come from the settings, as the workers' do."""
-
-    def __init__(self, settings: Any) -> None:
-        from workers.app import make_broker
-
-        self.broker = make_broker(settings)
-        self.queue = getattr(settings.broker, "namespace", "") or "dsar"
-
-    def _send(self, actor: str, arg: Any) -> None:
-        import dramatiq
-
-        self.broker.enqueue(dramatiq.Message(queue_name=self.queue, actor_name=actor, args=(arg,), kwargs={},
-                                             options={}))
-
-    def discover(self, request_id: str) -> None:
-        self._send("discover", request_id)
-
-    def execute(self, task_id: int) -> None:
-        self._send("execute", task_id)
-
-    def merge(self, request_id: str) -> None:
-        self._send("merge", request_id)
-
-    def close(self) -> None:
-        self.broker.close()
-
-
 TERMINAL = {"completed", "completed_with_errors", "failed", "denied", "cancelled"}
 TERMINAL_TASKS = {"done", "failed", "unsupported", "cancelled"}
 
@@ -747,7 +714,7 @@ class FaultWorld:
         self.rt = Runtime(load_settings(self.config, env), env=env)
         stack.callback(self.rt.close)
         db.upgrade(self.rt.engine)
-        self.wake = RedisWakeups(self.rt.settings)
+        self.wake = BrokerWakeups(self.rt.settings)
         stack.callback(self.wake.close)
         self.worker = Worker(env, self.tmp / "worker.log")
         stack.callback(self.worker.stop)

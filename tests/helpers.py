@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,3 +77,14 @@ def sandbox_world(tmp_path: Path, now: Callable[[], datetime] | None = None,
         finally:
             rt.close()
             accounts.dispose()
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60, what: str = "condition", every: float = 0.2) -> Any:
+    """`check()`'s first truthy value within `timeout` seconds, else an AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import redis
 
 from discovery.engine.settings import load_settings
 from tests.conftest import RABBITMQCTL, ROOT, SECRET, _unavailable, write_config
+from tests.helpers import wait_until
 from workers import heartbeat
 from workers.app import make_broker
 
@@ -148,14 +149,6 @@ def other_dsar(tmp_path: Path) -> Iterator[dict[str, Any]]:
         client.close()
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_the_suite_leaves_another_dsar_on_the_shared_redis_untouched(other_dsar: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from discovery.engine.ledger import OPEN_STATUSES, AuditEvent, Request, Task
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
 from tests.conftest import ROOT, SECRET, BrokerWakeups, write_config
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +61,6 @@ def stack(tmp_path: Path, pg_database: Callable[[], str], broker_url: str) -> It
         rt.close()
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def queued(wake: BrokerWakeups) -> dict[str, int]:

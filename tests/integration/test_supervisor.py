@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from discovery.engine.settings import load_settings
 from sandbox.people import JANE
 from tests.conftest import ROOT, dsar_env, free_port, run_dsar, seed_accounts, write_config
+from tests.helpers import wait_until
 from workers import heartbeat, supervisor
 
 pytestmark = pytest.mark.integration
@@ -50,14 +51,6 @@ def parent_of(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Stack:

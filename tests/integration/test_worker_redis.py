@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import sqlalchemy as sa
 
 from sandbox.people import JANE
 from tests.conftest import ROOT, dsar_env, run_dsar, seed_accounts, write_config
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,6 @@ def kill(proc: subprocess.Popen[bytes], sig: int) -> None:
             proc.wait()
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_access_request_through_a_real_worker(stack: dict[str, Any], tmp_path: Path) -> None:

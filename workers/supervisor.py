@@ -264,7 +264,9 @@ def child_main(threads: int, slot: int) -> int:
     except (dramatiq.BrokerConnectionError, redis.RedisError, pika.exceptions.AMQPError) as exc:
         print(f"dsar worker: broker unreachable ({type(exc).__name__})", file=sys.stderr, flush=True)
         return CHILD_UNAVAILABLE
-    log.info("worker.ready", slot=slot, pid=os.getpid(), threads=threads)
+    # Dramatiq's own CLI says "Worker process is ready for action." here; scripts that wait for that line (the
+    # side-by-side harness in ../shared/peers/fides) work with `dsar worker` too.
+    log.info("worker.ready", slot=slot, pid=os.getpid(), threads=threads, said="Worker process is ready for action.")
     while not stop.wait(1.0):
         if os.getppid() != supervisor:
             log.warning("worker.orphaned", slot=slot, pid=os.getpid())  # the supervisor was killed: stop too

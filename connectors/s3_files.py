@@ -17,9 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors.base import Attachment, ConnectorContext, ConnectorError, PermanentError, TransientError
@@ -102,6 +99,11 @@ class S3Files:
         if settings.access_key_env or settings.secret_key_env:
             keys = {"aws_access_key_id": ctx.secret(system, "s3.access_key_env", settings.access_key_env),
                     "aws_secret_access_key": ctx.secret(system, "s3.secret_key_env", settings.secret_key_env)}
+        # boto3 and botocore only here: ~25 MB and 350 modules that a process whose data map has no files in S3
+        # never needs (this module is imported by every data map's validation, connectors/sql_map.py)
+        import boto3
+        from botocore.config import Config
+
         style = "path" if settings.endpoint_url else "auto"  # S3-compatible servers rarely do virtual hosts
         self.client: Any = boto3.client(
             "s3", endpoint_url=settings.endpoint_url or None, region_name=settings.region,
@@ -187,6 +189,8 @@ class S3Files:
 
     @contextmanager
     def _errors(self, call: str, bucket: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError  # loaded by __init__ already
+
         try:
             yield
         except ClientError as exc:

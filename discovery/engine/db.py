@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _UPGRADE_LOCK = 74_017_001  # PostgreSQL advisory lock id: one process upgrades at a time
+_REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\s*(?::[^=]*)?=\s*(None|['\"]([^'\"]+)['\"])\s*$", re.MULTILINE)
 
 
 class LedgerUnavailable(Exception):
@@ -67,6 +69,15 @@ def reachable(engine: sa.Engine) -> Iterator[None]:
 
 def upgrade(engine: sa.Engine) -> None:
     """Bring the ledger schema to the newest revision; safe to call from every process at start."""
+    head = head_revision()
+    with reachable(engine), engine.connect() as conn:
+        if head is not None and current_revision(conn) == head:
+            return  # nothing to do, and Alembic need not be loaded to find that out
+    # Alembic (and Mako under it) only when there is something to upgrade: ~10 MB and 400 modules that a long-running
+    # process (`dsar serve`, `dsar worker`'s children) would otherwise carry for its whole life after one check.
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with reachable(engine), engine.begin() as conn:
@@ -74,3 +85,26 @@ def upgrade(engine: sa.Engine) -> None:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def current_revision(conn: sa.Connection) -> str | None:
+    """The ledger's Alembic revision (its alembic_version row); None for a ledger without one."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+    return rows[0] if len(rows) == 1 else None
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The newest revision of migrations/versions, read from the scripts' `revision` and `down_revision` lines (what
+    Alembic reads too); None unless the history is one line with one head (Alembic then decides)."""
+    revisions: dict[str, str | None] = {}
+    for script in (MIGRATIONS / "versions").glob("*.py"):
+        text = script.read_text(encoding="utf-8")
+        rev, down = _REVISION.search(text), _DOWN_REVISION.search(text)
+        if rev is None or down is None:
+            return None
+        revisions[rev.group(1)] = down.group(2)
+    heads = set(revisions) - set(revisions.values())
+    return heads.pop() if len(heads) == 1 else None

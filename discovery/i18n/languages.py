@@ -21,13 +21,13 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from babel.dates import format_date, format_time
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
-from babel.numbers import format_currency, format_decimal
-from babel.support import Translations
+# Babel is imported where a text is translated or a date or number written, not here: the data map's validation
+# imports this module (LANGUAGES, Text) in every process, most of which never write to a person (the API, a worker
+# until it builds a bundle page).
+if TYPE_CHECKING:
+    from babel.support import Translations
 
 
 # code (what requests, settings and the data map say) -> Babel locale (how dates and numbers are written).
@@ -70,6 +70,10 @@ def catalogue_path(code: str) -> Path:
 
 @functools.cache
 def _translations(code: str) -> Translations:
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+    from babel.support import Translations
+
     with catalogue_path(code).open("rb") as po:
         catalog = read_po(po, locale=LANGUAGES[code], domain=DOMAIN)
     mo = io.BytesIO()
@@ -111,6 +115,8 @@ class Language:
         moment = _moment(value)
         if moment is None:
             return "" if value is None else str(value)
+        from babel.dates import format_date
+
         return format_date(moment, "long", locale=self.locale)
 
     def datetime(self, value: datetime | str | None) -> str:
@@ -119,16 +125,22 @@ class Language:
         if not isinstance(moment, datetime):
             return self.date(moment) if moment else ("" if value is None else str(value))
         moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        from babel.dates import format_date, format_time
+
         return self.gettext("{date} at {time} UTC").format(
             date=format_date(moment, "long", locale=self.locale),
             time=format_time(moment, "HH:mm", tzinfo=UTC, locale=self.locale))
 
     def number(self, value: int | float | Decimal | None) -> str:
         """1 234 / 1,234."""
+        from babel.numbers import format_decimal
+
         return "" if value is None else format_decimal(value, locale=self.locale)
 
     def money(self, amount: int | float | Decimal, currency: str = "NOK") -> str:
         """1 234,50 kr / NOK 1,234.50."""
+        from babel.numbers import format_currency
+
         return format_currency(amount, currency, locale=self.locale)
 
 

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from discovery.mapping import THRESHOLD as THRESHOLD
 from discovery.mapping import detectors as d
 from discovery.mapping import names as n
 
-THRESHOLD = 0.6
 MIN_VALUES = 3  # fewer sampled values than this: the name decides alone
 # the type families (connectors.sql_values.kind) whose values the detectors read
 TEXTUAL = frozenset({"text", "enum", "other"})

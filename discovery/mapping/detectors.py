@@ -13,10 +13,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import phonenumbers
-from stdnum import iban as _iban
-from stdnum import luhn
-from stdnum.no import fodselsnummer, kontonr, orgnr
+# phonenumbers and python-stdnum (~4 MB and 150 modules, most of it number metadata) are imported by the detectors
+# that use them, when a scan first asks: `dsar check` and `dsar serve` import this module through
+# discovery.mapping.diff and the CLI without ever looking at a sampled value.
 
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
 _EMAIL_IN = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -53,6 +52,8 @@ def is_phone(value: str) -> bool:
     """A valid number for its country (Norway when no +country code is given)."""
     if not _PHONE_SHAPE.match(value):
         return False
+    import phonenumbers
+
     try:
         number = phonenumbers.parse(value, "NO")
     except phonenumbers.NumberParseException:
@@ -67,6 +68,8 @@ def is_formatted_phone(value: str) -> bool:
 
 def is_fodselsnummer(value: str) -> bool:
     """Norwegian fødselsnummer or D-number (python-stdnum: birth date and both mod-11 check digits)."""
+    from stdnum.no import fodselsnummer
+
     number = digits(value)
     return len(number) == 11 and number.isdigit() and bool(fodselsnummer.is_valid(number))
 
@@ -74,25 +77,33 @@ def is_fodselsnummer(value: str) -> bool:
 def is_kontonummer(value: str) -> bool:
     """Norwegian bank account number (11 digits, mod 11). Every valid fødselsnummer passes this check too, so
     the classifier asks is_fodselsnummer first."""
+    from stdnum.no import kontonr
+
     number = digits(value)
     return len(number) == 11 and number.isdigit() and bool(kontonr.is_valid(number))
 
 
 def is_orgnr(value: str) -> bool:
     """Norwegian organisation number (9 digits, mod 11): a company's, not a person's."""
+    from stdnum.no import orgnr
+
     number = digits(value)
     return len(number) == 9 and number.isdigit() and bool(orgnr.is_valid(number))
 
 
 def is_iban(value: str) -> bool:
+    from stdnum import iban
+
     compact = value.replace(" ", "")
-    return 15 <= len(compact) <= 34 and compact[:2].isalpha() and bool(_iban.is_valid(compact))
+    return 15 <= len(compact) <= 34 and compact[:2].isalpha() and bool(iban.is_valid(compact))
 
 
 def is_card(value: str) -> bool:
     """A payment card number: 13 to 19 digits, an issuer's first digit (2-6), Luhn check."""
     if not _CARD_SHAPE.match(value):
         return False
+    from stdnum import luhn
+
     number = value.replace(" ", "").replace("-", "")
     return 13 <= len(number) <= 19 and number[0] in "23456" and bool(luhn.is_valid(number))
 

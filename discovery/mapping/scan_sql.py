@@ -25,10 +25,10 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from connectors import sql_values
 from connectors.redact import redact
+from discovery.mapping import SAMPLE_ROWS as SAMPLE_ROWS
 from discovery.mapping import names as n
 from discovery.mapping.classify import THRESHOLD, classify
 
-SAMPLE_ROWS = 50
 MAX_TABLES = 5000
 STATEMENT_TIMEOUT_S = 15
 TEXT_PREFIX = 1000  # characters of a text value the database sends

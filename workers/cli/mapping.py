@@ -10,20 +10,20 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from connectors.base import ConnectorContext
-from connectors.registry import build
 from discovery.engine.datamap import DataMap, load_data_map
 from discovery.engine.settings import load_settings
-from discovery.mapping import diff as drift
-from discovery.mapping.classify import THRESHOLD
-from discovery.mapping.propose import propose
-from discovery.mapping.scan_sql import SAMPLE_ROWS, SqlScan, SqlScanner, Unreachable, infer_references
-from discovery.mapping.scan_vendors import VendorScan, scan_vendor
+from discovery.mapping import SAMPLE_ROWS, THRESHOLD
 from workers.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE, emit, errors_to_exit, fail, main
+
+# The scanners and their detectors are imported by the commands that scan: every other `dsar` command (`dsar serve`,
+# `dsar worker` ...) builds this module's click commands too and never scans.
+if TYPE_CHECKING:
+    from discovery.mapping.scan_sql import SqlScan, SqlScanner
+    from discovery.mapping.scan_vendors import VendorScan
 
 
 @main.group("datamap")
@@ -64,6 +64,9 @@ def _url(system: str, url_env: str) -> str:
 def scan_cmd(ctx: click.Context, system: str, url_env: str | None, links: tuple[str, ...], sample: int,
              threshold: float, max_tables: int, out: Path | None, as_json: bool) -> None:
     """Classify every column of SYSTEM (SQL), or list a vendor system's custom fields."""
+    from discovery.mapping.propose import propose
+    from discovery.mapping.scan_sql import SqlScanner, Unreachable, infer_references
+
     with errors_to_exit():
         data_map = _data_map(ctx)
         entry = data_map.systems.get(system)
@@ -126,6 +129,10 @@ def _human_scan(scan: SqlScan, fragment: str | None) -> None:
 
 
 def _scan_vendor_cmd(ctx: click.Context, data_map: DataMap, system: str, as_json: bool) -> None:
+    from connectors.base import ConnectorContext
+    from connectors.registry import build
+    from discovery.mapping.scan_vendors import scan_vendor
+
     settings = load_settings(ctx.obj.get("config"))
     entry = data_map.systems[system]
     connector = build(system, entry.info.kind, entry.settings,
@@ -156,6 +163,9 @@ def _human_vendor(result: VendorScan) -> None:
 @click.pass_context
 def diff_cmd(ctx: click.Context, systems: tuple[str, ...], sample: int, as_json: bool) -> None:
     """What the live SQL systems hold that the data map does not; exit 1 when anything is found."""
+    from discovery.mapping import diff as drift
+    from discovery.mapping.scan_sql import SqlScanner, Unreachable
+
     with errors_to_exit():
         data_map = _data_map(ctx)
         specs = drift.sql_systems(data_map)

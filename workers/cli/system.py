@@ -16,7 +16,6 @@ from discovery.engine import pipeline
 from discovery.engine.datamap import record_gaps, untranslated
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
-from discovery.mapping.diff import check_warnings
 from workers.cli.common import EXIT_CONFIG, EXIT_FAILED, emit, errors_to_exit, fail, main, runtime
 
 if TYPE_CHECKING:
@@ -58,6 +57,8 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
             health = connector.check()
             results[name] = {"ok": health.ok, "problems": health.problems, "warnings": health.warnings}
             if rt.data_map.systems[name].info.kind == "sql" and health.ok:  # schema drift (dsar datamap diff)
+                from discovery.mapping.diff import check_warnings  # the scanners: not for every `dsar` command
+
                 results[name]["warnings"] += check_warnings(rt.data_map, name, rt.env)
         rt.close()
         ok = all(r["ok"] for r in results.values())

@@ -7,21 +7,24 @@ Every POST checks the form's `csrf` field against the session's token first (`ch
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader
 from starlette.datastructures import FormData
 
 from discovery.engine import lifecycle
 from discovery.engine.runtime import Runtime
 from workers.console import sessions
 from workers.console.sessions import Who
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/ui"
@@ -57,14 +60,22 @@ def mask_value(value: Any) -> str:
     return text[:2] + "***" if len(text) > 4 else "***"
 
 
-ENV = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
-                  trim_blocks=True, lstrip_blocks=True)
-ENV.filters.update(when=_when, day=_day, mask=mask_email, mask_value=mask_value, q=lambda v: quote(str(v), safe=""))
+@functools.cache
+def templates() -> Environment:
+    """The console's templates, made on the first page: Jinja2 is imported then, not by every `dsar serve` whose
+    console nobody opens (it is the API's only user of Jinja2)."""
+    from jinja2 import Environment, FileSystemLoader
+
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True,
+                      lstrip_blocks=True)
+    env.filters.update(when=_when, day=_day, mask=mask_email, mask_value=mask_value,
+                       q=lambda v: quote(str(v), safe=""))
+    return env
 
 
 def page(request: Request, template: str, who: Who | None, status: int = 200, **context: Any) -> HTMLResponse:
     context = {"notice": None, "error": None, **context}
-    html = ENV.get_template(template).render(who=who, prefix=PREFIX, path=request.url.path,
+    html = templates().get_template(template).render(who=who, prefix=PREFIX, path=request.url.path,
                                              scopes={"act": SCOPE_ACT, "subject": SCOPE_SUBJECT}, **context)
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 

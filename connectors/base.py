@@ -320,6 +320,9 @@ class Connector(abc.ABC):
 
     name: str
     entities: tuple[str, ...] = ()
+    # A task of this system is quick and local (a query on our own database: no vendor rate limit, no long call):
+    # the worker that plans it runs it at once instead of handing it on through the broker.
+    runs_inline: bool = False
 
     @abc.abstractmethod
     def locate(self, identities: Identities) -> Hits: ...

@@ -137,6 +137,9 @@ class SqlConnector(Connector):
         self._tables: dict[str, sa.Table] = {}
         self._tables_lock = threading.Lock()
         self.s3 = S3Files(name, spec.s3, ctx) if spec.s3 else None
+        # Queries on our own database run where they are planned; a system with files in S3 (invoices: a download
+        # per file) is handed on like the vendors', so the discovery's thread is not held for it.
+        self.runs_inline = self.s3 is None
 
     @classmethod
     def from_settings(cls, name: str, settings: dict[str, Any], ctx: ConnectorContext) -> SqlConnector:

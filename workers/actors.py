@@ -51,20 +51,9 @@ class ActorWakeups:
 WAKE = ActorWakeups()
 
 
-class MergeInline(ActorWakeups):
-    """For the task that finishes a request: merge in the same worker thread instead of another trip
-    through the queue (one less wait for a consumer). If the merge fails, the merge actor retries it;
-    the sweeper catches anything lost."""
-
-    def merge(self, request_id: str) -> None:
-        try:
-            pipeline.merge_request(app.runtime(), request_id)
-        except Exception as exc:  # the merge actor decides whether it is worth another try
-            log.warning("merge.inline_failed", request_id=request_id, error=pipeline.one_line(exc))
-            merge.send(request_id)
-
-
-MERGE_INLINE = MergeInline()
+# What a worker thread runs itself rather than sending on: tasks of quick local systems (planned by its discovery)
+# and the merge of a request whose last task ended here (discovery/engine/pipeline.py InlineWakeups).
+INLINE = pipeline.InlineWakeups(app.runtime, WAKE)
 
 
 def handle(event: str, work: Callable[[], object], permanent: Callable[[str], None] | None = None,
@@ -88,14 +77,14 @@ def handle(event: str, work: Callable[[], object], permanent: Callable[[str], No
 
 @dramatiq.actor(queue_name=QUEUE, **_RETRY)  # type: ignore[call-overload, misc]
 def discover(request_id: str) -> None:
-    handle("discover", lambda: pipeline.run_discovery(app.runtime(), WAKE, request_id), request_id=request_id)
+    handle("discover", lambda: pipeline.run_discovery(app.runtime(), INLINE, request_id), request_id=request_id)
 
 
 @dramatiq.actor(queue_name=QUEUE, **_RETRY)  # type: ignore[call-overload, misc]
 def execute(task_id: int) -> None:
     # A failure the task could not record (its second, minimal write failed too) leaves it running: the sweeper
     # takes it over when its lease expires, and a task started more than max_attempts times is failed.
-    handle("execute", lambda: pipeline.execute_task(app.runtime(), MERGE_INLINE, task_id), task_id=task_id)
+    handle("execute", lambda: pipeline.execute_task(app.runtime(), INLINE, task_id), task_id=task_id)
 
 
 @dramatiq.actor(queue_name=QUEUE, **_RETRY)  # type: ignore[call-overload, misc]

@@ -49,7 +49,7 @@ from discovery.engine.pipeline import (
     report,
     run_completion_hooks,
 )
-from discovery.engine.runtime import Runtime
+from discovery.engine.runtime import Ended, Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -224,9 +224,10 @@ def _close(rt: Runtime, request_id: str, status: RequestStatus, reason: str, bas
         audit(s, f"request.{verb}", actor, req, reason=reason, basis=basis, previous_status=previous,
               tasks_stopped=stopped.rowcount)  # type: ignore[attr-defined]
         report(s, rt, req, "request.finished")  # the note and callback commit with the closing
+        ended = Ended.of(req)
     rt.staging.discard(request_id)  # nothing will be merged: staged personal data has no further use
     log.info(f"request.{verb}", request_id=request_id, basis=basis)
-    run_completion_hooks(rt, request_id)  # report back now: the ticket hears it was denied or cancelled, and why
+    run_completion_hooks(rt, ended)  # report back now: the ticket hears it was denied or cancelled, and why
     return _reload(rt, request_id)
 
 

@@ -56,7 +56,7 @@ from discovery.engine.ledger import (
     TaskStatus,
 )
 from discovery.engine.planner import NOT_FOUND, OUT_OF_SCOPE, PlanStep, SystemView, plan, refusals, tasks_of
-from discovery.engine.runtime import Runtime
+from discovery.engine.runtime import Ended, Runtime, TaskOutcome
 from discovery.i18n.languages import UnknownLanguage, language_code
 
 log = structlog.get_logger(__name__)
@@ -77,6 +77,42 @@ class Wakeups(Protocol):
     def discover(self, request_id: str) -> None: ...
     def execute(self, task_id: int) -> None: ...
     def merge(self, request_id: str) -> None: ...
+
+
+class InlineWakeups:
+    """Wake-ups for a worker thread that already holds a request's context: what is cheap and local runs here,
+    in this thread, instead of a trip through the broker (each trip is a message written, fetched and acknowledged,
+    and a wait for a free consumer); everything else goes to `send` (the actors' `.send`).
+
+    - Tasks of systems whose connector says `runs_inline` (a local database query: no vendor rate limit, no long
+      call) are claimed by the discovery that plans them, in its own transaction, and run right after it.
+    - The task that finishes a request merges it here, with the merge lease taken in the same transaction that saw
+      the request's last task end (no second claim). A merge that fails here is handed to the merge actor, which
+      decides whether it is worth another try; the sweeper catches anything lost.
+    """
+
+    def __init__(self, runtime: Callable[[], Runtime], send: Wakeups) -> None:
+        self.runtime, self.send = runtime, send
+
+    def discover(self, request_id: str) -> None:
+        self.send.discover(request_id)
+
+    def execute(self, task_id: int) -> None:
+        self.send.execute(task_id)
+
+    def merge(self, request_id: str) -> None:
+        try:
+            merge_request(self.runtime(), request_id)
+        except Exception as exc:
+            log.warning("merge.inline_failed", request_id=request_id, error=one_line(exc))
+            self.send.merge(request_id)
+
+    def merge_claimed(self, request_id: str, owner: str) -> None:
+        try:
+            merge_request(self.runtime(), request_id, owner=owner)
+        except Exception as exc:  # merge_request released our lease: the merge actor can claim it at once
+            log.warning("merge.inline_failed", request_id=request_id, error=one_line(exc))
+            self.send.merge(request_id)
 
 
 class RetryLater(Exception):
@@ -440,7 +476,8 @@ def fail_request(rt: Runtime, request_id: str, error: str, owner: str | None = N
         req.lease_until = req.lease_owner = None
         audit(s, "request.failed", "worker", req, error=error[:500])
         report(s, rt, req, "request.finished")
-    run_completion_hooks(rt, request_id)  # report back: the ticket hears that it failed
+        ended = Ended.of(req)
+    run_completion_hooks(rt, ended)  # report back: the ticket hears that it failed
     return True
 
 
@@ -493,6 +530,7 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
             wake.execute(task_id)
         return
 
+    inline = isinstance(wake, InlineWakeups)
     keeper = LeaseKeeper(rt, request_id, lease, owner=owner)
     try:
         asked = scoped_connectors(rt, scope)
@@ -509,9 +547,10 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
             # another delivery got here first, or took over after our lease lapsed: its plan is the one kept
             log.warning("request.discovery_superseded", request_id=request_id)
             return
-        have = {(i.type, i.value) for i in known_identities(s, request_id)}
+        # What the claim read: while we hold the discovery's lease, nothing else adds identities to this request.
+        have = {(i.type, i.value) for i in seed}
         for ident in found.identities:
-            if (ident.type.value, ident.value) not in have:
+            if (ident.type, ident.value) not in have:
                 s.add(SubjectIdentity(request_id=request_id, type=ident.type.value, value=ident.value,
                                       source=ident.source, via=ident.via or None,
                                       via_note=ident.via_note.to_dict() if ident.via_note else None,
@@ -526,9 +565,22 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
             s.add(Task(request_id=request_id, system=step.system, action=_CHANGE_TASK[rtype], entities=[],
                        status=TaskStatus.FAILED, error=step.reason))
         req.plan = [step.to_dict() for step in steps]
+        # Tasks of quick, local systems are claimed here, in this transaction, and run by this worker right after
+        # it (InlineWakeups); the others wait for a worker of their own.
+        here: list[Task] = []
+        sent: list[Task] = []
+        now = _now(rt)
         for (system, action), entities in wanted.items():
-            s.add(Task(request_id=request_id, system=system, action=action, entities=entities,
-                       status=TaskStatus.PENDING))
+            if inline and rt.connector(system).runs_inline:
+                task = Task(request_id=request_id, system=system, action=action, entities=entities,
+                            status=TaskStatus.RUNNING, attempts=1, lease_until=now + lease, started_at=now,
+                            updated_at=now)
+                here.append(task)
+            else:
+                task = Task(request_id=request_id, system=system, action=action, entities=entities,
+                            status=TaskStatus.PENDING)
+                sent.append(task)
+            s.add(task)
         req.status = RequestStatus.RUNNING if wanted else RequestStatus.MERGING
         req.lease_until = req.lease_owner = None
         audit(s, "request.planned", "worker", req, systems_found=sorted(n for n, h in found.hits.items() if h.found),
@@ -536,26 +588,50 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
               refused=sorted(step.system for step in refusals(steps)),
               identifiers_refused=found.refused or None, confirm_others=bool(confirm))
         s.flush()
-        task_ids = [t.id for t in s.scalars(sa.select(Task).where(Task.request_id == request_id,
-                                                                   Task.status == TaskStatus.PENDING))]
-    log.info("request.planned", request_id=request_id, tasks=len(task_ids), rounds=found.rounds,
+        claimed = [Claimed(t.id, request_id, t.system, t.action, list(t.entities), 1, None, 0, found.identities, now)
+                   for t in here]
+        task_ids = [t.id for t in sent]
+    log.info("request.planned", request_id=request_id, tasks=len(wanted), rounds=found.rounds,
              locate_errors=len(found.errors))
-    if task_ids:
-        for task_id in task_ids:
-            wake.execute(task_id)
-    else:
+    for task_id in task_ids:  # first, so they start on other workers while this one runs its own
+        wake.execute(task_id)
+    for job in claimed:
+        run_claimed(rt, wake, job)
+    if not wanted:
         wake.merge(request_id)
 
 
 # -- execute ---------------------------------------------------------------------------------
 
+@dataclass
+class Claimed:
+    """A task this process claimed (its lease written), with what running it needs."""
+
+    id: int
+    request_id: str
+    system: str
+    action: str
+    entities: list[Any]
+    attempts: int
+    retrying_since: datetime | None
+    waits: int
+    identities: Identities
+    started: datetime
+
+
 def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
+    claimed = _claim_task(rt, task_id)
+    if claimed is not None:
+        run_claimed(rt, wake, claimed)
+
+
+def _claim_task(rt: Runtime, task_id: int) -> Claimed | None:
     now = _now(rt)
     lease = timedelta(seconds=rt.settings.worker.task_lease_seconds)
     with rt.sessions.begin() as s:
         # Claim: only a pending task, or a running one whose worker stopped renewing its lease.
         # A waiting task once its retry_at has passed; never a task of a request an operator closed.
-        claimed = s.execute(  # type: ignore[attr-defined]
+        row = s.execute(
             sa.update(Task)
             .where(Task.id == task_id)
             .where(sa.or_(Task.status == TaskStatus.PENDING,
@@ -564,16 +640,23 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
             .where(~sa.exists().where(Request.id == Task.request_id, Request.status.in_(CLOSED_BY_OPERATOR)))
             .values(status=TaskStatus.RUNNING, attempts=Task.attempts + 1, lease_until=now + lease,
                     started_at=now, updated_at=now, retry_at=None)
-        ).rowcount
-        task = s.get(Task, task_id)
-        if task is None:
-            raise NotFoundError(f"unknown task {task_id}")
-        if not claimed:
-            return  # done already, or another worker holds it
-        request_id, system, action, entities, attempts = (task.request_id, task.system, task.action,
-                                                          list(task.entities), task.attempts)
-        retrying_since, waits = task.retrying_since, task.waits
-        identities = known_identities(s, request_id)
+            .returning(Task.request_id, Task.system, Task.action, Task.entities, Task.attempts, Task.retrying_since,
+                       Task.waits),
+            execution_options={"synchronize_session": False}).first()
+        if row is None:
+            if s.scalar(sa.select(Task.id).where(Task.id == task_id)) is None:
+                raise NotFoundError(f"unknown task {task_id}")
+            return None  # done already, or another worker holds it
+        return Claimed(task_id, row.request_id, row.system, row.action, list(row.entities), row.attempts,
+                       row.retrying_since, row.waits, known_identities(s, row.request_id), now)
+
+
+def run_claimed(rt: Runtime, wake: Wakeups, claimed: Claimed) -> None:
+    """Run a task this process claimed, and store its outcome (the last one to end moves the request on)."""
+    task_id, request_id, system, action = claimed.id, claimed.request_id, claimed.system, claimed.action
+    entities, attempts, identities, now = claimed.entities, claimed.attempts, claimed.identities, claimed.started
+    retrying_since, waits = claimed.retrying_since, claimed.waits
+    lease = timedelta(seconds=rt.settings.worker.task_lease_seconds)
     if attempts > rt.settings.worker.max_attempts:
         # Taken over after expired leases more often than allowed: each attempt stopped the worker (killed,
         # out of memory). Give up rather than start it again for ever.
@@ -581,7 +664,7 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
         why = f"gave up after {attempts} attempts: the worker stopped before finishing each time"
         finish_task(rt, wake, task_id, TaskStatus.FAILED, why, _failure(note(
             N_("gave up after {attempts} attempts: {error}"), attempts=attempts,
-            error="the worker stopped before finishing each time")))
+            error="the worker stopped before finishing each time")), request_id=request_id)
         return
     log.info("task.start", request_id=request_id, task_id=task_id, system=system, action=action, attempt=attempts)
 
@@ -638,7 +721,7 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
     finally:
         keeper.stop()
     try:
-        finish_task(rt, wake, task_id, status, error, result)
+        finish_task(rt, wake, task_id, status, error, result, request_id=request_id)
     except Exception as exc:
         if is_transient(exc):
             raise  # the ledger is away: the message is retried, or the sweeper takes the task over later
@@ -647,7 +730,7 @@ def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
         why = f"could not store the result: {one_line(exc)}".replace("\x00", "")  # PostgreSQL refuses NUL
         log.error("task.store_failed", request_id=request_id, task_id=task_id, system=system, error=why)
         finish_task(rt, wake, task_id, TaskStatus.FAILED, f"internal error: {why}",
-                    _failure(note(N_("internal error: {error}"), error=why)))
+                    _failure(note(N_("internal error: {error}"), error=why)), request_id=request_id)
 
 
 def _error_note(exc: ConnectorError, wrapper: str = N_("the system answered with an error: {error}")) -> Note:
@@ -729,50 +812,65 @@ def _cancel_if_closed(s: Session, task: Task) -> None:
 
 
 def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, error: str | None,
-                result: dict[str, Any] | None, actor: str = "worker", note: str | None = None) -> None:
-    """Record a task's outcome; the one call that sees every task terminal moves the request on."""
+                result: dict[str, Any] | None, actor: str = "worker", note: str | None = None,
+                request_id: str | None = None) -> None:
+    """Record a task's outcome; the one call that sees every task terminal moves the request on. With wake-ups that
+    merge inline, that call also takes the merge lease in the same transaction and merges right here."""
     now = _now(rt)
+    merge_owner = str(uuid.uuid4()) if isinstance(wake, InlineWakeups) else None
     with rt.sessions.begin() as s:
-        task = s.get(Task, task_id)
-        assert task is not None
+        if request_id is None:
+            request_id = s.scalar(sa.select(Task.request_id).where(Task.id == task_id))
+            if request_id is None:
+                raise NotFoundError(f"unknown task {task_id}")
         # Lock the request row first: concurrent finishers of one request serialise here, so
         # exactly one of them sees all tasks terminal (under READ COMMITTED both could miss it).
-        req = s.get(Request, task.request_id, with_for_update=True, populate_existing=True)
+        req = s.get(Request, request_id, with_for_update=True, populate_existing=True)
         assert req is not None
-        s.refresh(task)
-        task.status, task.error, task.finished_at, task.lease_until, task.updated_at = status, error, now, None, now
+        values: dict[str, Any] = {"status": status, "error": error, "finished_at": now, "lease_until": None,
+                                  "updated_at": now}
         if result is not None:
-            task.result = result
-        audit(s, f"task.{status}", actor, req, system=task.system, action=task.action, note=note,
+            values["result"] = result
+        row = s.execute(sa.update(Task).where(Task.id == task_id).values(**values)
+                        .returning(Task.system, Task.action, Task.result),
+                        execution_options={"synchronize_session": False}).one()
+        audit(s, f"task.{status}", actor, req, system=row.system, action=row.action, note=note,
               changed=(result or {}).get("changed"))
         merge_now = _advance(req, s)
-        request_id, closed = req.id, req.status in CLOSED_BY_OPERATOR
+        if merge_now and merge_owner is not None:  # the merge below starts under this lease: no second claim
+            req.lease_until, req.lease_owner = now + _lease(rt), merge_owner
+        closed = req.status in CLOSED_BY_OPERATOR
     if closed:  # it ran on after the request was denied or cancelled: the receipt stays, staged data has no use
         rt.staging.discard(request_id)
     log.info("task.finish", request_id=request_id, task_id=task_id, status=str(status))
-    run_task_hooks(rt, request_id, task_id)
+    run_task_hooks(rt, TaskOutcome(task_id, request_id, row.system, row.action, str(status), row.result))
     if merge_now:
-        wake.merge(request_id)
+        if merge_owner is not None:
+            assert isinstance(wake, InlineWakeups)
+            wake.merge_claimed(request_id, merge_owner)
+        else:
+            wake.merge(request_id)
 
 
-def run_task_hooks(rt: Runtime, request_id: str, task_id: int) -> None:
+def run_task_hooks(rt: Runtime, task: TaskOutcome) -> None:
     """After a task's outcome is stored (e.g. a legal hold applied: schedule its end). A failing hook is logged
     and audited; it never undoes the task, and the completion hooks get another go at the same work."""
     for hook in rt.task_hooks:
         name = getattr(hook, "__qualname__", repr(hook))
         try:
-            hook(rt, task_id)
+            hook(rt, task)
         except Exception as exc:
-            log.error("task.hook_failed", request_id=request_id, task_id=task_id, hook=name, error=one_line(exc))
+            log.error("task.hook_failed", request_id=task.request_id, task_id=task.id, hook=name,
+                      error=one_line(exc))
             with rt.sessions.begin() as s:
-                audit(s, "task.hook_failed", "worker", s.get(Request, request_id), hook=name, task_id=task_id,
+                audit(s, "task.hook_failed", "worker", s.get(Request, task.request_id), hook=name, task_id=task.id,
                       error=one_line(exc))
 
 
 def _advance(req: Request, s: Session) -> bool:
-    statuses = [t.status for t in s.scalars(sa.select(Task).where(Task.request_id == req.id))]
     if req.status not in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL):
         return False
+    statuses = list(s.scalars(sa.select(Task.status).where(Task.request_id == req.id)))
     if all(st in TERMINAL_TASK for st in statuses):
         req.status = RequestStatus.MERGING
         return True
@@ -806,34 +904,42 @@ def bundle_key(request_id: str, owner: str) -> str:
     return f"{safe_name(request_id)}-{safe_name(owner)[:8]}.zip"
 
 
-def merge_request(rt: Runtime, request_id: str,
-                  progress: Callable[[str, str, int], None] | None = None) -> BuiltBundle | None:
-    """Build and store the bundle of a request whose tasks are all terminal, under the request's merge lease."""
-    owner = str(uuid.uuid4())
+def merge_request(rt: Runtime, request_id: str, progress: Callable[[str, str, int], None] | None = None,
+                  owner: str | None = None) -> BuiltBundle | None:
+    """Build and store the bundle of a request whose tasks are all terminal, under the request's merge lease.
+    `owner`: the lease this process took already (finish_task, when the last task ended here); None: claim it."""
+    claimed = owner is not None
+    owner = owner or str(uuid.uuid4())
     try:
-        return _merge(rt, request_id, owner, progress)
+        return _merge(rt, request_id, owner, progress, claimed)
     except Exception:
         _release_request(rt, request_id, owner)  # the retry (or the sweeper) need not wait for the lease
         raise
 
 
-def _merge(rt: Runtime, request_id: str, owner: str,
-           progress: Callable[[str, str, int], None] | None) -> BuiltBundle | None:
+def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, str, int], None] | None,
+           claimed: bool = False) -> BuiltBundle | None:
     now, lease = _now(rt), _lease(rt)
+    dead = None
     with rt.sessions.begin() as s:
-        req = s.get(Request, request_id, with_for_update=True)
+        req = s.get(Request, request_id, with_for_update=not claimed)
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
         if req.status != RequestStatus.MERGING:
             return None  # not ready, or merged already by an earlier delivery
-        if lease_is_live(req, now):
+        if claimed:
+            if req.lease_owner != owner:  # taken over meanwhile (our lease lapsed): the other merge goes on
+                log.warning("request.merge_superseded", request_id=request_id)
+                return None
+        elif lease_is_live(req, now):
             log.info("request.merge_busy", request_id=request_id)
             return None  # another process is merging it right now
-        dead = req.lease_owner  # a merge whose lease lapsed: it may have stored its bundle and died recording it
-        if dead is not None:
-            log.warning("request.merge_taken_over", request_id=request_id)
-            audit(s, "request.merge_taken_over", "worker", req)
-        req.lease_until, req.lease_owner = now + lease, owner
+        else:
+            dead = req.lease_owner  # a merge whose lease lapsed: it may have stored its bundle and died recording it
+            if dead is not None:
+                log.warning("request.merge_taken_over", request_id=request_id)
+                audit(s, "request.merge_taken_over", "worker", req)
+            req.lease_until, req.lease_owner = now + lease, owner
         identities = [_identifier(i) for i in s.scalars(
             sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id).order_by(SubjectIdentity.id))]
         hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}
@@ -849,9 +955,11 @@ def _merge(rt: Runtime, request_id: str, owner: str,
             "generated_at": _now(rt).isoformat(),
             "plan": req.plan or [],
         }
-        # Manual steps a person confirmed (`dsar confirm`): the receipts say when and what was done.
+        # Manual steps a person confirmed (`dsar confirm`): the receipts say when and what was done. Only a task
+        # whose receipt asked for a manual step can have been confirmed: the audit trail is read only then.
         confirmed: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for ev in s.scalars(sa.select(AuditEvent).where(AuditEvent.request_id == request_id,
+        manual = any((t.result or {}).get("manual_steps") for t in tasks)
+        for ev in () if not manual else s.scalars(sa.select(AuditEvent).where(AuditEvent.request_id == request_id,
                                                         AuditEvent.event == f"task.{TaskStatus.DONE}",
                                                         AuditEvent.actor != "worker").order_by(AuditEvent.id)):
             if ev.details.get("note"):
@@ -901,6 +1009,7 @@ def _merge(rt: Runtime, request_id: str, owner: str,
         if not superseded:
             req.lease_until = req.lease_owner = None
             _record_bundle(rt, s, req, built, failed, locate_failed)
+            ended = Ended.of(req)
     if superseded:  # another merge took over after our lease lapsed; its bundle is (or will be) the one recorded
         log.warning("request.merge_superseded", request_id=request_id)
         try:
@@ -917,9 +1026,9 @@ def _merge(rt: Runtime, request_id: str, owner: str,
         except Exception as exc:
             log.warning("request.orphan_bundle", request_id=request_id, error=one_line(exc))
     rt.staging.discard(request_id)
-    log.info("request.completed", request_id=request_id, status=str(req.status), records=sum(built.counts.values()),
+    log.info("request.completed", request_id=request_id, status=ended.status, records=sum(built.counts.values()),
              bundle_size=built.size)
-    run_completion_hooks(rt, request_id)
+    run_completion_hooks(rt, ended)
     return built
 
 
@@ -962,21 +1071,35 @@ def merge_failed(rt: Runtime, request_id: str, error: str) -> bool:
         req.lease_until = req.lease_owner = None
         audit(s, "request.failed", "worker", req, error=error[:500])
         report(s, rt, req, "request.finished")
+        ended = Ended.of(req)
     rt.staging.discard(request_id)  # the request is closed: staged personal data has no further use
     log.error("request.failed", request_id=request_id, error=error)
-    run_completion_hooks(rt, request_id)
+    run_completion_hooks(rt, ended)
     return True
 
 
-def run_completion_hooks(rt: Runtime, request_id: str) -> None:
+def ended_of(rt: Runtime, request: Ended | str) -> Ended:
+    """A request as the completion hooks are told of it (given its id: read from the ledger)."""
+    if isinstance(request, Ended):
+        return request
+    with rt.sessions() as s:
+        req = s.get(Request, request)
+        if req is None:
+            raise NotFoundError(f"unknown request {request}")
+        return Ended.of(req)
+
+
+def run_completion_hooks(rt: Runtime, request: Ended | str) -> None:
+    """The completion hooks, told of a request that ended (or given its id: read from the ledger first)."""
+    ended = ended_of(rt, request)
     for hook in rt.completion_hooks:
         name = getattr(hook, "__qualname__", repr(hook))
         try:
-            hook(rt, request_id)
+            hook(rt, ended)
         except Exception as exc:
-            log.exception("request.hook_failed", request_id=request_id, hook=name)
+            log.exception("request.hook_failed", request_id=ended.id, hook=name)
             with rt.sessions.begin() as s:
-                req = s.get(Request, request_id)
+                req = s.get(Request, ended.id)
                 audit(s, "request.hook_failed", "worker", req, hook=name,
                       error=f"{type(exc).__name__}: {redact(str(exc))[:300]}")
 

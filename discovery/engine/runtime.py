@@ -12,7 +12,9 @@ import hmac
 import os
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,7 +22,37 @@ from connectors.base import Connector, ConnectorContext
 from discovery.bundle.staging import Staging
 from discovery.engine import db
 from discovery.engine.datamap import DataMap, DataMapError, load_data_map
+from discovery.engine.ledger import Request
 from discovery.engine.settings import Settings
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A request that ended, as the completion hooks are told of it: what they need to decide whether they have
+    anything to do, so a hook with nothing to do costs no query (most requests have no ticket to report to)."""
+
+    id: str
+    type: str
+    status: str
+    source: str
+    ticket_ref: str | None = None
+    callback_url: str | None = None
+
+    @classmethod
+    def of(cls, req: Request) -> Ended:
+        return cls(req.id, str(req.type), str(req.status), req.source, req.ticket_ref, req.callback_url)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """A task whose outcome was just stored, as the task hooks are told of it (its row as stored)."""
+
+    id: int
+    request_id: str
+    system: str
+    action: str
+    status: str
+    result: dict[str, Any] | None
 
 
 class Runtime:
@@ -39,12 +71,12 @@ class Runtime:
         # enabled system's settings are validated and its connector built (nothing is connected to), so a bad map
         # is one DataMapError naming system and key now, not a request stuck half-way later.
         self._connectors: dict[str, Connector] | None = self.data_map.connectors(self.ctx)
-        # Called with (runtime, request_id) once a request is completed: ticket notes, callbacks,
-        # scheduling a hold's end. A failing hook is logged and audited; it never undoes the request.
-        self.completion_hooks: list[Callable[[Runtime, str], None]] = []
-        # Called with (runtime, task_id) once a task's outcome is stored (DONE, FAILED, awaiting a manual step
+        # Called with (runtime, Ended) once a request has ended: ticket notes, callbacks, scheduling a hold's end.
+        # A failing hook is logged and audited; it never undoes the request.
+        self.completion_hooks: list[Callable[[Runtime, Ended], None]] = []
+        # Called with (runtime, TaskOutcome) once a task's outcome is stored (DONE, FAILED, awaiting a manual step
         # ...): scheduling a legal hold's end as soon as the hold is applied. Same failure rule as above.
-        self.task_hooks: list[Callable[[Runtime, int], None]] = []
+        self.task_hooks: list[Callable[[Runtime, TaskOutcome], None]] = []
         self._lock = threading.Lock()
 
     def connectors(self) -> dict[str, Connector]:

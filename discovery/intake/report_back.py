@@ -33,7 +33,7 @@ from connectors.redact import safe_url
 from discovery.engine import pipeline
 from discovery.engine.ledger import OPEN_STATUSES, OutboxMessage, OutboxStatus, Request, RequestStatus, Task
 from discovery.engine.pipeline import audit
-from discovery.engine.runtime import Runtime
+from discovery.engine.runtime import Ended, Runtime
 from discovery.i18n.languages import SOURCE, Language, language
 from discovery.intake import outbox
 from discovery.intake.download_tokens import NoPublicUrl, download_link
@@ -49,12 +49,12 @@ class ReportBackError(Exception):
     pass
 
 
-def callback_target(rt: Runtime, req: Request) -> str:
+def callback_target(rt: Runtime, req: Request | Ended) -> str:
     """The request's callback URL, or the configured default for webhook tickets; empty: no callback."""
     return req.callback_url or (rt.settings.api.callback_url if req.source in WEBHOOK_SOURCES else "")
 
 
-def note_target(rt: Runtime, req: Request) -> str | None:
+def note_target(rt: Runtime, req: Request | Ended) -> str | None:
     """The Freshdesk ticket id a note goes to; None: not a Freshdesk ticket, or no Freshdesk configured."""
     if req.source == "freshdesk" and req.ticket_ref and rt.settings.api.freshdesk_domain:
         return str(req.ticket_ref)
@@ -110,8 +110,13 @@ REPORTER = _Reporter()
 pipeline.register_reporter(REPORTER)  # every process that reports back imports this module (workers/app.setup)
 
 
-def report_back(rt: Runtime, request_id: str) -> None:
-    """Completion hook: queue the outcome if nothing did, then send the request's report-back now."""
+def report_back(rt: Runtime, request: Ended | str) -> None:
+    """Completion hook: queue the outcome if nothing did, then send the request's report-back now. A request with
+    nowhere to report to (no callback, not a Freshdesk ticket) costs nothing: decided from `Ended`, no query."""
+    ended = pipeline.ended_of(rt, request)
+    if not (callback_target(rt, ended) or note_target(rt, ended)):
+        return
+    request_id = ended.id
     now = rt.clock()
     with rt.sessions.begin() as s:
         req = s.get(Request, request_id)

@@ -41,7 +41,7 @@ from connectors.emails import normalise_email
 from connectors.redact import redact
 from discovery.engine import pipeline
 from discovery.engine.ledger import AuditEvent, Request, RequestType, ScheduledAction, SubjectIdentity, Task
-from discovery.engine.runtime import Runtime
+from discovery.engine.runtime import Ended, Runtime, TaskOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -380,22 +380,19 @@ def _lock_subject(s: Session, subject_hash: str) -> None:
 
 # -- hold ends (a task hook, and a completion hook as a safety net) -------------------------------
 
-def record_task_hold_ends(rt: Runtime, task_id: int) -> None:
+def record_task_hold_ends(rt: Runtime, task: TaskOutcome) -> None:
     """A task hook (registered in workers.app.setup): as soon as an erase task has applied a legal hold, schedule
     the erasure of the held records for the day after the hold ends, even while other tasks of the request still
     wait for a manual step."""
-    with rt.sessions() as s:
-        task = s.get(Task, task_id)
-        if task is None or task.action != "erase" or not (task.result or {}).get("held"):
-            return
-        request_id = task.request_id
-    _schedule_hold_ends(rt, request_id, task_id)
+    if task.action == "erase" and (task.result or {}).get("held"):
+        _schedule_hold_ends(rt, task.request_id, task.id)
 
 
-def record_hold_ends(rt: Runtime, request_id: str) -> None:
+def record_hold_ends(rt: Runtime, ended: Ended) -> None:
     """A completion hook: after an erasure, schedule what the task hook did not (it failed, or ran before it
     existed). Holds already scheduled are left alone, so running both makes one action per day."""
-    _schedule_hold_ends(rt, request_id, None)
+    if ended.type == RequestType.ERASURE:
+        _schedule_hold_ends(rt, ended.id, None)
 
 
 def _schedule_hold_ends(rt: Runtime, request_id: str, task_id: int | None) -> None:

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from discovery.engine import pipeline
 from discovery.engine.ledger import AuditEvent, Request, Task
+from discovery.engine.runtime import Ended, TaskOutcome
 from discovery.schedule import scheduler
 from sandbox.people import JANE
 from tests.helpers import sandbox_world
@@ -59,11 +60,13 @@ def test_two_systems_holding_until_the_same_day_share_one_action(tmp_path: Path)
                 s.add(Task(request_id=request_id, system=system, action="erase", entities=["orders"],
                            status="done", result={"changed": {}, "held": [hold]}))
         with rt.sessions() as s:
-            ids = list(s.scalars(sa.select(Task.id).where(Task.request_id == request_id).order_by(Task.id)))
+            tasks = list(s.scalars(sa.select(Task).where(Task.request_id == request_id).order_by(Task.id)))
+            outcomes = [TaskOutcome(t.id, request_id, t.system, t.action, t.status, t.result) for t in tasks]
+            ended = Ended.of(s.get(Request, request_id))
         rt._connectors = {**rt.connectors(), "billing": rt.connector("accounts")}
-        for task_id in ids:
-            scheduler.record_task_hold_ends(rt, task_id)
-        scheduler.record_hold_ends(rt, request_id)
+        for outcome in outcomes:
+            scheduler.record_task_hold_ends(rt, outcome)
+        scheduler.record_hold_ends(rt, ended)
         (action,) = scheduler.list_actions(rt, email=JANE.email)
         assert action.details["systems"] == ["accounts", "billing"]
         assert sorted(h["system"] for h in action.details["holds"]) == ["accounts", "billing"]

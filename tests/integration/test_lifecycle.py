@@ -113,7 +113,7 @@ def test_mask_email() -> None:
 def test_deny_an_unverified_request_reports_and_audits(env: dict[str, Any]) -> None:
     rt, wake = env["rt"], env["wake"]
     reported: list[tuple[str, str | None]] = []
-    rt.completion_hooks.append(lambda rt_, rid: reported.append((rid, load(rt_, rid)[0].close_reason)))
+    rt.completion_hooks.append(lambda rt_, ended: reported.append((ended.id, load(rt_, ended.id)[0].close_reason)))
     req = pipeline.submit(rt, wake, "access", JANE.email, requester_email="someone@example.org", actor="test").request
     assert req.status == "awaiting_verification"
     assert lifecycle.next_actions(rt, req.id)[0].startswith(f"dsar identity-verified {req.id}")

@@ -1,0 +1,71 @@
+"""How many statements one request costs the ledger, phase by phase: a budget that cannot creep back.
+
+Measured on PostgreSQL (production's ledger) with the accounts system only, through the pipeline's own functions and
+the wake-ups a worker uses. Counted: every statement sent to the ledger's engine, BEGIN/COMMIT excluded (what
+SQLAlchemy's `before_cursor_execute` sees); the account database's own queries are the connector's, not counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from discovery.engine import db, pipeline
+from discovery.engine.ledger import Request
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
+from sandbox.people import JANE
+from tests.conftest import SECRET, seed_accounts, write_config
+from tests.helpers import SyncWakeups
+
+pytestmark = pytest.mark.integration
+
+
+class Statements:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.phase = "setup"
+        self.counts: Counter[str] = Counter()
+        self.seen: list[tuple[str, str]] = []
+        sa.event.listen(engine, "before_cursor_execute", self._count)
+
+    def _count(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.counts[self.phase] += 1
+        self.seen.append((self.phase, " ".join(statement.split())[:120]))
+
+
+@pytest.fixture
+def counted(tmp_path: Path, pg_database: Callable[[], str]) -> Iterator[tuple[Runtime, Statements]]:
+    ledger, accounts = pg_database(), pg_database()
+    engine = seed_accounts(accounts)
+    environ = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": accounts}
+    rt = Runtime(load_settings(write_config(tmp_path, ledger), environ), env=environ)
+    db.upgrade(rt.engine)
+    yield rt, Statements(rt.engine)
+    rt.close()
+    engine.dispose()
+
+
+def test_an_access_request_costs_the_ledger_few_statements(counted: tuple[Runtime, Statements]) -> None:
+    rt, stmts = counted
+    sent = SyncWakeups(rt)  # what would go through the broker
+    stmts.phase = "submit"
+    rid = pipeline.submit(rt, sent, "access", JANE.email, actor="test").request.id
+    assert list(sent.queue) == [("discover", rid)]
+    sent.queue.clear()
+    stmts.phase = "worker"
+    pipeline.run_discovery(rt, pipeline.InlineWakeups(lambda: rt, sent), rid)  # as the discover actor runs it
+    assert not sent.queue  # nothing handed on: the SQL system's task and the merge ran in this thread
+    stmts.phase = "check"
+    with rt.sessions() as s:
+        assert s.get(Request, rid).status == "completed"  # type: ignore[union-attr]
+    seen = "\n".join(f"{phase}: {sql}" for phase, sql in stmts.seen)
+    # submit: the request, its e-mail, its audit event. The worker: claim the discovery (3), record identifiers,
+    # hits, the plan and the task already claimed (6), the task's outcome moving the request to its merge under the
+    # lease (5), the merge's reads (4) and its outcome (3). Hooks with nothing to do cost nothing.
+    assert stmts.counts["submit"] <= 3, seen
+    assert stmts.counts["worker"] <= 21, seen

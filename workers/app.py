@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from discovery.engine import db
@@ -64,11 +63,14 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
         # once RabbitMQ holds the message (and re-declare a queue deleted under us). A dead worker's unacked
         # messages return as soon as RabbitMQ notices its connection gone.
         return RabbitmqBroker(url=settings.broker.url, confirm_delivery=True)
+    from workers.broker import WakingRedisBroker
+
     # A dead worker's unacked messages return to the queue after the heartbeat timeout. Dramatiq's keys (queues,
-    # acks, its own heartbeats) under "<namespace>:dramatiq:", so deployments sharing a Redis never meet.
+    # acks, its own heartbeats) and the wake lists under "<namespace>:dramatiq:", so deployments sharing a Redis
+    # never meet. Each send wakes an idle consumer of its queue at once: no polling (workers/broker.py).
     heartbeat_ms = max(15_000, settings.worker.task_lease_seconds * 1000)
-    return RedisBroker(url=settings.broker.url, heartbeat_timeout=heartbeat_ms,
-                       namespace=f"{settings.broker.namespace}:dramatiq")
+    return WakingRedisBroker(url=settings.broker.url, heartbeat_timeout=heartbeat_ms,
+                             namespace=f"{settings.broker.namespace}:dramatiq")
 
 
 def queue_name() -> str:
@@ -77,9 +79,11 @@ def queue_name() -> str:
 
 
 def worker_timeout_ms(settings: Settings) -> int:
-    """How long a consumer waits for a message before looking again. RabbitMQ pushes messages (no polling):
-    the timeout only bounds how soon a stopping worker notices; Redis consumers poll at worker.poll_ms."""
-    return max(settings.worker.poll_ms, 1000) if settings.broker.kind == "rabbitmq" else settings.worker.poll_ms
+    """How long an idle consumer or worker thread waits before it looks again by itself (worker.idle_ms). Neither
+    broker makes a message wait for it: RabbitMQ pushes, and a send to Redis wakes an idle consumer at once
+    (workers/broker.py). It bounds how soon a stopping worker notices, and how soon a Redis consumer takes a
+    message nobody announced (one requeued from a dead worker) and heartbeats."""
+    return settings.worker.idle_ms
 
 
 def ensure_broker() -> dramatiq.Broker:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+IN_PROCESS_TIMEOUT_MS = 100
+
 
 @contextmanager
 def in_process_worker_if_embedded(embedded: bool) -> Iterator[None]:
@@ -22,8 +24,10 @@ def in_process_worker_if_embedded(embedded: bool) -> Iterator[None]:
     from workers.actors import add_sweeper
 
     add_sweeper()
+    # The stub broker hands a message to a waiting consumer at once; the timeout only bounds how long the stop at
+    # the end of the command waits for the threads to notice, so it stays short (a command should not linger).
     worker = dramatiq.Worker(app.ensure_broker(), worker_threads=app.settings().worker.threads,
-                             worker_timeout=app.settings().worker.poll_ms)
+                             worker_timeout=IN_PROCESS_TIMEOUT_MS)
     worker.start()
     try:
         yield

@@ -133,10 +133,14 @@ class WorkerSettings(_Section):
     # Seconds a task may spend retrying transient failures (a system that cannot be reached) from the first one,
     # across attempts; then the task fails with one line (max_attempts bounds the attempts as well).
     system_retry_budget: float = Field(600.0, gt=0, le=24 * 3600)
-    # How long an idle consumer waits for a message before it looks again (Dramatiq's default is
-    # 1000 ms, which adds up to a second between the steps of a request; 50 ms costs an idle worker
-    # a few percent of a core, see bench/RESULTS.md).
-    poll_ms: int = Field(50, ge=10, le=5000)
+    # A message sent wakes an idle consumer at once (workers/broker.py; RabbitMQ pushes). This is how long an idle
+    # consumer or worker thread waits before it looks again by itself: the bound on how soon a stopping worker
+    # notices, and on how soon a message nobody announced (one requeued from a dead worker) is taken. Redis
+    # consumers heartbeat when they look, so it stays well under the 15 s heartbeat timeout.
+    idle_ms: int = Field(2000, ge=100, le=5000)
+    # The old polling interval: still accepted (old files and DSAR_WORKER_POLL_MS load), no longer used;
+    # `dsar worker` says so. Consumers do not poll any more.
+    poll_ms: int | None = Field(None, ge=10, le=5000)
     # `dsar worker` serves Dramatiq's own metrics (messages processed, failed, retried, in progress, durations)
     # for Prometheus on this port, summed over its worker processes; 0: off. Loopback unless metrics_host says.
     metrics_port: int = Field(0, ge=0, le=65535)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from discovery.engine.settings import ConfigError, default_namespace, load_settings
 from workers.app import make_broker, worker_timeout_ms
+from workers.broker import WakingRedisBroker
 
 BASE = """
 [ledger]
@@ -83,9 +83,20 @@ def test_each_url_makes_its_broker_under_the_namespace(tmp_path: Path) -> None:
     assert isinstance(make_broker(load(tmp_path)), StubBroker)
     redis_settings = load(tmp_path, broker="redis://127.0.0.1:1/0", extra='namespace = "blue"')
     broker = make_broker(redis_settings)
-    assert isinstance(broker, RedisBroker) and broker.namespace == "blue:dramatiq"  # every key under "blue:"
-    assert worker_timeout_ms(redis_settings) == redis_settings.worker.poll_ms  # Redis consumers poll
+    assert isinstance(broker, WakingRedisBroker) and broker.namespace == "blue:dramatiq"  # every key under "blue:"
+    assert broker.wake_key("blue") == "blue:dramatiq:__wake__.blue"  # the wake-ups too
+    # Sends wake idle consumers: the timeout only bounds a stop (and the heartbeat of an idle Redis consumer)
+    assert worker_timeout_ms(redis_settings) == redis_settings.worker.idle_ms == 2000
+    assert worker_timeout_ms(redis_settings) < broker.heartbeat_timeout / 3
     rabbit_settings = load(tmp_path, broker="amqp://guest:guest@127.0.0.1:1/v")
     rabbit = make_broker(rabbit_settings)  # nothing connects until the first send
     assert isinstance(rabbit, RabbitmqBroker) and rabbit.confirm_delivery
-    assert worker_timeout_ms(rabbit_settings) == 1000  # RabbitMQ pushes: the timeout only bounds a stop
+    assert worker_timeout_ms(rabbit_settings) == 2000  # RabbitMQ pushes
+
+
+def test_the_old_poll_ms_still_loads_and_idle_ms_is_bounded(tmp_path: Path) -> None:
+    old = load(tmp_path, broker="redis://127.0.0.1:1/0", env={"DSAR_WORKER_POLL_MS": "50"})
+    assert old.worker.poll_ms == 50 and worker_timeout_ms(old) == old.worker.idle_ms == 2000  # no longer used
+    # past the heartbeat timeout an idle Redis consumer would look dead
+    with pytest.raises(ConfigError, match=r"'worker.idle_ms'.*DSAR_WORKER_IDLE_MS"):
+        load(tmp_path, env={"DSAR_WORKER_IDLE_MS": "60000"})

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint services bench clean messages
+.PHONY: install demo test lint services bench bench-peer clean messages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ messages: $(STAMP)
 bench: $(STAMP) services
 	$(PY) bench/seed_accounts.py
 	$(PY) bench/bench_backbone.py
+
+## dsar beside Ethyca Fides on one database, interleaved round by round (../shared/peers/fides/README.md):
+## every figure with its Fides/dsar ratio and the load average, in bench/out/fides-side-by-side-DATE/table.md.
+## ROUNDS=1 BIG=0 for a quick look. It measures the committed HEAD (commit first).
+bench-peer: $(STAMP)
+	ROUNDS=$${ROUNDS:-3} bash ../shared/peers/fides/run.sh
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache .mypy_cache

@@ -16,12 +16,22 @@ worker is a child process of its own (a fresh interpreter: `python -m workers.su
   supervisor exits 0. A second signal kills the children at once (their leases expire; the sweeper re-wakes).
 - A child whose supervisor disappeared (kill -9) stops by itself instead of running unsupervised.
 - With worker.metrics_port set, Dramatiq's own metrics of every child are served on that port (WorkerMetrics).
+
+Idle, nothing here polls: the supervisor sleeps until a signal (a child ended: SIGCHLD; a stop) or a restart comes
+due, and a child's main thread until a stop signal or its supervisor's death (PR_SET_PDEATHSIG on Linux). Signals
+wake the sleeping main thread through signal.set_wakeup_fd, whichever thread the kernel gave them to.
+
+`dsar worker` validates the settings and the data map, upgrades the ledger, and then replaces itself (exec) with
+`python -m workers.supervisor --parent ...`: the long-running supervisor imports only what supervising needs
+(no SQLAlchemy, boto3 or FastAPI), so it stays small; its children import the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -44,11 +54,44 @@ STABLE_SECONDS = 60.0  # a child that ran this long starts the backoff afresh wh
 QUICK_SECONDS = 10.0  # dying sooner than this after starting is "dying at start"
 GIVE_UP_AFTER = 5
 SHUTDOWN_MS = 600_000
-POLL_SECONDS = 0.2
+IDLE_SECONDS = 60.0  # the longest sleep of the supervisor and of a child's main thread (signals wake them sooner)
+ORPHAN_CHECK_SECONDS = 1.0  # without PR_SET_PDEATHSIG (not Linux), a child looks for its supervisor this often
 
 # A child's exit codes (and the supervisor's when it gives up), as the CLI's: 3 configuration, 5 unreachable.
 CHILD_IMPORT, CHILD_CONFIG, CHILD_UNAVAILABLE = 2, 3, 5
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class SignalWakeup:
+    """Sleeps the main thread until a signal that has a Python handler arrives, or a timeout passes.
+
+    Python runs signal handlers in the main thread, but the kernel may deliver a process's signal to any of its
+    threads (a child has many); a main thread blocked on a lock would then sleep on until its timeout. The C-level
+    handler writes each signal to the wake-up fd, which the main thread waits on here, so it wakes at once."""
+
+    def __enter__(self) -> SignalWakeup:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
+
+    def wait(self, timeout: float | None) -> None:
+        """Returns when a signal came (since the last wait) or after `timeout` seconds."""
+        with contextlib.suppress(InterruptedError):
+            select.select([self._read], [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 512):
+                pass
+
+
+def _no_op(_signum: int, _frame: FrameType | None) -> None:
+    """A handler only so that the signal reaches the wake-up fd (SIGCHLD is ignored by default)."""
 
 
 class GaveUp(Exception):
@@ -150,18 +193,23 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until stopped: 0 after a graceful stop, 1 if a second signal cut it short; raises GaveUp."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _no_op)  # a child ended: wake and look
         try:
-            if self.metrics is not None:
-                self.metrics.start()  # before any child: a port that is taken fails the start, once
-            log.info("supervisor.started", processes=len(self.slots), threads=self.threads, pid=os.getpid())
-            for slot in self.slots:
-                self._start(slot)
-            while not (self._stopping and not self.pids()):
-                self._tick()
-                time.sleep(POLL_SECONDS)
-            for slot in self.slots:  # reap: no zombies left behind
-                if slot.proc is not None:
-                    slot.proc.wait()
+            with SignalWakeup() as wakeup:
+                if self.metrics is not None:
+                    self.metrics.start()  # before any child: a port that is taken fails the start, once
+                log.info("supervisor.started", processes=len(self.slots), threads=self.threads, pid=os.getpid())
+                for slot in self.slots:
+                    self._start(slot)
+                while True:
+                    self._tick()
+                    if self._stopping and not self.pids():
+                        break
+                    # no polling: a child's end (SIGCHLD), a stop signal or the next restart wakes it
+                    wakeup.wait(self._sleep_seconds())
+                for slot in self.slots:  # reap: no zombies left behind
+                    if slot.proc is not None:
+                        slot.proc.wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -171,6 +219,10 @@ class Supervisor:
             raise self._gave_up
         log.info("supervisor.stopped", forced=self._forced)
         return 1 if self._forced else 0
+
+    def _sleep_seconds(self) -> float:
+        due = [slot.restart_at for slot in self.slots if slot.restart_at is not None and not self._stopping]
+        return max(0.0, min([IDLE_SECONDS, *(at - self.clock() for at in due)]))
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only flags here; the loop sends the signals (a child being started right now gets its SIGTERM too).
@@ -228,10 +280,19 @@ def child_main(threads: int, slot: int) -> int:
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()  # idempotent: a SIGTERM to the process group plus the supervisor's own is still one stop
 
+    orphaned = threading.Event()
+
+    def on_parent_death(_signum: int, _frame: FrameType | None) -> None:
+        orphaned.set()
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into one SIGTERM
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGUSR1, on_parent_death)
     supervisor = os.getppid()
+    # The kernel tells this process when its supervisor dies (a signal, not a poll); checked once more just after,
+    # in case it died before this line. Without it (not Linux) the main thread looks every ORPHAN_CHECK_SECONDS.
+    told = _parent_death_signal(signal.SIGUSR1)
 
     import dramatiq
     import pika.exceptions
@@ -267,24 +328,70 @@ def child_main(threads: int, slot: int) -> int:
     # Dramatiq's own CLI says "Worker process is ready for action." here; scripts that wait for that line (the
     # side-by-side harness in ../shared/peers/fides) work with `dsar worker` too.
     log.info("worker.ready", slot=slot, pid=os.getpid(), threads=threads, said="Worker process is ready for action.")
-    while not stop.wait(1.0):
-        if os.getppid() != supervisor:
-            log.warning("worker.orphaned", slot=slot, pid=os.getpid())  # the supervisor was killed: stop too
-            break
+    with SignalWakeup() as wakeup:
+        while not stop.is_set():
+            if orphaned.is_set() or os.getppid() != supervisor:
+                log.warning("worker.orphaned", slot=slot, pid=os.getpid())  # the supervisor was killed: stop too
+                break
+            wakeup.wait(IDLE_SECONDS if told else ORPHAN_CHECK_SECONDS)
     worker.stop(timeout=SHUTDOWN_MS)
     broker.close()
     log.info("worker.stopped", slot=slot, pid=os.getpid())
     return 0
 
 
+def _parent_death_signal(sig: int) -> bool:
+    """Ask Linux to send `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG); False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(1, int(sig), 0, 0, 0) == 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
+# -- the parent: what `dsar worker` becomes once it has checked the settings ------------------------------------
+
+def parent_argv(processes: int, threads: int, log_format: str, metrics_host: str = "", metrics_port: int = 0,
+                ) -> list[str]:
+    """The command line `dsar worker` execs into (the environment carries the rest: DSAR_CONFIG and the flags)."""
+    argv = [sys.executable, "-m", "workers.supervisor", "--parent", "--processes", str(processes),
+            "--threads", str(threads), "--log-format", log_format]
+    if metrics_port:
+        argv += ["--metrics-host", metrics_host, "--metrics-port", str(metrics_port)]
+    return argv
+
+
+def parent_main(args: argparse.Namespace) -> int:
+    """Supervise with the environment this process was started with; a give-up is one line, as the CLI's."""
+    from workers.logs import configure_logging
+
+    configure_logging(args.log_format)
+    metrics = WorkerMetrics(args.metrics_host, args.metrics_port) if args.metrics_port else None
+    try:
+        return Supervisor(args.processes, args.threads, os.environ, metrics=metrics).run()
+    except GaveUp as exc:
+        print(f"dsar: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.supervisor", description="Run by `dsar worker`.")
-    parser.add_argument("--child", action="store_true", required=True)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--child", action="store_true")
+    mode.add_argument("--parent", action="store_true")
     parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--log-format", default="console")
+    parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--metrics-port", type=int, default=0)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = _parse(sys.argv[1:])
-    sys.exit(child_main(args.threads, args.slot))
+    sys.exit(parent_main(args) if args.parent else child_main(args.threads, args.slot))

@@ -251,6 +251,22 @@ def test_a_worker_whose_supervisor_was_killed_stops(stack: Stack) -> None:
     assert after.stopped_at is not None  # it stopped gracefully, not killed
 
 
+def test_the_supervisor_is_the_same_process_without_the_cli_loaded(stack: Stack) -> None:
+    sup, (beat,) = start_pool(stack, 1)
+    with open(f"/proc/{sup.pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    assert argv[1:4] == [b"-m", b"workers.supervisor", b"--parent"]  # `dsar worker` exec'd into it: same pid
+    with open(f"/proc/{sup.pid}/maps") as f:
+        parent = f.read()
+    with open(f"/proc/{beat.pid}/maps") as f:
+        child = f.read()
+    for library in ("/sqlalchemy/", "/pydantic_core/", "/psycopg_binary/"):  # compiled parts: loaded if imported
+        assert library in child and library not in parent, library
+    os.kill(sup.pid, signal.SIGTERM)
+    assert sup.wait(timeout=60) == 0, stack.log("worker")
+    assert not pid_exists(beat.pid) and "supervisor.stopped" in stack.log("worker")
+
+
 def test_a_worker_dying_at_start_again_and_again_makes_it_give_up(stack: Stack) -> None:
     sup, (beat,) = start_pool(stack, 1)
     # The data map breaks while the pool runs; the next start of a worker process fails on it, every time.

@@ -97,27 +97,29 @@ def worker_cmd(ctx: click.Context, processes: int | None, threads: int | None) -
 
     SIGTERM or Ctrl-C stops them gracefully (running messages finish); a second one stops them at once.
     """
-    from workers.supervisor import GaveUp, Supervisor, WorkerMetrics
+    from workers.supervisor import parent_argv
 
     with errors_to_exit():
         settings = load_settings(ctx.obj.get("config"))
         if settings.broker.kind == "stub":
             fail("`dsar worker` needs a Redis or RabbitMQ broker (broker.url = redis://... or amqp://...); the "
                  "embedded stub:// broker runs inside each command", EXIT_CONFIG)
+        if settings.worker.poll_ms is not None:
+            click.echo("warning: worker.poll_ms is no longer used (a message wakes an idle worker at once; "
+                       "worker.idle_ms bounds how soon a stopping one notices); remove it", err=True)
         runtime(ctx).close()  # validates the data map and upgrades the ledger once, before the workers start
         env = dict(os.environ, DSAR_SWEEPER="1", DSAR_SCHEMA_UPGRADED="1")
         if ctx.obj.get("config"):
             env["DSAR_CONFIG"] = str(Path(ctx.obj["config"]).resolve())
-        metrics = None
-        if settings.worker.metrics_port:  # Dramatiq's own metrics of the pool, for Prometheus (docs/console.md)
-            metrics = WorkerMetrics(settings.worker.metrics_host, settings.worker.metrics_port)
-        supervisor = Supervisor(processes or settings.worker.processes, threads or settings.worker.threads, env,
-                                metrics=metrics)
-        try:
-            code = supervisor.run()
-        except GaveUp as exc:
-            fail(str(exc), exc.code)
-        sys.exit(code)
+        # Dramatiq's own metrics of the pool for Prometheus (docs/console.md), when worker.metrics_port is set
+        argv = parent_argv(processes or settings.worker.processes, threads or settings.worker.threads,
+                           settings.log_format, settings.worker.metrics_host, settings.worker.metrics_port)
+        # This process has SQLAlchemy, the connectors and the whole CLI loaded (~100 MB); the supervisor that runs
+        # for days needs none of it. Same pid (signals, scripts and service managers see no difference), a fresh
+        # interpreter that imports only workers.supervisor; it gives up with the same one line and exit codes.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(argv[0], argv, env)
 
 
 @main.command("sweep")

@@ -36,19 +36,25 @@ def setup(settings: Settings, runtime: Runtime | None = None) -> Runtime:
         _runtime = runtime or Runtime(settings)
         if not os_env_flag("DSAR_SCHEMA_UPGRADED"):  # `dsar worker` upgrades once before its processes start
             db.upgrade(_runtime.engine)
-        from discovery.intake.report_back import report_back
-
-        if report_back not in _runtime.completion_hooks:  # ticket notes and signed callbacks
-            _runtime.completion_hooks.append(report_back)
-        from discovery.schedule.scheduler import record_hold_ends, record_task_hold_ends
-
-        # Each legal hold's end is a scheduled erasure, made as soon as the erase task applied the hold (a request
-        # may wait weeks on a manual step); the completion hook only catches what the task hook missed.
-        if record_task_hold_ends not in _runtime.task_hooks:
-            _runtime.task_hooks.append(record_task_hold_ends)
-        if record_hold_ends not in _runtime.completion_hooks:
-            _runtime.completion_hooks.append(record_hold_ends)
+        install_hooks(_runtime)
         return _runtime
+
+
+def install_hooks(rt: Runtime) -> None:
+    """What every process that runs requests does when one ends: report back (ticket notes, signed callbacks) and
+    schedule the end of each legal hold. Idempotent."""
+    from discovery.intake.report_back import report_back
+
+    if report_back not in rt.completion_hooks:  # ticket notes and signed callbacks
+        rt.completion_hooks.append(report_back)
+    from discovery.schedule.scheduler import record_hold_ends, record_task_hold_ends
+
+    # Each legal hold's end is a scheduled erasure, made as soon as the erase task applied the hold (a request
+    # may wait weeks on a manual step); the completion hook only catches what the task hook missed.
+    if record_task_hold_ends not in rt.task_hooks:
+        rt.task_hooks.append(record_task_hold_ends)
+    if record_hold_ends not in rt.completion_hooks:
+        rt.completion_hooks.append(record_hold_ends)
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:

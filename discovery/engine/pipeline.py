@@ -167,6 +167,7 @@ class Reporter(Protocol):
     import it). `enqueue` runs inside the transaction of the state change, so what is to be said commits with it;
     `send` runs after the commit and tries to deliver at once."""
 
+    def wants(self, rt: Runtime, req: Request) -> bool: ...  # anywhere to report this request to (no query)
     def enqueue(self, s: Session, rt: Runtime, req: Request, event: str, details: dict[str, Any]) -> None: ...
     def send(self, rt: Runtime, request_id: str) -> None: ...
 
@@ -182,9 +183,10 @@ def register_reporter(reporter: Reporter) -> None:
 def report(s: Session, rt: Runtime, req: Request, event: str, **details: Any) -> None:
     """Within the state change's transaction: queue what the ticket's side is to hear of `event`
     (request.held, request.extended, request.finished). A reporter failing never undoes the change."""
-    if REPORTERS:
+    reporters = [r for r in REPORTERS if r.wants(rt, req)]  # most requests have no ticket: no savepoint, no flush
+    if reporters:
         s.flush()  # the change's own errors (a unique key) stay the caller's, outside the savepoint below
-    for reporter in REPORTERS:
+    for reporter in reporters:
         try:
             with s.begin_nested():  # a failed insert rolls back to here, not the state change
                 reporter.enqueue(s, rt, req, event, details)
@@ -372,7 +374,7 @@ def system_views(rt: Runtime, found: Discovery, systems: list[str] | None = None
             continue
         hits = found.hits.get(name)
         state = None if name in found.errors else bool(hits and hits.found)
-        views.append(SystemView(name, state, conn.policies(), found.errors.get(name),
+        views.append(SystemView(name, state, rt.memoized(("policies", name), conn.policies), found.errors.get(name),
                                 skipped=dict(hits.skipped) if hits else {}, others=others(hits, found.identities)))
     return views
 
@@ -988,11 +990,12 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
         failed = [t for t in tasks if t.status == TaskStatus.FAILED]
         # A system that could not be searched may hold more of the person than its tasks reached: never complete.
         locate_failed = {system: hit.error for system, hit in sorted(hits.items()) if hit.error}
-    try:
-        policies = {name: conn.policies() for name, conn in rt.connectors().items()}
+    try:  # made once per process, request type and language: it depends on the data map alone
+        view = rt.memoized(("bundle_view", request_type, lang), lambda: bundle_view(rt.data_map, {
+            name: rt.memoized(("policies", name), conn.policies) for name, conn in rt.connectors().items()},
+            request_type, lang))
     except (DataMapError, ConnectorError):  # the bundle still says what failed; it only lacks categories
-        policies = {}
-    view = bundle_view(rt.data_map, policies, request_type, lang)
+        view = bundle_view(rt.data_map, {}, request_type, lang)
     store = archive_store(rt.settings, rt.env)
     keeper = LeaseKeeper(rt, request_id, lease, owner=owner)
     try:

@@ -78,6 +78,16 @@ class Runtime:
         # ...): scheduling a legal hold's end as soon as the hold is applied. Same failure rule as above.
         self.task_hooks: list[Callable[[Runtime, TaskOutcome], None]] = []
         self._lock = threading.Lock()
+        self._memo: dict[tuple[Any, ...], Any] = {}
+
+    def memoized(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """What `make` derives from the data map alone (entity policies, the bundle page's texts per request type
+        and language), made once per process: the map does not change under a running Runtime."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = make()  # two threads may both make it once; either copy is the same
+            return value
 
     def connectors(self) -> dict[str, Connector]:
         with self._lock:
@@ -103,4 +113,5 @@ class Runtime:
             for c in (self._connectors or {}).values():
                 c.close()
             self._connectors = None
+            self._memo.clear()
         self.engine.dispose()

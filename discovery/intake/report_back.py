@@ -99,6 +99,9 @@ def _brief(req: Request, code: str) -> dict[str, Any]:
 class _Reporter:
     """The engine's side of reporting back (pipeline.Reporter)."""
 
+    def wants(self, rt: Runtime, req: Request) -> bool:
+        return bool(note_target(rt, req) or callback_target(rt, req))
+
     def enqueue(self, s: Session, rt: Runtime, req: Request, event: str, details: dict[str, Any]) -> None:
         enqueue(s, rt, req, event, details)
 

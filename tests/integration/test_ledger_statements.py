@@ -1,8 +1,9 @@
 """How many statements one request costs the ledger, phase by phase: a budget that cannot creep back.
 
 Measured on PostgreSQL (production's ledger) with the accounts system only, through the pipeline's own functions and
-the wake-ups a worker uses. Counted: every statement sent to the ledger's engine, BEGIN/COMMIT excluded (what
-SQLAlchemy's `before_cursor_execute` sees); the account database's own queries are the connector's, not counted.
+the wake-ups a worker uses. Counted: every statement sent to the ledger's engine (what SQLAlchemy's
+`before_cursor_execute` sees) and every savepoint, BEGIN/COMMIT excluded; the account database's own queries are
+the connector's, not counted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from discovery.engine.settings import load_settings
 from sandbox.people import JANE
 from tests.conftest import SECRET, seed_accounts, write_config
 from tests.helpers import SyncWakeups
+from workers.app import install_hooks
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +34,8 @@ class Statements:
         self.counts: Counter[str] = Counter()
         self.seen: list[tuple[str, str]] = []
         sa.event.listen(engine, "before_cursor_execute", self._count)
+        for event in ("savepoint", "release_savepoint", "rollback_savepoint"):  # round trips of their own
+            sa.event.listen(engine, event, lambda _conn, name, *_, e=event: self._count(None, None, f"{e} {name}"))
 
     def _count(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         self.counts[self.phase] += 1
@@ -45,6 +49,7 @@ def counted(tmp_path: Path, pg_database: Callable[[], str]) -> Iterator[tuple[Ru
     environ = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": accounts}
     rt = Runtime(load_settings(write_config(tmp_path, ledger), environ), env=environ)
     db.upgrade(rt.engine)
+    install_hooks(rt)  # report-back and hold ends, as every worker has them: nothing to do here must cost nothing
     yield rt, Statements(rt.engine)
     rt.close()
     engine.dispose()

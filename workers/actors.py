@@ -23,6 +23,7 @@ from discovery.engine import ledger_retention, pipeline
 from discovery.engine.bundles import expire_bundles
 from discovery.intake import outbox
 from workers import app, heartbeat
+from workers.turns import IntervalTurn
 
 log = structlog.get_logger(__name__)
 app.ensure_broker()
@@ -101,12 +102,14 @@ def _merge_failed(request_id: str, error: str) -> None:
 
 
 class Sweeper(Middleware):
-    """Runs the sweeper in a worker process: re-wakes work whose message was lost."""
+    """Runs the sweeper in a worker process: re-wakes work whose message was lost. One process of the deployment
+    sweeps per interval (workers/turns.py); without a Redis, each does."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, redis_url: str | None = None, namespace: str = "dsar") -> None:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.turn = IntervalTurn("sweeper", interval, redis_url, namespace)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._thread = threading.Thread(target=self._loop, name="dsar-sweeper", daemon=True)
@@ -117,6 +120,8 @@ class Sweeper(Middleware):
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
+            if not self.turn.mine():
+                continue
             try:
                 pipeline.sweep(app.runtime(), WAKE)
             except Exception:
@@ -134,7 +139,8 @@ class Sweeper(Middleware):
 def add_sweeper() -> None:
     broker = app.ensure_broker()
     if not any(isinstance(m, Sweeper) for m in broker.middleware):
-        broker.add_middleware(Sweeper(app.settings().worker.sweep_interval_seconds))
+        settings = app.settings()
+        broker.add_middleware(Sweeper(settings.worker.sweep_interval_seconds, settings.redis_url, QUEUE))
 
 
 if app.os_env_flag("DSAR_SWEEPER"):

@@ -229,10 +229,11 @@ class RssSampler(threading.Thread):
 
 def start_worker(args: argparse.Namespace, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     wenv = dict(os.environ, **env)
-    if args.worker_poll_ms:
-        # worker.poll_ms (`dsar worker` passes it to Dramatiq as dramatiq_worker_timeout: the longest
-        # sleep of an idle consumer between looks at the queue); older code read the Dramatiq variable only
-        wenv["DSAR_WORKER_POLL_MS"] = wenv["dramatiq_worker_timeout"] = str(args.worker_poll_ms)
+    if args.worker_idle_ms:
+        # worker.idle_ms: how long an idle consumer waits for a wake-up before it looks anyway (a message sent wakes
+        # it at once; older code polled at worker.poll_ms / dramatiq_worker_timeout instead, set here too for it)
+        wenv["DSAR_WORKER_IDLE_MS"] = wenv["DSAR_WORKER_POLL_MS"] = wenv["dramatiq_worker_timeout"] = \
+            str(args.worker_idle_ms)
     cmd = [str(VENV_BIN / "dsar"), "worker", "--processes", "1", "--threads", str(args.threads)]
     log = log_path.open("wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=wenv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -604,8 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst-rounds", type=int, default=3)
     ap.add_argument("--in-process", type=int, default=20, help="requests run through pipeline steps directly")
     ap.add_argument("--ledger-poll-ms", type=float, default=3.0, help="how often this script polls the ledger")
-    ap.add_argument("--worker-poll-ms", type=int, default=0,
-                    help="set worker.poll_ms (DSAR_WORKER_POLL_MS) for the worker; default: the settings' value")
+    ap.add_argument("--worker-idle-ms", type=int, default=0,
+                    help="set worker.idle_ms (DSAR_WORKER_IDLE_MS) for the worker; default: the settings' value")
     ap.add_argument("--idle-cpu-window", type=float, default=5.0, help="seconds of idle worker CPU measurement")
     ap.add_argument("--identity-indexes", choices=("asis", "on", "off"), default="asis",
                     help="on/off: make sure users.phone and users.matomo_visitor_id are / are not indexed")
@@ -635,10 +636,10 @@ def run(args: argparse.Namespace, broker: str) -> int:
 
     from discovery.engine.settings import load_settings
 
-    result["worker_poll_ms_effective"] = getattr(
-        load_settings(env=dict(os.environ, **({"DSAR_WORKER_POLL_MS": str(args.worker_poll_ms)}
-                                              if args.worker_poll_ms else {}))).worker,
-        "poll_ms", args.worker_poll_ms or 1000)  # code without worker.poll_ms: Dramatiq's default
+    result["worker_idle_ms_effective"] = getattr(
+        load_settings(env=dict(os.environ, **({"DSAR_WORKER_IDLE_MS": str(args.worker_idle_ms)}
+                                              if args.worker_idle_ms else {}))).worker,
+        "idle_ms", args.worker_idle_ms or 1000)  # code without worker.idle_ms: Dramatiq's default
     result["load_before"] = other_load({os.getpid()})
     bench = Bench(args)
     log_path = OUT / f"{args.label}.worker.log"
@@ -752,7 +753,7 @@ def report(r: dict[str, Any]) -> None:
               f"  (n={s['n']})")
 
     print(f"\n== {r['label']}  accounts {r['accounts_db']}  worker "
-          f"poll {r['worker_poll_ms_effective']} ms")
+          f"idle {r.get('worker_idle_ms_effective', r.get('worker_poll_ms_effective'))} ms")
     print(f"code: {r['code']}")
     for k in ("load_before", "load_end_of_broker_runs"):
         print(f"{k}: loadavg {' '.join(r[k]['loadavg'])}; other processes: {r[k]['other_processes'] or 'none'}")

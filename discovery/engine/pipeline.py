@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -750,16 +751,20 @@ def _failure(why: Note) -> dict[str, Any]:
 
 class LeaseKeeper:
     """Renews a lease while its holder works, so only a dead worker's work is taken over: a running task's (by id),
-    or a request's discover or merge phase (by id and `owner`, the token its claim wrote)."""
+    or a request's discover or merge phase (by id and `owner`, the token its claim wrote). Renewed a third of the
+    lease after the last renewal, by the process's one renewing thread (_RENEWALS); none runs once stop() returned."""
 
     def __init__(self, rt: Runtime, key: int | str, lease: timedelta, owner: str | None = None) -> None:
         self.rt, self.key, self.lease, self.owner = rt, key, lease, owner
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease:{key}", daemon=True)
-        self._thread.start()
+        self.interval = lease.total_seconds() / 3
+        self._lock = threading.Lock()
+        self._stopped = False
+        _RENEWALS.add(self)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease.total_seconds() / 3):
+    def renew(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
             until = _now(self.rt) + self.lease
             try:
                 with self.rt.sessions.begin() as s:
@@ -773,8 +778,47 @@ class LeaseKeeper:
                 log.warning("lease.renew_failed", key=str(self.key))
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        _RENEWALS.remove(self)
+        with self._lock:  # a renewal under way finishes first; none starts after
+            self._stopped = True
+
+
+class _Renewals:
+    """One thread per process renews every live lease when it is due. A thread per lease cost a thread start and a
+    join for each phase, three per request; renewals are one short UPDATE each, so one thread keeps up."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[LeaseKeeper, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, keeper: LeaseKeeper) -> None:
+        with self._cond:
+            self._due[keeper] = time.monotonic() + keeper.interval
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="dsar-leases", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, keeper: LeaseKeeper) -> None:
+        with self._cond:
+            self._due.pop(keeper, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [k for k, at in self._due.items() if at <= now]
+                for keeper in due:
+                    self._due[keeper] = now + keeper.interval
+                if not due:
+                    self._cond.wait(timeout=max(0.01, min(self._due.values(), default=now + 60) - now))
+                    continue
+            for keeper in due:
+                keeper.renew()
+
+
+_RENEWALS = _Renewals()
 
 
 def _release(rt: Runtime, task_id: int, error: str, first_failure: datetime | None = None) -> None:

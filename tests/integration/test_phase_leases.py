@@ -192,7 +192,7 @@ def test_a_second_merge_never_overwrites_the_recorded_bundle(
         assert go.wait(60)
 
     class Frozen(pipeline.LeaseKeeper):  # a merge whose process froze: its lease is not renewed
-        def _run(self) -> None:
+        def renew(self) -> None:
             return
 
     monkeypatch.setattr(pipeline, "LeaseKeeper", Frozen)

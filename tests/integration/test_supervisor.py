@@ -320,6 +320,7 @@ def test_the_pool_serves_dramatiqs_own_metrics_on_loopback(stack: Stack) -> None
     with open(f"/proc/{beats[0].pid}/environ", "rb") as f:
         child_env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
     metrics_dir = Path(child_env[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+    assert child_env[b"MALLOC_ARENA_MAX"] == b"2"  # `dsar worker` caps glibc's per-thread arenas in its workers
     assert metrics_dir.is_dir() and metrics_dir.name.startswith("dsar-worker-metrics-")
 
     done = run_dsar(["request", "access", "--email", JANE.email, "--wait", "--json", "--timeout", "90"], stack.env)

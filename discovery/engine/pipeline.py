@@ -598,8 +598,14 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
              locate_errors=len(found.errors))
     for task_id in task_ids:  # first, so they start on other workers while this one runs its own
         wake.execute(task_id)
+    retry: RetryLater | None = None
     for job in claimed:
-        run_claimed(rt, wake, job)
+        try:
+            run_claimed(rt, wake, job)
+        except RetryLater as exc:  # put back to pending already; the others still run now
+            retry = exc
+    if retry is not None:  # this message is delivered again after a backoff and wakes what is pending then
+        raise retry
     if not wanted:
         wake.merge(request_id)
 

@@ -312,9 +312,13 @@ def child_main(threads: int, slot: int) -> int:
 
         broker = app.ensure_broker()
         broker.emit_after("process_boot")  # TimeLimit and friends start their threads here, as under Dramatiq's CLI
-        # the deployment's own queue (broker.namespace), never another's on the same Redis or vhost
+        # The deployment's own queue (broker.namespace), never another's on the same Redis or vhost. A process takes
+        # only as many messages as it has threads (Dramatiq's default is twice that): a discovery runs the local
+        # database's tasks itself, so a thread can be busy a while, and a message held behind it would wait while
+        # another process sits idle.
         worker = dramatiq.Worker(broker, queues={app.queue_name()}, worker_threads=threads,
                                  worker_timeout=app.worker_timeout_ms(app.settings()))
+        worker.queue_prefetch = threads  # read when start() makes the consumers (Dramatiq takes no argument for it)
         worker.start()
     except (ConfigError, DataMapError) as exc:
         print(f"dsar worker: {exc}", file=sys.stderr, flush=True)

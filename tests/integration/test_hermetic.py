@@ -80,8 +80,11 @@ def test_nothing_flushes_or_drops_what_it_did_not_create() -> None:
 
 def snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """The other dsar's keys and what they hold, less what changes by itself (its beat's time, its worker's
-    heartbeat in Dramatiq's sorted set)."""
-    keys = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000))
+    heartbeat in Dramatiq's sorted set, and the keys its own worker sets to expire: its sweeper's turn, its queues'
+    wake-up lists)."""
+    own_expiring = (f"{prefix}:sweeper", f"{prefix}:dramatiq:__wake__.")
+    keys = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000)
+                  if not k.decode().startswith(own_expiring))
     out: dict[str, Any] = {k: client.type(k).decode() for k in keys}
     out["sentinel"] = client.get(f"{prefix}:sentinel")
     out["delayed"] = sorted(client.hkeys(f"{prefix}:dramatiq:{prefix}.DQ.msgs"))

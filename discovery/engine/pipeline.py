@@ -102,13 +102,10 @@ class InlineWakeups:
         self.send.execute(task_id)
 
     def merge(self, request_id: str) -> None:
-        try:
-            merge_request(self.runtime(), request_id)
-        except Exception as exc:
-            log.warning("merge.inline_failed", request_id=request_id, error=one_line(exc))
-            self.send.merge(request_id)
+        self.merge_claimed(request_id, None)
 
-    def merge_claimed(self, request_id: str, owner: str) -> None:
+    def merge_claimed(self, request_id: str, owner: str | None) -> None:
+        """Merge here, under the lease `owner` (taken by finish_task) or claiming it (None)."""
         try:
             merge_request(self.runtime(), request_id, owner=owner)
         except Exception as exc:  # merge_request released our lease: the merge actor can claim it at once
@@ -369,13 +366,14 @@ def known_identities(s: Session, request_id: str) -> Identities:
 def system_views(rt: Runtime, found: Discovery, systems: list[str] | None = None) -> list[SystemView]:
     """What the planner sees of each enabled system; those outside `systems` (when given) are out of scope."""
     views = []
-    for name, conn in rt.connectors().items():
+    policies = rt.policies()
+    for name in rt.connectors():
         if systems is not None and name not in systems:
             views.append(SystemView(name, False, {}, in_scope=False))
             continue
         hits = found.hits.get(name)
         state = None if name in found.errors else bool(hits and hits.found)
-        views.append(SystemView(name, state, rt.memoized(("policies", name), conn.policies), found.errors.get(name),
+        views.append(SystemView(name, state, policies[name], found.errors.get(name),
                                 skipped=dict(hits.skipped) if hits else {}, others=others(hits, found.identities)))
     return views
 
@@ -574,14 +572,13 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
         sent: list[Task] = []
         now = _now(rt)
         for (system, action), entities in wanted.items():
-            if inline and rt.connector(system).runs_inline:
-                task = Task(request_id=request_id, system=system, action=action, entities=entities,
-                            status=TaskStatus.RUNNING, attempts=1, lease_until=now + lease, started_at=now,
-                            updated_at=now)
+            task = Task(request_id=request_id, system=system, action=action, entities=entities,
+                        status=TaskStatus.PENDING)
+            if inline and rt.connector(system).runs_inline:  # claimed as _claim_task would
+                task.status, task.attempts, task.lease_until, task.started_at, task.updated_at = \
+                    TaskStatus.RUNNING, 1, now + lease, now, now
                 here.append(task)
             else:
-                task = Task(request_id=request_id, system=system, action=action, entities=entities,
-                            status=TaskStatus.PENDING)
                 sent.append(task)
             s.add(task)
         req.status = RequestStatus.RUNNING if wanted else RequestStatus.MERGING
@@ -1041,9 +1038,8 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
         # A system that could not be searched may hold more of the person than its tasks reached: never complete.
         locate_failed = {system: hit.error for system, hit in sorted(hits.items()) if hit.error}
     try:  # made once per process, request type and language: it depends on the data map alone
-        view = rt.memoized(("bundle_view", request_type, lang), lambda: bundle_view(rt.data_map, {
-            name: rt.memoized(("policies", name), conn.policies) for name, conn in rt.connectors().items()},
-            request_type, lang))
+        view = rt.memoized(("bundle_view", request_type, lang),
+                           lambda: bundle_view(rt.data_map, rt.policies(), request_type, lang))
     except (DataMapError, ConnectorError):  # the bundle still says what failed; it only lacks categories
         view = bundle_view(rt.data_map, {}, request_type, lang)
     store = archive_store(rt.settings, rt.env)

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from connectors.base import Connector, ConnectorContext
+from connectors.base import Connector, ConnectorContext, EntityPolicy
 from discovery.bundle.staging import Staging
 from discovery.engine import db
 from discovery.engine.datamap import DataMap, DataMapError, load_data_map
@@ -88,6 +88,10 @@ class Runtime:
         except KeyError:
             value = self._memo[key] = make()  # two threads may both make it once; either copy is the same
             return value
+
+    def policies(self) -> dict[str, dict[str, EntityPolicy]]:
+        """Each enabled system's entity policies (what the planner and the bundle page read), made once."""
+        return self.memoized(("policies",), lambda: {name: c.policies() for name, c in self.connectors().items()})
 
     def connectors(self) -> dict[str, Connector]:
         with self._lock:

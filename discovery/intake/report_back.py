@@ -61,6 +61,11 @@ def note_target(rt: Runtime, req: Request | Ended) -> str | None:
     return None
 
 
+def has_target(rt: Runtime, req: Request | Ended) -> bool:
+    """Anywhere to report this request to (a callback or a Freshdesk ticket), decided without a query."""
+    return bool(callback_target(rt, req) or note_target(rt, req))
+
+
 def _link(rt: Runtime, req: Request, now: datetime) -> tuple[tuple[str, datetime] | None, str | None]:
     """The person's download link (or why there is none) for a finished request with a bundle."""
     if not (req.bundle_path and req.status in _FINISHED):
@@ -100,7 +105,7 @@ class _Reporter:
     """The engine's side of reporting back (pipeline.Reporter)."""
 
     def wants(self, rt: Runtime, req: Request) -> bool:
-        return bool(note_target(rt, req) or callback_target(rt, req))
+        return has_target(rt, req)
 
     def enqueue(self, s: Session, rt: Runtime, req: Request, event: str, details: dict[str, Any]) -> None:
         enqueue(s, rt, req, event, details)
@@ -117,7 +122,7 @@ def report_back(rt: Runtime, request: Ended | str) -> None:
     """Completion hook: queue the outcome if nothing did, then send the request's report-back now. A request with
     nowhere to report to (no callback, not a Freshdesk ticket) costs nothing: decided from `Ended`, no query."""
     ended = pipeline.ended_of(rt, request)
-    if not (callback_target(rt, ended) or note_target(rt, ended)):
+    if not has_target(rt, ended):
         return
     request_id = ended.id
     now = rt.clock()

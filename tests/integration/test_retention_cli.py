@@ -43,19 +43,21 @@ def orders(engine: sa.Engine) -> list[int]:
         return sorted(c.execute(sa.text("SELECT id FROM orders")).scalars())
 
 
-def open_request(cli: dict[str, Any], email: str) -> None:
-    """An open access request for `email`, written as intake writes one (no worker picks it up here)."""
-    from discovery.engine import pipeline
+def write_request(cli: dict[str, Any], email: str, type_: RequestType = RequestType.ACCESS,
+                  completed_at: datetime | None = None) -> None:
+    """A request for `email` as intake writes one, open (no worker picks it up here); with `completed_at`, as the
+    pipeline leaves one completed then."""
+    from discovery.engine import db, pipeline
+    from discovery.engine.ledger import RequestStatus
 
-    settings = load_settings(cli["config"], env=cli["env"])
-    rt = Runtime(settings, env=cli["env"])
+    rt = Runtime(load_settings(cli["config"], env=cli["env"]), env=cli["env"])
     try:
-        from discovery.engine import db
-
         db.upgrade(rt.engine)
         subject = normalise_email(email)
         with rt.sessions.begin() as s:
-            req = pipeline.new_request(rt, RequestType.ACCESS, subject, rt.subject_hash(subject), datetime.now(UTC))
+            req = pipeline.new_request(rt, type_, subject, rt.subject_hash(subject), completed_at or datetime.now(UTC))
+            if completed_at is not None:
+                req.status, req.completed_at, req.open_key = str(RequestStatus.COMPLETED), completed_at, None
             s.add(req)
             s.add(SubjectIdentity(request_id=req.id, type="email", value=subject, source="request", round=0))
     finally:
@@ -76,7 +78,7 @@ def test_bad_input_is_one_line_and_an_exit_code(cli: dict[str, Any]) -> None:
 
 def test_plan_run_and_a_second_run(cli: dict[str, Any]) -> None:
     before = orders(cli["engine"])  # three people, one order each past 5 years (ids 1, 4, 7)
-    open_request(cli, JANE.email)  # Jane's stays while her request is open
+    write_request(cli, JANE.email)  # Jane's stays while her request is open
     plan = dsar(["retention", "plan", "--system", "accounts", "--json"], cli["env"])
     assert plan.returncode == 0, plan.stderr
     rows = {r["rule"]: r for r in orjson.loads(plan.stdout)}
@@ -138,30 +140,11 @@ def test_a_run_in_progress_is_refused_and_a_stale_one_resumed(cli: dict[str, Any
     assert data["resumed"] and data["run_id"] == run_id and data["rules"]["accounts.orders"]["changed"] == {"orders": 3}
 
 
-def completed(cli: dict[str, Any], email: str, type_: RequestType, at: datetime) -> None:
-    """A completed request for `email` of `type_`, completed at `at` (as the pipeline leaves one)."""
-    from discovery.engine import db, pipeline
-    from discovery.engine.ledger import RequestStatus
-
-    settings = load_settings(cli["config"], env=cli["env"])
-    rt = Runtime(settings, env=cli["env"])
-    try:
-        db.upgrade(rt.engine)
-        subject = normalise_email(email)
-        with rt.sessions.begin() as s:
-            req = pipeline.new_request(rt, type_, subject, rt.subject_hash(subject), at)
-            req.status, req.completed_at, req.open_key = str(RequestStatus.COMPLETED), at, None
-            s.add(req)
-            s.add(SubjectIdentity(request_id=req.id, type="email", value=subject, source="request", round=0))
-    finally:
-        rt.close()
-
-
 def test_a_restricted_persons_records_are_kept_until_the_restriction_is_lifted(cli: dict[str, Any]) -> None:
     """Art. 18: a completed restriction request, not lifted since, keeps the person's records past retention
     (counted apart from holds and open requests); once a later lift completes they go like anyone's."""
     before = orders(cli["engine"])
-    completed(cli, JANE.email, RequestType.RESTRICTION, datetime(2025, 1, 1, tzinfo=UTC))
+    write_request(cli, JANE.email, RequestType.RESTRICTION, completed_at=datetime(2025, 1, 1, tzinfo=UTC))
     plan = dsar(["retention", "plan", "--system", "accounts", "--json"], cli["env"])
     rows = {r["rule"]: r for r in orjson.loads(plan.stdout)}
     assert (rows["accounts.orders"]["due"], rows["accounts.orders"]["kept_request"],
@@ -173,10 +156,10 @@ def test_a_restricted_persons_records_are_kept_until_the_restriction_is_lifted(c
     table = list(csv.DictReader(io.StringIO(dsar(["retention", "report", "--format", "csv"], cli["env"]).stdout)))
     assert next(r for r in table if r["rule"] == "accounts.orders")["kept_restricted"] == "1"
     # an older lift changes nothing; a later one ends the restriction
-    completed(cli, JANE.email, RequestType.LIFT_RESTRICTION, datetime(2024, 6, 1, tzinfo=UTC))
+    write_request(cli, JANE.email, RequestType.LIFT_RESTRICTION, completed_at=datetime(2024, 6, 1, tzinfo=UTC))
     assert orjson.loads(dsar(["retention", "run", "--json"], cli["env"]).stdout)[
         "rules"]["accounts.orders"]["changed"] == {}
-    completed(cli, JANE.email, RequestType.LIFT_RESTRICTION, datetime(2025, 2, 1, tzinfo=UTC))
+    write_request(cli, JANE.email, RequestType.LIFT_RESTRICTION, completed_at=datetime(2025, 2, 1, tzinfo=UTC))
     last = orjson.loads(dsar(["retention", "run", "--json"], cli["env"]).stdout)
     assert last["rules"]["accounts.orders"]["changed"] == {"orders": 1}
     assert orders(cli["engine"]) == [o for o in left if o != 1]

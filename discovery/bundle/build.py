@@ -184,6 +184,9 @@ class _ParallelDeflate:
         return b"".join(out)
 
     def flush(self) -> bytes:
+        if not self.pending:  # a member under one piece (most of them): deflated here, no hand-off to a thread
+            data, self.buf = bytes(self.buf), bytearray()
+            return self._deflate(data, self.primer, last=True)
         self._submit(bytes(self.buf), last=True)
         self.buf = bytearray()
         out = b"".join(f.result() for f in self.pending)

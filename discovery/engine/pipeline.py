@@ -32,7 +32,6 @@ from connectors.base import (
     Note,
     TransientError,
     UnsupportedAction,
-    is_note,
     note,
 )
 from connectors.emails import normalise_email
@@ -46,15 +45,26 @@ from discovery.engine.datamap import DataMapError
 from discovery.engine.db import LedgerUnavailable
 from discovery.engine.discover import Discovery, discover, locate_error
 from discovery.engine.ledger import (
-    TERMINAL_TASK,
     AuditEvent,
     Request,
     RequestStatus,
     RequestType,
     SubjectIdentity,
-    SystemHit,
     Task,
     TaskStatus,
+    utcnow,
+)
+from discovery.engine.ledger_rows import (
+    HITS,
+    IDENTITIES,
+    REQUESTS,
+    TASKS,
+    AnyRow,
+    add_audit,
+    identities_of,
+    lock_request,
+    next_status,
+    update_request,
 )
 from discovery.engine.planner import NOT_FOUND, OUT_OF_SCOPE, PlanStep, SystemView, plan, refusals, tasks_of
 from discovery.engine.runtime import Ended, Runtime, TaskOutcome
@@ -165,7 +175,7 @@ class Reporter(Protocol):
     import it). `enqueue` runs inside the transaction of the state change, so what is to be said commits with it;
     `send` runs after the commit and tries to deliver at once."""
 
-    def wants(self, rt: Runtime, req: Request) -> bool: ...  # anywhere to report this request to (no query)
+    def wants(self, rt: Runtime, req: Request | Ended) -> bool: ...  # anywhere to report it to (no query)
     def enqueue(self, s: Session, rt: Runtime, req: Request, event: str, details: dict[str, Any]) -> None: ...
     def send(self, rt: Runtime, request_id: str) -> None: ...
 
@@ -190,6 +200,15 @@ def report(s: Session, rt: Runtime, req: Request, event: str, **details: Any) ->
                 reporter.enqueue(s, rt, req, event, details)
         except Exception as exc:
             log.error("report.enqueue_failed", request_id=req.id, report_event=event, error=one_line(exc))
+
+
+def report_ended(s: Session, rt: Runtime, ended: Ended, event: str) -> None:
+    """`report` for a state change written in Core: the request is loaded (as just written) only when a reporter
+    wants it, which most requests (no ticket, no callback) never do."""
+    if any(r.wants(rt, ended) for r in REPORTERS):
+        req = s.get(Request, ended.id, populate_existing=True)
+        assert req is not None
+        report(s, rt, req, event)
 
 
 def send_reports(rt: Runtime, request_id: str) -> None:
@@ -251,13 +270,13 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
         with rt.sessions.begin() as s:
             if ticket:
                 _one_request_per_ticket(s, source, ticket, rtype)
-            s.add(request)
-            s.flush()
-            s.add(SubjectIdentity(request_id=request.id, type=IdentityType.EMAIL.value, value=subject,
-                                  source="request", round=0))
-            audit(s, "request.received", actor, request, type=rtype.value, ticket=ticket, source=source,
-                  needs_verification=needs_verification, systems=scope, language=lang,
-                  confirm_others=request.confirm_others)  # the operator's reason, audited with the request
+            conn = s.connection()  # Core, not the ORM's flush: every request is written here (issue 15)
+            conn.execute(sa.insert(REQUESTS).values({c.name: getattr(request, c.name) for c in REQUESTS.columns}))
+            conn.execute(sa.insert(IDENTITIES).values(request_id=request.id, type=IdentityType.EMAIL.value,
+                                                      value=subject, source="request", round=0))
+            add_audit(conn, "request.received", actor, request.id, request.subject_hash, type=rtype.value,
+                      ticket=ticket, source=source, needs_verification=needs_verification, systems=scope,
+                      language=lang, confirm_others=request.confirm_others)  # the operator's reason, audited
             if needs_verification:  # the ticket hears why nothing happens yet
                 report(s, rt, request, "request.held")
     except IntegrityError:
@@ -358,9 +377,7 @@ def verify_request(rt: Runtime, wake: Wakeups, request_id: str, actor: str, note
 # -- discover and plan -----------------------------------------------------------------------
 
 def known_identities(s: Session, request_id: str) -> Identities:
-    rows = s.scalars(sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id))
-    return Identities(Identity(IdentityType(r.type), r.value, r.source, r.via or "",
-                               Note.from_dict(r.via_note) if is_note(r.via_note) else None) for r in rows)
+    return identities_of(s.connection(), request_id)
 
 
 def system_views(rt: Runtime, found: Discovery, systems: list[str] | None = None) -> list[SystemView]:
@@ -410,7 +427,7 @@ def identifiers(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
         return [_identifier(i) for i in rows]
 
 
-def _identifier(i: SubjectIdentity) -> dict[str, Any]:
+def _identifier(i: SubjectIdentity | AnyRow) -> dict[str, Any]:
     """One stored identifier as status, the API and the bundle manifest show it."""
     return {"type": i.type, "value": i.value, "source": i.source, "via": i.via, "via_note": i.via_note,
             "round": i.round}
@@ -486,7 +503,7 @@ def _lease(rt: Runtime) -> timedelta:
     return timedelta(seconds=rt.settings.worker.task_lease_seconds)
 
 
-def lease_is_live(req: Request, now: datetime) -> bool:
+def lease_is_live(req: Request | AnyRow, now: datetime) -> bool:
     """Someone is discovering or merging this request and renewed the lease lately."""
     return req.lease_until is not None and req.lease_until >= now
 
@@ -504,13 +521,16 @@ def _release_request(rt: Runtime, request_id: str, owner: str) -> None:
 def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) -> None:
     now, lease = _now(rt), _lease(rt)
     with rt.sessions.begin() as s:
+        conn = s.connection()
         # Claim: a received request, or one whose discovery lease lapsed (its worker died). A live lease means
         # another process is discovering it right now: leave it alone.
-        req = s.get(Request, request_id, with_for_update=True)
+        req = lock_request(conn, request_id, "status", "type", "systems", "confirm_others", "lease_until",
+                           "subject_hash")
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
         if req.status not in (RequestStatus.RECEIVED, RequestStatus.DISCOVERING):
-            pending = [t.id for t in req.tasks if t.status == TaskStatus.PENDING]
+            pending = list(conn.scalars(sa.select(TASKS.c.id).where(
+                TASKS.c.request_id == request_id, TASKS.c.status == TaskStatus.PENDING).order_by(TASKS.c.id)))
             status = req.status
         elif req.status == RequestStatus.DISCOVERING and lease_is_live(req, now):
             log.info("request.discovery_busy", request_id=request_id)
@@ -518,11 +538,11 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
         else:
             if req.status == RequestStatus.DISCOVERING:
                 log.warning("request.discovery_taken_over", request_id=request_id)
-                audit(s, "request.discovery_taken_over", "worker", req)
-            req.status = RequestStatus.DISCOVERING
-            req.lease_until, req.lease_owner, req.updated_at = now + lease, owner, now
+                add_audit(conn, "request.discovery_taken_over", "worker", request_id, req.subject_hash)
+            update_request(conn, request_id, status=RequestStatus.DISCOVERING, lease_until=now + lease,
+                           lease_owner=owner, updated_at=now)
             pending, status = [], None
-        seed = known_identities(s, request_id)
+        seed = identities_of(conn, request_id)
         rtype = RequestType(req.type)
         scope = list(req.systems) if req.systems is not None else None
         confirm = req.confirm_others
@@ -542,7 +562,8 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
     wanted = tasks_of(steps)
 
     with rt.sessions.begin() as s:
-        req = s.get(Request, request_id, with_for_update=True)
+        conn = s.connection()
+        req = lock_request(conn, request_id, "status", "lease_owner", "subject_hash")
         assert req is not None
         if req.status != RequestStatus.DISCOVERING or req.lease_owner != owner:
             # another delivery got here first, or took over after our lease lapsed: its plan is the one kept
@@ -550,47 +571,44 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
             return
         # What the claim read: while we hold the discovery's lease, nothing else adds identities to this request.
         have = {(i.type, i.value) for i in seed}
-        for ident in found.identities:
-            if (ident.type, ident.value) not in have:
-                s.add(SubjectIdentity(request_id=request_id, type=ident.type.value, value=ident.value,
-                                      source=ident.source, via=ident.via or None,
-                                      via_note=ident.via_note.to_dict() if ident.via_note else None,
-                                      round=found.learned_in_round.get((ident.type, ident.value), 0)))
-        for name in asked:
-            hits = found.hits.get(name)
-            s.add(SystemHit(request_id=request_id, system=name, found=bool(hits and hits.found),
-                            counts=dict(hits.counts) if hits else {}, error=found.errors.get(name),
-                            skipped=dict(hits.skipped) if hits and hits.skipped else None))
-        # A refused system gets a failed task: the request ends completed_with_errors, saying why.
-        for step in refusals(steps):
-            s.add(Task(request_id=request_id, system=step.system, action=_CHANGE_TASK[rtype], entities=[],
-                       status=TaskStatus.FAILED, error=step.reason))
-        req.plan = [step.to_dict() for step in steps]
-        # Tasks of quick, local systems are claimed here, in this transaction, and run by this worker right after
-        # it (InlineWakeups); the others wait for a worker of their own.
-        here: list[Task] = []
-        sent: list[Task] = []
+        learned = [{"request_id": request_id, "type": ident.type.value, "value": ident.value, "source": ident.source,
+                    "via": ident.via or None, "via_note": ident.via_note.to_dict() if ident.via_note else None,
+                    "round": found.learned_in_round.get((ident.type, ident.value), 0)}
+                   for ident in found.identities if (ident.type, ident.value) not in have]
+        if learned:
+            conn.execute(sa.insert(IDENTITIES), learned)
+        if asked:
+            conn.execute(sa.insert(HITS), [
+                {"request_id": request_id, "system": name, "found": bool(hits and hits.found),
+                 "counts": dict(hits.counts) if hits else {}, "error": found.errors.get(name),
+                 "skipped": dict(hits.skipped) if hits and hits.skipped else None}
+                for name in asked for hits in [found.hits.get(name)]])
+        # A refused system gets a failed task: the request ends completed_with_errors, saying why. Tasks of quick,
+        # local systems are claimed here, in this transaction, and run by this worker right after it
+        # (InlineWakeups); the others wait for a worker of their own.
         now = _now(rt)
+        rows = [_task_row(request_id, step.system, _CHANGE_TASK[rtype], [], TaskStatus.FAILED, error=step.reason)
+                for step in refusals(steps)]
         for (system, action), entities in wanted.items():
-            task = Task(request_id=request_id, system=system, action=action, entities=entities,
-                        status=TaskStatus.PENDING)
             if inline and rt.connector(system).runs_inline:  # claimed as _claim_task would
-                task.status, task.attempts, task.lease_until, task.started_at, task.updated_at = \
-                    TaskStatus.RUNNING, 1, now + lease, now, now
-                here.append(task)
+                rows.append(_task_row(request_id, system, action, entities, TaskStatus.RUNNING, attempts=1,
+                                      lease_until=now + lease, started_at=now, updated_at=now))
             else:
-                sent.append(task)
-            s.add(task)
-        req.status = RequestStatus.RUNNING if wanted else RequestStatus.MERGING
-        req.lease_until = req.lease_owner = None
-        audit(s, "request.planned", "worker", req, systems_found=sorted(n for n, h in found.hits.items() if h.found),
-              tasks=len(wanted), rounds=found.rounds, locate_errors=sorted(found.errors),
-              refused=sorted(step.system for step in refusals(steps)),
-              identifiers_refused=found.refused or None, confirm_others=bool(confirm))
-        s.flush()
-        claimed = [Claimed(t.id, request_id, t.system, t.action, list(t.entities), 1, None, 0, found.identities, now)
-                   for t in here]
-        task_ids = [t.id for t in sent]
+                rows.append(_task_row(request_id, system, action, entities, TaskStatus.PENDING))
+        ids = list(conn.scalars(sa.insert(TASKS).returning(TASKS.c.id, sort_by_parameter_order=True), rows)) \
+            if rows else []
+        update_request(conn, request_id, plan=[step.to_dict() for step in steps],
+                       status=RequestStatus.RUNNING if wanted else RequestStatus.MERGING,
+                       lease_until=None, lease_owner=None)
+        add_audit(conn, "request.planned", "worker", request_id, req.subject_hash,
+                  systems_found=sorted(n for n, h in found.hits.items() if h.found),
+                  tasks=len(wanted), rounds=found.rounds, locate_errors=sorted(found.errors),
+                  refused=sorted(step.system for step in refusals(steps)),
+                  identifiers_refused=found.refused or None, confirm_others=bool(confirm))
+        claimed = [Claimed(task_id, request_id, row["system"], row["action"], list(row["entities"]), 1, None, 0,
+                           found.identities, now)
+                   for task_id, row in zip(ids, rows, strict=True) if row["status"] == TaskStatus.RUNNING]
+        task_ids = [task_id for task_id, row in zip(ids, rows, strict=True) if row["status"] == TaskStatus.PENDING]
     log.info("request.planned", request_id=request_id, tasks=len(wanted), rounds=found.rounds,
              locate_errors=len(found.errors))
     for task_id in task_ids:  # first, so they start on other workers while this one runs its own
@@ -605,6 +623,15 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
         raise retry
     if not wanted:
         wake.merge(request_id)
+
+
+def _task_row(request_id: str, system: str, action: str, entities: list[Any], status: TaskStatus, *,
+              error: str | None = None, attempts: int = 0, lease_until: datetime | None = None,
+              started_at: datetime | None = None, updated_at: datetime | None = None) -> dict[str, Any]:
+    """A new task's row for one multi-row INSERT: every row names the same columns."""
+    return {"request_id": request_id, "system": system, "action": action, "entities": entities, "status": status,
+            "error": error, "attempts": attempts, "lease_until": lease_until, "started_at": started_at,
+            "updated_at": updated_at or utcnow()}
 
 
 # -- execute ---------------------------------------------------------------------------------
@@ -654,7 +681,7 @@ def _claim_task(rt: Runtime, task_id: int) -> Claimed | None:
                 raise NotFoundError(f"unknown task {task_id}")
             return None  # done already, or another worker holds it
         return Claimed(task_id, row.request_id, row.system, row.action, list(row.entities), row.attempts,
-                       row.retrying_since, row.waits, known_identities(s, row.request_id), now)
+                       row.retrying_since, row.waits, identities_of(s.connection(), row.request_id), now)
 
 
 def run_claimed(rt: Runtime, wake: Wakeups, claimed: Claimed) -> None:
@@ -868,26 +895,29 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
     now = _now(rt)
     merge_owner = str(uuid.uuid4()) if isinstance(wake, InlineWakeups) else None
     with rt.sessions.begin() as s:
+        conn = s.connection()
         if request_id is None:
-            request_id = s.scalar(sa.select(Task.request_id).where(Task.id == task_id))
+            request_id = conn.scalar(sa.select(TASKS.c.request_id).where(TASKS.c.id == task_id))
             if request_id is None:
                 raise NotFoundError(f"unknown task {task_id}")
         # Lock the request row first: concurrent finishers of one request serialise here, so
         # exactly one of them sees all tasks terminal (under READ COMMITTED both could miss it).
-        req = s.get(Request, request_id, with_for_update=True, populate_existing=True)
+        req = lock_request(conn, request_id, "status", "subject_hash")
         assert req is not None
         values: dict[str, Any] = {"status": status, "error": error, "finished_at": now, "lease_until": None,
                                   "updated_at": now}
         if result is not None:
             values["result"] = result
-        row = s.execute(sa.update(Task).where(Task.id == task_id).values(**values)
-                        .returning(Task.system, Task.action, Task.result),
-                        execution_options={"synchronize_session": False}).one()
-        audit(s, f"task.{status}", actor, req, system=row.system, action=row.action, note=note,
-              changed=(result or {}).get("changed"))
-        merge_now = _advance(req, s)
+        row = conn.execute(sa.update(TASKS).where(TASKS.c.id == task_id).values(**values)
+                           .returning(TASKS.c.system, TASKS.c.action, TASKS.c.result)).one()
+        add_audit(conn, f"task.{status}", actor, request_id, req.subject_hash, system=row.system, action=row.action,
+                  note=note, changed=(result or {}).get("changed"))
+        moved = next_status(conn, request_id, req.status)
+        merge_now = moved == RequestStatus.MERGING
         if merge_now and merge_owner is not None:  # the merge below starts under this lease: no second claim
-            req.lease_until, req.lease_owner = now + _lease(rt), merge_owner
+            update_request(conn, request_id, status=moved, lease_until=now + _lease(rt), lease_owner=merge_owner)
+        elif moved is not None:
+            update_request(conn, request_id, status=moved)
         closed = req.status in CLOSED_BY_OPERATOR
     if closed:  # it ran on after the request was denied or cancelled: the receipt stays, staged data has no use
         rt.staging.discard(request_id)
@@ -914,18 +944,6 @@ def run_task_hooks(rt: Runtime, task: TaskOutcome) -> None:
             with rt.sessions.begin() as s:
                 audit(s, "task.hook_failed", "worker", s.get(Request, task.request_id), hook=name, task_id=task.id,
                       error=one_line(exc))
-
-
-def _advance(req: Request, s: Session) -> bool:
-    if req.status not in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL):
-        return False
-    statuses = list(s.scalars(sa.select(Task.status).where(Task.request_id == req.id)))
-    if all(st in TERMINAL_TASK for st in statuses):
-        req.status = RequestStatus.MERGING
-        return True
-    if all(st in TERMINAL_TASK or st == TaskStatus.AWAITING_MANUAL for st in statuses):
-        req.status = RequestStatus.AWAITING_MANUAL
-    return False
 
 
 def confirm_manual(rt: Runtime, wake: Wakeups, request_id: str, system: str, note: str, actor: str) -> int:
@@ -971,7 +989,8 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
     now, lease = _now(rt), _lease(rt)
     dead = None
     with rt.sessions.begin() as s:
-        req = s.get(Request, request_id, with_for_update=not claimed)
+        conn = s.connection()
+        req = lock_request(conn, request_id, lock=not claimed)
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
         if req.status != RequestStatus.MERGING:
@@ -987,12 +1006,17 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
             dead = req.lease_owner  # a merge whose lease lapsed: it may have stored its bundle and died recording it
             if dead is not None:
                 log.warning("request.merge_taken_over", request_id=request_id)
-                audit(s, "request.merge_taken_over", "worker", req)
-            req.lease_until, req.lease_owner = now + lease, owner
-        identities = [_identifier(i) for i in s.scalars(
-            sa.select(SubjectIdentity).where(SubjectIdentity.request_id == request_id).order_by(SubjectIdentity.id))]
-        hits = {h.system: h for h in s.scalars(sa.select(SystemHit).where(SystemHit.request_id == request_id))}
-        tasks = list(req.tasks)
+                add_audit(conn, "request.merge_taken_over", "worker", request_id, req.subject_hash)
+            update_request(conn, request_id, lease_until=now + lease, lease_owner=owner)
+        identities = [_identifier(i) for i in conn.execute(
+            sa.select(IDENTITIES.c.type, IDENTITIES.c.value, IDENTITIES.c.source, IDENTITIES.c.via,
+                      IDENTITIES.c.via_note, IDENTITIES.c.round)
+            .where(IDENTITIES.c.request_id == request_id).order_by(IDENTITIES.c.id))]
+        hits = {h.system: h for h in conn.execute(sa.select(HITS.c.system, HITS.c.found, HITS.c.error)
+                                                  .where(HITS.c.request_id == request_id))}
+        tasks = list(conn.execute(sa.select(TASKS.c.system, TASKS.c.action, TASKS.c.status, TASKS.c.result,
+                                            TASKS.c.error, TASKS.c.finished_at)
+                                  .where(TASKS.c.request_id == request_id).order_by(TASKS.c.id)))
         request_type = req.type
         lang = req.language or rt.settings.requests.language
         scope = list(req.systems) if req.systems is not None else None
@@ -1052,13 +1076,12 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
         keeper.stop()
     built.uri = out.uri
     with rt.sessions.begin() as s:
-        req = s.get(Request, request_id, with_for_update=True)
+        req = lock_request(s.connection(), request_id, "id", "type", "status", "source", "ticket_ref",
+                           "callback_url", "subject_hash", "lease_owner")
         assert req is not None
         superseded = req.status != RequestStatus.MERGING or req.lease_owner != owner
         if not superseded:
-            req.lease_until = req.lease_owner = None
-            _record_bundle(rt, s, req, built, failed, locate_failed)
-            ended = Ended.of(req)
+            ended = _record_bundle(rt, s, req, built, failed, locate_failed)
     if superseded:  # another merge took over after our lease lapsed; its bundle is (or will be) the one recorded
         log.warning("request.merge_superseded", request_id=request_id)
         try:
@@ -1081,21 +1104,25 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
     return built
 
 
-def _record_bundle(rt: Runtime, s: Session, req: Request, built: BuiltBundle, failed: list[Task],
-                   locate_failed: dict[str, str]) -> None:
-    """The request is complete: its outcome and the bundle stored for it (URI, SHA-256, size, expiry)."""
-    req.status = RequestStatus.COMPLETED_WITH_ERRORS if failed or locate_failed else RequestStatus.COMPLETED
-    req.error = "; ".join([*(f"{system} locate: {error}" for system, error in locate_failed.items()),
-                           *(f"{t.system} {t.action}: {t.error}" for t in failed)])[:2000] or None
-    req.completed_at = _now(rt)
-    req.bundle_path, req.bundle_sha256, req.bundle_size = built.uri, built.sha256, built.size
-    req.bundle_expires_at = req.completed_at + timedelta(days=rt.settings.archive.retention_days)
-    req.bundle_deleted_at = None
-    req.open_key = None
-    audit(s, "request.completed", "worker", req, status=req.status, bundle_sha256=built.sha256,
-          bundle_size=built.size, bundle_expires_at=req.bundle_expires_at.isoformat(),
-          records=sum(built.counts.values()))
-    report(s, rt, req, "request.finished")
+def _record_bundle(rt: Runtime, s: Session, req: AnyRow, built: BuiltBundle, failed: list[AnyRow],
+                   locate_failed: dict[str, str]) -> Ended:
+    """The request is complete: its outcome and the bundle stored for it (URI, SHA-256, size, expiry), its merge
+    lease given up. `req`: the request's row, locked."""
+    status = RequestStatus.COMPLETED_WITH_ERRORS if failed or locate_failed else RequestStatus.COMPLETED
+    error = "; ".join([*(f"{system} locate: {error}" for system, error in locate_failed.items()),
+                       *(f"{t.system} {t.action}: {t.error}" for t in failed)])[:2000] or None
+    completed = _now(rt)
+    expires = completed + timedelta(days=rt.settings.archive.retention_days)
+    conn = s.connection()
+    update_request(conn, req.id, status=status, error=error, completed_at=completed, bundle_path=built.uri,
+                   bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires,
+                   bundle_deleted_at=None, open_key=None, lease_until=None, lease_owner=None)
+    add_audit(conn, "request.completed", "worker", req.id, req.subject_hash, status=status,
+              bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires.isoformat(),
+              records=sum(built.counts.values()))
+    ended = Ended(req.id, str(req.type), str(status), req.source, req.ticket_ref, req.callback_url)
+    report_ended(s, rt, ended, "request.finished")
+    return ended
 
 
 def merge_failed(rt: Runtime, request_id: str, error: str) -> bool:
@@ -1199,7 +1226,10 @@ def sweep(rt: Runtime, wake: Wakeups, stale_after: timedelta | None = None) -> d
             [RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL]), Request.updated_at < stale)
             .with_for_update(skip_locked=True).execution_options(populate_existing=True)).all()
         for req in running:
-            if _advance(req, s):
+            moved = next_status(s.connection(), req.id, req.status)
+            if moved is not None:
+                req.status = moved
+            if moved == RequestStatus.MERGING:
                 merging.append(req.id)
         if to_discover:  # re-woken once per stale interval; the claim decides who discovers
             s.execute(sa.update(Request).where(Request.id.in_(to_discover), Request.status == RequestStatus.RECEIVED)

@@ -104,7 +104,7 @@ def _brief(req: Request, code: str) -> dict[str, Any]:
 class _Reporter:
     """The engine's side of reporting back (pipeline.Reporter)."""
 
-    def wants(self, rt: Runtime, req: Request) -> bool:
+    def wants(self, rt: Runtime, req: Request | Ended) -> bool:
         return has_target(rt, req)
 
     def enqueue(self, s: Session, rt: Runtime, req: Request, event: str, details: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -60,7 +61,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _info(row: ApiToken) -> TokenInfo:
+def _info(row: ApiToken | sa.Row[Any]) -> TokenInfo:
     return TokenInfo(row.name, tuple(row.scopes), row.created_at, row.expires_at, row.revoked_at, row.last_used_at)
 
 
@@ -110,8 +111,9 @@ def authenticate(rt: Runtime, presented: str | None, scope: str) -> TokenInfo:
         raise TokenRejected("an API token is required (Authorization: Bearer <token>)")
     digest = hash_token(presented)
     now = rt.clock()
-    with rt.sessions() as s:
-        row = s.scalars(sa.select(ApiToken).where(ApiToken.token_hash == digest)).first()
+    tokens = ApiToken.__table__
+    with rt.engine.connect() as conn:  # Core: every API call asks, and an ORM load costs more than the query
+        row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == digest)).first()
         # The index finds the row by hash; the comparison itself is constant-time all the same.
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             raise TokenRejected("unknown API token")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import io
 import shutil
@@ -285,6 +286,22 @@ def test_a_failure_while_writing_leaves_no_bundle(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError), store.writer("x.zip") as out:
         build_bundle(out, header("access", []), [SystemPart("accounts", "done", "export", staged=staged)], staging)
     assert list((tmp_path / "archive").iterdir()) == []
+
+
+def test_a_small_bundle_is_deflated_in_the_calling_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members under one piece (nearly every bundle) hand nothing to the compressor's threads: no thread is started
+    for a bundle of a few KiB, and the bundle is as valid as ever."""
+    handed: list[Any] = []
+    submit = concurrent.futures.ThreadPoolExecutor.submit
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit",
+                        lambda pool, *a, **k: handed.append(a) or submit(pool, *a, **k))
+    staging = Staging(tmp_path / "staging")
+    staged = staging.write(REQUEST_ID, "accounts", users())
+    with LocalStore(tmp_path / "archive").writer("small.zip") as out:
+        build_bundle(out, header("access", [step("accounts", "users")]),
+                     [SystemPart("accounts", "done", "export", staged=staged)], staging)
+    assert handed == []
+    assert verify_bundle(local_path(out.uri)).ok
 
 
 def test_a_large_entity_round_trips_through_the_parallel_compressor(tmp_path: Path) -> None:

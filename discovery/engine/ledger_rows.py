@@ -8,6 +8,7 @@ rarely, keep the ORM models of ledger.py; both write the same tables.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, TypeAlias
 
 import sqlalchemy as sa
@@ -33,29 +34,52 @@ AUDIT: sa.Table = AuditEvent.__table__  # type: ignore[assignment]
 AnyRow: TypeAlias = sa.Row[*tuple[Any, ...]]  # a row of any columns, read by attribute
 
 
+# Built once: a statement object memoises its cache key, so executing it again skips building the expression and
+# looking it up in the compiled cache, which cost more CPU than the round trip on small statements.
+_ID: sa.BindParameter[Any] = sa.bindparam("request_id_")
+_UPDATE_REQUEST = sa.update(REQUESTS).where(REQUESTS.c.id == _ID)
+_INSERT_AUDIT = sa.insert(AUDIT)
+_IDENTITIES = sa.select(IDENTITIES.c.type, IDENTITIES.c.value, IDENTITIES.c.source, IDENTITIES.c.via,
+                        IDENTITIES.c.via_note).where(IDENTITIES.c.request_id == _ID).order_by(IDENTITIES.c.id)
+_TASK_STATUSES = sa.select(TASKS.c.status).where(TASKS.c.request_id == _ID)
+# What the merge reads of a request: its identifiers (as the bundle lists them), where discovery looked, its tasks.
+MERGE_IDENTITIES = sa.select(IDENTITIES.c.type, IDENTITIES.c.value, IDENTITIES.c.source, IDENTITIES.c.via,
+                             IDENTITIES.c.via_note, IDENTITIES.c.round) \
+    .where(IDENTITIES.c.request_id == _ID).order_by(IDENTITIES.c.id)
+MERGE_HITS = sa.select(HITS.c.system, HITS.c.found, HITS.c.error).where(HITS.c.request_id == _ID)
+MERGE_TASKS = sa.select(TASKS.c.system, TASKS.c.action, TASKS.c.status, TASKS.c.result, TASKS.c.error,
+                        TASKS.c.finished_at).where(TASKS.c.request_id == _ID).order_by(TASKS.c.id)
+# A task's outcome (the SET clause is the keys given), returning what the hooks are told of it.
+FINISH_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("task_id_")) \
+    .returning(TASKS.c.system, TASKS.c.action, TASKS.c.result)
+
+
+@functools.cache
+def _select_request(columns: tuple[str, ...], lock: bool) -> sa.Select[Any]:
+    query = sa.select(*([REQUESTS.c[c] for c in columns] if columns else [REQUESTS])).where(REQUESTS.c.id == _ID)
+    return query.with_for_update() if lock else query
+
+
 def lock_request(conn: sa.Connection, request_id: str, *columns: str, lock: bool = True) -> AnyRow | None:
     """The request's `columns` (all when none are named), its row locked FOR UPDATE (`lock`) until the commit."""
-    cols = [REQUESTS.c[c] for c in columns] if columns else [REQUESTS]
-    query = sa.select(*cols).where(REQUESTS.c.id == request_id)
-    return conn.execute(query.with_for_update() if lock else query).first()
+    return conn.execute(_select_request(columns, lock), {"request_id_": request_id}).first()
 
 
 def update_request(conn: sa.Connection, request_id: str, **values: Any) -> None:
-    conn.execute(sa.update(REQUESTS).where(REQUESTS.c.id == request_id).values(**values))
+    """Set `values` (column: value) on the request's row; the SET clause is the keys given."""
+    conn.execute(_UPDATE_REQUEST, {"request_id_": request_id, **values})
 
 
 def add_audit(conn: sa.Connection, event: str, actor: str, request_id: str | None, subject_hash: str | None,
               **details: Any) -> None:
     """pipeline.audit's row, written at once (the ORM's version waits for the session's flush)."""
-    conn.execute(sa.insert(AUDIT).values(event=event, actor=actor, request_id=request_id, subject_hash=subject_hash,
-                                         details=details))
+    conn.execute(_INSERT_AUDIT, {"event": event, "actor": actor, "request_id": request_id,
+                                 "subject_hash": subject_hash, "details": details})
 
 
 def identities_of(conn: sa.Connection, request_id: str) -> Identities:
     """What the request knows of the person so far, in the order it was learned."""
-    rows = conn.execute(sa.select(IDENTITIES.c.type, IDENTITIES.c.value, IDENTITIES.c.source, IDENTITIES.c.via,
-                                  IDENTITIES.c.via_note)
-                        .where(IDENTITIES.c.request_id == request_id).order_by(IDENTITIES.c.id))
+    rows = conn.execute(_IDENTITIES, {"request_id_": request_id})
     return Identities(Identity(IdentityType(r.type), r.value, r.source, r.via or "",
                                Note.from_dict(r.via_note) if is_note(r.via_note) else None) for r in rows)
 
@@ -65,7 +89,7 @@ def next_status(conn: sa.Connection, request_id: str, status: str) -> RequestSta
     when the rest wait for a person; None when it stays where it is."""
     if status not in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL):
         return None
-    statuses = list(conn.scalars(sa.select(TASKS.c.status).where(TASKS.c.request_id == request_id)))
+    statuses = list(conn.scalars(_TASK_STATUSES, {"request_id_": request_id}))
     if all(st in TERMINAL_TASK for st in statuses):
         return RequestStatus.MERGING
     if status != RequestStatus.AWAITING_MANUAL and \

@@ -55,8 +55,12 @@ from discovery.engine.ledger import (
     utcnow,
 )
 from discovery.engine.ledger_rows import (
+    FINISH_TASK,
     HITS,
     IDENTITIES,
+    MERGE_HITS,
+    MERGE_IDENTITIES,
+    MERGE_TASKS,
     REQUESTS,
     TASKS,
     AnyRow,
@@ -908,8 +912,7 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
                                   "updated_at": now}
         if result is not None:
             values["result"] = result
-        row = conn.execute(sa.update(TASKS).where(TASKS.c.id == task_id).values(**values)
-                           .returning(TASKS.c.system, TASKS.c.action, TASKS.c.result)).one()
+        row = conn.execute(FINISH_TASK, {"task_id_": task_id, **values}).one()
         add_audit(conn, f"task.{status}", actor, request_id, req.subject_hash, system=row.system, action=row.action,
                   note=note, changed=(result or {}).get("changed"))
         moved = next_status(conn, request_id, req.status)
@@ -1008,15 +1011,10 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
                 log.warning("request.merge_taken_over", request_id=request_id)
                 add_audit(conn, "request.merge_taken_over", "worker", request_id, req.subject_hash)
             update_request(conn, request_id, lease_until=now + lease, lease_owner=owner)
-        identities = [_identifier(i) for i in conn.execute(
-            sa.select(IDENTITIES.c.type, IDENTITIES.c.value, IDENTITIES.c.source, IDENTITIES.c.via,
-                      IDENTITIES.c.via_note, IDENTITIES.c.round)
-            .where(IDENTITIES.c.request_id == request_id).order_by(IDENTITIES.c.id))]
-        hits = {h.system: h for h in conn.execute(sa.select(HITS.c.system, HITS.c.found, HITS.c.error)
-                                                  .where(HITS.c.request_id == request_id))}
-        tasks = list(conn.execute(sa.select(TASKS.c.system, TASKS.c.action, TASKS.c.status, TASKS.c.result,
-                                            TASKS.c.error, TASKS.c.finished_at)
-                                  .where(TASKS.c.request_id == request_id).order_by(TASKS.c.id)))
+        by_request = {"request_id_": request_id}
+        identities = [_identifier(i) for i in conn.execute(MERGE_IDENTITIES, by_request)]
+        hits = {h.system: h for h in conn.execute(MERGE_HITS, by_request)}
+        tasks = list(conn.execute(MERGE_TASKS, by_request))
         request_type = req.type
         lang = req.language or rt.settings.requests.language
         scope = list(req.systems) if req.systems is not None else None

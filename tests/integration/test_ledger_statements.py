@@ -2,8 +2,8 @@
 
 Measured on PostgreSQL (production's ledger) with the accounts system only, through the pipeline's own functions and
 the wake-ups a worker uses. Counted: every statement sent to the ledger's engine (what SQLAlchemy's
-`before_cursor_execute` sees) and every savepoint, BEGIN/COMMIT excluded; the account database's own queries are
-the connector's, not counted.
+`before_cursor_execute` sees) and every savepoint, and apart from them the transactions (each a BEGIN and a COMMIT
+more); the account database's own queries are the connector's, not counted.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ class Statements:
     def __init__(self, engine: sa.Engine) -> None:
         self.phase = "setup"
         self.counts: Counter[str] = Counter()
+        self.transactions: Counter[str] = Counter()  # each costs a BEGIN and a COMMIT besides its statements
         self.seen: list[tuple[str, str]] = []
         sa.event.listen(engine, "before_cursor_execute", self._count)
+        sa.event.listen(engine, "begin", lambda _conn: self.transactions.update([self.phase]))
         for event in ("savepoint", "release_savepoint", "rollback_savepoint"):  # round trips of their own
             sa.event.listen(engine, event, lambda _conn, name, *_, e=event: self._count(None, None, f"{e} {name}"))
 
@@ -74,3 +76,6 @@ def test_an_access_request_costs_the_ledger_few_statements(counted: tuple[Runtim
     # lease (5), the merge's reads (4) and its outcome (3). Hooks with nothing to do cost nothing.
     assert stmts.counts["submit"] <= 3, seen
     assert stmts.counts["worker"] <= 21, seen
+    # one transaction at intake; the worker: claim, plan, the task's outcome, the merge's reads and its outcome
+    assert stmts.transactions["submit"] <= 1, seen
+    assert stmts.transactions["worker"] <= 5, seen

@@ -85,11 +85,17 @@ def identities_of(conn: sa.Connection, request_id: str) -> Identities:
 
 
 def next_status(conn: sa.Connection, request_id: str, status: str) -> RequestStatus | None:
-    """Where a running request goes once a task of it ended: merging when every task is terminal, awaiting_manual
-    when the rest wait for a person; None when it stays where it is."""
+    """Where a running request goes once a task of it ended (status_after), its tasks read here."""
     if status not in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL):
         return None
-    statuses = list(conn.scalars(_TASK_STATUSES, {"request_id_": request_id}))
+    return status_after(status, list(conn.scalars(_TASK_STATUSES, {"request_id_": request_id})))
+
+
+def status_after(status: str, statuses: list[str]) -> RequestStatus | None:
+    """Where a running request goes once a task of it ended, given all its tasks' statuses: merging when every
+    task is terminal, awaiting_manual when the rest wait for a person; None when it stays where it is."""
+    if status not in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL):
+        return None
     if all(st in TERMINAL_TASK for st in statuses):
         return RequestStatus.MERGING
     if status != RequestStatus.AWAITING_MANUAL and \

@@ -68,6 +68,7 @@ from discovery.engine.ledger_rows import (
     identities_of,
     lock_request,
     next_status,
+    status_after,
     update_request,
 )
 from discovery.engine.planner import NOT_FOUND, OUT_OF_SCOPE, PlanStep, SystemView, plan, refusals, tasks_of
@@ -118,10 +119,11 @@ class InlineWakeups:
     def merge(self, request_id: str) -> None:
         self.merge_claimed(request_id, None)
 
-    def merge_claimed(self, request_id: str, owner: str | None) -> None:
-        """Merge here, under the lease `owner` (taken by finish_task) or claiming it (None)."""
+    def merge_claimed(self, request_id: str, owner: str | None, inputs: MergeInputs | None = None) -> None:
+        """Merge here, under the lease `owner` (taken by finish_task, which may have read the merge's `inputs`
+        already) or claiming it (None)."""
         try:
-            merge_request(self.runtime(), request_id, owner=owner)
+            merge_request(self.runtime(), request_id, owner=owner, inputs=inputs)
         except Exception as exc:  # merge_request released our lease: the merge actor can claim it at once
             log.warning("merge.inline_failed", request_id=request_id, error=one_line(exc))
             self.send.merge(request_id)
@@ -906,7 +908,7 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
                 raise NotFoundError(f"unknown task {task_id}")
         # Lock the request row first: concurrent finishers of one request serialise here, so
         # exactly one of them sees all tasks terminal (under READ COMMITTED both could miss it).
-        req = lock_request(conn, request_id, "status", "subject_hash")
+        req = lock_request(conn, request_id)  # every column: the last task's finisher may read the merge's inputs
         assert req is not None
         values: dict[str, Any] = {"status": status, "error": error, "finished_at": now, "lease_until": None,
                                   "updated_at": now}
@@ -915,10 +917,20 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
         row = conn.execute(FINISH_TASK, {"task_id_": task_id, **values}).one()
         add_audit(conn, f"task.{status}", actor, request_id, req.subject_hash, system=row.system, action=row.action,
                   note=note, changed=(result or {}).get("changed"))
-        moved = next_status(conn, request_id, req.status)
+        running = req.status in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL)
+        tasks = list(conn.execute(MERGE_TASKS, {"request_id_": request_id})) if running else []
+        moved = status_after(req.status, [t.status for t in tasks])
         merge_now = moved == RequestStatus.MERGING
-        if merge_now and merge_owner is not None:  # the merge below starts under this lease: no second claim
+        inputs = None
+        if merge_now and merge_owner is not None:
+            # The merge below starts under this lease, from what this transaction reads: no claim of its own.
             update_request(conn, request_id, status=moved, lease_until=now + _lease(rt), lease_owner=merge_owner)
+            try:
+                inputs = merge_inputs(rt, s, req, tasks)
+            except sa.exc.SQLAlchemyError:
+                raise  # the transaction is lost: the outcome is stored by the retry
+            except Exception as exc:  # never lose the task's outcome over it: the merge reads them itself
+                log.warning("merge.inputs_failed", request_id=request_id, error=one_line(exc))
         elif moved is not None:
             update_request(conn, request_id, status=moved)
         closed = req.status in CLOSED_BY_OPERATOR
@@ -929,7 +941,7 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
     if merge_now:
         if merge_owner is not None:
             assert isinstance(wake, InlineWakeups)
-            wake.merge_claimed(request_id, merge_owner)
+            wake.merge_claimed(request_id, merge_owner, inputs)
         else:
             wake.merge(request_id)
 
@@ -975,21 +987,93 @@ def bundle_key(request_id: str, owner: str) -> str:
 
 
 def merge_request(rt: Runtime, request_id: str, progress: Callable[[str, str, int], None] | None = None,
-                  owner: str | None = None) -> BuiltBundle | None:
+                  owner: str | None = None, inputs: MergeInputs | None = None) -> BuiltBundle | None:
     """Build and store the bundle of a request whose tasks are all terminal, under the request's merge lease.
-    `owner`: the lease this process took already (finish_task, when the last task ended here); None: claim it."""
+    `owner`: the lease this process took already (finish_task, when the last task ended here); None: claim it.
+    `inputs`: what finish_task read for the merge in that same transaction (with `owner` only)."""
     claimed = owner is not None
+    assert inputs is None or claimed, "merge inputs are read under the merge's lease"
     owner = owner or str(uuid.uuid4())
     try:
-        return _merge(rt, request_id, owner, progress, claimed)
+        return _merge(rt, request_id, owner, progress, claimed, inputs)
     except Exception:
         _release_request(rt, request_id, owner)  # the retry (or the sweeper) need not wait for the lease
         raise
 
 
-def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, str, int], None] | None,
-           claimed: bool = False) -> BuiltBundle | None:
-    now, lease = _now(rt), _lease(rt)
+@dataclass
+class MergeInputs:
+    """What a merge builds the bundle from, read in one transaction: the merge's own, or (inline) the one in which the
+    request's last task ended, which saves the merge a transaction of its own."""
+
+    request_type: str
+    lang: str
+    header: dict[str, Any]
+    parts: list[SystemPart]
+    failed: list[AnyRow]
+    locate_failed: dict[str, str]
+
+
+def merge_inputs(rt: Runtime, s: Session, req: AnyRow, tasks: list[AnyRow] | None = None) -> MergeInputs:
+    """Read in `s` what the merge of `req` (its row, every column) needs; `tasks`: its tasks, if read already."""
+    conn = s.connection()
+    request_id = req.id
+    by_request = {"request_id_": request_id}
+    identities = [_identifier(i) for i in conn.execute(MERGE_IDENTITIES, by_request)]
+    hits = {h.system: h for h in conn.execute(MERGE_HITS, by_request)}
+    if tasks is None:
+        tasks = list(conn.execute(MERGE_TASKS, by_request))
+    request_type = req.type
+    lang = req.language or rt.settings.requests.language
+    scope = list(req.systems) if req.systems is not None else None
+    header = {
+        "format": BUNDLE_FORMAT,
+        "request": {"id": req.id, "type": req.type, "ticket": req.ticket_ref,
+                    "received_at": req.received_at.isoformat(), "due_at": req.due_at.isoformat()},
+        "subject": {"identifiers": identities},
+        "generated_at": _now(rt).isoformat(),
+        "plan": req.plan or [],
+    }
+    # Manual steps a person confirmed (`dsar confirm`): the receipts say when and what was done. Only a task
+    # whose receipt asked for a manual step can have been confirmed: the audit trail is read only then.
+    confirmed: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    manual = any((t.result or {}).get("manual_steps") for t in tasks)
+    for ev in () if not manual else s.scalars(sa.select(AuditEvent).where(AuditEvent.request_id == request_id,
+                                                    AuditEvent.event == f"task.{TaskStatus.DONE}",
+                                                    AuditEvent.actor != "worker").order_by(AuditEvent.id)):
+        if ev.details.get("note"):
+            confirmed.setdefault((str(ev.details.get("system")), str(ev.details.get("action"))), []).append(
+                {"at": ev.at.isoformat(), "note": ev.details["note"]})
+    parts: list[SystemPart] = []
+    for system, hit in sorted(hits.items()):
+        if not hit.found and not hit.error and not any(t.system == system for t in tasks):
+            parts.append(SystemPart(system, "skipped", reason=NOT_FOUND))
+        elif hit.error and not any(t.system == system for t in tasks):  # nothing else would say it failed
+            parts.append(SystemPart(system, "failed", reason=f"locate failed: {hit.error}",
+                                    reason_note=note(N_("the search in this system failed: {error}"),
+                                                     error=hit.error).to_dict()))
+    if scope is not None:
+        enabled = {system.name for system in rt.data_map.enabled()}
+        for system in sorted(enabled - set(scope) - set(hits)):
+            parts.append(SystemPart(system, "skipped", reason=OUT_OF_SCOPE))
+    for t in tasks:
+        staged = t.result if t.action == "export" and t.status == TaskStatus.DONE else None
+        failure = (t.result or {}).get("error_note")
+        receipt = t.result if t.action != "export" and t.result and not failure else None
+        parts.append(SystemPart(t.system, str(t.status), t.action, staged=staged, receipt=receipt,
+                                reason=t.error, reason_note=failure,
+                                finished_at=t.finished_at.isoformat() if t.finished_at else None,
+                                confirmations=confirmed.get((t.system, t.action), [])))
+    failed = [t for t in tasks if t.status == TaskStatus.FAILED]
+    # A system that could not be searched may hold more of the person than its tasks reached: never complete.
+    locate_failed = {system: hit.error for system, hit in sorted(hits.items()) if hit.error}
+    return MergeInputs(request_type, lang, header, parts, failed, locate_failed)
+
+
+def _claim_merge(rt: Runtime, request_id: str, owner: str, claimed: bool, now: datetime,
+                 lease: timedelta) -> tuple[MergeInputs | None, str | None]:
+    """The merge's lease (taken here, or already ours when `claimed`) and what it builds the bundle from; None when
+    there is nothing to merge now. Also returns the owner of a merge taken over after its lease lapsed."""
     dead = None
     with rt.sessions.begin() as s:
         conn = s.connection()
@@ -997,68 +1081,33 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
         if req.status != RequestStatus.MERGING:
-            return None  # not ready, or merged already by an earlier delivery
+            return None, None  # not ready, or merged already by an earlier delivery
         if claimed:
             if req.lease_owner != owner:  # taken over meanwhile (our lease lapsed): the other merge goes on
                 log.warning("request.merge_superseded", request_id=request_id)
-                return None
+                return None, None
         elif lease_is_live(req, now):
             log.info("request.merge_busy", request_id=request_id)
-            return None  # another process is merging it right now
+            return None, None  # another process is merging it right now
         else:
             dead = req.lease_owner  # a merge whose lease lapsed: it may have stored its bundle and died recording it
             if dead is not None:
                 log.warning("request.merge_taken_over", request_id=request_id)
                 add_audit(conn, "request.merge_taken_over", "worker", request_id, req.subject_hash)
             update_request(conn, request_id, lease_until=now + lease, lease_owner=owner)
-        by_request = {"request_id_": request_id}
-        identities = [_identifier(i) for i in conn.execute(MERGE_IDENTITIES, by_request)]
-        hits = {h.system: h for h in conn.execute(MERGE_HITS, by_request)}
-        tasks = list(conn.execute(MERGE_TASKS, by_request))
-        request_type = req.type
-        lang = req.language or rt.settings.requests.language
-        scope = list(req.systems) if req.systems is not None else None
-        header = {
-            "format": BUNDLE_FORMAT,
-            "request": {"id": req.id, "type": req.type, "ticket": req.ticket_ref,
-                        "received_at": req.received_at.isoformat(), "due_at": req.due_at.isoformat()},
-            "subject": {"identifiers": identities},
-            "generated_at": _now(rt).isoformat(),
-            "plan": req.plan or [],
-        }
-        # Manual steps a person confirmed (`dsar confirm`): the receipts say when and what was done. Only a task
-        # whose receipt asked for a manual step can have been confirmed: the audit trail is read only then.
-        confirmed: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        manual = any((t.result or {}).get("manual_steps") for t in tasks)
-        for ev in () if not manual else s.scalars(sa.select(AuditEvent).where(AuditEvent.request_id == request_id,
-                                                        AuditEvent.event == f"task.{TaskStatus.DONE}",
-                                                        AuditEvent.actor != "worker").order_by(AuditEvent.id)):
-            if ev.details.get("note"):
-                confirmed.setdefault((str(ev.details.get("system")), str(ev.details.get("action"))), []).append(
-                    {"at": ev.at.isoformat(), "note": ev.details["note"]})
-        parts: list[SystemPart] = []
-        for system, hit in sorted(hits.items()):
-            if not hit.found and not hit.error and not any(t.system == system for t in tasks):
-                parts.append(SystemPart(system, "skipped", reason=NOT_FOUND))
-            elif hit.error and not any(t.system == system for t in tasks):  # nothing else would say it failed
-                parts.append(SystemPart(system, "failed", reason=f"locate failed: {hit.error}",
-                                        reason_note=note(N_("the search in this system failed: {error}"),
-                                                         error=hit.error).to_dict()))
-        if scope is not None:
-            enabled = {system.name for system in rt.data_map.enabled()}
-            for system in sorted(enabled - set(scope) - set(hits)):
-                parts.append(SystemPart(system, "skipped", reason=OUT_OF_SCOPE))
-        for t in tasks:
-            staged = t.result if t.action == "export" and t.status == TaskStatus.DONE else None
-            failure = (t.result or {}).get("error_note")
-            receipt = t.result if t.action != "export" and t.result and not failure else None
-            parts.append(SystemPart(t.system, str(t.status), t.action, staged=staged, receipt=receipt,
-                                    reason=t.error, reason_note=failure,
-                                    finished_at=t.finished_at.isoformat() if t.finished_at else None,
-                                    confirmations=confirmed.get((t.system, t.action), [])))
-        failed = [t for t in tasks if t.status == TaskStatus.FAILED]
-        # A system that could not be searched may hold more of the person than its tasks reached: never complete.
-        locate_failed = {system: hit.error for system, hit in sorted(hits.items()) if hit.error}
+        return merge_inputs(rt, s, req), dead
+
+
+def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, str, int], None] | None,
+           claimed: bool = False, inputs: MergeInputs | None = None) -> BuiltBundle | None:
+    now, lease = _now(rt), _lease(rt)
+    dead = None
+    if inputs is None:
+        inputs, dead = _claim_merge(rt, request_id, owner, claimed, now, lease)
+    if inputs is None:
+        return None
+    request_type, lang, header, parts = inputs.request_type, inputs.lang, inputs.header, inputs.parts
+    failed, locate_failed = inputs.failed, inputs.locate_failed
     try:  # made once per process, request type and language: it depends on the data map alone
         view = rt.memoized(("bundle_view", request_type, lang),
                            lambda: bundle_view(rt.data_map, rt.policies(), request_type, lang))

@@ -49,6 +49,11 @@ MERGE_IDENTITIES = sa.select(IDENTITIES.c.type, IDENTITIES.c.value, IDENTITIES.c
 MERGE_HITS = sa.select(HITS.c.system, HITS.c.found, HITS.c.error).where(HITS.c.request_id == _ID)
 MERGE_TASKS = sa.select(TASKS.c.system, TASKS.c.action, TASKS.c.status, TASKS.c.result, TASKS.c.error,
                         TASKS.c.finished_at).where(TASKS.c.request_id == _ID).order_by(TASKS.c.id)
+# New rows, from parameter dicts (one dict or a list of them: a multi-row INSERT); tasks return their ids in order.
+INSERT_REQUEST = sa.insert(REQUESTS)
+INSERT_IDENTITIES = sa.insert(IDENTITIES)
+INSERT_HITS = sa.insert(HITS)
+INSERT_TASKS = sa.insert(TASKS).returning(TASKS.c.id, sort_by_parameter_order=True)
 # A task's outcome (the SET clause is the keys given), returning what the hooks are told of it.
 FINISH_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("task_id_")) \
     .returning(TASKS.c.system, TASKS.c.action, TASKS.c.result)

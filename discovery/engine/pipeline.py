@@ -56,8 +56,10 @@ from discovery.engine.ledger import (
 )
 from discovery.engine.ledger_rows import (
     FINISH_TASK,
-    HITS,
-    IDENTITIES,
+    INSERT_HITS,
+    INSERT_IDENTITIES,
+    INSERT_REQUEST,
+    INSERT_TASKS,
     MERGE_HITS,
     MERGE_IDENTITIES,
     MERGE_TASKS,
@@ -277,9 +279,10 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
             if ticket:
                 _one_request_per_ticket(s, source, ticket, rtype)
             conn = s.connection()  # Core, not the ORM's flush: every request is written here (issue 15)
-            conn.execute(sa.insert(REQUESTS).values({c.name: getattr(request, c.name) for c in REQUESTS.columns}))
-            conn.execute(sa.insert(IDENTITIES).values(request_id=request.id, type=IdentityType.EMAIL.value,
-                                                      value=subject, source="request", round=0))
+            # what the request object was given, as the ORM would insert it (a JSON column left unset stays NULL)
+            conn.execute(INSERT_REQUEST, {k: v for k, v in sa.inspect(request).dict.items() if k in REQUESTS.c})
+            conn.execute(INSERT_IDENTITIES, {"request_id": request.id, "type": IdentityType.EMAIL.value,
+                                             "value": subject, "source": "request", "round": 0})
             add_audit(conn, "request.received", actor, request.id, request.subject_hash, type=rtype.value,
                       ticket=ticket, source=source, needs_verification=needs_verification, systems=scope,
                       language=lang, confirm_others=request.confirm_others)  # the operator's reason, audited
@@ -582,9 +585,9 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
                     "round": found.learned_in_round.get((ident.type, ident.value), 0)}
                    for ident in found.identities if (ident.type, ident.value) not in have]
         if learned:
-            conn.execute(sa.insert(IDENTITIES), learned)
+            conn.execute(INSERT_IDENTITIES, learned)
         if asked:
-            conn.execute(sa.insert(HITS), [
+            conn.execute(INSERT_HITS, [
                 {"request_id": request_id, "system": name, "found": bool(hits and hits.found),
                  "counts": dict(hits.counts) if hits else {}, "error": found.errors.get(name),
                  "skipped": dict(hits.skipped) if hits and hits.skipped else None}
@@ -601,8 +604,7 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
                                       lease_until=now + lease, started_at=now, updated_at=now))
             else:
                 rows.append(_task_row(request_id, system, action, entities, TaskStatus.PENDING))
-        ids = list(conn.scalars(sa.insert(TASKS).returning(TASKS.c.id, sort_by_parameter_order=True), rows)) \
-            if rows else []
+        ids = list(conn.scalars(INSERT_TASKS, rows)) if rows else []
         update_request(conn, request_id, plan=[step.to_dict() for step in steps],
                        status=RequestStatus.RUNNING if wanted else RequestStatus.MERGING,
                        lease_until=None, lease_owner=None)

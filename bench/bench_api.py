@@ -39,6 +39,7 @@ import orjson
 import redis
 import sqlalchemy as sa
 from own_redis import own_redis
+from stats import pct
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -48,15 +49,6 @@ ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SECRET = "bench-secret-key-0123456789"
 KEEPALIVE_S = 3.0  # uvicorn closes idle keep-alive connections after 5 s; reuse younger ones only
 DSAR = [sys.executable, "-m", "workers.cli"]
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def latency(values_s: list[float]) -> dict[str, float]:

@@ -51,6 +51,7 @@ import psycopg
 import sqlalchemy as sa
 from own_redis import broker_redis
 from psycopg import sql
+from stats import pct
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -65,15 +66,6 @@ OPEN = ("received", "discovering", "running", "awaiting_manual", "merging")
 
 def pg(url: str) -> str:
     return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def summary(values_s: list[float]) -> dict[str, float]:

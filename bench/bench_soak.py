@@ -62,6 +62,7 @@ VENV_BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
 from own_redis import own_redis  # noqa: E402  (bench/, the script's folder)
+from stats import pct  # noqa: E402
 
 from sandbox import accounts_db  # noqa: E402
 from sandbox.launch import Sandbox  # noqa: E402
@@ -74,15 +75,6 @@ RABBITMQCTL = "/usr/sbin/rabbitmqctl"
 SECRET = "bench-soak-secret-0123456789abcdef"
 TERMINAL = ("completed", "completed_with_errors", "failed", "denied", "cancelled")
 VENDORS = ("freshchat", "mautic", "salesmanago", "matomo")
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def fresh_database(name: str) -> str:

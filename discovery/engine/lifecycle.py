@@ -114,6 +114,15 @@ def mask_email(email: str) -> str:
     return f"{local[:1]}***@{masked_domain}"
 
 
+def mask_value(value: Any) -> str:
+    """An identifier shown to someone who may not see the subject: an e-mail as mask_email, anything else its first
+    two characters (none when it is short)."""
+    text = "" if value is None else str(value)
+    if "@" in text:
+        return mask_email(text)
+    return text[:2] + "***" if len(text) > 4 else "***"
+
+
 def list_requests(rt: Runtime, *, status: str | None = None, type: str | None = None,
                   overdue: bool = False, ticket: str | None = None, page: int = 1, per_page: int = 50,
                   now: datetime | None = None, due_within_days: int | None = None,

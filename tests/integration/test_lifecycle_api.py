@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from connectors.base import Identities, PermanentError
-from discovery.engine import db, pipeline
+from discovery.engine import db, lifecycle, pipeline
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
 from discovery.intake.api_tokens import create_token
@@ -78,6 +78,16 @@ def test_list_filters_pages_and_masks_the_subject(env: dict[str, Any]) -> None:
     full = call(env, "GET", "/v1/requests", token="viewer").json()
     assert {r["subject_email"] for r in full["requests"]} == {JANE.email, JOHN.email, OLA.email}
     assert call(env, "GET", "/v1/requests", token="boss").json()["requests"][0]["subject_email"]
+
+    # The request itself, as the list: masked for a reader, in full with the subject scope (or admin).
+    detail = call(env, "GET", f"/v1/requests/{done}", token="reader").json()
+    assert detail["subject"] == "j***@e***.com" and detail["subject_email"] is None
+    assert detail["identifiers"] and JANE.email not in str(detail)
+    learned = call(env, "GET", f"/v1/requests/{done}", token="viewer").json()["identifiers"]
+    assert [i["value"] for i in detail["identifiers"]] == [lifecycle.mask_value(i["value"]) for i in learned]
+    assert any(i["value"] == JANE.email for i in learned) and len(learned) > 1  # the account id learned too
+    for token in ("viewer", "boss"):
+        assert call(env, "GET", f"/v1/requests/{done}", token=token).json()["subject_email"] == JANE.email
 
     def ids(**params: Any) -> list[str]:
         return [r["id"] for r in call(env, "GET", "/v1/requests", token="reader", params=params).json()["requests"]]

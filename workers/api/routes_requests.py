@@ -107,11 +107,16 @@ def list_requests(rt: RT, who: Read, status: StatusFilter | None = None,
 
 
 @router.get("/v1/requests/{request_id}", response_model=RequestView, tags=["requests"], responses=ERRORS)
-def get_request(request_id: str, rt: RT, _who: Read) -> dict[str, Any]:
-    """A request with every task, its deadline and days left."""
+def get_request(request_id: str, rt: RT, who: Read) -> dict[str, Any]:
+    """A request with every task, its deadline and days left. The subject's e-mail and identifiers are masked, as
+    on the list; a token with the `subject` scope gets them in full (`subject_email`, identifier values)."""
     req, tasks = load_request(rt, request_id)
-    return {**view(req, tasks, rt.clock(), pipeline.identifiers(rt, request_id)),
+    body = {**view(req, tasks, rt.clock(), pipeline.identifiers(rt, request_id)),
             "report_back": outbox.state(rt, request_id)}
+    if not who.allows("subject"):
+        body["subject_email"] = None
+        body["identifiers"] = [{**i, "value": lifecycle.mask_value(i["value"])} for i in body["identifiers"]]
+    return body
 
 
 @router.post("/v1/requests/{request_id}/confirm", response_model=Confirmed, tags=["requests"], responses=ERRORS)

@@ -141,7 +141,8 @@ class RequestSummary(BaseModel):
 
 
 class RequestView(RequestSummary):
-    subject_email: str
+    subject: str = Field(description="the subject's e-mail, masked (j***@e***.com)")
+    subject_email: str | None = Field(None, description="the full e-mail: only for a token with the `subject` scope")
     awaiting_verification: bool
     verified_at: datetime | None
     verified_by: str | None

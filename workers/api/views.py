@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from discovery.engine import pipeline
+from discovery.engine import lifecycle, pipeline
 from discovery.engine.ledger import OPEN_STATUSES, RequestStatus, Task
 from discovery.engine.ledger import Request as LedgerRequest
 from discovery.engine.runtime import Runtime
@@ -43,7 +43,8 @@ def view(req: LedgerRequest, tasks: list[Task], now: datetime,
             return None
         return sum(e["records"] for e in t.result.get("entities", {}).values())
 
-    return {**summary(req, now), "subject_email": req.subject_email,
+    return {**summary(req, now), "subject": lifecycle.mask_email(req.subject_email),
+            "subject_email": req.subject_email,
             "awaiting_verification": req.status == RequestStatus.AWAITING_VERIFICATION,
             "verified_at": req.verified_at, "verified_by": req.verified_by,
             "bundle_ready": bool(req.bundle_path) and req.bundle_deleted_at is None,

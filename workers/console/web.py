@@ -54,10 +54,7 @@ def mask_email(email: str | None) -> str:
 
 
 def mask_value(value: Any) -> str:
-    text = "" if value is None else str(value)
-    if "@" in text:
-        return mask_email(text)
-    return text[:2] + "***" if len(text) > 4 else "***"
+    return lifecycle.mask_value(value)
 
 
 @functools.cache

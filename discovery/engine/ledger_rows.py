@@ -75,6 +75,26 @@ def update_request(conn: sa.Connection, request_id: str, **values: Any) -> None:
     conn.execute(_UPDATE_REQUEST, {"request_id_": request_id, **values})
 
 
+@functools.cache
+def _move_request(owned: bool, returning: tuple[str, ...]) -> sa.Update:
+    where = [REQUESTS.c.id == _ID, REQUESTS.c.status == sa.bindparam("from_status_")]
+    if owned:
+        where.append(REQUESTS.c.lease_owner == sa.bindparam("lease_owner_"))
+    return sa.update(REQUESTS).where(*where).returning(*(REQUESTS.c[c] for c in returning))
+
+
+def move_request(conn: sa.Connection, request_id: str, from_status: str, owner: str | None,
+                 returning: tuple[str, ...], **values: Any) -> AnyRow | None:
+    """Set `values` on the request only while it is in `from_status` (and, with `owner`, its phase's lease is that
+    owner's): one statement for a check and its change, returning the `returning` columns of the row it changed,
+    None when the request had moved on (or another process holds the phase). Under READ COMMITTED a concurrent
+    change to the row is waited for and the condition checked again on the row as it then is."""
+    params = {"request_id_": request_id, "from_status_": from_status, **values}
+    if owner is not None:
+        params["lease_owner_"] = owner
+    return conn.execute(_move_request(owner is not None, returning), params).first()
+
+
 def add_audit(conn: sa.Connection, event: str, actor: str, request_id: str | None, subject_hash: str | None,
               **details: Any) -> None:
     """pipeline.audit's row, written at once (the ORM's version waits for the session's flush)."""

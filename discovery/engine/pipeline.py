@@ -69,6 +69,7 @@ from discovery.engine.ledger_rows import (
     add_audit,
     identities_of,
     lock_request,
+    move_request,
     next_status,
     status_after,
     update_request,
@@ -531,13 +532,19 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
     now, lease = _now(rt), _lease(rt)
     with rt.sessions.begin() as s:
         conn = s.connection()
-        # Claim: a received request, or one whose discovery lease lapsed (its worker died). A live lease means
-        # another process is discovering it right now: leave it alone.
-        req = lock_request(conn, request_id, "status", "type", "systems", "confirm_others", "lease_until",
-                           "subject_hash")
+        # Claim: a received request (the usual case, in one statement), or one whose discovery lease lapsed (its
+        # worker died). A live lease means another process is discovering it right now: leave it alone.
+        claim = {"status": RequestStatus.DISCOVERING, "lease_until": now + lease, "lease_owner": owner,
+                 "updated_at": now}
+        columns = ("status", "lease_owner", "type", "systems", "confirm_others")
+        req = move_request(conn, request_id, RequestStatus.RECEIVED, None, columns, **claim)
+        if req is None:
+            req = lock_request(conn, request_id, *columns, "lease_until", "subject_hash")
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
-        if req.status not in (RequestStatus.RECEIVED, RequestStatus.DISCOVERING):
+        if req.status == RequestStatus.DISCOVERING and req.lease_owner == owner:  # claimed above
+            pending, status = [], None
+        elif req.status not in (RequestStatus.RECEIVED, RequestStatus.DISCOVERING):
             pending = list(conn.scalars(sa.select(TASKS.c.id).where(
                 TASKS.c.request_id == request_id, TASKS.c.status == TaskStatus.PENDING).order_by(TASKS.c.id)))
             status = req.status
@@ -548,8 +555,7 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
             if req.status == RequestStatus.DISCOVERING:
                 log.warning("request.discovery_taken_over", request_id=request_id)
                 add_audit(conn, "request.discovery_taken_over", "worker", request_id, req.subject_hash)
-            update_request(conn, request_id, status=RequestStatus.DISCOVERING, lease_until=now + lease,
-                           lease_owner=owner, updated_at=now)
+            update_request(conn, request_id, **claim)
             pending, status = [], None
         seed = identities_of(conn, request_id)
         rtype = RequestType(req.type)
@@ -572,9 +578,12 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
 
     with rt.sessions.begin() as s:
         conn = s.connection()
-        req = lock_request(conn, request_id, "status", "lease_owner", "subject_hash")
-        assert req is not None
-        if req.status != RequestStatus.DISCOVERING or req.lease_owner != owner:
+        # The plan, and the discovery's lease given up, only if the lease is still ours (one statement).
+        req = move_request(conn, request_id, RequestStatus.DISCOVERING, owner, ("subject_hash",),
+                           plan=[step.to_dict() for step in steps],
+                           status=RequestStatus.RUNNING if wanted else RequestStatus.MERGING,
+                           lease_until=None, lease_owner=None)
+        if req is None:
             # another delivery got here first, or took over after our lease lapsed: its plan is the one kept
             log.warning("request.discovery_superseded", request_id=request_id)
             return
@@ -605,9 +614,6 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
             else:
                 rows.append(_task_row(request_id, system, action, entities, TaskStatus.PENDING))
         ids = list(conn.scalars(INSERT_TASKS, rows)) if rows else []
-        update_request(conn, request_id, plan=[step.to_dict() for step in steps],
-                       status=RequestStatus.RUNNING if wanted else RequestStatus.MERGING,
-                       lease_until=None, lease_owner=None)
         add_audit(conn, "request.planned", "worker", request_id, req.subject_hash,
                   systems_found=sorted(n for n, h in found.hits.items() if h.found),
                   tasks=len(wanted), rounds=found.rounds, locate_errors=sorted(found.errors),
@@ -1125,13 +1131,8 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
         keeper.stop()
     built.uri = out.uri
     with rt.sessions.begin() as s:
-        req = lock_request(s.connection(), request_id, "id", "type", "status", "source", "ticket_ref",
-                           "callback_url", "subject_hash", "lease_owner")
-        assert req is not None
-        superseded = req.status != RequestStatus.MERGING or req.lease_owner != owner
-        if not superseded:
-            ended = _record_bundle(rt, s, req, built, failed, locate_failed)
-    if superseded:  # another merge took over after our lease lapsed; its bundle is (or will be) the one recorded
+        ended = _record_bundle(rt, s, request_id, owner, built, failed, locate_failed)
+    if ended is None:  # another merge took over after our lease lapsed; its bundle is (or will be) the one recorded
         log.warning("request.merge_superseded", request_id=request_id)
         try:
             store.delete_uri(built.uri)
@@ -1153,23 +1154,28 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
     return built
 
 
-def _record_bundle(rt: Runtime, s: Session, req: AnyRow, built: BuiltBundle, failed: list[AnyRow],
-                   locate_failed: dict[str, str]) -> Ended:
+def _record_bundle(rt: Runtime, s: Session, request_id: str, owner: str, built: BuiltBundle,
+                   failed: list[AnyRow], locate_failed: dict[str, str]) -> Ended | None:
     """The request is complete: its outcome and the bundle stored for it (URI, SHA-256, size, expiry), its merge
-    lease given up. `req`: the request's row, locked."""
+    lease given up; None, and nothing written, when the merge is no longer `owner`'s (taken over after its lease
+    lapsed)."""
     status = RequestStatus.COMPLETED_WITH_ERRORS if failed or locate_failed else RequestStatus.COMPLETED
     error = "; ".join([*(f"{system} locate: {error}" for system, error in locate_failed.items()),
                        *(f"{t.system} {t.action}: {t.error}" for t in failed)])[:2000] or None
     completed = _now(rt)
     expires = completed + timedelta(days=rt.settings.archive.retention_days)
     conn = s.connection()
-    update_request(conn, req.id, status=status, error=error, completed_at=completed, bundle_path=built.uri,
-                   bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires,
-                   bundle_deleted_at=None, open_key=None, lease_until=None, lease_owner=None)
-    add_audit(conn, "request.completed", "worker", req.id, req.subject_hash, status=status,
+    req = move_request(conn, request_id, RequestStatus.MERGING, owner,
+                       ("type", "source", "ticket_ref", "callback_url", "subject_hash"),
+                       status=status, error=error, completed_at=completed, bundle_path=built.uri,
+                       bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires,
+                       bundle_deleted_at=None, open_key=None, lease_until=None, lease_owner=None)
+    if req is None:
+        return None
+    add_audit(conn, "request.completed", "worker", request_id, req.subject_hash, status=status,
               bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires.isoformat(),
               records=sum(built.counts.values()))
-    ended = Ended(req.id, str(req.type), str(status), req.source, req.ticket_ref, req.callback_url)
+    ended = Ended(request_id, str(req.type), str(status), req.source, req.ticket_ref, req.callback_url)
     report_ended(s, rt, ended, "request.finished")
     return ended
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +27,19 @@ from sandbox import s3 as s3_sandbox
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("DSAR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SECRET = "test-secret-key-0123456789"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped with SIGTERM (a CI timeout, `kill`) tears down as one stopped with Ctrl-C does: the fixtures'
+    finalizers stop the servers and workers they started and drop the databases they made. An uncaught SIGTERM ends
+    the process at once and leaves them behind (seen: `dsar serve` and supervisor processes, a redis-server and
+    `dsar_t_*` databases on the shared services)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_as_interrupted)
+
+
+def _stop_as_interrupted(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt("stopped by SIGTERM")
 
 
 def _unavailable(what: str, why: str) -> None:

@@ -33,18 +33,20 @@ AUDIT: sa.Table = AuditEvent.__table__  # type: ignore[assignment]
 
 AnyRow: TypeAlias = sa.Row[*tuple[Any, ...]]  # a row of any columns, read by attribute
 
+# A request in one of these moves on when a task of it ends (status_after).
+ADVANCING = (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL)
+
 
 # Built once: a statement object memoises its cache key, so executing it again skips building the expression and
 # looking it up in the compiled cache, which cost more CPU than the round trip on small statements.
 _ID: sa.BindParameter[Any] = sa.bindparam("request_id_")
 _UPDATE_REQUEST = sa.update(REQUESTS).where(REQUESTS.c.id == _ID)
 _INSERT_AUDIT = sa.insert(AUDIT)
-_IDENTITIES = sa.select(IDENTITIES.c.type, IDENTITIES.c.value, IDENTITIES.c.source, IDENTITIES.c.via,
-                        IDENTITIES.c.via_note).where(IDENTITIES.c.request_id == _ID).order_by(IDENTITIES.c.id)
 _TASK_STATUSES = sa.select(TASKS.c.status).where(TASKS.c.request_id == _ID)
-# What the merge reads of a request: its identifiers (as the bundle lists them), where discovery looked, its tasks.
-MERGE_IDENTITIES = sa.select(IDENTITIES.c.type, IDENTITIES.c.value, IDENTITIES.c.source, IDENTITIES.c.via,
-                             IDENTITIES.c.via_note, IDENTITIES.c.round) \
+# A request's identifiers in the order they were learned (what discovery starts from, what the bundle lists), where
+# discovery looked, and its tasks: what the merge reads.
+IDENTITIES_OF = sa.select(IDENTITIES.c.type, IDENTITIES.c.value, IDENTITIES.c.source, IDENTITIES.c.via,
+                          IDENTITIES.c.via_note, IDENTITIES.c.round) \
     .where(IDENTITIES.c.request_id == _ID).order_by(IDENTITIES.c.id)
 MERGE_HITS = sa.select(HITS.c.system, HITS.c.found, HITS.c.error).where(HITS.c.request_id == _ID)
 MERGE_TASKS = sa.select(TASKS.c.system, TASKS.c.action, TASKS.c.status, TASKS.c.result, TASKS.c.error,
@@ -104,14 +106,14 @@ def add_audit(conn: sa.Connection, event: str, actor: str, request_id: str | Non
 
 def identities_of(conn: sa.Connection, request_id: str) -> Identities:
     """What the request knows of the person so far, in the order it was learned."""
-    rows = conn.execute(_IDENTITIES, {"request_id_": request_id})
+    rows = conn.execute(IDENTITIES_OF, {"request_id_": request_id})
     return Identities(Identity(IdentityType(r.type), r.value, r.source, r.via or "",
                                Note.from_dict(r.via_note) if is_note(r.via_note) else None) for r in rows)
 
 
 def next_status(conn: sa.Connection, request_id: str, status: str) -> RequestStatus | None:
     """Where a running request goes once a task of it ended (status_after), its tasks read here."""
-    if status not in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL):
+    if status not in ADVANCING:
         return None
     return status_after(status, list(conn.scalars(_TASK_STATUSES, {"request_id_": request_id})))
 
@@ -119,7 +121,7 @@ def next_status(conn: sa.Connection, request_id: str, status: str) -> RequestSta
 def status_after(status: str, statuses: list[str]) -> RequestStatus | None:
     """Where a running request goes once a task of it ended, given all its tasks' statuses: merging when every
     task is terminal, awaiting_manual when the rest wait for a person; None when it stays where it is."""
-    if status not in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL):
+    if status not in ADVANCING:
         return None
     if all(st in TERMINAL_TASK for st in statuses):
         return RequestStatus.MERGING

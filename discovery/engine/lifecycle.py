@@ -37,13 +37,13 @@ from discovery.engine.ledger import (
     TaskStatus,
 )
 from discovery.engine.ledger_retention import MARKER
+from discovery.engine.ledger_rows import identities_of
 from discovery.engine.pipeline import (
     InvalidInput,
     NotFoundError,
     StateConflict,
     Wakeups,
     audit,
-    known_identities,
     one_line,
     open_key,
     report,
@@ -350,12 +350,12 @@ def _relocate(rt: Runtime, request_id: str, names: list[str]) -> dict[str, str |
     if missing:
         raise InvalidInput(f"system(s) no longer enabled in the data map: {', '.join(missing)}")
     with rt.sessions() as s:
-        seed = known_identities(s, request_id)
+        seed = identities_of(s.connection(), request_id)
         next_round = (s.scalar(sa.select(sa.func.max(SubjectIdentity.round))
                                .where(SubjectIdentity.request_id == request_id)) or 0) + 1
     found = discover(conns, seed, 1, rt.settings.worker.locate_timeout)
     with rt.sessions.begin() as s:
-        have = {(i.type, i.value) for i in known_identities(s, request_id)}
+        have = {(i.type, i.value) for i in identities_of(s.connection(), request_id)}
         for ident in found.identities:
             if (ident.type.value, ident.value) not in have and ident.source in conns:
                 s.add(SubjectIdentity(request_id=request_id, type=ident.type.value, value=ident.value,

@@ -55,13 +55,14 @@ from discovery.engine.ledger import (
     utcnow,
 )
 from discovery.engine.ledger_rows import (
+    ADVANCING,
     FINISH_TASK,
+    IDENTITIES_OF,
     INSERT_HITS,
     INSERT_IDENTITIES,
     INSERT_REQUEST,
     INSERT_TASKS,
     MERGE_HITS,
-    MERGE_IDENTITIES,
     MERGE_TASKS,
     REQUESTS,
     TASKS,
@@ -385,10 +386,6 @@ def verify_request(rt: Runtime, wake: Wakeups, request_id: str, actor: str, note
 
 
 # -- discover and plan -----------------------------------------------------------------------
-
-def known_identities(s: Session, request_id: str) -> Identities:
-    return identities_of(s.connection(), request_id)
-
 
 def system_views(rt: Runtime, found: Discovery, systems: list[str] | None = None) -> list[SystemView]:
     """What the planner sees of each enabled system; those outside `systems` (when given) are out of scope."""
@@ -925,8 +922,7 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
         row = conn.execute(FINISH_TASK, {"task_id_": task_id, **values}).one()
         add_audit(conn, f"task.{status}", actor, request_id, req.subject_hash, system=row.system, action=row.action,
                   note=note, changed=(result or {}).get("changed"))
-        running = req.status in (RequestStatus.RUNNING, RequestStatus.AWAITING_MANUAL)
-        tasks = list(conn.execute(MERGE_TASKS, {"request_id_": request_id})) if running else []
+        tasks = list(conn.execute(MERGE_TASKS, {"request_id_": request_id})) if req.status in ADVANCING else []
         moved = status_after(req.status, [t.status for t in tasks])
         merge_now = moved == RequestStatus.MERGING
         inputs = None
@@ -1027,7 +1023,7 @@ def merge_inputs(rt: Runtime, s: Session, req: AnyRow, tasks: list[AnyRow] | Non
     conn = s.connection()
     request_id = req.id
     by_request = {"request_id_": request_id}
-    identities = [_identifier(i) for i in conn.execute(MERGE_IDENTITIES, by_request)]
+    identities = [_identifier(i) for i in conn.execute(IDENTITIES_OF, by_request)]
     hits = {h.system: h for h in conn.execute(MERGE_HITS, by_request)}
     if tasks is None:
         tasks = list(conn.execute(MERGE_TASKS, by_request))
@@ -1166,7 +1162,7 @@ def _record_bundle(rt: Runtime, s: Session, request_id: str, owner: str, built: 
     expires = completed + timedelta(days=rt.settings.archive.retention_days)
     conn = s.connection()
     req = move_request(conn, request_id, RequestStatus.MERGING, owner,
-                       ("type", "source", "ticket_ref", "callback_url", "subject_hash"),
+                       ("id", "type", "status", "source", "ticket_ref", "callback_url", "subject_hash"),
                        status=status, error=error, completed_at=completed, bundle_path=built.uri,
                        bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires,
                        bundle_deleted_at=None, open_key=None, lease_until=None, lease_owner=None)
@@ -1175,7 +1171,7 @@ def _record_bundle(rt: Runtime, s: Session, request_id: str, owner: str, built: 
     add_audit(conn, "request.completed", "worker", request_id, req.subject_hash, status=status,
               bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires.isoformat(),
               records=sum(built.counts.values()))
-    ended = Ended(request_id, str(req.type), str(status), req.source, req.ticket_ref, req.callback_url)
+    ended = Ended.of(req)  # the row as the UPDATE left it
     report_ended(s, rt, ended, "request.finished")
     return ended
 

@@ -23,6 +23,7 @@ from discovery.bundle.staging import Staging
 from discovery.engine import db
 from discovery.engine.datamap import DataMap, DataMapError, load_data_map
 from discovery.engine.ledger import Request
+from discovery.engine.ledger_rows import AnyRow
 from discovery.engine.settings import Settings
 
 
@@ -39,7 +40,7 @@ class Ended:
     callback_url: str | None = None
 
     @classmethod
-    def of(cls, req: Request) -> Ended:
+    def of(cls, req: Request | AnyRow) -> Ended:
         return cls(req.id, str(req.type), str(req.status), req.source, req.ticket_ref, req.callback_url)
 
 

@@ -53,10 +53,6 @@ def mask_email(email: str | None) -> str:
     return lifecycle.mask_email(email or "")
 
 
-def mask_value(value: Any) -> str:
-    return lifecycle.mask_value(value)
-
-
 @functools.cache
 def templates() -> Environment:
     """The console's templates, made on the first page: Jinja2 is imported then, not by every `dsar serve` whose
@@ -65,7 +61,7 @@ def templates() -> Environment:
 
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True)
-    env.filters.update(when=_when, day=_day, mask=mask_email, mask_value=mask_value,
+    env.filters.update(when=_when, day=_day, mask=mask_email, mask_value=lifecycle.mask_value,
                        q=lambda v: quote(str(v), safe=""))
     return env
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -91,6 +91,7 @@ KEPT_RESTRICTED = N_("kept: processing restricted (Art. 18)")
 KEY_CHUNK = 500
 
 Key = tuple[Any, ...]
+_Q = TypeVar("_Q")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,51 @@ class _Erasure:
     marks: dict[str, Any] = field(default_factory=dict)  # the restriction written to held rows, typed
 
 
+class _Values:
+    """The person's identifiers as a query names them.
+
+    Literal (erasure, restriction, retention: rare): the values are in the statement, built for this one call. Bound
+    (locate, export: every request): each identity type, per kind of column it is compared with, is one expanding
+    bind parameter, so those statements are built once per `shape` (which parameters have values) and executed with
+    `params`: building and keying a fresh expression tree per request cost more CPU than running it (issue 15)."""
+
+    def __init__(self, identities: Identities, bound: bool = False) -> None:
+        self.identities = identities
+        self.bound = bound
+        self.params: dict[str, list[Any]] = {}
+        if bound:
+            for type_ in identities.types():
+                email = type_ == IdentityType.EMAIL
+                for as_int in (False,) if email else (False, True):
+                    if values := self._values(type_, email, as_int):
+                        self.params[self._key(type_, email, as_int)] = values
+        self.shape = tuple(sorted(self.params))
+
+    def match(self, col: sa.Column[Any], type_: IdentityType) -> sa.ColumnElement[bool] | None:
+        """The column holds one of the person's identifiers of this type; None when they have none it could hold.
+        E-mails compare as lower(trim(col)); other values in the column's own type (keeps indexes usable)."""
+        email = type_ == IdentityType.EMAIL
+        as_int = not email and python_type(col) is int
+        expr = sa.func.lower(sa.func.trim(col)) if email else col
+        if self.bound:
+            key = self._key(type_, email, as_int)
+            return expr.in_(sa.bindparam(key, expanding=True)) if key in self.params else None
+        values = self._values(type_, email, as_int)
+        return expr.in_(values) if values else None
+
+    @staticmethod
+    def _key(type_: IdentityType, email: bool, as_int: bool) -> str:
+        return f"id_{type_.value}" if email else f"id_{type_.value}_{'int' if as_int else 'str'}"
+
+    def _values(self, type_: IdentityType, email: bool, as_int: bool) -> list[Any]:
+        """Identity values arrive as text: every stored form of an e-mail; for an integer column those that are
+        integers; else as they are."""
+        values = self.identities.of(type_)
+        if email:
+            return sorted({f for v in values for f in email_forms(v)})
+        return [int(v) for v in values if v.lstrip("-").isdigit()] if as_int else values
+
+
 class SqlConnector(Connector):
     def __init__(self, name: str, spec: SqlSystemSpec, engine: Engine, ctx: ConnectorContext) -> None:
         self.name = name
@@ -136,6 +182,8 @@ class SqlConnector(Connector):
         self.entities = tuple(self.order)
         self._tables: dict[str, sa.Table] = {}
         self._tables_lock = threading.Lock()
+        self._shapes: dict[tuple[str, ...], dict[str, _Reach | None]] = {}  # _reaches
+        self._queries: dict[tuple[Any, ...], Any] = {}  # _query
         self.s3 = S3Files(name, spec.s3, ctx) if spec.s3 else None
         # Queries on our own database run where they are planned; a system with files in S3 (invoices: a download
         # per file) is handed on like the vendors', so the discovery's thread is not held for it.
@@ -188,25 +236,29 @@ class SqlConnector(Connector):
 
     def locate(self, identities: Identities) -> Hits:
         hits = Hits(system=self.name, found=False)
-        memo: dict[str, _Reach | None] = {}  # each entity's clauses, built once and shared by its children
+        vals = _Values(identities, bound=True)
         with self._connect() as conn:
+            reaches = self._reaches(vals, conn)
             for name in self.order:
-                reach = self._reach(name, identities, conn, memo)
+                reach = reaches[name]
                 if reach is None:
                     continue
                 table = self._table(name, conn)
-                count = conn.execute(sa.select(sa.func.count()).select_from(table).where(reach.mine)).scalar_one()
-                self._count_skipped(conn, table, name, reach, hits.skipped)
+                query = self._query(vals, (name, "count"), lambda t, r: sa.select(sa.func.count()).select_from(t)
+                                    .where(r.mine), table, reach)
+                count = conn.execute(query, vals.params).scalar_one()
+                self._count_skipped(conn, table, name, reach, hits.skipped, vals)
                 if not count:
                     continue
                 hits.counts[name] = int(count)
                 hits.found = True
-                self._learn(conn, table, name, reach, hits)
+                self._learn(conn, table, name, reach, hits, vals)
                 if not reach.mine_is_strong:  # else _learn read the same rows' identifiers
-                    self._touches(conn, table, name, reach, hits)
+                    self._touches(conn, table, name, reach, hits, vals)
         return hits
 
-    def _touches(self, conn: Connection, table: sa.Table, name: str, reach: _Reach, hits: Hits) -> None:
+    def _touches(self, conn: Connection, table: sa.Table, name: str, reach: _Reach, hits: Hits,
+                 vals: _Values) -> None:
         """The identifiers on the rows a change would touch, normalised in Python: a second look, independent
         of the SQL that picked the rows, which the plan compares with everything known of the person."""
         entity = self.spec.entities[name]
@@ -214,8 +266,9 @@ class SqlConnector(Connector):
         if not columns:
             return
         touched: set[Identity] = set()
-        query = sa.select(*(table.c[c] for _, c in columns)).where(reach.mine).distinct().limit(1000)
-        for row in conn.execute(query):
+        query = self._query(vals, (name, "touches"), lambda: sa.select(*(table.c[c] for _, c in columns))
+                            .where(reach.mine).distinct().limit(1000))
+        for row in conn.execute(query, vals.params):
             for (type_, _column), value in zip(columns, row, strict=True):
                 found = _identity_value(type_, value)
                 if found:
@@ -223,20 +276,22 @@ class SqlConnector(Connector):
         if touched:
             hits.touches[name] = touched
 
-    def _learn(self, conn: Connection, table: sa.Table, name: str, reach: _Reach, hits: Hits) -> None:
+    def _learn(self, conn: Connection, table: sa.Table, name: str, reach: _Reach, hits: Hits,
+               vals: _Values) -> None:
         """Identifiers from rows that are the person's: all identity columns of rows matched directly by a
         non-shared identifier, and the `learn` columns of rows owned through a declared ownership path."""
         entity = self.spec.entities[name]
-        sources: list[tuple[sa.ColumnElement[bool], list[tuple[IdentityType, str]], Note]] = []
+        sources: list[tuple[str, sa.ColumnElement[bool], list[tuple[IdentityType, str]], Note]] = []
         if reach.strong is not None and entity.identities:
-            sources.append((reach.strong, entity.identity_columns(), note(N_("{table} (matched directly)"),
-                                                                          table=entity.table)))
+            sources.append(("strong", reach.strong, entity.identity_columns(),
+                            note(N_("{table} (matched directly)"), table=entity.table)))
         learn = [(t, c) for t, c in entity.identity_columns() if t in entity.learn]
         if reach.owned is not None and learn:
-            sources.append((sa.and_(reach.owned, reach.mine), learn, self._path(name)))
-        for cond, columns, path in sources:
-            cols = [table.c[c] for _, c in columns]
-            for row in conn.execute(sa.select(*cols).where(cond).distinct().limit(1000)):
+            sources.append(("owned", sa.and_(reach.owned, reach.mine), learn, self._path(name)))
+        for how, cond, columns, path in sources:
+            query = self._query(vals, (name, "learn", how), lambda cond, cols: sa.select(*cols).where(cond)
+                                .distinct().limit(1000), cond, [table.c[c] for _, c in columns])
+            for row in conn.execute(query, vals.params):
                 for (type_, column), value in zip(columns, row, strict=True):
                     learned = _identity_value(type_, value)
                     if learned and reach.mine_is_strong:  # these rows are all a change would touch here
@@ -257,25 +312,24 @@ class SqlConnector(Connector):
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
         wanted = self._wanted(entities)
-        memo: dict[str, _Reach | None] = {}
+        vals = _Values(identities, bound=True)
         with self._connect() as conn:
+            reaches = self._reaches(vals, conn)
             for name in self.order:
-                if name not in wanted:
-                    continue
-                reach = self._reach(name, identities, conn, memo)
-                if reach is None:
+                reach = reaches[name]
+                if name not in wanted or reach is None:
                     continue
                 entity = self.spec.entities[name]
                 table = self._table(name, conn)
                 keys = entity.key_columns()
                 shown = [*keys, *(c for c in entity.fields if c not in keys)]
                 if reach.related is not None:
-                    yield from self._export_related(conn, table, name, reach.related, shown)
-                cond = reach.mine
+                    yield from self._export_related(conn, table, name, reach.related, shown, vals)
                 extra = [c for c in (entity.files.template().fields if entity.files else ()) if c not in shown]
-                query = sa.select(*(table.c[c] for c in (*shown, *extra))).where(cond) \
-                    .order_by(*(table.c[k] for k in keys))
-                for row in _rows(conn, query):
+                paged = self._query(vals, (name, "export"), lambda t, cond, cols, k: _Paged.of(
+                    sa.select(*(t.c[c] for c in cols)).where(cond).order_by(*(t.c[c] for c in k))),
+                    table, reach.mine, (*shown, *extra), keys)
+                for row in _rows(conn, paged, vals.params):
                     values = dict(row._mapping)
                     data = {k: jsonable(values[k], table.c[k]) for k in shown}
                     record = Record(entity=name, record_id=record_id(data[k] for k in keys), fields=data)
@@ -286,16 +340,17 @@ class SqlConnector(Connector):
                     yield record
 
     def _export_related(self, conn: Connection, table: sa.Table, name: str, related: sa.ColumnElement[bool],
-                        shown: list[str]) -> Iterator[Record]:
+                        shown: list[str], vals: _Values) -> Iterator[Record]:
         """Rows tied to the person by a relation the map exports (`export: true`): someone else's rows, so
         their identity columns are left out (Art. 15(4): the copy must not disclose other people)."""
         entity = self.spec.entities[name]
         hidden = {c for _, c in entity.identity_columns()}
         cols = [c for c in shown if c not in hidden]
         keys = entity.key_columns()
-        query = sa.select(*(table.c[c] for c in (*cols, *(k for k in keys if k not in cols)))).where(related) \
-            .order_by(*(table.c[k] for k in keys))
-        for n, row in enumerate(_rows(conn, query), 1):
+        paged = self._query(vals, (name, "related"), lambda: _Paged.of(
+            sa.select(*(table.c[c] for c in (*cols, *(k for k in keys if k not in cols)))).where(related)
+            .order_by(*(table.c[k] for k in keys))))
+        for n, row in enumerate(_rows(conn, paged, vals.params), 1):
             values = dict(row._mapping)
             data = {k: jsonable(values[k], table.c[k]) for k in cols}
             # a key that is an identity column would disclose the other person: number the rows instead
@@ -307,14 +362,15 @@ class SqlConnector(Connector):
         wanted = self._wanted(entities)
         now = self.ctx.clock()
         memo: dict[str, _Reach | None] = {}
+        vals = _Values(identities)
         with self._begin() as conn:
             # Every row is found before anything changes: masking or deleting one table changes what the
             # clauses of another find (an address is found through the customer row pointing at it).
             plans: dict[str, _Erasure] = {}
             for name in self.order:
-                if name in wanted and (reach := self._reach(name, identities, conn, memo)) is not None:
+                if name in wanted and (reach := self._reach(name, vals, conn, memo)) is not None:
                     table = self._table(name, conn)
-                    self._count_skipped(conn, table, name, reach, receipt.skipped)
+                    self._count_skipped(conn, table, name, reach, receipt.skipped, vals)
                     plans[name] = self._plan_erasure(conn, name, table, reach.mine, now)
             for name in self._change_order(conn, plans):
                 try:
@@ -493,7 +549,29 @@ class SqlConnector(Connector):
             self._tables[name] = table
         return self._tables[name]
 
-    def _reach(self, name: str, identities: Identities, conn: Connection,
+    def _reaches(self, vals: _Values, conn: Connection) -> dict[str, _Reach | None]:
+        """Every entity's clauses for identifiers bound as parameters: built once per shape, shared by all calls."""
+        reaches = self._shapes.get(vals.shape)
+        if reaches is None:
+            memo: dict[str, _Reach | None] = {}
+            for name in self.order:
+                self._reach(name, vals, conn, memo)
+            # published whole: a thread never sees the placeholder _reach leaves while an entity is half built
+            self._shapes[vals.shape] = reaches = memo
+        return reaches
+
+    def _query(self, vals: _Values, key: tuple[Any, ...], build: Callable[..., _Q], *args: Any) -> _Q:
+        """`build(*args)`: a statement over the person's identifiers, for bound ones built once per shape and kept
+        under `key` (two threads may both build it: the same statement), for literal ones built for this call."""
+        if not vals.bound:
+            return build(*args)
+        key = (vals.shape, *key)
+        query = self._queries.get(key)
+        if query is None:
+            query = self._queries[key] = build(*args)
+        return query
+
+    def _reach(self, name: str, vals: _Values, conn: Connection,
                memo: dict[str, _Reach | None] | None = None) -> _Reach | None:
         """How this person's request reaches rows of `name`, as WHERE clauses; None if nothing can match.
 
@@ -509,27 +587,27 @@ class SqlConnector(Connector):
         strong: list[sa.ColumnElement[bool]] = []
         shared: list[sa.ColumnElement[bool]] = []
         for type_, column in entity.identity_columns():
-            cond = self._identity_in(table.c[column], type_, identities.of(type_))
+            cond = vals.match(table.c[column], type_)
             if cond is not None:
                 (shared if type_ in entity.shared_types() else strong).append(cond)
-        owned = _any(cond for _, _, cond in self._via(entity.owners(), identities, conn, table, memo))
-        contested = self._contested(name, table, identities, conn, memo) if owned is not None else None
+        owned = _any(cond for _, _, cond in self._via(entity.owners(), vals, conn, table, memo))
+        contested = self._contested(name, table, vals, conn, memo) if owned is not None else None
         mine_parts: list[sa.ColumnElement[bool]] = []
         if strong:
             mine_parts.append(sa.or_(*strong))
         learnable = set(entity.learn)
         if owned is not None:
-            ok = [owned, sa.not_(self._names_other(table, entity, identities, learnable))]
+            ok = [owned, sa.not_(self._names_other(table, entity, vals, learnable))]
             mine_parts.append(sa.and_(*ok, sa.not_(contested)) if contested is not None else sa.and_(*ok))
         if shared:
-            mine_parts.append(sa.and_(sa.or_(*shared), sa.not_(self._names_other(table, entity, identities, set()))))
+            mine_parts.append(sa.and_(sa.or_(*shared), sa.not_(self._names_other(table, entity, vals, set()))))
         reached = [c for c in (*strong, *shared, owned) if c is not None]
         mine = sa.or_(*mine_parts) if reached else sa.false()
         # `mine` is NULL, not false, on a row whose identity column is NULL: negate it only NULL-safe.
         not_mine = sa.not_(sa.func.coalesce(mine, sa.false()))
         # Relations are resolved once this entity's own rows are known: a relation may point back at it.
         memo[name] = _Reach(mine=mine, strong=None, owned=None, others=None, related=None)
-        tied = self._via(entity.relations(), identities, conn, table, memo)
+        tied = self._via(entity.relations(), vals, conn, table, memo)
         related = _any(cond for _, ref, cond in tied if ref.export)
         linked = _any(cond for _, _, cond in tied)
         result = None
@@ -557,20 +635,20 @@ class SqlConnector(Connector):
         memo[name] = result
         return result
 
-    def _via(self, refs: list[tuple[str, Reference]], identities: Identities, conn: Connection, table: sa.Table,
+    def _via(self, refs: list[tuple[str, Reference]], vals: _Values, conn: Connection, table: sa.Table,
              memo: dict[str, _Reach | None]) -> list[tuple[str, Reference, sa.ColumnElement[bool]]]:
         """Per reference: this table's rows whose column holds the value of the other entity's column on a
         row that is the person's (whichever table holds the foreign key: the clause is the same)."""
         conds: list[tuple[str, Reference, sa.ColumnElement[bool]]] = []
         for column, ref in refs:
-            parent_reach = self._reach(ref.entity, identities, conn, memo)
+            parent_reach = self._reach(ref.entity, vals, conn, memo)
             if parent_reach is None:
                 continue
             parent = self._table(ref.entity, conn)
             conds.append((column, ref, table.c[column].in_(sa.select(parent.c[ref.column]).where(parent_reach.mine))))
         return conds
 
-    def _contested(self, name: str, table: sa.Table, identities: Identities, conn: Connection,
+    def _contested(self, name: str, table: sa.Table, vals: _Values, conn: Connection,
                    memo: dict[str, _Reach | None]) -> sa.ColumnElement[bool] | None:
         """Rows an owning reference ties to a row that is not the person's: an address their customer row
         and someone else's order both point at is someone else's too, and left alone. None where no such row
@@ -579,24 +657,14 @@ class SqlConnector(Connector):
         for column, ref in self.spec.entities[name].owners():
             if self.spec.entities[ref.entity].key_columns() == [ref.column]:
                 continue
-            parent_reach = self._reach(ref.entity, identities, conn, memo)
+            parent_reach = self._reach(ref.entity, vals, conn, memo)
             parent = self._table(ref.entity, conn)
             target = parent.c[ref.column]
             theirs = sa.not_(sa.func.coalesce(parent_reach.mine, sa.false())) if parent_reach else sa.true()
             conds.append(table.c[column].in_(sa.select(target).where(target.is_not(None), theirs)))
         return sa.func.coalesce(sa.or_(*conds), sa.false()) if conds else None
 
-    @staticmethod
-    def _identity_in(col: sa.Column[Any], type_: IdentityType, values: list[str]) -> sa.ColumnElement[bool] | None:
-        if not values:
-            return None
-        if type_ == IdentityType.EMAIL:
-            forms = sorted({f for v in values for f in email_forms(v)})
-            return sa.func.lower(sa.func.trim(col)).in_(forms)
-        typed = _coerce(col, values)
-        return col.in_(typed) if typed else None
-
-    def _names_other(self, table: sa.Table, entity: EntitySpec, identities: Identities,
+    def _names_other(self, table: sa.Table, entity: EntitySpec, vals: _Values,
                      exempt: set[IdentityType]) -> sa.ColumnElement[bool]:
         """The row holds, in an identity column not in `exempt`, an identifier that is not the person's."""
         conds: list[sa.ColumnElement[bool]] = []
@@ -607,18 +675,20 @@ class SqlConnector(Connector):
             present: sa.ColumnElement[bool] = col.is_not(None)
             if python_type(col) is str:
                 present = sa.and_(present, sa.func.trim(col) != "")
-            theirs = self._identity_in(col, type_, identities.of(type_))
+            theirs = vals.match(col, type_)
             conds.append(sa.and_(present, sa.not_(theirs)) if theirs is not None else present)
         return sa.or_(*conds) if conds else sa.false()
 
     def _count_skipped(self, conn: Connection, table: sa.Table, name: str, reach: _Reach,
-                       into: dict[str, dict[str, int]]) -> None:
+                       into: dict[str, dict[str, int]], vals: _Values) -> None:
         """How many rows the request reached but left alone, and why (counts only, never values)."""
         for why, cond in ((NAMES_SOMEONE_ELSE, reach.others), (RELATED_NOT_OWNED, reach.linked),
                           (OWNED_BY_SOMEONE_ELSE, reach.contested)):
             if cond is None:
                 continue
-            n = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(cond)).scalar_one())
+            query = self._query(vals, (name, "skipped", why),
+                                lambda c: sa.select(sa.func.count()).select_from(table).where(c), cond)
+            n = int(conn.execute(query, vals.params).scalar_one())
             if n:
                 into.setdefault(name, {})[why] = n
 
@@ -802,7 +872,7 @@ class SqlConnector(Connector):
         if spec is None:
             raise PermanentError(self.name, "the data map names no 'inactivity' entity and last-activity column")
         with self._connect() as conn:
-            reach = self._reach(spec.entity, identities, conn)
+            reach = self._reach(spec.entity, _Values(identities), conn)
             if reach is None:
                 return None
             cond = reach.mine
@@ -857,18 +927,19 @@ class SqlConnector(Connector):
         wanted = self._wanted(entities)
         now = self.ctx.clock()
         memo: dict[str, _Reach | None] = {}
+        vals = _Values(identities)
         with self._begin() as conn:
             for name in self.order:
                 entity = self.spec.entities[name]
                 spec = entity.restrict if which == "restrict" else entity.lift
                 if name not in wanted or spec is None:
                     continue
-                reach = self._reach(name, identities, conn, memo)
+                reach = self._reach(name, vals, conn, memo)
                 if reach is None:
                     continue
                 cond = reach.mine
                 table = self._table(name, conn)
-                self._count_skipped(conn, table, name, reach, receipt.skipped)
+                self._count_skipped(conn, table, name, reach, receipt.skipped, vals)
                 marks = {c: marker_value(table.c[c], v, now) for c, v in spec.set.items()}
                 differs = sa.or_(*(sa.not_(carries(table.c[c], v)) for c, v in spec.set.items()))
                 files = self._flag_files(conn, table, entity, cond, which)
@@ -1055,14 +1126,14 @@ class SqlConnector(Connector):
             held = [self._held_any(name, table, now, conn), *self._held_below(name, table, now, conn)]
             kept.append(("kept_hold", KEPT_HOLD, sa.func.coalesce(sa.or_(*held), sa.false())))
         if keep.requests and "open_request" in spec.unless and keep.identities is not None and len(keep.identities):
-            reach = self._reach(name, keep.identities, conn)
+            reach = self._reach(name, _Values(keep.identities), conn)
             if reach is not None:
                 kept.append(("kept_request", KEPT_REQUEST, sa.func.coalesce(reach.mine, sa.false())))
         # Art. 18 whatever `unless` says: erasing or masking a restricted row is processing it. A marker a hold
         # wrote looks the same as an Art. 18 one; such a row goes at its hold end (the `hold ends` mechanism).
         restricted = self._restricted(name, table, conn)
         if keep.restricted is not None and len(keep.restricted):
-            reach = self._reach(name, keep.restricted, conn)
+            reach = self._reach(name, _Values(keep.restricted), conn)
             if reach is not None:
                 restricted.append(sa.func.coalesce(reach.mine, sa.false()))
         if restricted:
@@ -1188,15 +1259,32 @@ class _DbErrors:
 _MYSQL_TRANSIENT = frozenset({1040, 1053, 1205, 1213, 1927})
 
 
-def _rows(conn: Connection, query: sa.Select[Any], batch: int = 500) -> Iterator[sa.Row[Any]]:
+EXPORT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class _Paged:
+    """An export query as _rows runs it, both forms built once: a first page one row longer than a batch, and the
+    whole query streamed `batch` rows at a time."""
+
+    first: sa.Select[Any]
+    streamed: sa.Select[Any]
+    batch: int
+
+    @classmethod
+    def of(cls, query: sa.Select[Any], batch: int = EXPORT_BATCH) -> _Paged:
+        return cls(query.limit(batch + 1), query.execution_options(yield_per=batch), batch)
+
+
+def _rows(conn: Connection, paged: _Paged, params: dict[str, Any] | None = None) -> Iterator[sa.Row[Any]]:
     """An export query's rows in order: in one plain round trip when they fit in a batch (most people's rows do), else
-    streamed through a server-side cursor, `batch` rows at a time, so a person with a million rows is never held in
+    streamed through a server-side cursor, a batch at a time, so a person with a million rows is never held in
     memory at once. A cursor costs three round trips (declare, fetch, close) where the plain query costs one."""
-    first = conn.execute(query.limit(batch + 1)).all()
-    if len(first) <= batch:
+    first = conn.execute(paged.first, params).all()
+    if len(first) <= paged.batch:
         yield from first
         return
-    yield from conn.execute(query.execution_options(yield_per=batch))
+    yield from conn.execute(paged.streamed, params)
 
 
 def _transient(exc: OperationalError) -> bool:
@@ -1275,19 +1363,6 @@ def _any(conds: Iterable[sa.ColumnElement[bool]]) -> sa.ColumnElement[bool] | No
 
 
 
-
-
-def _coerce(col: sa.Column[Any], values: list[str]) -> list[Any]:
-    """Identity values arrive as text; compare them in the column's own type (keeps indexes usable)."""
-    kind = python_type(col)
-    out: list[Any] = []
-    for v in values:
-        if kind is int:
-            if v.lstrip("-").isdigit():
-                out.append(int(v))
-        else:
-            out.append(v)
-    return out
 
 
 def _identity_value(type_: IdentityType, value: Any) -> str | None:

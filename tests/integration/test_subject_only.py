@@ -180,6 +180,29 @@ def test_each_person_finds_gets_and_loses_only_their_own_rows(database: Callable
         assert receipt.skipped == final.skipped()
 
 
+@pytest.mark.parametrize("scenario_name", list(SCENARIOS))
+def test_one_connector_serves_every_person_in_turn_each_only_their_own(database: Callable[[], str],
+                                                                      scenario_name: str) -> None:
+    """locate and export build their statements once per shape of identifiers and keep them, the values bound as
+    parameters: a connector that served one person gives the next exactly their own identifiers and rows, never
+    the previous person's, and the second round builds no statement anew."""
+    scenario = SCENARIOS[scenario_name]()
+    with built(database, scenario) as (connector, _engine):
+        kept = 0
+        for round_ in (1, 2):
+            for person in scenario.people:
+                found = discover({SYSTEM: connector}, seed(scenario, person))
+                assert {(str(i.type), i.value) for i in found.identities} == scenario.people[person].identifiers
+                expected = scenario.rows_of(person)
+                assert connector.locate(found.identities).counts == {e: len(k) for e, k in expected.items()}
+                exported = records_by_entity(list(connector.export(found.identities)))
+                own = {e: set(recs) for e, recs in exported.items() if not e.endswith(".related")}
+                assert own == {e: {str(k) for k in keys} for e, keys in expected.items()}, (round_, person)
+            if round_ == 1:
+                kept = len(connector._queries)
+        assert kept and len(connector._queries) == kept
+
+
 def test_an_employees_access_and_erasure_leave_the_customers_they_served_alone(
         database: Callable[[], str]) -> None:
     """The case reported in issue 9: Eve handled service requests of Ann, Bob and Frank. Her access request

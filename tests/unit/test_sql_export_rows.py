@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connectors.sql import _rows
+from connectors.sql import _Paged, _rows
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def _table(rows: int, sent: list[dict[str, Any]]) -> tuple[sa.Engine, sa.Table]:
 def test_rows_that_fit_in_a_batch_are_one_plain_select(rows: int, sent: list[dict[str, Any]]) -> None:
     engine, table = _table(rows, sent)
     with engine.connect() as conn:
-        got = [r.id for r in _rows(conn, sa.select(table).order_by(table.c.id), batch=500)]
+        got = [r.id for r in _rows(conn, _Paged.of(sa.select(table).order_by(table.c.id), batch=500))]
     assert got == list(range(rows))
     assert len(sent) == 1 and not sent[0]["stream"]
     assert "LIMIT" in sent[0]["sql"]
@@ -47,7 +47,7 @@ def test_rows_that_fit_in_a_batch_are_one_plain_select(rows: int, sent: list[dic
 def test_more_rows_than_a_batch_are_streamed_all_of_them_in_order(sent: list[dict[str, Any]]) -> None:
     engine, table = _table(1203, sent)
     with engine.connect() as conn:
-        got = [r.id for r in _rows(conn, sa.select(table).order_by(table.c.id), batch=500)]
+        got = [r.id for r in _rows(conn, _Paged.of(sa.select(table).order_by(table.c.id), batch=500))]
     assert got == list(range(1203))  # each row once: the probe's rows are not yielded twice
     assert [s["stream"] for s in sent] == [False, True]
     assert "LIMIT" not in sent[1]["sql"]

@@ -154,6 +154,23 @@ def test_dsar_serve_leaves_the_scanners_and_s3_out(env: dict[str, str]) -> None:
     assert present(modules, NOT_IN_SERVE) == []
 
 
+def test_the_api_server_dsar_serve_execs_into_holds_no_cli_and_no_rich(env: dict[str, str]) -> None:
+    """`dsar serve` execs `python -m workers.serve` (workers/cli/api.py): that process builds the app without the
+    CLI's command modules, and refuses rich before structlog is imported."""
+    from workers import serve
+
+    argv = serve.serve_argv("127.0.0.1", 8090, 1)
+    assert argv[1:3] == ["-m", "workers.serve"]
+    code = "import sys\nfrom workers.logs import refuse_rich\nrefuse_rich()\n" \
+           "from workers.api import create_app\ncreate_app()\nimport workers.serve\n" \
+           "[sys.modules.pop(m) for m in [m for m, v in sys.modules.items() if v is None]]"
+    modules = modules_after(code, {**env, "DSAR_SCHEMA_UPGRADED": "1"})
+    assert "fastapi" in modules and "workers.api.routes_requests" in modules and "structlog" in modules
+    assert present(modules, (*NOT_IN_SERVE, "workers.cli", "rich", "pygments", "requests", "urllib3")) == []
+    source = (ROOT / "workers" / "serve.py").read_text(encoding="utf-8")
+    assert source.index("refuse_rich()  #") < source.index("import uvicorn")
+
+
 def test_the_lazy_modules_still_load_when_used(env: dict[str, str]) -> None:
     """The check can fail: using a scanner's detector, a language's formats or the console's pages imports them."""
     modules = modules_after("""

@@ -12,11 +12,10 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
-import requests
 import structlog
 
 from connectors.base import (
@@ -94,6 +93,9 @@ ARCHIVES_NOTE = N_(
     "visits' dates (Matomo 3.10 and later); Matomo rebuilds them at its next archiving run (core:archive or "
     "browser-triggered archiving), so no manual step is needed"
 )
+
+if TYPE_CHECKING:
+    import requests
 
 
 def user_id_hash(user_id: str) -> str:

@@ -23,7 +23,8 @@ wake the sleeping main thread through signal.set_wakeup_fd, whichever thread the
 
 `dsar worker` validates the settings and the data map, upgrades the ledger, and then replaces itself (exec) with
 `python -m workers.supervisor --parent ...`: the long-running supervisor imports only what supervising needs
-(no SQLAlchemy, boto3 or FastAPI), so it stays small; its children import the rest.
+(no SQLAlchemy, boto3 or FastAPI, nor structlog: see workers/logs.py), so it stays small; its children import
+the rest.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-import structlog
+from workers.logs import ProcessLogger
 
-log = structlog.get_logger(__name__)
+log = ProcessLogger(__name__)  # structlog in a child; the supervisor renders the same lines without it
 
 BACKOFF_START = 1.0
 BACKOFF_CAP = 60.0
@@ -294,6 +295,9 @@ def child_main(threads: int, slot: int) -> int:
     # in case it died before this line. Without it (not Linux) the main thread looks every ORPHAN_CHECK_SECONDS.
     told = _parent_death_signal(signal.SIGUSR1)
 
+    from workers.logs import refuse_rich
+
+    refuse_rich()  # before anything imports structlog
     import dramatiq
     import pika.exceptions
     import redis
@@ -371,9 +375,9 @@ def parent_argv(processes: int, threads: int, log_format: str, metrics_host: str
 
 def parent_main(args: argparse.Namespace) -> int:
     """Supervise with the environment this process was started with; a give-up is one line, as the CLI's."""
-    from workers.logs import configure_logging
+    from workers.logs import configure_plain_logging
 
-    configure_logging(args.log_format)
+    configure_plain_logging(args.log_format)
     metrics = WorkerMetrics(args.metrics_host, args.metrics_port) if args.metrics_port else None
     try:
         return Supervisor(args.processes, args.threads, os.environ, metrics=metrics).run()

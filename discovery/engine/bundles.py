@@ -15,7 +15,6 @@ import sqlalchemy as sa
 import structlog
 
 from connectors.base import ConnectorError, EntityPolicy, Note
-from connectors.matomo import RETENTION_START as MATOMO_RETENTION_START
 from connectors.retention import marketing_rules, render, rule_note, vendor_rule
 from connectors.sql_map import parse_system
 from connectors.vendor_settings import MODELS
@@ -83,7 +82,11 @@ def declared_retention(name: str, kind: str, settings: Mapping[str, Any]) -> lis
     except ConnectorError:
         return []
     # Matomo counts a visit's age from its last action (connectors/matomo.py), and says so
-    start: Note | str = Note(MATOMO_RETENTION_START) if kind == "matomo" else ""
+    start: Note | str = ""
+    if kind == "matomo":  # imported here: the Matomo connector (and requests) only where a Matomo system is mapped
+        from connectors.matomo import RETENTION_START as MATOMO_RETENTION_START
+
+        start = Note(MATOMO_RETENTION_START)
     declared = [vendor_rule(name, spec, start).text for spec in getattr(parsed, "retention_rules", ())]
     if kind == "mautic":  # the marketing sweep's promises, as discovery.schedule.retention.rules adds them
         cfg: Any = parsed

@@ -44,7 +44,9 @@ systems:
 
 # Never in a worker child with this data map and a local archive store.
 NOT_IN_WORKER = ("boto3", "botocore", "s3transfer", "alembic", "mako", "fastapi", "starlette", "uvicorn", "babel",
-                 "phonenumbers", "stdnum", "jinja2", "discovery.mapping.scan_sql", "discovery.mapping.detectors")
+                 "phonenumbers", "stdnum", "jinja2", "discovery.mapping.scan_sql", "discovery.mapping.detectors",
+                 # no HTTP system mapped, no callback sent: requests and urllib3 wait until one is
+                 "requests", "urllib3", "charset_normalizer", "connectors.matomo", "discovery.engine.callback_session")
 # Never in `dsar serve` (the whole CLI is imported: the console script builds every command).
 NOT_IN_SERVE = ("boto3", "botocore", "alembic", "mako", "phonenumbers", "stdnum", "jinja2", "babel",
                 "discovery.mapping.scan_sql", "discovery.mapping.scan_vendors", "discovery.mapping.classify",
@@ -106,6 +108,40 @@ def test_a_worker_child_leaves_the_optional_heavy_modules_out(env: dict[str, str
     assert present(modules, NOT_IN_WORKER) == []
 
 
+def test_a_worker_child_goes_without_rich() -> None:
+    """`python -m workers.supervisor --child` refuses rich before structlog is imported (workers.logs.refuse_rich):
+    structlog then loads neither rich nor pygments, and a traceback (a worker's log, -v) is still written."""
+    import inspect
+
+    from workers import supervisor
+
+    source = inspect.getsource(supervisor.child_main)
+    assert source.index("refuse_rich()") < source.index("import dramatiq") < source.index("from workers import app")
+    code = """
+from workers import logs
+logs.refuse_rich()
+import structlog, sys
+logs.configure_logging("console", level=10)
+try:
+    raise KeyError("boom")
+except KeyError:
+    structlog.get_logger("t").exception("failed")
+"""
+    loaded = "\nprint(sorted(m for m, v in sys.modules.items() if v is not None))"  # a refused one is None
+    done = subprocess.run([sys.executable, "-c", code + loaded], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback (most recent call last)" in done.stderr and "KeyError: 'boom'" in done.stderr
+    assert "'rich" not in done.stdout and "'pygments" not in done.stdout
+    # and without refuse_rich structlog does load rich here (the dev extras install it), so the check can fail
+    import importlib.util
+
+    if importlib.util.find_spec("rich") is not None:
+        plain = subprocess.run([sys.executable, "-c", "import structlog, sys; print('rich' in sys.modules)"],
+                               capture_output=True, text=True, timeout=60)
+        assert plain.stdout.strip() == "True"
+
+
 def test_a_process_that_finds_the_ledger_up_to_date_does_not_load_alembic(env: dict[str, str]) -> None:
     """`dsar serve` and every command call `app.setup`, which upgrades the ledger: at head, that is one query."""
     modules = modules_after(WORKER_CHILD, env)  # without DSAR_SCHEMA_UPGRADED: setup checks the schema itself
@@ -118,6 +154,23 @@ def test_dsar_serve_leaves_the_scanners_and_s3_out(env: dict[str, str]) -> None:
     assert present(modules, NOT_IN_SERVE) == []
 
 
+def test_the_api_server_dsar_serve_execs_into_holds_no_cli_and_no_rich(env: dict[str, str]) -> None:
+    """`dsar serve` execs `python -m workers.serve` (workers/cli/api.py): that process builds the app without the
+    CLI's command modules, and refuses rich before structlog is imported."""
+    from workers import serve
+
+    argv = serve.serve_argv("127.0.0.1", 8090, 1)
+    assert argv[1:3] == ["-m", "workers.serve"]
+    code = "import sys\nfrom workers.logs import refuse_rich\nrefuse_rich()\n" \
+           "from workers.api import create_app\ncreate_app()\nimport workers.serve\n" \
+           "[sys.modules.pop(m) for m in [m for m, v in sys.modules.items() if v is None]]"
+    modules = modules_after(code, {**env, "DSAR_SCHEMA_UPGRADED": "1"})
+    assert "fastapi" in modules and "workers.api.routes_requests" in modules and "structlog" in modules
+    assert present(modules, (*NOT_IN_SERVE, "workers.cli", "rich", "pygments", "requests", "urllib3")) == []
+    source = (ROOT / "workers" / "serve.py").read_text(encoding="utf-8")
+    assert source.index("refuse_rich()  #") < source.index("import uvicorn")
+
+
 def test_the_lazy_modules_still_load_when_used(env: dict[str, str]) -> None:
     """The check can fail: using a scanner's detector, a language's formats or the console's pages imports them."""
     modules = modules_after("""
@@ -128,9 +181,14 @@ from discovery.i18n.languages import language
 assert language("nb").date("2026-11-30") == "30. november 2026"
 from workers.console import web
 web.templates().get_template("message.html")
+from connectors.http import HttpClient
+HttpClient("x", "http://127.0.0.1:9").close()
+from discovery.engine.callbacks import CallbackPolicy, session
+session(CallbackPolicy(())).close()
 """, env)
-    assert present(modules, ("phonenumbers", "stdnum", "babel", "jinja2")) == ["phonenumbers", "stdnum", "babel",
-                                                                                "jinja2"]
+    assert present(modules, ("phonenumbers", "stdnum", "babel", "jinja2", "requests", "urllib3",
+                             "discovery.engine.callback_session")) == [
+        "phonenumbers", "stdnum", "babel", "jinja2", "requests", "urllib3", "discovery.engine.callback_session"]
 
 
 def test_the_head_revision_is_alembics(tmp_path: Path) -> None:

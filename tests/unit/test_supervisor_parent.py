@@ -10,18 +10,22 @@ from tests.conftest import ROOT
 from workers import supervisor
 
 HEAVY = ("sqlalchemy", "boto3", "botocore", "fastapi", "starlette", "pydantic", "psycopg", "dramatiq", "redis",
-         "discovery", "workers.cli", "workers.app")
+         "discovery", "workers.cli", "workers.app",
+         # structlog imports asyncio (and ssl) and rich: the supervisor logs through workers.logs' plain renderer
+         "structlog", "rich", "pygments", "asyncio", "ssl")
 
 
 def test_the_parent_mode_imports_nothing_heavy() -> None:
     # What `python -m workers.supervisor --parent` imports before it supervises: the module and parent_main's own.
     code = ("import sys, workers.supervisor as s, workers.logs; "
             "s._parse(['--parent', '--processes', '2', '--threads', '4']); "
+            "workers.logs.configure_plain_logging(level=20); "
+            "s.log.info('supervisor.started', processes=2); "
             "print(' '.join(sorted(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     loaded = done.stdout.split()
-    assert "workers.supervisor" in loaded and "structlog" in loaded
+    assert "workers.supervisor" in loaded and "supervisor.started" in done.stderr
     assert [m for m in loaded if any(m == h or m.startswith(f"{h}.") for h in HEAVY)] == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,68 +32,23 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None, workers: i
         settings = load_settings(ctx.obj.get("config"))
         host, port, workers = host or settings.api.host, port or settings.api.port, workers or settings.api.workers
         _check_port_free(host, port)
-        runtime(ctx)  # validates the data map and upgrades the ledger once, before server processes start
+        runtime(ctx)  # validates the data map and upgrades the ledger once, before the server starts
         if ctx.obj.get("config"):  # server processes load the same settings
             os.environ["DSAR_CONFIG"] = str(Path(ctx.obj["config"]).resolve())
         # ... and the address they really listen on (the demo's links use it; never the file's port under --port)
         os.environ["DSAR_API_HOST"], os.environ["DSAR_API_PORT"] = host, str(port)
         if why := download_tokens.links_refused(settings):
             click.echo(f"warning: {why}", err=True)
-        import asyncio
-        import contextlib
-        import signal
-        import sys
-        from types import FrameType
-        from typing import Any
-
-        import uvicorn
-        from uvicorn.main import STARTUP_FAILURE
-
-        class QuietServer(uvicorn.Server):
-            """uvicorn's server, waking once a second (its Date header) instead of ten times (uvicorn's main loop
-            looks for a stop every 0.1 s), and at once on a stop signal: an idle API costs next to nothing."""
-
-            _loop: asyncio.AbstractEventLoop | None = None
-            _stop: asyncio.Event | None = None
-
-            async def main_loop(self) -> None:
-                self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-                # A stop signal the kernel gives another thread must still wake the loop: through the wake-up fd
-                # (the Python handler then runs in this thread as soon as it does).
-                reader, writer = socket.socketpair()
-                reader.setblocking(False)
-                writer.setblocking(False)
-                previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-                self._loop.add_reader(reader.fileno(), lambda: reader.recv(512))
-                try:
-                    ticks = 0
-                    while not await self.on_tick(ticks):
-                        ticks += 10  # on_tick refreshes the Date header when ticks % 10 == 0: each tick is a second
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._stop.wait(), 1.0)
-                finally:
-                    self._loop.remove_reader(reader.fileno())
-                    signal.set_wakeup_fd(previous)
-                    reader.close()
-                    writer.close()
-
-            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-                super().handle_exit(sig, frame)
-                if self._loop is not None and self._stop is not None:
-                    self._loop.call_soon_threadsafe(self._stop.set)
-
         click.echo(f"dsar API on http://{host}:{port} ({workers} process(es)); OpenAPI at /openapi.json", err=True)
-        # No access log: query strings carry download tokens; the app logs method, path and status itself.
-        options: dict[str, Any] = dict(factory=True, host=host, port=port, workers=workers, access_log=False,
-                                       log_level="warning", server_header=False, timeout_graceful_shutdown=10)
-        if workers > 1:  # uvicorn's own process manager (each of its processes runs uvicorn's plain server)
-            uvicorn.run("workers.api:create_app", **options)
-            return
-        server = QuietServer(uvicorn.Config("workers.api:create_app", **options))
-        with contextlib.suppress(KeyboardInterrupt):
-            server.run()
-        if not server.started:  # as uvicorn.run: the app or the socket failed at start (uvicorn logged why)
-            sys.exit(STARTUP_FAILURE)
+        runtime(ctx).close()
+        from workers.serve import serve_argv
+
+        argv = serve_argv(host, port, workers)
+        # This process has the whole CLI loaded; the server that runs for days needs the app only (workers/serve.py).
+        # Same pid (signals, scripts and service managers see no difference); the ledger was upgraded just above.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(argv[0], argv, dict(os.environ, DSAR_SCHEMA_UPGRADED="1"))
 
 
 def _check_port_free(host: str, port: int) -> None:

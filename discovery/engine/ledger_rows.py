@@ -24,6 +24,7 @@ from discovery.engine.ledger import (
     Task,
     TaskStatus,
 )
+from discovery.engine.ledger_driver import execute, scalars
 
 REQUESTS: sa.Table = Request.__table__  # type: ignore[assignment]
 TASKS: sa.Table = Task.__table__  # type: ignore[assignment]
@@ -69,12 +70,12 @@ def _select_request(columns: tuple[str, ...], lock: bool) -> sa.Select[Any]:
 
 def lock_request(conn: sa.Connection, request_id: str, *columns: str, lock: bool = True) -> AnyRow | None:
     """The request's `columns` (all when none are named), its row locked FOR UPDATE (`lock`) until the commit."""
-    return conn.execute(_select_request(columns, lock), {"request_id_": request_id}).first()
+    return execute(conn, _select_request(columns, lock), {"request_id_": request_id}).first()
 
 
 def update_request(conn: sa.Connection, request_id: str, **values: Any) -> None:
     """Set `values` (column: value) on the request's row; the SET clause is the keys given."""
-    conn.execute(_UPDATE_REQUEST, {"request_id_": request_id, **values})
+    execute(conn, _UPDATE_REQUEST, {"request_id_": request_id, **values})
 
 
 @functools.cache
@@ -94,19 +95,19 @@ def move_request(conn: sa.Connection, request_id: str, from_status: str, owner: 
     params = {"request_id_": request_id, "from_status_": from_status, **values}
     if owner is not None:
         params["lease_owner_"] = owner
-    return conn.execute(_move_request(owner is not None, returning), params).first()
+    return execute(conn, _move_request(owner is not None, returning), params).first()
 
 
 def add_audit(conn: sa.Connection, event: str, actor: str, request_id: str | None, subject_hash: str | None,
               **details: Any) -> None:
     """pipeline.audit's row, written at once (the ORM's version waits for the session's flush)."""
-    conn.execute(_INSERT_AUDIT, {"event": event, "actor": actor, "request_id": request_id,
+    execute(conn, _INSERT_AUDIT, {"event": event, "actor": actor, "request_id": request_id,
                                  "subject_hash": subject_hash, "details": details})
 
 
 def identities_of(conn: sa.Connection, request_id: str) -> Identities:
     """What the request knows of the person so far, in the order it was learned."""
-    rows = conn.execute(IDENTITIES_OF, {"request_id_": request_id})
+    rows = execute(conn, IDENTITIES_OF, {"request_id_": request_id})
     return Identities(Identity(IdentityType(r.type), r.value, r.source, r.via or "",
                                Note.from_dict(r.via_note) if is_note(r.via_note) else None) for r in rows)
 
@@ -115,7 +116,7 @@ def next_status(conn: sa.Connection, request_id: str, status: str) -> RequestSta
     """Where a running request goes once a task of it ended (status_after), its tasks read here."""
     if status not in ADVANCING:
         return None
-    return status_after(status, list(conn.scalars(_TASK_STATUSES, {"request_id_": request_id})))
+    return status_after(status, scalars(conn, _TASK_STATUSES, {"request_id_": request_id}))
 
 
 def status_after(status: str, statuses: list[str]) -> RequestStatus | None:

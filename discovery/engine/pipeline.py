@@ -54,6 +54,7 @@ from discovery.engine.ledger import (
     TaskStatus,
     utcnow,
 )
+from discovery.engine.ledger_driver import execute, scalars
 from discovery.engine.ledger_rows import (
     ADVANCING,
     FINISH_TASK,
@@ -282,8 +283,8 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
                 _one_request_per_ticket(s, source, ticket, rtype)
             conn = s.connection()  # Core, not the ORM's flush: every request is written here (issue 15)
             # what the request object was given, as the ORM would insert it (a JSON column left unset stays NULL)
-            conn.execute(INSERT_REQUEST, {k: v for k, v in sa.inspect(request).dict.items() if k in REQUESTS.c})
-            conn.execute(INSERT_IDENTITIES, {"request_id": request.id, "type": IdentityType.EMAIL.value,
+            execute(conn, INSERT_REQUEST, {k: v for k, v in sa.inspect(request).dict.items() if k in REQUESTS.c})
+            execute(conn, INSERT_IDENTITIES, {"request_id": request.id, "type": IdentityType.EMAIL.value,
                                              "value": subject, "source": "request", "round": 0})
             add_audit(conn, "request.received", actor, request.id, request.subject_hash, type=rtype.value,
                       ticket=ticket, source=source, needs_verification=needs_verification, systems=scope,
@@ -591,9 +592,9 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
                     "round": found.learned_in_round.get((ident.type, ident.value), 0)}
                    for ident in found.identities if (ident.type, ident.value) not in have]
         if learned:
-            conn.execute(INSERT_IDENTITIES, learned)
+            execute(conn, INSERT_IDENTITIES, learned)
         if asked:
-            conn.execute(INSERT_HITS, [
+            execute(conn, INSERT_HITS, [
                 {"request_id": request_id, "system": name, "found": bool(hits and hits.found),
                  "counts": dict(hits.counts) if hits else {}, "error": found.errors.get(name),
                  "skipped": dict(hits.skipped) if hits and hits.skipped else None}
@@ -610,7 +611,7 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
                                       lease_until=now + lease, started_at=now, updated_at=now))
             else:
                 rows.append(_task_row(request_id, system, action, entities, TaskStatus.PENDING))
-        ids = list(conn.scalars(INSERT_TASKS, rows)) if rows else []
+        ids = scalars(conn, INSERT_TASKS, rows) if rows else []
         add_audit(conn, "request.planned", "worker", request_id, req.subject_hash,
                   systems_found=sorted(n for n, h in found.hits.items() if h.found),
                   tasks=len(wanted), rounds=found.rounds, locate_errors=sorted(found.errors),
@@ -919,10 +920,10 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
                                   "updated_at": now}
         if result is not None:
             values["result"] = result
-        row = conn.execute(FINISH_TASK, {"task_id_": task_id, **values}).one()
+        row = execute(conn, FINISH_TASK, {"task_id_": task_id, **values}).one()
         add_audit(conn, f"task.{status}", actor, request_id, req.subject_hash, system=row.system, action=row.action,
                   note=note, changed=(result or {}).get("changed"))
-        tasks = list(conn.execute(MERGE_TASKS, {"request_id_": request_id})) if req.status in ADVANCING else []
+        tasks = list(execute(conn, MERGE_TASKS, {"request_id_": request_id})) if req.status in ADVANCING else []
         moved = status_after(req.status, [t.status for t in tasks])
         merge_now = moved == RequestStatus.MERGING
         inputs = None
@@ -1023,10 +1024,10 @@ def merge_inputs(rt: Runtime, s: Session, req: AnyRow, tasks: list[AnyRow] | Non
     conn = s.connection()
     request_id = req.id
     by_request = {"request_id_": request_id}
-    identities = [_identifier(i) for i in conn.execute(IDENTITIES_OF, by_request)]
-    hits = {h.system: h for h in conn.execute(MERGE_HITS, by_request)}
+    identities = [_identifier(i) for i in execute(conn, IDENTITIES_OF, by_request)]
+    hits = {h.system: h for h in execute(conn, MERGE_HITS, by_request)}
     if tasks is None:
-        tasks = list(conn.execute(MERGE_TASKS, by_request))
+        tasks = list(execute(conn, MERGE_TASKS, by_request))
     request_type = req.type
     lang = req.language or rt.settings.requests.language
     scope = list(req.systems) if req.systems is not None else None

@@ -1,0 +1,137 @@
+"""The hot path's ledger statements on the driver's cursor (discovery/engine/ledger_driver.py) write and return what
+SQLAlchemy's own execution of the same statements does, on PostgreSQL, production's ledger.
+
+An access and an erasure run through the pipeline's own functions twice, once on the driver and once with the
+driver turned off (every statement through SQLAlchemy); the ledger rows each left behind are compared column by
+column, with what must differ between two requests (ids, lease owners, the bundle's hash) set aside and timestamps
+compared by kind (present, zone-aware). A duplicate open request must still be the IntegrityError intake turns into
+"already open", and a statement's listeners must still hear it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from discovery.engine import db, ledger_driver, pipeline
+from discovery.engine.ledger_rows import INSERT_REQUEST
+from discovery.engine.runtime import Runtime
+from discovery.engine.settings import load_settings
+from sandbox.people import JANE
+from tests.conftest import SECRET, seed_accounts, write_config
+from tests.helpers import SyncWakeups
+from workers.app import install_hooks
+
+pytestmark = pytest.mark.integration
+
+TABLES = ("requests", "tasks", "identities", "system_hits", "audit_events")
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?")  # when, in a detail
+DIFFERS = {"id", "request_id", "lease_owner", "bundle_sha256", "bundle_size", "bundle_path", "open_key"}
+
+
+@pytest.fixture
+def runtimes(tmp_path: Path, pg_database: Callable[[], str]) -> Iterator[Callable[[], Runtime]]:
+    """Runtimes each on a fresh ledger and a freshly seeded account database of its own."""
+    made: list[Runtime] = []
+
+    def make() -> Runtime:
+        accounts = pg_database()
+        seed_accounts(accounts).dispose()
+        environ = {"DSAR_SECRET_KEY": SECRET, "DSAR_ACCOUNTS_DB_URL": accounts}
+        folder = tmp_path / str(len(made))
+        folder.mkdir()
+        runtime = Runtime(load_settings(write_config(folder, pg_database()), environ), env=environ)
+        db.upgrade(runtime.engine)
+        install_hooks(runtime)
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in made:
+        runtime.close()
+
+
+@pytest.fixture
+def rt(runtimes: Callable[[], Runtime]) -> Runtime:
+    return runtimes()
+
+
+def run(rt: Runtime, kind: str) -> str:
+    sent = SyncWakeups(rt)
+    rid = pipeline.submit(rt, sent, kind, JANE.email, actor="test").request.id
+    sent.queue.clear()
+    pipeline.run_discovery(rt, pipeline.InlineWakeups(lambda: rt, sent), rid)
+    sent.drain()
+    return rid
+
+
+def normalised(value: Any, rid: str) -> Any:
+    if isinstance(value, datetime):
+        return ("datetime", value.tzinfo is not None)
+    if isinstance(value, str):
+        return ISO_TIME.sub("<time>", value.replace(rid, "<request>"))
+    if isinstance(value, dict):
+        return {k: normalised(v, rid) for k, v in value.items() if k not in DIFFERS}
+    if isinstance(value, list):
+        return [normalised(v, rid) for v in value]
+    return value
+
+
+def ledger_rows(rt: Runtime, rid: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    with rt.engine.connect() as conn:
+        for name in TABLES:
+            table = sa.Table(name, sa.MetaData(), autoload_with=conn)
+            key = table.c.id if name == "requests" else table.c.request_id
+            rows = conn.execute(sa.select(table).where(key == rid).order_by(table.c.id)).mappings()
+            out[name] = [{k: normalised(v, rid) for k, v in row.items() if k not in DIFFERS} for row in rows]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["access", "erasure"])
+def test_the_driver_writes_what_sqlalchemy_writes(runtimes: Callable[[], Runtime], kind: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[str] = []
+    fetch = ledger_driver._fetch
+    monkeypatch.setattr(ledger_driver, "_fetch", lambda cursor, plan, many: ran.append(plan.sql) or
+                        fetch(cursor, plan, many))
+    first = runtimes()
+    on_driver = run(first, kind)
+    assert len(ran) >= 15, ran  # the hot path really ran on the driver: intake, discovery, the task, the merge
+    monkeypatch.setattr(ledger_driver, "_plan", lambda *_a: None)  # every statement through SQLAlchemy
+    ran.clear()
+    second = runtimes()  # the same person in a fresh ledger and account database
+    through_sqlalchemy = run(second, kind)
+    assert not ran
+    driver, reference = ledger_rows(first, on_driver), ledger_rows(second, through_sqlalchemy)
+    assert reference["requests"][0]["status"] == "completed"
+    for name in TABLES:
+        assert len(driver[name]) == len(reference[name]), (name, [r.get("event") for r in driver[name]],
+                                                           [r.get("event") for r in reference[name]])
+        for mine, theirs in zip(driver[name], reference[name], strict=True):
+            assert mine == theirs, (name, {k: (mine.get(k), theirs.get(k)) for k in {*mine, *theirs}
+                                           if mine.get(k) != theirs.get(k)})
+
+
+def test_a_duplicate_open_request_is_still_sqlalchemys_integrity_error(rt: Runtime) -> None:
+    sent = SyncWakeups(rt)
+    first = pipeline.submit(rt, sent, "access", JANE.email, actor="test")
+    again = pipeline.submit(rt, sent, "access", JANE.email, actor="test")  # intake catches the IntegrityError
+    assert again.created is False and again.request.id == first.request.id
+    with rt.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+        row = conn.execute(sa.text("SELECT * FROM requests WHERE id = :id"), {"id": first.request.id}).mappings().one()
+        ledger_driver.execute(conn, INSERT_REQUEST, {**row, "id": "another"})
+
+
+def test_listeners_hear_the_statements_the_driver_runs(rt: Runtime) -> None:
+    heard: list[str] = []
+    sa.event.listen(rt.engine, "before_cursor_execute", lambda _c, _cur, sql, *_a: heard.append(sql))
+    run(rt, "access")
+    assert any(sql.startswith("UPDATE tasks SET") for sql in heard)  # FINISH_TASK, run on the driver
+    assert any(sql.startswith("INSERT INTO audit_events") for sql in heard)

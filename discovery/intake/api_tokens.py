@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from discovery.engine.ledger import ApiToken
+from discovery.engine.ledger_driver import execute
 from discovery.engine.pipeline import InvalidInput, NotFoundError, audit
 from discovery.engine.runtime import Runtime
 
@@ -24,6 +25,8 @@ from discovery.engine.runtime import Runtime
 # full e-mail on request lists (masked otherwise).
 SCOPES = ("submit", "read", "download", "admin", "act", "subject")
 PREFIX = "dsar_"
+_TOKENS: sa.Table = ApiToken.__table__  # type: ignore[assignment]
+_BY_HASH = sa.select(_TOKENS).where(_TOKENS.c.token_hash == sa.bindparam("digest"))
 _TOUCH_EVERY = timedelta(seconds=60)  # last_used_at is a hint; one write a minute per token is plenty
 
 
@@ -111,9 +114,8 @@ def authenticate(rt: Runtime, presented: str | None, scope: str) -> TokenInfo:
         raise TokenRejected("an API token is required (Authorization: Bearer <token>)")
     digest = hash_token(presented)
     now = rt.clock()
-    tokens = ApiToken.__table__
-    with rt.engine.connect() as conn:  # Core: every API call asks, and an ORM load costs more than the query
-        row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == digest)).first()
+    with rt.engine.connect() as conn:  # Core, built once: every API call asks, and an ORM load costs more than it
+        row = execute(conn, _BY_HASH, {"digest": digest}).first()
         # The index finds the row by hash; the comparison itself is constant-time all the same.
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             raise TokenRejected("unknown API token")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from discovery.engine import db, ledger_driver, pipeline
 from discovery.engine.ledger_rows import INSERT_REQUEST
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
+from discovery.intake import api_tokens
 from sandbox.people import JANE
 from tests.conftest import SECRET, seed_accounts, write_config
 from tests.helpers import SyncWakeups
@@ -135,3 +136,21 @@ def test_listeners_hear_the_statements_the_driver_runs(rt: Runtime) -> None:
     run(rt, "access")
     assert any(sql.startswith("UPDATE tasks SET") for sql in heard)  # FINISH_TASK, run on the driver
     assert any(sql.startswith("INSERT INTO audit_events") for sql in heard)
+
+
+def test_api_tokens_are_checked_on_the_driver_as_before(rt: Runtime) -> None:
+    """The API's token lookup runs on the driver: its dates come back zone-aware, as the checks compare them."""
+    _live, token = api_tokens.create_token(rt, "live", ["submit"], actor="test")
+    _old, expired = api_tokens.create_token(rt, "old", ["submit"], actor="test", expires_in=timedelta(seconds=-1))
+    _gone, revoked = api_tokens.create_token(rt, "gone", ["submit"], actor="test")
+    api_tokens.revoke_token(rt, "gone", actor="test")
+    info = api_tokens.authenticate(rt, token, "submit")
+    assert info.name == "live" and info.created_at.tzinfo is not None
+    with pytest.raises(api_tokens.ScopeMissing):
+        api_tokens.authenticate(rt, token, "admin")
+    with pytest.raises(api_tokens.TokenRejected, match="expired"):
+        api_tokens.authenticate(rt, expired, "submit")
+    with pytest.raises(api_tokens.TokenRejected, match="revoked"):
+        api_tokens.authenticate(rt, revoked, "submit")
+    with pytest.raises(api_tokens.TokenRejected, match="unknown"):
+        api_tokens.authenticate(rt, "not-a-token", "submit")

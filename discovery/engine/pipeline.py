@@ -57,6 +57,7 @@ from discovery.engine.ledger import (
 from discovery.engine.ledger_driver import execute, scalars
 from discovery.engine.ledger_rows import (
     ADVANCING,
+    AUDIT,
     FINISH_TASK,
     IDENTITIES_OF,
     INSERT_HITS,
@@ -213,13 +214,15 @@ def report(s: Session, rt: Runtime, req: Request, event: str, **details: Any) ->
             log.error("report.enqueue_failed", request_id=req.id, report_event=event, error=one_line(exc))
 
 
-def report_ended(s: Session, rt: Runtime, ended: Ended, event: str) -> None:
-    """`report` for a state change written in Core: the request is loaded (as just written) only when a reporter
-    wants it, which most requests (no ticket, no callback) never do."""
+def report_ended(conn: sa.Connection, rt: Runtime, ended: Ended, event: str) -> None:
+    """`report` for a state change written in Core, in its transaction: the request is loaded (as just written) by
+    an ORM session on `conn` only when a reporter wants it, which most requests (no ticket, no callback) never do."""
     if any(r.wants(rt, ended) for r in REPORTERS):
-        req = s.get(Request, ended.id, populate_existing=True)
-        assert req is not None
-        report(s, rt, req, event)
+        with Session(bind=conn, expire_on_commit=False) as s:  # joins conn's transaction; commits nothing itself
+            req = s.get(Request, ended.id, populate_existing=True)
+            assert req is not None
+            report(s, rt, req, event)
+            s.flush()
 
 
 def send_reports(rt: Runtime, request_id: str) -> None:
@@ -528,8 +531,7 @@ def _release_request(rt: Runtime, request_id: str, owner: str) -> None:
 
 def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) -> None:
     now, lease = _now(rt), _lease(rt)
-    with rt.sessions.begin() as s:
-        conn = s.connection()
+    with rt.engine.begin() as conn:  # Core: no ORM session on the hot path (issue 15)
         # Claim: a received request (the usual case, in one statement), or one whose discovery lease lapsed (its
         # worker died). A live lease means another process is discovering it right now: leave it alone.
         claim = {"status": RequestStatus.DISCOVERING, "lease_until": now + lease, "lease_owner": owner,
@@ -574,8 +576,7 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
         keeper.stop()
     wanted = tasks_of(steps)
 
-    with rt.sessions.begin() as s:
-        conn = s.connection()
+    with rt.engine.begin() as conn:
         # The plan, and the discovery's lease given up, only if the lease is still ours (one statement).
         req = move_request(conn, request_id, RequestStatus.DISCOVERING, owner, ("subject_hash",),
                            plan=[step.to_dict() for step in steps],
@@ -906,8 +907,7 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
     merge inline, that call also takes the merge lease in the same transaction and merges right here."""
     now = _now(rt)
     merge_owner = str(uuid.uuid4()) if isinstance(wake, InlineWakeups) else None
-    with rt.sessions.begin() as s:
-        conn = s.connection()
+    with rt.engine.begin() as conn:
         if request_id is None:
             request_id = conn.scalar(sa.select(TASKS.c.request_id).where(TASKS.c.id == task_id))
             if request_id is None:
@@ -931,7 +931,7 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
             # The merge below starts under this lease, from what this transaction reads: no claim of its own.
             update_request(conn, request_id, status=moved, lease_until=now + _lease(rt), lease_owner=merge_owner)
             try:
-                inputs = merge_inputs(rt, s, req, tasks)
+                inputs = merge_inputs(rt, conn, req, tasks)
             except sa.exc.SQLAlchemyError:
                 raise  # the transaction is lost: the outcome is stored by the retry
             except Exception as exc:  # never lose the task's outcome over it: the merge reads them itself
@@ -1019,9 +1019,8 @@ class MergeInputs:
     locate_failed: dict[str, str]
 
 
-def merge_inputs(rt: Runtime, s: Session, req: AnyRow, tasks: list[AnyRow] | None = None) -> MergeInputs:
-    """Read in `s` what the merge of `req` (its row, every column) needs; `tasks`: its tasks, if read already."""
-    conn = s.connection()
+def merge_inputs(rt: Runtime, conn: sa.Connection, req: AnyRow, tasks: list[AnyRow] | None = None) -> MergeInputs:
+    """Read on `conn` what the merge of `req` (its row, every column) needs; `tasks`: its tasks, if read already."""
     request_id = req.id
     by_request = {"request_id_": request_id}
     identities = [_identifier(i) for i in execute(conn, IDENTITIES_OF, by_request)]
@@ -1043,9 +1042,9 @@ def merge_inputs(rt: Runtime, s: Session, req: AnyRow, tasks: list[AnyRow] | Non
     # whose receipt asked for a manual step can have been confirmed: the audit trail is read only then.
     confirmed: dict[tuple[str, str], list[dict[str, Any]]] = {}
     manual = any((t.result or {}).get("manual_steps") for t in tasks)
-    for ev in () if not manual else s.scalars(sa.select(AuditEvent).where(AuditEvent.request_id == request_id,
-                                                    AuditEvent.event == f"task.{TaskStatus.DONE}",
-                                                    AuditEvent.actor != "worker").order_by(AuditEvent.id)):
+    for ev in () if not manual else conn.execute(sa.select(AUDIT.c.at, AUDIT.c.details).where(
+            AUDIT.c.request_id == request_id, AUDIT.c.event == f"task.{TaskStatus.DONE}",
+            AUDIT.c.actor != "worker").order_by(AUDIT.c.id)):
         if ev.details.get("note"):
             confirmed.setdefault((str(ev.details.get("system")), str(ev.details.get("action"))), []).append(
                 {"at": ev.at.isoformat(), "note": ev.details["note"]})
@@ -1080,8 +1079,7 @@ def _claim_merge(rt: Runtime, request_id: str, owner: str, claimed: bool, now: d
     """The merge's lease (taken here, or already ours when `claimed`) and what it builds the bundle from; None when
     there is nothing to merge now. Also returns the owner of a merge taken over after its lease lapsed."""
     dead = None
-    with rt.sessions.begin() as s:
-        conn = s.connection()
+    with rt.engine.begin() as conn:
         req = lock_request(conn, request_id, lock=not claimed)
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
@@ -1100,7 +1098,7 @@ def _claim_merge(rt: Runtime, request_id: str, owner: str, claimed: bool, now: d
                 log.warning("request.merge_taken_over", request_id=request_id)
                 add_audit(conn, "request.merge_taken_over", "worker", request_id, req.subject_hash)
             update_request(conn, request_id, lease_until=now + lease, lease_owner=owner)
-        return merge_inputs(rt, s, req), dead
+        return merge_inputs(rt, conn, req), dead
 
 
 def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, str, int], None] | None,
@@ -1127,8 +1125,8 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
     finally:
         keeper.stop()
     built.uri = out.uri
-    with rt.sessions.begin() as s:
-        ended = _record_bundle(rt, s, request_id, owner, built, failed, locate_failed)
+    with rt.engine.begin() as conn:
+        ended = _record_bundle(rt, conn, request_id, owner, built, failed, locate_failed)
     if ended is None:  # another merge took over after our lease lapsed; its bundle is (or will be) the one recorded
         log.warning("request.merge_superseded", request_id=request_id)
         try:
@@ -1151,7 +1149,7 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
     return built
 
 
-def _record_bundle(rt: Runtime, s: Session, request_id: str, owner: str, built: BuiltBundle,
+def _record_bundle(rt: Runtime, conn: sa.Connection, request_id: str, owner: str, built: BuiltBundle,
                    failed: list[AnyRow], locate_failed: dict[str, str]) -> Ended | None:
     """The request is complete: its outcome and the bundle stored for it (URI, SHA-256, size, expiry), its merge
     lease given up; None, and nothing written, when the merge is no longer `owner`'s (taken over after its lease
@@ -1161,7 +1159,6 @@ def _record_bundle(rt: Runtime, s: Session, request_id: str, owner: str, built: 
                        *(f"{t.system} {t.action}: {t.error}" for t in failed)])[:2000] or None
     completed = _now(rt)
     expires = completed + timedelta(days=rt.settings.archive.retention_days)
-    conn = s.connection()
     req = move_request(conn, request_id, RequestStatus.MERGING, owner,
                        ("id", "type", "status", "source", "ticket_ref", "callback_url", "subject_hash"),
                        status=status, error=error, completed_at=completed, bundle_path=built.uri,
@@ -1173,7 +1170,7 @@ def _record_bundle(rt: Runtime, s: Session, request_id: str, owner: str, built: 
               bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires.isoformat(),
               records=sum(built.counts.values()))
     ended = Ended.of(req)  # the row as the UPDATE left it
-    report_ended(s, rt, ended, "request.finished")
+    report_ended(conn, rt, ended, "request.finished")
     return ended
 
 

@@ -79,11 +79,12 @@ def execute(conn: sa.Connection, stmt: sa.Executable, params: Params | Sequence[
         if conn._has_events or conn.engine._has_events:
             conn.dispatch.before_cursor_execute(conn, cursor, plan.sql, values if many else values[0], None, many)
         try:
-            if many:
+            several = len(values) > 1  # psycopg runs executemany in pipeline mode: dearer for a single row
+            if several:
                 cursor.executemany(plan.sql, values, returning=plan.row is not None)
             else:
                 cursor.execute(plan.sql, values[0])
-            got = _fetch(cursor, plan, many)
+            got = _fetch(cursor, plan, several)
         except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises it: IntegrityError, OperationalError ...
             gone = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
             error = sa.exc.DBAPIError.instance(plan.sql, values, exc, conn.dialect.loaded_dbapi.Error,

@@ -20,7 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 from discovery.engine import db, ledger_driver, pipeline
-from discovery.engine.ledger_rows import INSERT_REQUEST
+from discovery.engine.ledger import TaskStatus
+from discovery.engine.ledger_rows import INSERT_REQUEST, INSERT_TASKS
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
 from discovery.intake import api_tokens
@@ -154,3 +155,15 @@ def test_api_tokens_are_checked_on_the_driver_as_before(rt: Runtime) -> None:
         api_tokens.authenticate(rt, revoked, "submit")
     with pytest.raises(api_tokens.TokenRejected, match="unknown"):
         api_tokens.authenticate(rt, "not-a-token", "submit")
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_new_tasks_get_their_ids_in_the_order_given(rt: Runtime, count: int) -> None:
+    """One row is a plain execute, several go through psycopg's executemany: ids come back in parameter order."""
+    rid = run(rt, "access")
+    systems = [f"system-{n}" for n in range(count)][::-1]
+    rows = [pipeline._task_row(rid, system, "export", [], TaskStatus.PENDING) for system in systems]
+    with rt.engine.begin() as conn:
+        ids = ledger_driver.scalars(conn, INSERT_TASKS, rows)
+        stored = dict(conn.execute(sa.text("SELECT id, system FROM tasks WHERE id = ANY(:ids)"), {"ids": ids}).all())
+    assert len(ids) == count and [stored[i] for i in ids] == systems

@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, SQLAlchemyError
 
+from connectors import sql_driver
 from connectors.base import (
     N_,
     Connector,
@@ -135,9 +137,12 @@ class _Values:
     bind parameter, so those statements are built once per `shape` (which parameters have values) and executed with
     `params`: building and keying a fresh expression tree per request cost more CPU than running it (issue 15)."""
 
-    def __init__(self, identities: Identities, bound: bool = False) -> None:
+    def __init__(self, identities: Identities, bound: bool = False, arrays: bool = False) -> None:
         self.identities = identities
         self.bound = bound
+        # PostgreSQL: `= ANY(array)` instead of an expanding IN, so the SQL text is the same whatever the number of
+        # values (compiled once, runnable on the driver, prepared by psycopg); indexes serve both alike.
+        self.arrays = arrays
         self.params: dict[str, list[Any]] = {}
         if bound:
             for type_ in identities.types():
@@ -155,7 +160,11 @@ class _Values:
         expr = sa.func.lower(sa.func.trim(col)) if email else col
         if self.bound:
             key = self._key(type_, email, as_int)
-            return expr.in_(sa.bindparam(key, expanding=True)) if key in self.params else None
+            if key not in self.params:
+                return None
+            if self.arrays and (email or python_type(col) in (int, str)):
+                return expr == sa.any_(sa.bindparam(key, type_=ARRAY(sa.String() if email else col.type)))
+            return expr.in_(sa.bindparam(key, expanding=True))
         values = self._values(type_, email, as_int)
         return expr.in_(values) if values else None
 
@@ -236,7 +245,7 @@ class SqlConnector(Connector):
 
     def locate(self, identities: Identities) -> Hits:
         hits = Hits(system=self.name, found=False)
-        vals = _Values(identities, bound=True)
+        vals = self._bound(identities)
         with self._connect() as conn:
             reaches = self._reaches(vals, conn)
             for name in self.order:
@@ -246,7 +255,7 @@ class SqlConnector(Connector):
                 table = self._table(name, conn)
                 query = self._query(vals, (name, "count"), lambda t, r: sa.select(sa.func.count()).select_from(t)
                                     .where(r.mine), table, reach)
-                count = conn.execute(query, vals.params).scalar_one()
+                count = self._run(conn, query, vals).scalar_one()
                 self._count_skipped(conn, table, name, reach, hits.skipped, vals)
                 if not count:
                     continue
@@ -268,7 +277,7 @@ class SqlConnector(Connector):
         touched: set[Identity] = set()
         query = self._query(vals, (name, "touches"), lambda: sa.select(*(table.c[c] for _, c in columns))
                             .where(reach.mine).distinct().limit(1000))
-        for row in conn.execute(query, vals.params):
+        for row in self._run(conn, query, vals):
             for (type_, _column), value in zip(columns, row, strict=True):
                 found = _identity_value(type_, value)
                 if found:
@@ -291,7 +300,7 @@ class SqlConnector(Connector):
         for how, cond, columns, path in sources:
             query = self._query(vals, (name, "learn", how), lambda cond, cols: sa.select(*cols).where(cond)
                                 .distinct().limit(1000), cond, [table.c[c] for _, c in columns])
-            for row in conn.execute(query, vals.params):
+            for row in self._run(conn, query, vals):
                 for (type_, column), value in zip(columns, row, strict=True):
                     learned = _identity_value(type_, value)
                     if learned and reach.mine_is_strong:  # these rows are all a change would touch here
@@ -312,7 +321,7 @@ class SqlConnector(Connector):
 
     def export(self, identities: Identities, entities: Iterable[str] | None = None) -> Iterator[Record]:
         wanted = self._wanted(entities)
-        vals = _Values(identities, bound=True)
+        vals = self._bound(identities)
         with self._connect() as conn:
             reaches = self._reaches(vals, conn)
             for name in self.order:
@@ -560,6 +569,15 @@ class SqlConnector(Connector):
             self._shapes[vals.shape] = reaches = memo
         return reaches
 
+    def _bound(self, identities: Identities) -> _Values:
+        return _Values(identities, bound=True, arrays=self.engine.dialect.name == "postgresql")
+
+    @staticmethod
+    def _run(conn: Connection, query: Any, vals: _Values) -> Any:
+        """A statement of `_query`: a kept one (bound values) on the driver's cursor where it can (sql_driver),
+        one built for this call through SQLAlchemy."""
+        return sql_driver.execute(conn, query, vals.params) if vals.bound else conn.execute(query, vals.params)
+
     def _query(self, vals: _Values, key: tuple[Any, ...], build: Callable[..., _Q], *args: Any) -> _Q:
         """`build(*args)`: a statement over the person's identifiers, for bound ones built once per shape and kept
         under `key` (two threads may both build it: the same statement), for literal ones built for this call."""
@@ -688,7 +706,7 @@ class SqlConnector(Connector):
                 continue
             query = self._query(vals, (name, "skipped", why),
                                 lambda c: sa.select(sa.func.count()).select_from(table).where(c), cond)
-            n = int(conn.execute(query, vals.params).scalar_one())
+            n = int(self._run(conn, query, vals).scalar_one())
             if n:
                 into.setdefault(name, {})[why] = n
 
@@ -1264,8 +1282,8 @@ EXPORT_BATCH = 500
 
 @dataclass(frozen=True)
 class _Paged:
-    """An export query as _rows runs it, both forms built once: a first page one row longer than a batch, and the
-    whole query streamed `batch` rows at a time."""
+    """An export query as _rows runs it, both forms built once and kept (the first may run on the driver's cursor,
+    sql_driver): a first page one row longer than a batch, and the whole query streamed `batch` rows at a time."""
 
     first: sa.Select[Any]
     streamed: sa.Select[Any]
@@ -1280,7 +1298,7 @@ def _rows(conn: Connection, paged: _Paged, params: dict[str, Any] | None = None)
     """An export query's rows in order: in one plain round trip when they fit in a batch (most people's rows do), else
     streamed through a server-side cursor, a batch at a time, so a person with a million rows is never held in
     memory at once. A cursor costs three round trips (declare, fetch, close) where the plain query costs one."""
-    first = conn.execute(paged.first, params).all()
+    first = sql_driver.execute(conn, paged.first, params or {}).all()  # kept statements only (see _Paged)
     if len(first) <= paged.batch:
         yield from first
         return

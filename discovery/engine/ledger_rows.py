@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 import sqlalchemy as sa
 
 from connectors.base import Identities, Identity, IdentityType, Note, is_note
+from connectors.sql_driver import execute, scalars
 from discovery.engine.ledger import (
     TERMINAL_TASK,
     AuditEvent,
@@ -24,7 +25,6 @@ from discovery.engine.ledger import (
     Task,
     TaskStatus,
 )
-from discovery.engine.ledger_driver import execute, scalars
 
 REQUESTS: sa.Table = Request.__table__  # type: ignore[assignment]
 TASKS: sa.Table = Task.__table__  # type: ignore[assignment]

@@ -36,6 +36,7 @@ from connectors.base import (
 )
 from connectors.emails import normalise_email
 from connectors.redact import redact
+from connectors.sql_driver import execute, scalars
 from discovery.bundle.archive import ArchiveUnavailable, archive_store
 from discovery.bundle.build import FORMAT as BUNDLE_FORMAT
 from discovery.bundle.build import BuiltBundle, SystemPart, build_bundle, staged_size
@@ -54,7 +55,6 @@ from discovery.engine.ledger import (
     TaskStatus,
     utcnow,
 )
-from discovery.engine.ledger_driver import execute, scalars
 from discovery.engine.ledger_rows import (
     ADVANCING,
     AUDIT,

@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from connectors.sql_driver import execute
 from discovery.engine.ledger import ApiToken
-from discovery.engine.ledger_driver import execute
 from discovery.engine.pipeline import InvalidInput, NotFoundError, audit
 from discovery.engine.runtime import Runtime
 

@@ -1,4 +1,4 @@
-"""The hot path's ledger statements on the driver's cursor (discovery/engine/ledger_driver.py) write and return what
+"""The hot path's ledger statements on the driver's cursor (connectors/sql_driver.py) write and return what
 SQLAlchemy's own execution of the same statements does, on PostgreSQL, production's ledger.
 
 An access and an erasure run through the pipeline's own functions twice, once on the driver and once with the
@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from discovery.engine import db, ledger_driver, pipeline
+from connectors import sql_driver
+from discovery.engine import db, pipeline
 from discovery.engine.ledger import TaskStatus
 from discovery.engine.ledger_rows import INSERT_REQUEST, INSERT_TASKS
 from discovery.engine.runtime import Runtime
@@ -100,13 +101,13 @@ def ledger_rows(rt: Runtime, rid: str) -> dict[str, list[dict[str, Any]]]:
 def test_the_driver_writes_what_sqlalchemy_writes(runtimes: Callable[[], Runtime], kind: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[str] = []
-    fetch = ledger_driver._fetch
-    monkeypatch.setattr(ledger_driver, "_fetch", lambda cursor, plan, many: ran.append(plan.sql) or
-                        fetch(cursor, plan, many))
+    fetch = sql_driver._fetch
+    monkeypatch.setattr(sql_driver, "_fetch", lambda cursor, plan, *rest: ran.append(plan.sql) or
+                        fetch(cursor, plan, *rest))
     first = runtimes()
     on_driver = run(first, kind)
     assert len(ran) >= 15, ran  # the hot path really ran on the driver: intake, discovery, the task, the merge
-    monkeypatch.setattr(ledger_driver, "_plan", lambda *_a: None)  # every statement through SQLAlchemy
+    monkeypatch.setattr(sql_driver, "_plan", lambda *_a: None)  # every statement through SQLAlchemy
     ran.clear()
     second = runtimes()  # the same person in a fresh ledger and account database
     through_sqlalchemy = run(second, kind)
@@ -128,7 +129,7 @@ def test_a_duplicate_open_request_is_still_sqlalchemys_integrity_error(rt: Runti
     assert again.created is False and again.request.id == first.request.id
     with rt.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
         row = conn.execute(sa.text("SELECT * FROM requests WHERE id = :id"), {"id": first.request.id}).mappings().one()
-        ledger_driver.execute(conn, INSERT_REQUEST, {**row, "id": "another"})
+        sql_driver.execute(conn, INSERT_REQUEST, {**row, "id": "another"})
 
 
 def test_listeners_hear_the_statements_the_driver_runs(rt: Runtime) -> None:
@@ -164,6 +165,6 @@ def test_new_tasks_get_their_ids_in_the_order_given(rt: Runtime, count: int) -> 
     systems = [f"system-{n}" for n in range(count)][::-1]
     rows = [pipeline._task_row(rid, system, "export", [], TaskStatus.PENDING) for system in systems]
     with rt.engine.begin() as conn:
-        ids = ledger_driver.scalars(conn, INSERT_TASKS, rows)
+        ids = sql_driver.scalars(conn, INSERT_TASKS, rows)
         stored = dict(conn.execute(sa.text("SELECT id, system FROM tasks WHERE id = ANY(:ids)"), {"ids": ids}).all())
     assert len(ids) == count and [stored[i] for i in ids] == systems

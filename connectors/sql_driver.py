@@ -1,22 +1,26 @@
-"""The request hot path's ledger statements run on the database driver's cursor (PostgreSQL).
+"""Prebuilt SQLAlchemy Core statements run on the database driver's cursor (PostgreSQL).
 
 Executing an already compiled statement through SQLAlchemy still costs about 0.1 ms of CPU (an execution context,
-parameter processing, a CursorResult and its metadata) beside the driver's own; every access request runs about
-twenty such statements (issue 15). Here each of ledger_rows' prebuilt statements is compiled once per dialect and set
+parameter processing, a CursorResult and its metadata) beside the driver's own, and an access request runs some
+twenty-five statements that were built once: the ledger's hot path (discovery/engine/ledger_rows.py) and the SQL
+connector's locate and export statements (issue 15). Here each such statement is compiled once per dialect and set
 of parameter keys, and run on the DBAPI cursor of the caller's Connection, inside its transaction, doing what
-SQLAlchemy's execution does for these statements: the same SQL, bind processors and Python-side column defaults
-(`updated_at`'s onupdate), the same result processors, errors raised as SQLAlchemy's (IntegrityError,
-OperationalError ...) with a dead connection invalidated, and `before_cursor_execute` listeners told. A statement
-this does not handle (positional parameters, expanding IN, a default that needs its execution context), and every
-dialect but PostgreSQL, runs through SQLAlchemy unchanged; tests/integration/test_ledger_driver.py runs each hot
-statement both ways and compares what they wrote and returned.
+SQLAlchemy's execution does for it: the same SQL, bind processors and Python-side column defaults (`updated_at`'s
+onupdate), the same result processors (chosen by the type codes the cursor reports, as SQLAlchemy chooses them),
+errors raised as SQLAlchemy's (IntegrityError, OperationalError ...) with a dead connection invalidated, and
+`before_cursor_execute` listeners told.
+
+Only statements that live as long as the process may come here (plans are kept by the statement's identity). What
+this does not handle goes through SQLAlchemy unchanged: every dialect but PostgreSQL, positional or expanding
+parameters, streamed results, a default that needs its execution context. tests/integration/test_ledger_driver.py
+and test_sql_driver_connector.py run the same work both ways and compare the results.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,7 +30,8 @@ Params = Mapping[str, Any]
 
 
 class Rows:
-    """What a statement returned, in order; each row a named tuple, read by attribute as SQLAlchemy's rows are."""
+    """What a statement returned, in order; each row a named tuple read by attribute (and `_mapping`), as
+    SQLAlchemy's rows are."""
 
     __slots__ = ("_rows",)
 
@@ -36,6 +41,9 @@ class Rows:
     def __iter__(self) -> Iterator[Any]:
         return iter(self._rows)
 
+    def all(self) -> list[Any]:
+        return list(self._rows)
+
     def first(self) -> Any:
         return self._rows[0] if self._rows else None
 
@@ -44,24 +52,29 @@ class Rows:
             raise sa.exc.NoResultFound("no row") if not self._rows else sa.exc.MultipleResultsFound("several rows")
         return self._rows[0]
 
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
     def scalars(self) -> list[Any]:
         return [row[0] for row in self._rows]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Plan:
     """One statement compiled for one dialect and set of parameter keys, with what its execution needs."""
 
-    statement: sa.Executable  # held: the cache is keyed by its id, which must not be reused
+    statement: sa.Executable  # held: plans are found by its id, which must not be reused
     compiled: SQLCompiler
     sql: str
     defaults: tuple[tuple[str, Any, bool], ...]  # (parameter, scalar value or callable, callable?) for keys not given
     binds: tuple[tuple[str, Any], ...]  # (parameter, bind processor)
     row: Any  # a named tuple class for returned rows, or None
-    results: tuple[Callable[[Any], Any] | None, ...]  # per returned column
+    types: tuple[Any, ...]  # each returned column's SQLAlchemy type
+    results: dict[tuple[Any, ...], tuple[Callable[[Any], Any] | None, ...]] = field(default_factory=dict)
 
 
 _PLANS: dict[tuple[int, str, frozenset[str]], _Plan | None] = {}
+_MAX_PLANS = 4096
 
 
 def execute(conn: sa.Connection, stmt: sa.Executable, params: Params | Sequence[Params]) -> Rows | sa.CursorResult[Any]:
@@ -84,7 +97,7 @@ def execute(conn: sa.Connection, stmt: sa.Executable, params: Params | Sequence[
                 cursor.executemany(plan.sql, values, returning=plan.row is not None)
             else:
                 cursor.execute(plan.sql, values[0])
-            got = _fetch(cursor, plan, several)
+            got = _fetch(cursor, plan, several, conn.dialect)
         except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises it: IntegrityError, OperationalError ...
             gone = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
             error = sa.exc.DBAPIError.instance(plan.sql, values, exc, conn.dialect.loaded_dbapi.Error,
@@ -99,7 +112,13 @@ def execute(conn: sa.Connection, stmt: sa.Executable, params: Params | Sequence[
     return Rows(got)
 
 
-_CURSOR = "dsar_ledger_cursor"
+def scalars(conn: sa.Connection, stmt: sa.Executable, params: Params | Sequence[Params]) -> list[Any]:
+    """The first column of every row `execute` returns."""
+    result = execute(conn, stmt, params)
+    return result.scalars() if isinstance(result, Rows) else list(result.scalars())
+
+
+_CURSOR = "dsar_driver_cursor"
 
 
 def _cursor(conn: sa.Connection) -> Any:
@@ -114,13 +133,7 @@ def _cursor(conn: sa.Connection) -> Any:
     return cursor
 
 
-def scalars(conn: sa.Connection, stmt: sa.Executable, params: Params | Sequence[Params]) -> list[Any]:
-    """The first column of every row `execute` returns."""
-    result = execute(conn, stmt, params)
-    return result.scalars() if isinstance(result, Rows) else list(result.scalars())
-
-
-def _fetch(cursor: Any, plan: _Plan, many: bool) -> list[Any]:
+def _fetch(cursor: Any, plan: _Plan, many: bool, dialect: sa.Dialect) -> list[Any]:
     if plan.row is None:
         return []
     raw: list[Any] = []
@@ -131,7 +144,12 @@ def _fetch(cursor: Any, plan: _Plan, many: bool) -> list[Any]:
                 break
     else:
         raw = cursor.fetchall()
-    make, results = plan.row, plan.results
+    codes = tuple(column.type_code for column in cursor.description or ())
+    results = plan.results.get(codes)
+    if results is None:  # as SQLAlchemy picks them: by each column's type and the type code the driver reports
+        results = plan.results[codes] = tuple(
+            t._cached_result_processor(dialect, code) for t, code in zip(plan.types, codes, strict=True))
+    make = plan.row
     return [make(*(p(v) if p is not None else v for p, v in zip(results, r, strict=True))) for r in raw]
 
 
@@ -151,12 +169,16 @@ def _plan(stmt: sa.Executable, dialect: sa.Dialect, params: Params) -> _Plan | N
         return _PLANS[key]
     except KeyError:
         pass
-    # Statements are ledger_rows' module constants or memoised ones: a handful of plans for the process's life.
+    if len(_PLANS) >= _MAX_PLANS:  # only kept statements come here; a bound against misuse, not an LRU
+        _PLANS.clear()
     plan = _PLANS[key] = _compile(stmt, dialect, list(params))
     return plan
 
 
 def _compile(stmt: sa.Executable, dialect: sa.Dialect, keys: list[str]) -> _Plan | None:
+    options = stmt.get_execution_options()
+    if options.get("stream_results") or options.get("yield_per"):
+        return None
     compiled = stmt.compile(dialect=dialect, column_keys=keys)  # type: ignore[attr-defined]
     assert isinstance(compiled, SQLCompiler)
     if compiled.positional or compiled.literal_execute_params or compiled.post_compile_params \
@@ -170,8 +192,20 @@ def _compile(stmt: sa.Executable, dialect: sa.Dialect, keys: list[str]) -> _Plan
         if is_sentinel or not (is_scalar or is_callable):
             return None
         defaults.append((column.key, arg, bool(is_callable)))
-    binds = tuple(compiled._bind_processors.items())
     columns = compiled._result_columns
-    row = collections.namedtuple("LedgerRow", [c.keyname for c in columns], rename=True) if columns else None  # type: ignore[misc]
-    results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
-    return _Plan(stmt, compiled, compiled.string, tuple(defaults), binds, row, results)
+    row = _row_class(tuple(c.keyname for c in columns)) if columns else None
+    return _Plan(stmt, compiled, compiled.string, tuple(defaults), tuple(compiled._bind_processors.items()), row,
+                 tuple(c.type for c in columns))
+
+
+def _row_class(names: tuple[str, ...]) -> Any:
+    base = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
+
+    class Row(base):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        @property
+        def _mapping(self) -> dict[str, Any]:  # as SQLAlchemy's Row: the columns by their names
+            return dict(zip(names, self, strict=True))
+
+    return Row

@@ -17,6 +17,7 @@ from typing import Any
 
 import dramatiq
 import structlog
+from dramatiq.common import compute_backoff
 from dramatiq.middleware import Middleware
 
 from discovery.engine import ledger_retention, pipeline
@@ -36,6 +37,12 @@ _RETRY: dict[str, Any] = {
     "max_backoff": int(max(_cfg.retry_backoff_seconds, 1) * 60_000),
     "time_limit": 6 * 3600 * 1000,  # exports of long chat histories take a while; leases catch dead workers
 }
+
+
+def task_backoff_ms(attempt: int) -> int:
+    """How long a task waits after its `attempt`-th attempt failed: Dramatiq's backoff (doubling from
+    worker.retry_backoff_seconds, with jitter) for that many failures."""
+    return compute_backoff(attempt - 1, factor=_RETRY["min_backoff"], max_backoff=_RETRY["max_backoff"])[1]
 
 
 class ActorWakeups:
@@ -70,7 +77,11 @@ def handle(event: str, work: Callable[[], object], permanent: Callable[[str], No
         if pipeline.is_transient(exc):
             # a task released for a later attempt was logged by the pipeline already
             (log.info if isinstance(exc, pipeline.RetryLater) else log.warning)(f"{event}.retry", error=error, **ids)
-            raise dramatiq.Retry(error) from None  # retried with backoff, counted against max_retries
+            # retried with backoff, counted against max_retries; a task's retry waits by its attempt, not by this
+            # message's retries: a task that first ran inline in a discovery is retried by that message once, then
+            # by its own, whose count starts again (attempts came twice as fast as worker.max_attempts implies)
+            raise dramatiq.Retry(error, delay=task_backoff_ms(exc.attempt) if isinstance(
+                exc, pipeline.RetryLater) and exc.attempt else None) from None
         log.error(f"{event}.failed", error=error, **ids)
         if permanent is not None:
             permanent(error)

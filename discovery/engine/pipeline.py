@@ -136,7 +136,13 @@ class InlineWakeups:
 
 
 class RetryLater(Exception):
-    """A transient failure; the task is back to pending and the broker should retry with backoff."""
+    """A transient failure; the task is back to pending and the broker should retry with backoff. `attempt`: the
+    task's attempt that failed, which the backoff follows (whichever message carries the retry: the discovery
+    that ran the task inline, then the task's own)."""
+
+    def __init__(self, message: str, attempt: int = 0) -> None:
+        super().__init__(message)
+        self.attempt = attempt
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -724,7 +730,7 @@ def run_claimed(rt: Runtime, wake: Wakeups, claimed: Claimed) -> None:
         if attempts < rt.settings.worker.max_attempts and spent < rt.settings.worker.system_retry_budget:
             _release(rt, task_id, reason, first_failure=now)
             log.warning("task.retry", request_id=request_id, task_id=task_id, system=system, error=reason)
-            raise RetryLater(f"{system} {action}: {reason}") from None
+            raise RetryLater(f"{system} {action}: {reason}", attempt=attempts) from None
         log.warning("task.gave_up", request_id=request_id, task_id=task_id, system=system, attempts=attempts,
                     seconds=round(spent))
         budget = "" if attempts >= rt.settings.worker.max_attempts else \

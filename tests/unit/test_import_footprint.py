@@ -55,6 +55,11 @@ NOT_IN_SERVE = ("boto3", "botocore", "alembic", "mako", "phonenumbers", "stdnum"
 
 @pytest.fixture()
 def env(tmp_path: Path) -> dict[str, str]:
+    return worker_env(tmp_path)
+
+
+def worker_env(tmp_path: Path) -> dict[str, str]:
+    """Settings and environment of a worker child: this data map, a SQLite ledger upgraded, a stub broker."""
     (tmp_path / "datamap.yaml").write_text(DATA_MAP, encoding="utf-8")
     ledger = tmp_path / "ledger.db"
     config = tmp_path / "dsar.toml"

@@ -133,9 +133,10 @@ class _Values:
     """The person's identifiers as a query names them.
 
     Literal (erasure, restriction, retention: rare): the values are in the statement, built for this one call. Bound
-    (locate, export: every request): each identity type, per kind of column it is compared with, is one expanding
-    bind parameter, so those statements are built once per `shape` (which parameters have values) and executed with
-    `params`: building and keying a fresh expression tree per request cost more CPU than running it (issue 15)."""
+    (locate, export: every request): each identity type, per kind of column it is compared with, is one bind
+    parameter (an array on PostgreSQL, an expanding IN elsewhere), so those statements are built once per `shape`
+    (which parameters have values) and executed with `params`: building and keying a fresh expression tree per
+    request cost more CPU than running it (issue 15)."""
 
     def __init__(self, identities: Identities, bound: bool = False, arrays: bool = False) -> None:
         self.identities = identities
@@ -298,8 +299,8 @@ class SqlConnector(Connector):
         if reach.owned is not None and learn:
             sources.append(("owned", sa.and_(reach.owned, reach.mine), learn, self._path(name)))
         for how, cond, columns, path in sources:
-            query = self._query(vals, (name, "learn", how), lambda cond, cols: sa.select(*cols).where(cond)
-                                .distinct().limit(1000), cond, [table.c[c] for _, c in columns])
+            query = self._query(vals, (name, "learn", how), lambda cond, columns: sa.select(
+                *(table.c[c] for _, c in columns)).where(cond).distinct().limit(1000), cond, columns)
             for row in self._run(conn, query, vals):
                 for (type_, column), value in zip(columns, row, strict=True):
                     learned = _identity_value(type_, value)

@@ -80,8 +80,8 @@ def handle(event: str, work: Callable[[], object], permanent: Callable[[str], No
             # retried with backoff, counted against max_retries; a task's retry waits by its attempt, not by this
             # message's retries: a task that first ran inline in a discovery is retried by that message once, then
             # by its own, whose count starts again (attempts came twice as fast as worker.max_attempts implies)
-            raise dramatiq.Retry(error, delay=task_backoff_ms(exc.attempt) if isinstance(
-                exc, pipeline.RetryLater) and exc.attempt else None) from None
+            attempt = exc.attempt if isinstance(exc, pipeline.RetryLater) else 0
+            raise dramatiq.Retry(error, delay=task_backoff_ms(attempt) if attempt else None) from None
         log.error(f"{event}.failed", error=error, **ids)
         if permanent is not None:
             permanent(error)

@@ -102,7 +102,7 @@ def add_audit(conn: sa.Connection, event: str, actor: str, request_id: str | Non
               **details: Any) -> None:
     """pipeline.audit's row, written at once (the ORM's version waits for the session's flush)."""
     execute(conn, _INSERT_AUDIT, {"event": event, "actor": actor, "request_id": request_id,
-                                 "subject_hash": subject_hash, "details": details})
+                                  "subject_hash": subject_hash, "details": details})
 
 
 def identities_of(conn: sa.Connection, request_id: str) -> Identities:

@@ -294,7 +294,7 @@ def submit(rt: Runtime, wake: Wakeups, request_type: str, email: str, ticket: st
             # what the request object was given, as the ORM would insert it (a JSON column left unset stays NULL)
             execute(conn, INSERT_REQUEST, {k: v for k, v in sa.inspect(request).dict.items() if k in REQUESTS.c})
             execute(conn, INSERT_IDENTITIES, {"request_id": request.id, "type": IdentityType.EMAIL.value,
-                                             "value": subject, "source": "request", "round": 0})
+                                              "value": subject, "source": "request", "round": 0})
             add_audit(conn, "request.received", actor, request.id, request.subject_hash, type=rtype.value,
                       ticket=ticket, source=source, needs_verification=needs_verification, systems=scope,
                       language=lang, confirm_others=request.confirm_others)  # the operator's reason, audited

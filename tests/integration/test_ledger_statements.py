@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from discovery.engine import db, pipeline
-from discovery.engine.ledger import Request
+from discovery.engine.ledger import Request, SystemHit
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
 from sandbox.people import JANE
@@ -82,3 +82,33 @@ def test_an_access_request_costs_the_ledger_few_statements(counted: tuple[Runtim
     # outcome
     assert stmts.transactions["submit"] <= 1, seen
     assert stmts.transactions["worker"] <= 4, seen
+
+
+def test_an_access_request_costs_the_account_database_one_count_and_no_transactions(
+        counted: tuple[Runtime, Statements]) -> None:
+    """The SQL connector's reads: every entity's counts in one statement (not one per entity and reason), and no
+    transaction around them on PostgreSQL (autocommit: no BEGIN and ROLLBACK round trips for a reader)."""
+    rt, _ = counted
+    connector = rt.connector("accounts")
+    seen: list[tuple[str, bool]] = []
+
+    def spy(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append((" ".join(statement.split()), conn.connection.driver_connection.autocommit))  # type: ignore[union-attr]
+
+    sent = SyncWakeups(rt)
+    for listening in (False, True):  # the first request reflects the tables (once per process): not counted
+        if listening:
+            sa.event.listen(connector.engine, "before_cursor_execute", spy)  # type: ignore[attr-defined]
+        rid = pipeline.submit(rt, sent, "access", JANE.email, actor="test").request.id
+        pipeline.run_discovery(rt, pipeline.InlineWakeups(lambda: rt, sent), rid)
+    with rt.sessions() as s:
+        req = s.get(Request, rid)
+        assert req is not None and req.status == "completed"
+        hit = s.scalars(sa.select(SystemHit).where(SystemHit.request_id == rid, SystemHit.system == "accounts")).one()
+    counted_entities = [name for name, n in hit.counts.items() if n]
+    assert len(counted_entities) >= 2  # the test means something only if several entities hold Jane's rows
+    counts = [sql for sql, _ in seen if "count(*)" in sql]
+    assert len(counts) == 1, counts  # one census for every entity, whatever the schema's size
+    assert all(autocommit for _, autocommit in seen), seen
+    exports = [sql for sql, _ in seen if "count(*)" not in sql and "DISTINCT" not in sql]
+    assert len(exports) == len(connector.entities), exports  # type: ignore[attr-defined]

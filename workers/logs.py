@@ -87,9 +87,10 @@ def configure_logging(fmt: str = "console", level: int | None = None) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
             _one_line_exc if quiet else structlog.processors.format_exc_info,
             _scrub,
+            # after the scrub: a timestamp has colons, so every line's ran all of redact()'s patterns for nothing
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -117,7 +118,7 @@ _EVENT_WIDTH = 30  # ... and the event to this (its pad_event_to default)
 
 
 class _PlainRenderer:
-    """One event rendered as `configure_logging`'s chain renders it (add_log_level, TimeStamper(iso, utc), _scrub,
+    """One event rendered as `configure_logging`'s chain renders it (add_log_level, _scrub, TimeStamper(iso, utc),
     then ConsoleRenderer(colors=False) or JSONRenderer), for events carrying plain values and no exc_info.
     tests/unit/test_logs_plain.py compares the two."""
 
@@ -125,9 +126,8 @@ class _PlainRenderer:
         self.json, self.level = fmt == "json", level
 
     def line(self, method: str, event: str, kw: dict[str, Any]) -> str:
-        event_dict: dict[str, Any] = {**kw, "event": event, "level": method,
-                                      "timestamp": datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")}
-        event_dict = dict(_scrub(None, method, event_dict))
+        event_dict = dict(_scrub(None, method, {**kw, "event": event, "level": method}))
+        event_dict["timestamp"] = datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
         if self.json:
             return json.dumps(event_dict, default=repr)
         head = [str(event_dict.pop("timestamp")), f"[{event_dict.pop('level').ljust(_LEVEL_WIDTH)}]",

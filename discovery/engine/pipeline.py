@@ -840,14 +840,18 @@ class _Renewals:
         self._cond = threading.Condition()
         self._due: dict[LeaseKeeper, float] = {}
         self._thread: threading.Thread | None = None
+        self._wake_at = 0.0  # when the waiting thread looks again (stale, so in the past, while it renews)
 
     def add(self, keeper: LeaseKeeper) -> None:
         with self._cond:
-            self._due[keeper] = time.monotonic() + keeper.interval
+            at = self._due[keeper] = time.monotonic() + keeper.interval
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="dsar-leases", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # Woken only if it would look too late: three leases per request each woke it for nothing (a thread
+            # switch each), as a new lease is almost always due after the ones it waits for.
+            if at < self._wake_at:
+                self._cond.notify()
 
     def remove(self, keeper: LeaseKeeper) -> None:
         with self._cond:
@@ -861,7 +865,9 @@ class _Renewals:
                 for keeper in due:
                     self._due[keeper] = now + keeper.interval
                 if not due:
-                    self._cond.wait(timeout=max(0.01, min(self._due.values(), default=now + 60) - now))
+                    timeout = max(0.01, min(self._due.values(), default=now + 60) - now)
+                    self._wake_at = now + timeout
+                    self._cond.wait(timeout=timeout)
                     continue
             for keeper in due:
                 keeper.renew()

@@ -52,3 +52,31 @@ def test_every_live_lease_is_renewed_and_none_after_stop(tmp_path: Path) -> None
             assert leases()[1] == stopped[1]  # the stopped task lease was not renewed again
         finally:
             other.stop()
+
+
+def test_a_lease_due_sooner_than_the_thread_looks_wakes_it(tmp_path: Path) -> None:
+    """The renewing thread is woken only when a new lease is due before it would look again (not for every lease,
+    three per request): one added while it waits for a long lease must still be renewed on time."""
+    with sandbox_world(tmp_path) as world:
+        rt = world["rt"]
+        rid = pipeline.submit(rt, world["wake"], "access", JANE.email).request.id
+        with rt.sessions.begin() as s:
+            req = s.get(Request, rid)
+            assert req is not None
+            req.status, req.lease_owner, req.lease_until = "merging", "owner-1", rt.clock()
+        start = rt.clock()
+        slow = pipeline.LeaseKeeper(rt, "no-such-request", timedelta(seconds=90), owner="x")  # looked at in 30 s
+        try:
+            wait_until(lambda: pipeline._RENEWALS._wake_at > 0, 5, "the renewing thread waiting")
+            quick = pipeline.LeaseKeeper(rt, rid, timedelta(seconds=0.6), owner="owner-1")  # due in 0.2 s
+            try:
+                def renewed() -> bool:
+                    with rt.sessions() as s:
+                        until = s.scalar(sa.select(Request.lease_until).where(Request.id == rid))
+                    return until is not None and until.replace(tzinfo=None) > start.replace(tzinfo=None)
+
+                wait_until(renewed, 10, "the quick lease renewed while the thread waited for the slow one")
+            finally:
+                quick.stop()
+        finally:
+            slow.stop()

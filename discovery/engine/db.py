@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import functools
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from connectors.sql_pool import ping_when_idle
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _UPGRADE_LOCK = 74_017_001  # PostgreSQL advisory lock id: one process upgrades at a time
@@ -46,39 +46,8 @@ def make_engine(url: str) -> sa.Engine:
         sqlite_no_autobegin(engine)
         return engine
     engine = sa.create_engine(url, pool_size=10, max_overflow=20)
-    ping_when_idle(engine)
+    ping_when_idle(engine)  # not pool_pre_ping: a ping per checkout cost a round trip each (connectors/sql_pool.py)
     return engine
-
-
-PING_AFTER_IDLE_SECONDS = 5.0
-
-
-def ping_when_idle(engine: sa.Engine, after: float | None = None) -> None:
-    """Pessimistic disconnect handling, paid only where it can help. SQLAlchemy's `pool_pre_ping` pings on every
-    checkout: a round trip and ~0.35 ms of CPU, six or seven times per request. Here a connection handed back less
-    than `after` seconds ago is handed out as is; one idle longer (a database restart or an idle timeout may have
-    closed it meanwhile) is pinged first, and a dead one replaced: the pool retries the checkout on a fresh
-    connection, as with pre_ping. A connection that died while in use fails its statement, which the pipeline treats
-    as the ledger being briefly away (retried)."""
-    idle = PING_AFTER_IDLE_SECONDS if after is None else after
-
-    @sa.event.listens_for(engine, "connect")
-    def _fresh(_dbapi_conn: Any, record: Any) -> None:
-        record.info["dsar_returned_at"] = time.monotonic()
-
-    @sa.event.listens_for(engine, "checkin")
-    def _returned(_dbapi_conn: Any, record: Any) -> None:
-        if record is not None:
-            record.info["dsar_returned_at"] = time.monotonic()
-
-    @sa.event.listens_for(engine, "checkout")
-    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
-        if time.monotonic() - record.info.get("dsar_returned_at", 0.0) < idle:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_conn)
-        except Exception as exc:  # the pool discards this connection and checks out another
-            raise DisconnectionError(f"ledger connection found closed ({type(exc).__name__})") from None
 
 
 def sqlite_no_autobegin(engine: sa.Engine) -> None:

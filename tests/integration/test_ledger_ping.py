@@ -1,4 +1,5 @@
-"""The ledger's pool pings a connection only when it was idle a while (discovery/engine/db.py ping_when_idle)."""
+"""The pools of the ledger and the SQL connectors ping a connection only when it was idle a while
+(connectors/sql_pool.py ping_when_idle)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
+from connectors import sql_pool
 from discovery.engine import db
 
 pytestmark = pytest.mark.integration
@@ -23,7 +25,7 @@ def _backend_killed_while_idle(engine: sa.Engine, admin: sa.Engine) -> None:
 
 def test_a_connection_closed_while_idle_is_replaced(pg_database: Callable[[], str], pg_admin: sa.Engine,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)  # every checkout counts as "idle a while"
+    monkeypatch.setattr(sql_pool, "PING_AFTER_IDLE_SECONDS", 0.0)  # every checkout counts as "idle a while"
     engine = db.make_engine(pg_database())
     try:
         _backend_killed_while_idle(engine, pg_admin)
@@ -35,7 +37,7 @@ def test_a_connection_closed_while_idle_is_replaced(pg_database: Callable[[], st
 
 def test_a_connection_used_a_moment_ago_is_not_pinged(pg_database: Callable[[], str], pg_admin: sa.Engine,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    monkeypatch.setattr(sql_pool, "PING_AFTER_IDLE_SECONDS", 3600.0)
     engine = db.make_engine(pg_database())
     try:
         _backend_killed_while_idle(engine, pg_admin)

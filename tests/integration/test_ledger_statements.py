@@ -95,10 +95,14 @@ def test_an_access_request_costs_the_account_database_one_count_and_no_transacti
     def spy(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append((" ".join(statement.split()), conn.connection.driver_connection.autocommit))  # type: ignore[union-attr]
 
+    pings: list[object] = []
+    ping = connector.engine.dialect.do_ping  # type: ignore[attr-defined]
     sent = SyncWakeups(rt)
     for listening in (False, True):  # the first request reflects the tables (once per process): not counted
         if listening:
             sa.event.listen(connector.engine, "before_cursor_execute", spy)  # type: ignore[attr-defined]
+            # a ping per checkout (pool_pre_ping) was a round trip of its own for the locate and the export
+            connector.engine.dialect.do_ping = lambda conn: pings.append(conn) or ping(conn)  # type: ignore[attr-defined]
         rid = pipeline.submit(rt, sent, "access", JANE.email, actor="test").request.id
         pipeline.run_discovery(rt, pipeline.InlineWakeups(lambda: rt, sent), rid)
     with rt.sessions() as s:
@@ -110,5 +114,6 @@ def test_an_access_request_costs_the_account_database_one_count_and_no_transacti
     counts = [sql for sql, _ in seen if "count(*)" in sql]
     assert len(counts) == 1, counts  # one census for every entity, whatever the schema's size
     assert all(autocommit for _, autocommit in seen), seen
+    assert not pings  # connections used a moment ago are not pinged (connectors/sql_pool.py)
     exports = [sql for sql, _ in seen if "count(*)" not in sql and "DISTINCT" not in sql]
     assert len(exports) == len(connector.entities), exports  # type: ignore[attr-defined]

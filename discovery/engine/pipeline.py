@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
 import structlog
@@ -69,7 +69,11 @@ from discovery.engine.ledger_rows import (
     REQUESTS,
     TASKS,
     AnyRow,
+    Identifier,
     add_audit,
+    as_identities,
+    claim_with_seed,
+    complete_with_audit,
     identities_of,
     lock_request,
     move_request,
@@ -444,7 +448,7 @@ def identifiers(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
         return [_identifier(i) for i in rows]
 
 
-def _identifier(i: SubjectIdentity | AnyRow) -> dict[str, Any]:
+def _identifier(i: SubjectIdentity | AnyRow | Identifier) -> dict[str, Any]:
     """One stored identifier as status, the API and the bundle manifest show it."""
     return {"type": i.type, "value": i.value, "source": i.source, "via": i.via, "via_note": i.via_note,
             "round": i.round}
@@ -535,38 +539,57 @@ def _release_request(rt: Runtime, request_id: str, owner: str) -> None:
         log.warning("request.lease_release_failed", request_id=request_id)
 
 
-def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) -> None:
-    now, lease = _now(rt), _lease(rt)
+def _claim_discovery(rt: Runtime, request_id: str, owner: str, now: datetime, claim: dict[str, Any],
+                     columns: tuple[str, ...]) -> tuple[AnyRow | None, list[AnyRow], list[int], str | None]:
+    """The claim in a transaction (every ledger; on PostgreSQL when the one-statement claim found the request no
+    longer received): the request's row (None while another process holds a live discovery lease), its identifiers,
+    and for a request planned already its pending tasks and status (None: claimed here, to be discovered)."""
     with rt.engine.begin() as conn:  # Core: no ORM session on the hot path (issue 15)
-        # Claim: a received request (the usual case, in one statement), or one whose discovery lease lapsed (its
-        # worker died). A live lease means another process is discovering it right now: leave it alone.
-        claim = {"status": RequestStatus.DISCOVERING, "lease_until": now + lease, "lease_owner": owner,
-                 "updated_at": now}
-        columns = ("status", "lease_owner", "type", "systems", "confirm_others")
         req = move_request(conn, request_id, RequestStatus.RECEIVED, None, columns, **claim)
         if req is None:
             req = lock_request(conn, request_id, *columns, "lease_until", "subject_hash")
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
+        pending: list[int] = []
+        status = None
         if req.status == RequestStatus.DISCOVERING and req.lease_owner == owner:  # claimed above
-            pending, status = [], None
+            pass
         elif req.status not in (RequestStatus.RECEIVED, RequestStatus.DISCOVERING):
             pending = list(conn.scalars(sa.select(TASKS.c.id).where(
                 TASKS.c.request_id == request_id, TASKS.c.status == TaskStatus.PENDING).order_by(TASKS.c.id)))
             status = req.status
         elif req.status == RequestStatus.DISCOVERING and lease_is_live(req, now):
             log.info("request.discovery_busy", request_id=request_id)
-            return
+            return None, [], [], None
         else:
             if req.status == RequestStatus.DISCOVERING:
                 log.warning("request.discovery_taken_over", request_id=request_id)
                 add_audit(conn, "request.discovery_taken_over", "worker", request_id, req.subject_hash)
             update_request(conn, request_id, **claim)
-            pending, status = [], None
-        seed = identities_of(conn, request_id)
-        rtype = RequestType(req.type)
-        scope = list(req.systems) if req.systems is not None else None
-        confirm = req.confirm_others
+        return req, list(execute(conn, IDENTITIES_OF, {"request_id_": request_id})), pending, status
+
+
+def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) -> None:
+    now, lease = _now(rt), _lease(rt)
+    # Claim: a received request (the usual case, in one statement), or one whose discovery lease lapsed (its
+    # worker died). A live lease means another process is discovering it right now: leave it alone.
+    claim = {"status": RequestStatus.DISCOVERING, "lease_until": now + lease, "lease_owner": owner, "updated_at": now}
+    columns = ("status", "lease_owner", "type", "systems", "confirm_others")
+    fast = None
+    if rt.autocommit is not None:  # PostgreSQL: the usual case's claim and identifiers in one round trip
+        with rt.autocommit.connect() as conn:
+            fast = claim_with_seed(conn, request_id, RequestStatus.RECEIVED, columns, **claim)
+    if fast is not None:
+        req, seed_rows = fast
+        pending, status = [], None
+    else:
+        req, seed_rows, pending, status = _claim_discovery(rt, request_id, owner, now, claim, columns)
+        if req is None:  # another process is discovering it right now
+            return
+    seed = as_identities(seed_rows)
+    rtype = RequestType(req.type)
+    scope = list(req.systems) if req.systems is not None else None
+    confirm = req.confirm_others
     if status is not None:  # already planned: a redelivered message only re-wakes pending tasks
         for task_id in pending:
             wake.execute(task_id)
@@ -600,12 +623,15 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
                    for ident in found.identities if (ident.type, ident.value) not in have]
         if learned:
             execute(conn, INSERT_IDENTITIES, learned)
-        if asked:
-            execute(conn, INSERT_HITS, [
-                {"request_id": request_id, "system": name, "found": bool(hits and hits.found),
-                 "counts": dict(hits.counts) if hits else {}, "error": found.errors.get(name),
-                 "skipped": dict(hits.skipped) if hits and hits.skipped else None}
-                for name in asked for hits in [found.hits.get(name)]])
+        hit_rows = [{"request_id": request_id, "system": name, "found": bool(hits and hits.found),
+                     "counts": dict(hits.counts) if hits else {}, "error": found.errors.get(name),
+                     "skipped": dict(hits.skipped) if hits and hits.skipped else None}
+                    for name in asked for hits in [found.hits.get(name)]]
+        if hit_rows:
+            execute(conn, INSERT_HITS, hit_rows)
+        known = Known([Identifier(*r) for r in seed_rows] + [Identifier(
+            r["type"], r["value"], r["source"], r["via"], r["via_note"], r["round"]) for r in learned],
+            {r["system"]: Hit(r["system"], r["found"], r["error"]) for r in hit_rows})
         # A refused system gets a failed task: the request ends completed_with_errors, saying why. Tasks of quick,
         # local systems are claimed here, in this transaction, and run by this worker right after it
         # (InlineWakeups); the others wait for a worker of their own.
@@ -625,7 +651,7 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
                   refused=sorted(step.system for step in refusals(steps)),
                   identifiers_refused=found.refused or None, confirm_others=bool(confirm))
         claimed = [Claimed(task_id, request_id, row["system"], row["action"], list(row["entities"]), 1, None, 0,
-                           found.identities, now)
+                           found.identities, now, known)
                    for task_id, row in zip(ids, rows, strict=True) if row["status"] == TaskStatus.RUNNING]
         task_ids = [task_id for task_id, row in zip(ids, rows, strict=True) if row["status"] == TaskStatus.PENDING]
     log.info("request.planned", request_id=request_id, tasks=len(wanted), rounds=found.rounds,
@@ -669,6 +695,23 @@ class Claimed:
     waits: int
     identities: Identities
     started: datetime
+    known: Known | None = None  # set by the discovery that planned it: what the merge would read back
+
+
+@dataclass
+class Known:
+    """What the discovery of a request wrote and still holds, handed to the merge of the request's inline tasks so
+    it need not read it back: the identifiers (IDENTITIES_OF's rows, in order) and where it looked (MERGE_HITS').
+    Nothing changes them once planned: only a discovery, under its lease, writes identifiers and hits."""
+
+    identifiers: list[Identifier]
+    hits: dict[str, Hit]
+
+
+class Hit(NamedTuple):
+    system: str
+    found: bool
+    error: str | None
 
 
 def execute_task(rt: Runtime, wake: Wakeups, task_id: int) -> None:
@@ -773,7 +816,7 @@ def run_claimed(rt: Runtime, wake: Wakeups, claimed: Claimed) -> None:
     finally:
         keeper.stop()
     try:
-        finish_task(rt, wake, task_id, status, error, result, request_id=request_id)
+        finish_task(rt, wake, task_id, status, error, result, request_id=request_id, known=claimed.known)
     except Exception as exc:
         if is_transient(exc):
             raise  # the ledger is away: the message is retried, or the sweeper takes the task over later
@@ -914,9 +957,10 @@ def _cancel_if_closed(s: Session, task: Task) -> None:
 
 def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, error: str | None,
                 result: dict[str, Any] | None, actor: str = "worker", note: str | None = None,
-                request_id: str | None = None) -> None:
+                request_id: str | None = None, known: Known | None = None) -> None:
     """Record a task's outcome; the one call that sees every task terminal moves the request on. With wake-ups that
-    merge inline, that call also takes the merge lease in the same transaction and merges right here."""
+    merge inline, that call also takes the merge lease in the same transaction and merges right here (`known`: what
+    the discovery that planned the task holds of the request, not read again for the merge)."""
     now = _now(rt)
     merge_owner = str(uuid.uuid4()) if isinstance(wake, InlineWakeups) else None
     with rt.engine.begin() as conn:
@@ -943,7 +987,7 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
             # The merge below starts under this lease, from what this transaction reads: no claim of its own.
             update_request(conn, request_id, status=moved, lease_until=now + _lease(rt), lease_owner=merge_owner)
             try:
-                inputs = merge_inputs(rt, conn, req, tasks)
+                inputs = merge_inputs(rt, conn, req, tasks, known)
             except sa.exc.SQLAlchemyError:
                 raise  # the transaction is lost: the outcome is stored by the retry
             except Exception as exc:  # never lose the task's outcome over it: the merge reads them itself
@@ -1029,14 +1073,21 @@ class MergeInputs:
     parts: list[SystemPart]
     failed: list[AnyRow]
     locate_failed: dict[str, str]
+    reported: bool = True  # a reporter wants the request (a ticket, a callback): its outcome is queued with it
 
 
-def merge_inputs(rt: Runtime, conn: sa.Connection, req: AnyRow, tasks: list[AnyRow] | None = None) -> MergeInputs:
-    """Read on `conn` what the merge of `req` (its row, every column) needs; `tasks`: its tasks, if read already."""
+def merge_inputs(rt: Runtime, conn: sa.Connection, req: AnyRow, tasks: list[AnyRow] | None = None,
+                 known: Known | None = None) -> MergeInputs:
+    """Read on `conn` what the merge of `req` (its row, every column) needs; `tasks`: its tasks, if read already;
+    `known`: its identifiers and hits as its discovery wrote them."""
     request_id = req.id
     by_request = {"request_id_": request_id}
-    identities = [_identifier(i) for i in execute(conn, IDENTITIES_OF, by_request)]
-    hits = {h.system: h for h in execute(conn, MERGE_HITS, by_request)}
+    if known is not None:
+        identities = [_identifier(i) for i in known.identifiers]
+        hits: dict[str, Any] = dict(known.hits)
+    else:
+        identities = [_identifier(i) for i in execute(conn, IDENTITIES_OF, by_request)]
+        hits = {h.system: h for h in execute(conn, MERGE_HITS, by_request)}
     if tasks is None:
         tasks = list(execute(conn, MERGE_TASKS, by_request))
     request_type = req.type
@@ -1083,7 +1134,9 @@ def merge_inputs(rt: Runtime, conn: sa.Connection, req: AnyRow, tasks: list[AnyR
     failed = [t for t in tasks if t.status == TaskStatus.FAILED]
     # A system that could not be searched may hold more of the person than its tasks reached: never complete.
     locate_failed = {system: hit.error for system, hit in sorted(hits.items()) if hit.error}
-    return MergeInputs(request_type, lang, header, parts, failed, locate_failed)
+    # decided by fields set at intake (source, ticket, callback URL), so read here it holds when the merge ends
+    reported = any(r.wants(rt, Ended.of(req)) for r in REPORTERS)
+    return MergeInputs(request_type, lang, header, parts, failed, locate_failed, reported)
 
 
 def _claim_merge(rt: Runtime, request_id: str, owner: str, claimed: bool, now: datetime,
@@ -1137,8 +1190,12 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
     finally:
         keeper.stop()
     built.uri = out.uri
-    with rt.engine.begin() as conn:
-        ended = _record_bundle(rt, conn, request_id, owner, built, failed, locate_failed)
+    if rt.autocommit is not None and not inputs.reported:  # PostgreSQL, nobody to report to: one statement
+        with rt.autocommit.connect() as conn:
+            ended = _record_bundle(rt, conn, request_id, owner, built, failed, locate_failed, one_statement=True)
+    else:
+        with rt.engine.begin() as conn:
+            ended = _record_bundle(rt, conn, request_id, owner, built, failed, locate_failed)
     if ended is None:  # another merge took over after our lease lapsed; its bundle is (or will be) the one recorded
         log.warning("request.merge_superseded", request_id=request_id)
         try:
@@ -1161,26 +1218,33 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
     return built
 
 
+_ENDED = ("id", "type", "status", "source", "ticket_ref", "callback_url", "subject_hash")
+
+
 def _record_bundle(rt: Runtime, conn: sa.Connection, request_id: str, owner: str, built: BuiltBundle,
-                   failed: list[AnyRow], locate_failed: dict[str, str]) -> Ended | None:
+                   failed: list[AnyRow], locate_failed: dict[str, str], one_statement: bool = False) -> Ended | None:
     """The request is complete: its outcome and the bundle stored for it (URI, SHA-256, size, expiry), its merge
     lease given up; None, and nothing written, when the merge is no longer `owner`'s (taken over after its lease
-    lapsed)."""
+    lapsed). `one_statement` (PostgreSQL, on an autocommit connection, nobody to report to): the outcome and its
+    audit event written by one statement."""
     status = RequestStatus.COMPLETED_WITH_ERRORS if failed or locate_failed else RequestStatus.COMPLETED
     error = "; ".join([*(f"{system} locate: {error}" for system, error in locate_failed.items()),
                        *(f"{t.system} {t.action}: {t.error}" for t in failed)])[:2000] or None
     completed = _now(rt)
     expires = completed + timedelta(days=rt.settings.archive.retention_days)
-    req = move_request(conn, request_id, RequestStatus.MERGING, owner,
-                       ("id", "type", "status", "source", "ticket_ref", "callback_url", "subject_hash"),
-                       status=status, error=error, completed_at=completed, bundle_path=built.uri,
-                       bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires,
-                       bundle_deleted_at=None, open_key=None, lease_until=None, lease_owner=None)
+    outcome = {"status": status, "error": error, "completed_at": completed, "bundle_path": built.uri,
+               "bundle_sha256": built.sha256, "bundle_size": built.size, "bundle_expires_at": expires,
+               "bundle_deleted_at": None, "open_key": None, "lease_until": None, "lease_owner": None}
+    audited = {"status": status, "bundle_sha256": built.sha256, "bundle_size": built.size,
+               "bundle_expires_at": expires.isoformat(), "records": sum(built.counts.values())}
+    if one_statement:
+        req = complete_with_audit(conn, request_id, owner, _ENDED, utcnow(), "request.completed", "worker", audited,
+                                  **outcome)
+        return None if req is None else Ended.of(req)
+    req = move_request(conn, request_id, RequestStatus.MERGING, owner, _ENDED, **outcome)
     if req is None:
         return None
-    add_audit(conn, "request.completed", "worker", request_id, req.subject_hash, status=status,
-              bundle_sha256=built.sha256, bundle_size=built.size, bundle_expires_at=expires.isoformat(),
-              records=sum(built.counts.values()))
+    add_audit(conn, "request.completed", "worker", request_id, req.subject_hash, **audited)
     ended = Ended.of(req)  # the row as the UPDATE left it
     report_ended(conn, rt, ended, "request.finished")
     return ended

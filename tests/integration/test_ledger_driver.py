@@ -10,7 +10,9 @@ compared by kind (present, zone-aware). A duplicate open request must still be t
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -168,3 +170,51 @@ def test_new_tasks_get_their_ids_in_the_order_given(rt: Runtime, count: int) -> 
         ids = sql_driver.scalars(conn, INSERT_TASKS, rows)
         stored = dict(conn.execute(sa.text("SELECT id, system FROM tasks WHERE id = ANY(:ids)"), {"ids": ids}).all())
     assert len(ids) == count and [stored[i] for i in ids] == systems
+
+
+def _manifest(rt: Runtime, rid: str) -> dict[str, Any]:
+    with rt.engine.connect() as conn:
+        uri = conn.execute(sa.text("SELECT bundle_path FROM requests WHERE id = :id"), {"id": rid}).scalar_one()
+    with zipfile.ZipFile(uri.removeprefix("file://")) as bundle:
+        manifest = json.loads(bundle.read("manifest.json"))
+    def plain(value: Any) -> Any:  # files hash differently: the two account databases were seeded apart
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if k != "sha256"}
+        return [plain(v) for v in value] if isinstance(value, list) else value
+
+    return {"identifiers": manifest["subject"]["identifiers"], "systems": plain(normalised(manifest["systems"], rid))}
+
+
+def test_the_one_statement_steps_write_what_the_transactions_write(runtimes: Callable[[], Runtime],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL's single-statement claim (with the identifiers) and merge outcome (with its audit event), and the
+    merge built from what the discovery holds (no read back), leave the rows and bundle the transactions do."""
+    used: list[str] = []
+    for name in ("claim_with_seed", "complete_with_audit"):
+        real = getattr(pipeline, name)
+        monkeypatch.setattr(pipeline, name, lambda *a, _r=real, _n=name, **k: used.append(_n) or _r(*a, **k))
+    reads: list[str] = []
+    real_inputs = pipeline.merge_inputs
+    forget = False  # the second run: the merge reads back what its discovery wrote, as a merge elsewhere does
+
+    def inputs(rt: Runtime, conn: sa.Connection, req: Any, tasks: Any = None, known: Any = None) -> Any:
+        reads.append("known" if known is not None else "read")
+        return real_inputs(rt, conn, req, tasks, None if forget else known)
+
+    monkeypatch.setattr(pipeline, "merge_inputs", inputs)
+    first = runtimes()
+    one_statement = run(first, "access")
+    assert used == ["claim_with_seed", "complete_with_audit"] and reads == ["known"]
+    used.clear()
+    reads.clear()
+    second = runtimes()
+    second.autocommit = None  # as on a ledger without autocommit: every step in its transaction
+    forget = True
+    in_transactions = run(second, "access")
+    assert used == [] and reads == ["known"]
+    mine, theirs = ledger_rows(first, one_statement), ledger_rows(second, in_transactions)
+    assert [r["event"] for r in mine["audit_events"]] == [r["event"] for r in theirs["audit_events"]]
+    for name in TABLES:
+        assert mine[name] == theirs[name], name
+    assert _manifest(first, one_statement) == _manifest(second, in_transactions)
+    assert len(_manifest(first, one_statement)["identifiers"]) >= 2  # the e-mail and what the account taught

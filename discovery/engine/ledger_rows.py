@@ -200,3 +200,32 @@ def complete_with_audit(conn: sa.Connection, request_id: str, owner: str, return
     params = {"request_id_": request_id, "from_status_": RequestStatus.MERGING, "lease_owner_": owner, "at_": at,
               "event_": event, "actor_": actor, "details_": details, **values}
     return execute(conn, _complete_with_audit(returning), params).first()
+
+
+# Intake in one statement (PostgreSQL: data-modifying CTEs, all or nothing): the request, its e-mail and its audit
+# event, one round trip on an autocommit connection instead of five (BEGIN, three INSERTs, COMMIT).
+@functools.cache
+def _intake(columns: tuple[str, ...]) -> sa.Select[Any]:
+    received = sa.insert(REQUESTS).values({c: sa.bindparam(c, type_=REQUESTS.c[c].type) for c in columns}) \
+        .returning(REQUESTS.c.id, REQUESTS.c.subject_hash).cte("received")
+    identified = sa.insert(IDENTITIES).from_select(
+        ["request_id", "type", "value", "source", "round"],
+        sa.select(received.c.id, sa.bindparam("identity_type_", type_=sa.String),
+                  sa.bindparam("identity_value_", type_=sa.String), sa.literal("request"), sa.literal(0))
+        .select_from(received)).cte("identified")
+    audited = sa.insert(AUDIT).from_select(
+        ["at", "request_id", "event", "actor", "subject_hash", "details"],
+        sa.select(sa.bindparam("at_", type_=AUDIT.c.at.type), received.c.id, sa.literal("request.received"),
+                  sa.bindparam("actor_", type_=sa.String), received.c.subject_hash,
+                  sa.bindparam("details_", type_=AUDIT.c.details.type)).select_from(received)).cte("audited")
+    return sa.select(received.c.id).add_cte(identified, audited)
+
+
+def intake_with_audit(conn: sa.Connection, request: dict[str, Any], identity_type: str, identity_value: str,
+                      at: Any, actor: str, details: dict[str, Any]) -> None:
+    """PostgreSQL: INSERT_REQUEST (`request`: column -> value), INSERT_IDENTITIES of its one identifier (source
+    "request", round 0) and `add_audit`'s request.received row, as one statement. A duplicate open request is the
+    same IntegrityError as the INSERT's."""
+    execute(conn, _intake(tuple(request)), {**request, "identity_type_": identity_type,
+                                            "identity_value_": identity_value, "at_": at, "actor_": actor,
+                                            "details_": details}).first()

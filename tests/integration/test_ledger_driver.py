@@ -187,10 +187,11 @@ def _manifest(rt: Runtime, rid: str) -> dict[str, Any]:
 
 def test_the_one_statement_steps_write_what_the_transactions_write(runtimes: Callable[[], Runtime],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """PostgreSQL's single-statement claim (with the identifiers) and merge outcome (with its audit event), and the
-    merge built from what the discovery holds (no read back), leave the rows and bundle the transactions do."""
+    """PostgreSQL's single-statement intake (request, e-mail, audit event), claim (with the identifiers) and merge
+    outcome (with its audit event), and the merge built from what the discovery holds (no read back), leave the rows
+    and bundle the transactions do."""
     used: list[str] = []
-    for name in ("claim_with_seed", "complete_with_audit"):
+    for name in ("intake_with_audit", "claim_with_seed", "complete_with_audit"):
         real = getattr(pipeline, name)
         monkeypatch.setattr(pipeline, name, lambda *a, _r=real, _n=name, **k: used.append(_n) or _r(*a, **k))
     reads: list[str] = []
@@ -204,7 +205,7 @@ def test_the_one_statement_steps_write_what_the_transactions_write(runtimes: Cal
     monkeypatch.setattr(pipeline, "merge_inputs", inputs)
     first = runtimes()
     one_statement = run(first, "access")
-    assert used == ["claim_with_seed", "complete_with_audit"] and reads == ["known"]
+    assert used == ["intake_with_audit", "claim_with_seed", "complete_with_audit"] and reads == ["known"]
     used.clear()
     reads.clear()
     second = runtimes()

@@ -71,18 +71,18 @@ def test_an_access_request_costs_the_ledger_few_statements(counted: tuple[Runtim
     with rt.sessions() as s:
         assert s.get(Request, rid).status == "completed"  # type: ignore[union-attr]
     seen = "\n".join(f"{phase}: {sql}" for phase, sql in stmts.seen)
-    # submit: the request, its e-mail, its audit event. The worker: claim the discovery with its identifiers, one
-    # statement outside a transaction (1); the plan written only while the lease is ours, then identifiers, hits, the
-    # task already claimed and the audit event (5); the task's outcome moving the request to its merge under the
-    # lease: the request locked, the task, its audit event, the tasks read and the merge's lease (5: the identifiers
-    # and hits the merge needs are the discovery's, not read back); the merge's outcome with its audit event, one
-    # statement outside a transaction, written only while its lease is ours (1). Hooks with nothing to do cost
-    # nothing.
-    assert stmts.counts["submit"] <= 3, seen
+    # submit: the request, its e-mail and its audit event, one statement outside a transaction (1). The worker: claim
+    # the discovery with its identifiers, one statement outside a transaction (1); the plan written only while the
+    # lease is ours, then identifiers, hits, the task already claimed and the audit event (5); the task's outcome
+    # moving the request to its merge under the lease: the request locked, the task, its audit event, the tasks read
+    # and the merge's lease (5: the identifiers and hits the merge needs are the discovery's, not read back); the
+    # merge's outcome with its audit event, one statement outside a transaction, written only while its lease is
+    # ours (1). Hooks with nothing to do cost nothing.
+    assert stmts.counts["submit"] <= 1, seen
     assert stmts.counts["worker"] <= 12, seen
-    # one transaction at intake; the worker: the plan and the task's outcome (the claim and the merge's outcome are
+    # none at intake; the worker: the plan and the task's outcome (intake, the claim and the merge's outcome are
     # single statements in autocommit, PostgreSQL)
-    assert stmts.transactions["submit"] <= 1, seen
+    assert stmts.transactions["submit"] == 0, seen
     assert stmts.transactions["worker"] <= 2, seen
 
 

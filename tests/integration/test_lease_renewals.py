@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,14 +17,22 @@ from tests.helpers import sandbox_world, wait_until
 pytestmark = pytest.mark.integration
 
 
+def _merging(world: dict[str, Any]) -> str:
+    """A request in its merge, under the lease of "owner-1" (lapsing now)."""
+    rt = world["rt"]
+    rid = pipeline.submit(rt, world["wake"], "access", JANE.email).request.id
+    with rt.sessions.begin() as s:
+        req = s.get(Request, rid)
+        assert req is not None
+        req.status, req.lease_owner, req.lease_until = "merging", "owner-1", rt.clock()
+    return str(rid)
+
+
 def test_every_live_lease_is_renewed_and_none_after_stop(tmp_path: Path) -> None:
     with sandbox_world(tmp_path) as world:
         rt = world["rt"]
-        rid = pipeline.submit(rt, world["wake"], "access", JANE.email).request.id
+        rid = _merging(world)
         with rt.sessions.begin() as s:
-            req = s.get(Request, rid)
-            assert req is not None
-            req.status, req.lease_owner, req.lease_until = "merging", "owner-1", rt.clock()
             task = Task(request_id=rid, system="accounts", action="export", entities=[], status="running",
                         lease_until=rt.clock())
             s.add(task)
@@ -59,11 +68,7 @@ def test_a_lease_due_sooner_than_the_thread_looks_wakes_it(tmp_path: Path) -> No
     three per request): one added while it waits for a long lease must still be renewed on time."""
     with sandbox_world(tmp_path) as world:
         rt = world["rt"]
-        rid = pipeline.submit(rt, world["wake"], "access", JANE.email).request.id
-        with rt.sessions.begin() as s:
-            req = s.get(Request, rid)
-            assert req is not None
-            req.status, req.lease_owner, req.lease_until = "merging", "owner-1", rt.clock()
+        rid = _merging(world)
         start = rt.clock()
         slow = pipeline.LeaseKeeper(rt, "no-such-request", timedelta(seconds=90), owner="x")  # looked at in 30 s
         try:

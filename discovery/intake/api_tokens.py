@@ -108,6 +108,11 @@ def revoke_token(rt: Runtime, name: str, actor: str) -> TokenInfo:
         return _info(row)
 
 
+def require_scope(info: TokenInfo, scope: str) -> None:
+    if not info.allows(scope):
+        raise ScopeMissing(f"this API token lacks the '{scope}' scope")
+
+
 def authenticate(rt: Runtime, presented: str | None, scope: str) -> TokenInfo:
     """The token's holder, if the token is live and has `scope`; else TokenRejected / ScopeMissing."""
     if not presented:
@@ -126,8 +131,7 @@ def authenticate(rt: Runtime, presented: str | None, scope: str) -> TokenInfo:
         raise TokenRejected("this API token was revoked")
     if info.expires_at is not None and info.expires_at <= now:
         raise TokenRejected("this API token has expired")
-    if not info.allows(scope):
-        raise ScopeMissing(f"this API token lacks the '{scope}' scope")
+    require_scope(info, scope)
     if info.last_used_at is None or now - info.last_used_at > _TOUCH_EVERY:
         with rt.sessions.begin() as s:
             s.execute(sa.update(ApiToken).where(ApiToken.token_hash == digest).values(last_used_at=now))

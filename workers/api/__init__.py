@@ -20,7 +20,7 @@ from discovery.engine import pipeline
 from discovery.engine.runtime import Runtime
 from workers import console
 from workers.api import routes_downloads, routes_metrics, routes_ops, routes_requests, routes_webhooks
-from workers.api.deps import SafeWakeups
+from workers.api.deps import SafeWakeups, Verified
 from workers.api.errors import HANDLERS, Guard
 
 __all__ = ["create_app"]
@@ -58,7 +58,7 @@ def create_app(rt: Runtime | None = None, wake: pipeline.Wakeups | None = None) 
     api = FastAPI(title="dsar", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Answer GDPR data-subject requests: intake, status, deadlines, downloads, webhooks. "
                               'Every error is {"error": {"code", "message", "details"?}}.')
-    api.state.rt, api.state.wake = rt, SafeWakeups(wake)
+    api.state.rt, api.state.wake, api.state.verified = rt, SafeWakeups(wake), Verified()
     api.add_middleware(Guard)
     for exc_type, handler in HANDLERS.items():
         api.add_exception_handler(exc_type, handler)

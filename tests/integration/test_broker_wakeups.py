@@ -41,8 +41,11 @@ class Taker:
 
 
 def blocked_on_wake(client: redis.Redis, count: int = 1) -> bool:
-    """`count` connections of this database wait in BLPOP, i.e. that many consumers are idle on a wake list."""
-    return sum(1 for c in client.client_list() if c.get("cmd") == "blpop") == count
+    """`count` connections of this database wait in BLPOP, i.e. that many consumers are idle on a wake list. Only
+    this test's database counts: the run's redis-server serves every test, and a worker another test started may
+    still be stopping, blocked in a BLPOP of its own."""
+    db = str(client.connection_pool.connection_kwargs.get("db", 0))
+    return sum(1 for c in client.client_list() if c.get("cmd") == "blpop" and str(c.get("db")) == db) == count
 
 
 def send(broker: WakingRedisBroker, arg: int, queue: str = QUEUE, delay: int | None = None) -> dramatiq.Message:
@@ -88,6 +91,9 @@ def test_a_consumer_with_full_prefetch_leaves_the_wake_to_another(make: Any, cli
     send(api, 1)
     full = Taker(make(), prefetch=1, want=2)  # takes message 1 and, holding it unacked, has no room for more
     wait_until(lambda: full.got, 20, "the first consumer to take message 1")
+    # Message 1's wake token is still on the list (the first consumer fetched without taking it). Left there, the idle
+    # consumer would take it, find nothing and block again: a moment between two BLPOPs the count below could see.
+    client.delete(f"wake_t:dramatiq:__wake__.{QUEUE}")
     idle = Taker(make())
     wait_until(lambda: blocked_on_wake(client), 10, "the second consumer waiting on the wake list")
     assert blocked_on_wake(client, 1)  # only the idle one: the full one waits for its own ack, not for tokens

@@ -60,7 +60,7 @@ from connectors.retention import (
 from connectors.s3_files import RESTRICTED_TAG, S3Files
 from connectors.sql_check import check_system
 from connectors.sql_map import EntitySpec, Fixed, HoldSpec, Reference, SqlSystemSpec, parse_system, topological
-from connectors.sql_pool import ping_when_idle
+from connectors.sql_pool import autocommit_engine, ping_when_idle
 from connectors.sql_values import (
     ValueProblem,
     as_datetime,
@@ -195,9 +195,7 @@ class SqlConnector(Connector):
         self._tables_lock = threading.Lock()
         self._shapes: dict[tuple[str, ...], dict[str, _Reach | None]] = {}  # _reaches
         self._queries: dict[tuple[Any, ...], Any] = {}  # _query
-        # psycopg's autocommit is a flag on the connection (no statement); other drivers send SET autocommit
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT") \
-            if engine.dialect.name == "postgresql" else None
+        self._reader = autocommit_engine(engine)  # locate and export (see _connect)
         self.s3 = S3Files(name, spec.s3, ctx) if spec.s3 else None
         # Queries on our own database run where they are planned; a system with files in S3 (invoices: a download
         # per file) is handed on like the vendors', so the discovery's thread is not held for it.
@@ -261,7 +259,7 @@ class SqlConnector(Connector):
                     continue
                 table = self._table(name, conn)
                 count = counts[(name, "")]
-                for why in (NAMES_SOMEONE_ELSE, RELATED_NOT_OWNED, OWNED_BY_SOMEONE_ELSE):
+                for why, _cond in self._skipped(reach):
                     if counts.get((name, why)):
                         hits.skipped.setdefault(name, {})[why] = counts[(name, why)]
                 if not count:
@@ -277,28 +275,22 @@ class SqlConnector(Connector):
         """Every entity's count of the person's rows and of the rows reached but left alone (and why), in one
         statement of scalar subqueries: a round trip per count cost more than the counts on an indexed schema.
         Keys: (entity, "") for the person's rows, (entity, why) for the rows left alone."""
-        keys: list[tuple[str, str]] = []
+        counted: list[tuple[str, str, sa.ColumnElement[bool]]] = []  # entity, why ("": the person's), condition
         for name in self.order:
             reach = reaches[name]
             if reach is None:
                 continue
-            keys.append((name, ""))
-            keys.extend((name, why) for why, cond in self._skipped(reach) if cond is not None)
-        if not keys:
+            counted.append((name, "", reach.mine))
+            counted.extend((name, why, cond) for why, cond in self._skipped(reach) if cond is not None)
+        if not counted:
             return {}
 
         def build() -> sa.Select[Any]:
-            subqueries = []
-            for name, why in keys:
-                reach, table = reaches[name], self._table(name, conn)
-                assert reach is not None
-                cond = reach.mine if not why else dict(self._skipped(reach))[why]
-                subqueries.append(sa.select(sa.func.count()).select_from(table).where(cond)
-                                  .scalar_subquery().label(f"n{len(subqueries)}"))
-            return sa.select(*subqueries)
+            return sa.select(*(sa.select(sa.func.count()).select_from(self._table(name, conn)).where(cond)
+                               .scalar_subquery().label(f"n{i}") for i, (name, _why, cond) in enumerate(counted)))
 
         row = self._run(conn, self._query(vals, ("census",), build), vals).one()
-        return {key: int(n or 0) for key, n in zip(keys, row, strict=True)}
+        return {(name, why): int(n or 0) for (name, why, _cond), n in zip(counted, row, strict=True)}
 
     @staticmethod
     def _skipped(reach: _Reach) -> tuple[tuple[str, sa.ColumnElement[bool] | None], ...]:

@@ -1,4 +1,5 @@
-"""Disconnect handling for the pools of the ledger and of the SQL connectors, paid only where it can help.
+"""The pools of the ledger and of the SQL connectors: disconnect handling paid only where it can help, and the same
+pool in autocommit for single statements.
 
 SQLAlchemy's `pool_pre_ping` pings on every checkout: a round trip and ~0.35 ms of CPU, six or seven times per
 request on the ledger and twice more (locate, export) on each SQL system. Here a connection handed back less than
@@ -41,3 +42,11 @@ def ping_when_idle(engine: sa.Engine, after: float | None = None) -> None:
             engine.dialect.do_ping(dbapi_conn)
         except Exception as exc:  # the pool discards this connection and checks out another
             raise DisconnectionError(f"database connection found closed ({type(exc).__name__})") from None
+
+
+def autocommit_engine(engine: sa.Engine) -> sa.Engine | None:
+    """PostgreSQL: `engine`'s pool with its connections in autocommit, for single statements and readers, which a
+    transaction would only wrap in a BEGIN and a COMMIT (or ROLLBACK) round trip each (psycopg does not send them with
+    the statements). psycopg's autocommit is a flag on the connection, set without a statement; other drivers send
+    SET autocommit, so they get None (use `engine`)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else None

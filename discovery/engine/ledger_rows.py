@@ -171,35 +171,35 @@ def status_after(status: str, statuses: list[str]) -> RequestStatus | None:
     return None
 
 
+def _audited(row: Any) -> Any:
+    """An audit event for the row a data-modifying CTE returns (its `id` and `subject_hash`), as `add_audit` writes
+    it; `at_`, `event_`, `actor_` and `details_` are parameters."""
+    return sa.insert(AUDIT).from_select(
+        ["at", "request_id", "event", "actor", "subject_hash", "details"],
+        sa.select(sa.bindparam("at_", type_=AUDIT.c.at.type), row.c.id, sa.bindparam("event_", type_=sa.String),
+                  sa.bindparam("actor_", type_=sa.String), row.c.subject_hash,
+                  sa.bindparam("details_", type_=AUDIT.c.details.type)).select_from(row)).cte("audited")
+
+
 # The merge's outcome and its audit event in one statement (PostgreSQL: data-modifying CTEs), for an autocommit
 # connection: one round trip instead of four (BEGIN, the UPDATE, the INSERT, COMMIT), and still all or nothing.
-COMPLETED_COLUMNS = ("status", "error", "completed_at", "bundle_path", "bundle_sha256", "bundle_size",
-                     "bundle_expires_at", "bundle_deleted_at", "open_key", "lease_until", "lease_owner")
-
-
 @functools.cache
-def _complete_with_audit(returning: tuple[str, ...]) -> sa.Select[Any]:
+def _complete_with_audit(columns: tuple[str, ...], returning: tuple[str, ...]) -> sa.Select[Any]:
     moved = sa.update(REQUESTS).where(
         REQUESTS.c.id == _ID, REQUESTS.c.status == sa.bindparam("from_status_"),
         REQUESTS.c.lease_owner == sa.bindparam("lease_owner_"),
-    ).values({c: sa.bindparam(c) for c in COMPLETED_COLUMNS}).returning(
+    ).values({c: sa.bindparam(c) for c in columns}).returning(
         *(REQUESTS.c[c] for c in dict.fromkeys(("id", "subject_hash", *returning)))).cte("moved")
-    audited = sa.insert(AUDIT).from_select(
-        ["at", "request_id", "event", "actor", "subject_hash", "details"],
-        sa.select(sa.bindparam("at_", type_=AUDIT.c.at.type), moved.c.id, sa.bindparam("event_", type_=sa.String),
-                  sa.bindparam("actor_", type_=sa.String), moved.c.subject_hash,
-                  sa.bindparam("details_", type_=AUDIT.c.details.type)).select_from(moved)).cte("audited")
-    return sa.select(*(moved.c[c] for c in returning)).add_cte(audited)
+    return sa.select(*(moved.c[c] for c in returning)).add_cte(_audited(moved))
 
 
 def complete_with_audit(conn: sa.Connection, request_id: str, owner: str, returning: tuple[str, ...], at: Any,
                         event: str, actor: str, details: dict[str, Any], **values: Any) -> AnyRow | None:
-    """PostgreSQL: `move_request` from merging under `owner`'s lease, setting COMPLETED_COLUMNS (`values`, every one),
-    with `add_audit`'s row for it written by the same statement; None, and nothing written, when the lease is no
-    longer `owner`'s."""
+    """PostgreSQL: `move_request` from merging under `owner`'s lease, setting `values`, with `add_audit`'s row for it
+    written by the same statement; None, and nothing written, when the lease is no longer `owner`'s."""
     params = {"request_id_": request_id, "from_status_": RequestStatus.MERGING, "lease_owner_": owner, "at_": at,
               "event_": event, "actor_": actor, "details_": details, **values}
-    return execute(conn, _complete_with_audit(returning), params).first()
+    return execute(conn, _complete_with_audit(tuple(values), returning), params).first()
 
 
 # Intake in one statement (PostgreSQL: data-modifying CTEs, all or nothing): the request, its e-mail and its audit
@@ -213,12 +213,7 @@ def _intake(columns: tuple[str, ...]) -> sa.Select[Any]:
         sa.select(received.c.id, sa.bindparam("identity_type_", type_=sa.String),
                   sa.bindparam("identity_value_", type_=sa.String), sa.literal("request"), sa.literal(0))
         .select_from(received)).cte("identified")
-    audited = sa.insert(AUDIT).from_select(
-        ["at", "request_id", "event", "actor", "subject_hash", "details"],
-        sa.select(sa.bindparam("at_", type_=AUDIT.c.at.type), received.c.id, sa.literal("request.received"),
-                  sa.bindparam("actor_", type_=sa.String), received.c.subject_hash,
-                  sa.bindparam("details_", type_=AUDIT.c.details.type)).select_from(received)).cte("audited")
-    return sa.select(received.c.id).add_cte(identified, audited)
+    return sa.select(received.c.id).add_cte(identified, _audited(received))
 
 
 def intake_with_audit(conn: sa.Connection, request: dict[str, Any], identity_type: str, identity_value: str,
@@ -227,5 +222,5 @@ def intake_with_audit(conn: sa.Connection, request: dict[str, Any], identity_typ
     "request", round 0) and `add_audit`'s request.received row, as one statement. A duplicate open request is the
     same IntegrityError as the INSERT's."""
     execute(conn, _intake(tuple(request)), {**request, "identity_type_": identity_type,
-                                            "identity_value_": identity_value, "at_": at, "actor_": actor,
-                                            "details_": details}).first()
+                                            "identity_value_": identity_value, "at_": at, "event_": "request.received",
+                                            "actor_": actor, "details_": details}).first()

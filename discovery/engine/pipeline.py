@@ -546,11 +546,14 @@ def _release_request(rt: Runtime, request_id: str, owner: str) -> None:
         log.warning("request.lease_release_failed", request_id=request_id)
 
 
+_Claim = tuple[AnyRow, list[Identifier], list[int], str | None]
+
+
 def _claim_discovery(rt: Runtime, request_id: str, owner: str, now: datetime, claim: dict[str, Any],
-                     columns: tuple[str, ...]) -> tuple[AnyRow | None, list[AnyRow], list[int], str | None]:
+                     columns: tuple[str, ...]) -> _Claim | None:
     """The claim in a transaction (every ledger; on PostgreSQL when the one-statement claim found the request no
-    longer received): the request's row (None while another process holds a live discovery lease), its identifiers,
-    and for a request planned already its pending tasks and status (None: claimed here, to be discovered)."""
+    longer received): the request's row, its identifiers, and for a request planned already its pending tasks and
+    status (None: claimed here, to be discovered); None while another process holds a live discovery lease."""
     with rt.engine.begin() as conn:  # Core: no ORM session on the hot path (issue 15)
         req = move_request(conn, request_id, RequestStatus.RECEIVED, None, columns, **claim)
         if req is None:
@@ -567,13 +570,14 @@ def _claim_discovery(rt: Runtime, request_id: str, owner: str, now: datetime, cl
             status = req.status
         elif req.status == RequestStatus.DISCOVERING and lease_is_live(req, now):
             log.info("request.discovery_busy", request_id=request_id)
-            return None, [], [], None
+            return None
         else:
             if req.status == RequestStatus.DISCOVERING:
                 log.warning("request.discovery_taken_over", request_id=request_id)
                 add_audit(conn, "request.discovery_taken_over", "worker", request_id, req.subject_hash)
             update_request(conn, request_id, **claim)
-        return req, list(execute(conn, IDENTITIES_OF, {"request_id_": request_id})), pending, status
+        seed = [Identifier(*r) for r in execute(conn, IDENTITIES_OF, {"request_id_": request_id})]
+        return req, seed, pending, status
 
 
 def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) -> None:
@@ -582,17 +586,17 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
     # worker died). A live lease means another process is discovering it right now: leave it alone.
     claim = {"status": RequestStatus.DISCOVERING, "lease_until": now + lease, "lease_owner": owner, "updated_at": now}
     columns = ("status", "lease_owner", "type", "systems", "confirm_others")
-    fast = None
+    got: _Claim | None = None
     if rt.autocommit is not None:  # PostgreSQL: the usual case's claim and identifiers in one round trip
         with rt.autocommit.connect() as conn:
             fast = claim_with_seed(conn, request_id, RequestStatus.RECEIVED, columns, **claim)
-    if fast is not None:
-        req, seed_rows = fast
-        pending, status = [], None
-    else:
-        req, seed_rows, pending, status = _claim_discovery(rt, request_id, owner, now, claim, columns)
-        if req is None:  # another process is discovering it right now
+        if fast is not None:
+            got = (*fast, [], None)
+    if got is None:
+        got = _claim_discovery(rt, request_id, owner, now, claim, columns)
+        if got is None:  # another process is discovering it right now
             return
+    req, seed_rows, pending, status = got
     seed = as_identities(seed_rows)
     rtype = RequestType(req.type)
     scope = list(req.systems) if req.systems is not None else None
@@ -614,30 +618,32 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
 
     with rt.engine.begin() as conn:
         # The plan, and the discovery's lease given up, only if the lease is still ours (one statement).
-        req = move_request(conn, request_id, RequestStatus.DISCOVERING, owner, ("subject_hash",),
-                           plan=[step.to_dict() for step in steps],
-                           status=RequestStatus.RUNNING if wanted else RequestStatus.MERGING,
-                           lease_until=None, lease_owner=None)
-        if req is None:
+        planned = move_request(conn, request_id, RequestStatus.DISCOVERING, owner, ("subject_hash",),
+                               plan=[step.to_dict() for step in steps],
+                               status=RequestStatus.RUNNING if wanted else RequestStatus.MERGING,
+                               lease_until=None, lease_owner=None)
+        if planned is None:
             # another delivery got here first, or took over after our lease lapsed: its plan is the one kept
             log.warning("request.discovery_superseded", request_id=request_id)
             return
         # What the claim read: while we hold the discovery's lease, nothing else adds identities to this request.
         have = {(i.type, i.value) for i in seed}
-        learned = [{"request_id": request_id, "type": ident.type.value, "value": ident.value, "source": ident.source,
-                    "via": ident.via or None, "via_note": ident.via_note.to_dict() if ident.via_note else None,
-                    "round": found.learned_in_round.get((ident.type, ident.value), 0)}
-                   for ident in found.identities if (ident.type, ident.value) not in have]
+        learned: list[dict[str, Any]] = [
+            {"request_id": request_id, "type": ident.type.value, "value": ident.value, "source": ident.source,
+             "via": ident.via or None, "via_note": ident.via_note.to_dict() if ident.via_note else None,
+             "round": found.learned_in_round.get((ident.type, ident.value), 0)}
+            for ident in found.identities if (ident.type, ident.value) not in have]
         if learned:
             execute(conn, INSERT_IDENTITIES, learned)
-        hit_rows = [{"request_id": request_id, "system": name, "found": bool(hits and hits.found),
-                     "counts": dict(hits.counts) if hits else {}, "error": found.errors.get(name),
-                     "skipped": dict(hits.skipped) if hits and hits.skipped else None}
-                    for name in asked for hits in [found.hits.get(name)]]
+        hit_rows: list[dict[str, Any]] = [
+            {"request_id": request_id, "system": name, "found": bool(hits and hits.found),
+             "counts": dict(hits.counts) if hits else {}, "error": found.errors.get(name),
+             "skipped": dict(hits.skipped) if hits and hits.skipped else None}
+            for name in asked for hits in [found.hits.get(name)]]
         if hit_rows:
             execute(conn, INSERT_HITS, hit_rows)
-        known = Known([Identifier(*r) for r in seed_rows] + [Identifier(
-            r["type"], r["value"], r["source"], r["via"], r["via_note"], r["round"]) for r in learned],
+        known = Known([*seed_rows, *(Identifier(
+            r["type"], r["value"], r["source"], r["via"], r["via_note"], r["round"]) for r in learned)],
             {r["system"]: Hit(r["system"], r["found"], r["error"]) for r in hit_rows})
         # A refused system gets a failed task: the request ends completed_with_errors, saying why. Tasks of quick,
         # local systems are claimed here, in this transaction, and run by this worker right after it
@@ -652,7 +658,7 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
             else:
                 rows.append(_task_row(request_id, system, action, entities, TaskStatus.PENDING))
         ids = scalars(conn, INSERT_TASKS, rows) if rows else []
-        add_audit(conn, "request.planned", "worker", request_id, req.subject_hash,
+        add_audit(conn, "request.planned", "worker", request_id, planned.subject_hash,
                   systems_found=sorted(n for n, h in found.hits.items() if h.found),
                   tasks=len(wanted), rounds=found.rounds, locate_errors=sorted(found.errors),
                   refused=sorted(step.system for step in refusals(steps)),
@@ -1197,12 +1203,10 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
     finally:
         keeper.stop()
     built.uri = out.uri
-    if rt.autocommit is not None and not inputs.reported:  # PostgreSQL, nobody to report to: one statement
-        with rt.autocommit.connect() as conn:
-            ended = _record_bundle(rt, conn, request_id, owner, built, failed, locate_failed, one_statement=True)
-    else:
-        with rt.engine.begin() as conn:
-            ended = _record_bundle(rt, conn, request_id, owner, built, failed, locate_failed)
+    single = None if inputs.reported else rt.autocommit  # PostgreSQL, nobody to report to: one statement
+    with single.connect() if single is not None else rt.engine.begin() as conn:
+        ended = _record_bundle(rt, conn, request_id, owner, built, failed, locate_failed,
+                               one_statement=single is not None)
     if ended is None:  # another merge took over after our lease lapsed; its bundle is (or will be) the one recorded
         log.warning("request.merge_superseded", request_id=request_id)
         try:

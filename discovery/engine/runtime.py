@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors.base import Connector, ConnectorContext, EntityPolicy
+from connectors.sql_pool import autocommit_engine
 from discovery.bundle.staging import Staging
 from discovery.engine import db
 from discovery.engine.datamap import DataMap, DataMapError, load_data_map
@@ -64,10 +65,8 @@ class Runtime:
         self.env = os.environ if env is None else env
         self.now = now
         self.engine = db.make_engine(settings.ledger.url)
-        # PostgreSQL: the same pool, its connections in autocommit for the hot path's single-statement steps (a claim,
-        # an outcome written as one statement), which a transaction would only wrap in a BEGIN and a COMMIT round trip
-        self.autocommit: sa.Engine | None = self.engine.execution_options(isolation_level="AUTOCOMMIT") \
-            if self.engine.dialect.name == "postgresql" else None
+        # the hot path's single-statement steps (intake, a claim, the merge's outcome) and reads: PostgreSQL only
+        self.autocommit: sa.Engine | None = autocommit_engine(self.engine)
         self.sessions: sessionmaker[Session] = db.session_factory(self.engine)
         self.data_map: DataMap = load_data_map(settings.data_map.path)
         self.staging = Staging(settings.archive.staging_path)

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint services bench bench-peer clean messages
+.PHONY: install demo test lint services bench bench-peer bench-shape clean messages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: $(STAMP) services
 ## ROUNDS=1 BIG=0 for a quick look. It measures the committed HEAD (commit first).
 bench-peer: $(STAMP)
 	ROUNDS=$${ROUNDS:-3} bash ../shared/peers/fides/run.sh
+
+## The dsar half of bench-peer alone (bench/bench_shape.py): the same seed, config, shape and request mix, ~1 min.
+bench-shape: $(STAMP) services
+	$(PY) bench/bench_shape.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache .mypy_cache

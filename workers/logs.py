@@ -94,7 +94,10 @@ def configure_logging(fmt: str = "console", level: int | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (PrintLogger's print() makes two: the line, then its newline). Unbuffered, as in our
+        # image (PYTHONUNBUFFERED=1), each is a system call of its own, and two worker processes sharing stderr
+        # wrote one line into the middle of another.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     _configure_stdlib(quiet)
@@ -166,7 +169,8 @@ class ProcessLogger:
 
             getattr(structlog.get_logger(self.name), method)(event, **kw)
         elif _LEVELS[method] >= _plain.level:
-            print(_plain.line(method, event, kw), file=sys.stderr, flush=True)
+            sys.stderr.write(_plain.line(method, event, kw) + "\n")  # one write per line, as configure_logging's
+            sys.stderr.flush()
 
     def debug(self, event: str, **kw: Any) -> None:
         self._log("debug", event, kw)

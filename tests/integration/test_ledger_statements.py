@@ -8,6 +8,7 @@ more); the account database's own queries are the connector's, not counted.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,3 +120,29 @@ def test_an_access_request_costs_the_account_database_one_count_and_no_transacti
     assert not pings  # connections used a moment ago are not pinged (connectors/sql_pool.py)
     exports = [sql for sql, _ in seen if "count(*)" not in sql and "DISTINCT" not in sql]
     assert len(exports) == len(connector.entities), exports  # type: ignore[attr-defined]
+
+
+def test_a_burst_of_twenty_reuses_the_ledgers_connections(counted: tuple[Runtime, Statements]) -> None:
+    """The API under 20 clients at once holds 20 ledger connections at once. They stay in the pool for the next burst:
+    a connection opened for one checkout and closed after costs a PostgreSQL backend started and stopped each time."""
+    rt, _ = counted
+    opened: list[object] = []
+    sa.event.listen(rt.engine, "connect", lambda dbapi_conn, _record: opened.append(dbapi_conn))
+    barrier = threading.Barrier(20)
+
+    def hold() -> None:
+        with rt.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            barrier.wait(timeout=30)  # all 20 at once, as a burst's intakes are
+
+    for burst in range(3):
+        before = len(opened)
+        threads = [threading.Thread(target=hold) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not barrier.broken
+        if burst:
+            assert len(opened) == before, f"burst {burst} opened {len(opened) - before} connections"
+    assert rt.engine.pool.checkedin() >= 20  # type: ignore[attr-defined]

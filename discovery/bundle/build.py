@@ -156,7 +156,8 @@ class _ParallelDeflate:
     PIECE = 1024 * 1024
     WINDOW = 32 * 1024
 
-    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor, threads: int, level: int = 6) -> None:
+    def __init__(self, pool: Callable[[], concurrent.futures.ThreadPoolExecutor], threads: int, level: int = 6,
+                 ) -> None:
         self.pool, self.level, self.max_pending = pool, level, 2 * threads
         self.pending: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
         self.buf = bytearray()
@@ -167,7 +168,7 @@ class _ParallelDeflate:
         return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
     def _submit(self, data: bytes, last: bool) -> None:
-        self.pending.append(self.pool.submit(self._deflate, data, self.primer, last))
+        self.pending.append(self.pool().submit(self._deflate, data, self.primer, last))
         self.primer = data[-self.WINDOW:]
 
     def compress(self, data: bytes) -> bytes:
@@ -200,13 +201,22 @@ class _Writer:
         self.date_time = when.astimezone(UTC).timetuple()[:6]
         self.files: dict[str, dict[str, Any]] = {}
         self.threads = min(os.cpu_count() or 1, 4)
-        self.pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="deflate")
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Made when a member first grows past one piece: most bundles never need it (a pool per bundle cost more
+        than deflating their few kilobytes)."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="deflate")
+        return self._pool
 
     def __enter__(self) -> _Writer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def unique(self, name: str) -> str:
         if name not in self.files:
@@ -225,7 +235,7 @@ class _Writer:
         info.external_attr = 0o644 << 16
         with self.zf.open(info, "w", force_zip64=True) as raw:
             if self.threads > 1 and hasattr(raw, "_compressor"):  # zipfile's deflate object, if it still has one
-                raw._compressor = _ParallelDeflate(self.pool, self.threads)
+                raw._compressor = _ParallelDeflate(lambda: self.pool, self.threads)
             out = _Member(raw)
             yield out
             out.flush()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 # imports this module (LANGUAGES, Text) in every process, most of which never write to a person (the API, a worker
 # until it builds a bundle page).
 if TYPE_CHECKING:
+    from babel import Locale
     from babel.support import Translations
 
 
@@ -92,6 +93,11 @@ class Language:
     def locale(self) -> str:
         return LANGUAGES[self.code]
 
+    @property
+    def babel(self) -> Locale:
+        """Babel's Locale, parsed once: given as a string, every format call parses it again."""
+        return _babel_locale(self.locale)
+
     def gettext(self, message: str) -> str:
         return _translations(self.code).gettext(message)
 
@@ -117,7 +123,7 @@ class Language:
             return "" if value is None else str(value)
         from babel.dates import format_date
 
-        return format_date(moment, "long", locale=self.locale)
+        return format_date(moment, "long", locale=self.babel)
 
     def datetime(self, value: datetime | str | None) -> str:
         """A moment in UTC: 2. mai 2024 kl. 12:00 UTC / 2 May 2024 at 12:00 UTC."""
@@ -128,20 +134,38 @@ class Language:
         from babel.dates import format_date, format_time
 
         return self.gettext("{date} at {time} UTC").format(
-            date=format_date(moment, "long", locale=self.locale),
-            time=format_time(moment, "HH:mm", tzinfo=UTC, locale=self.locale))
+            date=format_date(moment, "long", locale=self.babel),
+            time=format_time(moment, "HH:mm", tzinfo=UTC, locale=self.babel))
 
     def number(self, value: int | float | Decimal | None) -> str:
         """1 234 / 1,234."""
+        if value is None:
+            return ""
+        if type(value) is int:  # counts: a bundle page writes the same few dozen of them for every request
+            return _integer(self.locale, value)
         from babel.numbers import format_decimal
 
-        return "" if value is None else format_decimal(value, locale=self.locale)
+        return format_decimal(value, locale=self.babel)
 
     def money(self, amount: int | float | Decimal, currency: str = "NOK") -> str:
         """1 234,50 kr / NOK 1,234.50."""
         from babel.numbers import format_currency
 
-        return format_currency(amount, currency, locale=self.locale)
+        return format_currency(amount, currency, locale=self.babel)
+
+
+@functools.cache
+def _babel_locale(locale: str) -> Locale:
+    from babel import Locale
+
+    return Locale.parse(locale)
+
+
+@functools.lru_cache(maxsize=4096)
+def _integer(locale: str, value: int) -> str:
+    from babel.numbers import format_decimal
+
+    return format_decimal(value, locale=_babel_locale(locale))
 
 
 @functools.cache

@@ -289,18 +289,21 @@ def test_a_failure_while_writing_leaves_no_bundle(tmp_path: Path) -> None:
 
 
 def test_a_small_bundle_is_deflated_in_the_calling_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Members under one piece (nearly every bundle) hand nothing to the compressor's threads: no thread is started
-    for a bundle of a few KiB, and the bundle is as valid as ever."""
+    """Members under one piece (nearly every bundle) hand nothing to the compressor's threads: no pool is made and no
+    thread is started for a bundle of a few KiB, and the bundle is as valid as ever."""
     handed: list[Any] = []
-    submit = concurrent.futures.ThreadPoolExecutor.submit
+    made: list[Any] = []
+    submit, init = concurrent.futures.ThreadPoolExecutor.submit, concurrent.futures.ThreadPoolExecutor.__init__
     monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit",
                         lambda pool, *a, **k: handed.append(a) or submit(pool, *a, **k))
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "__init__",
+                        lambda pool, *a, **k: made.append(a) or init(pool, *a, **k))
     staging = Staging(tmp_path / "staging")
     staged = staging.write(REQUEST_ID, "accounts", users())
     with LocalStore(tmp_path / "archive").writer("small.zip") as out:
         build_bundle(out, header("access", [step("accounts", "users")]),
                      [SystemPart("accounts", "done", "export", staged=staged)], staging)
-    assert handed == []
+    assert handed == [] and made == []
     assert verify_bundle(local_path(out.uri)).ok
 
 

@@ -7,6 +7,7 @@ import re
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,20 @@ def test_dates_numbers_and_money_per_locale() -> None:
     assert nb.money(1234.5).replace("\xa0", " ") == "1 234,50 kr" and en.money(1234.5) == "NOK1,234.50"
     assert nb.number(1234).replace("\xa0", " ") == "1 234" and en.number(1234) == "1,234"
     assert nb.date("not a date") == "not a date" and nb.date(None) == ""
+
+
+@pytest.mark.parametrize("code", ["en", "nb"])
+def test_counts_written_from_the_cache_are_babels(code: str) -> None:
+    """Integers (a bundle page's counts) are formatted once per value: the same text Babel writes, every time;
+    floats and Decimals are not counts and go to Babel as given."""
+    from babel.numbers import format_decimal
+
+    lang = language(code)
+    for value in (0, 1, 7, 999, 1000, 1234, -1234, 10**6, 10**12, 2**63):
+        assert lang.number(value) == lang.number(value) == format_decimal(value, locale=lang.locale), value
+    assert lang.number(1.5) == format_decimal(1.5, locale=lang.locale)
+    assert lang.number(Decimal("1234.50")) == format_decimal(Decimal("1234.50"), locale=lang.locale)
+    assert lang.number(None) == ""
 
 
 def test_language_codes_people_and_helpdesks_write() -> None:

@@ -144,7 +144,10 @@ def _fetch(cursor: Any, plan: _Plan, many: bool, dialect: sa.Dialect) -> list[An
                 break
     else:
         raw = cursor.fetchall()
-    codes = tuple(column.type_code for column in cursor.description or ())
+    # The type codes straight from the result: psycopg's `description` builds a Column object per column on every
+    # read (6 us for eight columns against 0.6 us), and a request reads some thirty results.
+    result = cursor.pgresult
+    codes = tuple(result.ftype(i) for i in range(result.nfields)) if result is not None else ()
     results = plan.results.get(codes)
     if results is None:  # as SQLAlchemy picks them: by each column's type and the type code the driver reports
         results = plan.results[codes] = tuple(

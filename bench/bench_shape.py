@@ -462,12 +462,17 @@ def f3(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def ms(v: float | None) -> str:
+    """CPU per request in milliseconds: at 0.001 s a change of 10 % does not show."""
+    return "-" if v is None else f"{1000 * v:.1f} ms"
+
+
 def round_line(r: dict[str, Any]) -> str:
     a, b, c, e = r["a_single_access"], r["b_burst20"], r["c_erasure"], r.get("e_burst")
     parts = [f"r{r['round']} load {r['load_at_start']}", f"a {f3(a['median_s'])} (server {f3(a['server_median_s'])})",
              f"b last {f3(b['last_s'])}", f"c {f3(c['median_s'])}"]
     if e:
-        parts.append(f"e med {f3(e['median_s'])} last {f3(e['last_s'])} CPU/req {f3(e['cpu_per_request_s'])}")
+        parts.append(f"e med {f3(e['median_s'])} last {f3(e['last_s'])} CPU/req {ms(e['cpu_per_request_s'])}")
     ok = all(r[s]["all_ok"] for s in ("a_single_access", "b_burst20", "c_erasure", "e_burst") if s in r)
     return " | ".join([*parts, "ok" if ok else "NOT ALL COMPLETED"])
 
@@ -480,9 +485,9 @@ def summary(rep: dict[str, Any]) -> str:
              *(round_line(r) for r in rounds),
              f"median over {len(rounds)} round(s), s: a {f3(over('a_single_access', 'median_s'))} (server "
              f"{f3(over('a_single_access', 'server_median_s'))}) | b med {f3(over('b_burst20', 'median_s'))} last "
-             f"{f3(over('b_burst20', 'last_s'))} CPU/req {f3(over('b_burst20', 'cpu_per_request_s'))} | c "
+             f"{f3(over('b_burst20', 'last_s'))} CPU/req {ms(over('b_burst20', 'cpu_per_request_s'))} | c "
              f"{f3(over('c_erasure', 'median_s'))} | e med {f3(over('e_burst', 'median_s'))} last "
-             f"{f3(over('e_burst', 'last_s'))} CPU/req {f3(over('e_burst', 'cpu_per_request_s'))}",
+             f"{f3(over('e_burst', 'last_s'))} CPU/req {ms(over('e_burst', 'cpu_per_request_s'))}",
              f"idle CPU, 10 s: {rep['result']['idle_10s']['cpu_s']:.2f} s",
              f"peak memory of the tree: RSS {m['peak'].get('rss_MiB')} MiB, PSS {m['peak'].get('pss_MiB')} MiB; "
              "per process (peak RSS / PSS MiB):",

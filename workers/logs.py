@@ -64,7 +64,7 @@ def refuse_rich() -> None:
     before the renderer (format_exc_info, or one line), so rich would never run; dsar does not depend on it (the dev
     extras bring it, with schemathesis). Only for long-running processes of our own (a `dsar worker` child), never
     in-process in tests or a library user's program, where something else may want rich."""
-    sys.modules.setdefault("rich", None)  # type: ignore[assignment]
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
 
 def _level(level: int | None) -> int:

@@ -505,8 +505,9 @@ def version() -> str:
 
 
 def db_name(text: str) -> str:
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", text):
-        raise argparse.ArgumentTypeError(f"not a plain database name: {text!r}")
+    """A database this benchmark may drop and recreate: a plain name of its own (dsar_shape_...), never another's."""
+    if not re.fullmatch(r"dsar_shape_[a-z0-9_]{1,50}", text):
+        raise argparse.ArgumentTypeError(f"not a dsar_shape_... database name (it is dropped and recreated): {text!r}")
     return text
 
 

@@ -57,6 +57,7 @@ ALLOWED = {
     ("bench/bench_mapping.py", "DROP DATABASE IF EXISTS"): "its own dsar_bench_mapping_<engine>, a benchmark name",
     ("bench/bench_console.py", "DROP DATABASE IF EXISTS"): "the dsar_bench_ui_<hex> database it created",
     ("bench/bench_soak.py", "DROP DATABASE IF EXISTS {} WITH"): "its own dsar_bench_soak_* databases (by name)",
+    ("bench/bench_shape.py", "DROP DATABASE IF EXISTS \"{"): "its own dsar_shape_* databases (db_name refuses others)",
     ("bench/bench_soak.py", "\"delete_vhost\", name"): "the dsar-bench-<hex> vhost it added",
     ("tests/integration/test_mapping_scan.py", "DROP ROLE \"{role}\""): "the dsar_t_scan_<hex> role it created",
 }

@@ -299,7 +299,6 @@ def child_main(threads: int, slot: int) -> int:
 
     refuse_rich()  # before anything imports structlog
     import dramatiq
-    import pika.exceptions
     import redis
 
     from discovery.engine.datamap import DataMapError
@@ -330,7 +329,9 @@ def child_main(threads: int, slot: int) -> int:
     except ImportError as exc:
         print(f"dsar worker: {exception_line(exc)}", file=sys.stderr, flush=True)
         return CHILD_IMPORT
-    except (dramatiq.BrokerConnectionError, redis.RedisError, pika.exceptions.AMQPError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (dramatiq.BrokerConnectionError, redis.RedisError, *_amqp_errors())):
+            raise
         print(f"dsar worker: broker unreachable ({type(exc).__name__})", file=sys.stderr, flush=True)
         return CHILD_UNAVAILABLE
     # Dramatiq's own CLI says "Worker process is ready for action." here; scripts that wait for that line (the
@@ -346,6 +347,13 @@ def child_main(threads: int, slot: int) -> int:
     broker.close()
     log.info("worker.stopped", slot=slot, pid=os.getpid())
     return 0
+
+
+def _amqp_errors() -> tuple[type[BaseException], ...]:
+    """pika's errors when this process talks to RabbitMQ (its broker imported pika), else none: a Redis worker need
+    not load pika (2 MB a process) to name an error it cannot get."""
+    loaded = sys.modules.get("pika.exceptions")
+    return (loaded.AMQPError,) if loaded is not None else ()
 
 
 def _parent_death_signal(sig: int) -> bool:

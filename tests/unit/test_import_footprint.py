@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,33 @@ def test_the_head_revision_is_alembics(tmp_path: Path) -> None:
         db.upgrade(engine)  # at head: nothing to do
     finally:
         engine.dispose()
+
+
+
+CHILD = """
+import sys
+from workers import supervisor
+code = supervisor.child_main(1, 0)
+print(code, "pika" in sys.modules)
+"""
+
+
+def test_a_worker_child_on_redis_does_not_load_pika(env: dict[str, str]) -> None:
+    """pika (2 MB a process) is RabbitMQ's client: a worker child on another broker runs, stops and would name an
+    unreachable broker without it (workers/supervisor._amqp_errors looks pika up only once its broker loaded it)."""
+    from workers import supervisor
+
+    child = subprocess.Popen([sys.executable, "-c", CHILD], env={**env, "DSAR_SCHEMA_UPGRADED": "1"}, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stderr is not None
+        for line in child.stderr:  # its log: ready, then stopped on SIGTERM
+            if "worker.ready" in line:
+                child.send_signal(signal.SIGTERM)
+                break
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert out.split() == ["0", "False"], err[-2000:]
+    assert supervisor._amqp_errors() == (() if "pika.exceptions" not in sys.modules else
+                                         (sys.modules["pika.exceptions"].AMQPError,))

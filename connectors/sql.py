@@ -206,7 +206,9 @@ class SqlConnector(Connector):
         spec = parse_system(name, dict(settings))
         url = ctx.secret(name, "url_env", spec.url_env)
         try:
-            engine = sa.create_engine(url, connect_args=_connect_args(url))
+            # LIFO (db.make_engine says why); SQLite's in-memory pool takes no such option
+            lifo = {} if sa.engine.make_url(url).get_backend_name() == "sqlite" else {"pool_use_lifo": True}
+            engine = sa.create_engine(url, connect_args=_connect_args(url), **lifo)
         except (SQLAlchemyError, ValueError) as exc:
             raise PermanentError(name, f"bad database URL in {spec.url_env}: {redact(str(exc))[:200]}") from None
         ping_when_idle(engine)  # not pool_pre_ping: a round trip per locate and export (connectors/sql_pool.py)

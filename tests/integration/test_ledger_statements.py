@@ -9,6 +9,7 @@ more); the account database's own queries are the connector's, not counted.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from connectors import sql_pool
 from discovery.engine import db, pipeline
 from discovery.engine.ledger import Request, SystemHit
 from discovery.engine.runtime import Runtime
@@ -146,3 +148,35 @@ def test_a_burst_of_twenty_reuses_the_ledgers_connections(counted: tuple[Runtime
         if burst:
             assert len(opened) == before, f"burst {burst} opened {len(opened) - before} connections"
     assert rt.engine.pool.checkedin() >= 20  # type: ignore[attr-defined]
+
+
+def test_after_a_quiet_spell_sequential_work_pings_one_connection(counted: tuple[Runtime, Statements],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ledger and SQL connector pools hand back the connection given back last (LIFO). In FIFO order sequential work
+    cycled through every pooled connection, and after a pause each was pinged on its first use (ping_when_idle): 20
+    extra round trips over the first requests after a burst and a quiet spell, in the side-by-side harness the rounds
+    that started slow."""
+    rt, _ = counted
+    monkeypatch.setattr(sql_pool, "PING_AFTER_IDLE_SECONDS", 0.5)
+    for engine in (rt.engine, rt.connector("accounts").engine):  # type: ignore[attr-defined]
+        pings: list[object] = []
+        ping = engine.dialect.do_ping
+        monkeypatch.setattr(engine.dialect, "do_ping", lambda c, _p=ping, _l=pings: _l.append(c) or _p(c))
+        barrier = threading.Barrier(10)
+
+        def hold(engine: sa.Engine = engine, barrier: threading.Barrier = barrier) -> None:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+                barrier.wait(timeout=30)  # ten connections in the pool
+
+        threads = [threading.Thread(target=hold) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        time.sleep(0.8)  # every pooled connection is now due a ping
+        pings.clear()
+        for _ in range(30):
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        assert len(pings) == 1, f"{len(pings)} pings for 30 sequential checkouts on {engine.url.database}"

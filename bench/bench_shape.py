@@ -1,4 +1,4 @@
-"""Process-shape benchmark: the dsar half of the Fides side-by-side harness (/work/shared/peers/fides), alone.
+"""Process-shape benchmark: the dsar half of the Fides side-by-side harness (../shared/peers/fides), alone.
 
     .venv/bin/python bench/bench_shape.py                          # 3 rounds, serve + worker --processes 2 --threads 4
     .venv/bin/python bench/bench_shape.py --rounds 1 --big 0       # quick: one round, no 100-at-once

@@ -60,7 +60,7 @@ from connectors.retention import (
 from connectors.s3_files import RESTRICTED_TAG, S3Files
 from connectors.sql_check import check_system
 from connectors.sql_map import EntitySpec, Fixed, HoldSpec, Reference, SqlSystemSpec, parse_system, topological
-from connectors.sql_pool import autocommit_engine, ping_when_idle
+from connectors.sql_pool import autocommit_engine, pooled_engine
 from connectors.sql_values import (
     ValueProblem,
     as_datetime,
@@ -206,12 +206,9 @@ class SqlConnector(Connector):
         spec = parse_system(name, dict(settings))
         url = ctx.secret(name, "url_env", spec.url_env)
         try:
-            # LIFO (db.make_engine says why); SQLite's in-memory pool takes no such option
-            lifo = {} if sa.engine.make_url(url).get_backend_name() == "sqlite" else {"pool_use_lifo": True}
-            engine = sa.create_engine(url, connect_args=_connect_args(url), **lifo)
+            engine = pooled_engine(url, connect_args=_connect_args(url))  # LIFO, pinged when idle (sql_pool.py)
         except (SQLAlchemyError, ValueError) as exc:
             raise PermanentError(name, f"bad database URL in {spec.url_env}: {redact(str(exc))[:200]}") from None
-        ping_when_idle(engine)  # not pool_pre_ping: a round trip per locate and export (connectors/sql_pool.py)
         return cls(name, spec, engine, ctx)
 
     # -- planner view ---------------------------------------------------------------------

@@ -117,6 +117,12 @@ def runtime() -> Runtime:
         return _runtime
 
 
+def broker_trouble(exc: BaseException) -> bool:
+    """The broker (Redis, RabbitMQ) or Dramatiq's client failed, not dsar. By the exception's module, so naming
+    RabbitMQ's errors does not load pika (2 MB) into a process whose broker is Redis."""
+    return type(exc).__module__.startswith(("redis", "dramatiq", "pika"))
+
+
 def is_embedded() -> bool:
     return isinstance(ensure_broker(), StubBroker)
 

@@ -299,7 +299,6 @@ def child_main(threads: int, slot: int) -> int:
 
     refuse_rich()  # before anything imports structlog
     import dramatiq
-    import redis
 
     from discovery.engine.datamap import DataMapError
     from discovery.engine.settings import ConfigError
@@ -330,7 +329,9 @@ def child_main(threads: int, slot: int) -> int:
         print(f"dsar worker: {exception_line(exc)}", file=sys.stderr, flush=True)
         return CHILD_IMPORT
     except Exception as exc:
-        if not isinstance(exc, (dramatiq.BrokerConnectionError, redis.RedisError, *_amqp_errors())):
+        from workers.app import broker_trouble  # loaded above, unless loading it is what failed (then that goes on)
+
+        if not broker_trouble(exc):
             raise
         print(f"dsar worker: broker unreachable ({type(exc).__name__})", file=sys.stderr, flush=True)
         return CHILD_UNAVAILABLE
@@ -347,13 +348,6 @@ def child_main(threads: int, slot: int) -> int:
     broker.close()
     log.info("worker.stopped", slot=slot, pid=os.getpid())
     return 0
-
-
-def _amqp_errors() -> tuple[type[BaseException], ...]:
-    """pika's errors when this process talks to RabbitMQ (its broker imported pika), else none: a Redis worker need
-    not load pika (2 MB a process) to name an error it cannot get."""
-    loaded = sys.modules.get("pika.exceptions")
-    return (loaded.AMQPError,) if loaded is not None else ()
 
 
 def _parent_death_signal(sig: int) -> bool:

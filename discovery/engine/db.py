@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from connectors.sql_pool import ping_when_idle
+from connectors.sql_pool import pooled_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _UPGRADE_LOCK = 74_017_001  # PostgreSQL advisory lock id: one process upgrades at a time
@@ -48,12 +48,7 @@ def make_engine(url: str) -> sa.Engine:
     # A pool keeps up to pool_size connections; beyond that each one is opened for one checkout and closed after (a
     # PostgreSQL backend started and stopped, a few ms of CPU each). 20 covers the API under a burst of 20 clients
     # (at 10 it opened and closed 10 connections per burst); the most at once stays 30, as before.
-    # LIFO: sequential work reuses the connection it just gave back. FIFO cycled through every pooled connection, and
-    # after a quiet spell each one was pinged on its first use (ping_when_idle): twenty extra round trips spread over
-    # the first requests after a pause.
-    engine = sa.create_engine(url, pool_size=20, max_overflow=10, pool_use_lifo=True)
-    ping_when_idle(engine)  # not pool_pre_ping: a ping per checkout cost a round trip each (connectors/sql_pool.py)
-    return engine
+    return pooled_engine(url, pool_size=20, max_overflow=10)  # LIFO, pinged when idle (connectors/sql_pool.py)
 
 
 def sqlite_no_autobegin(engine: sa.Engine) -> None:

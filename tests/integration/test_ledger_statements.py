@@ -1,4 +1,5 @@
-"""How many statements one request costs the ledger, phase by phase: a budget that cannot creep back.
+"""How many statements one request costs the ledger, phase by phase: a budget that cannot creep back; and the
+connections the pools open and ping for bursts and pauses (round trips too).
 
 Measured on PostgreSQL (production's ledger) with the accounts system only, through the pipeline's own functions and
 the wake-ups a worker uses. Counted: every statement sent to the ledger's engine (what SQLAlchemy's
@@ -124,27 +125,32 @@ def test_an_access_request_costs_the_account_database_one_count_and_no_transacti
     assert len(exports) == len(connector.entities), exports  # type: ignore[attr-defined]
 
 
+def _hold_at_once(engine: sa.Engine, n: int) -> None:
+    """`n` threads each check out a connection, use it and hold it until all `n` do: `n` connections at once."""
+    barrier = threading.Barrier(n)
+
+    def hold() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            barrier.wait(timeout=30)
+
+    threads = [threading.Thread(target=hold) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not barrier.broken
+
+
 def test_a_burst_of_twenty_reuses_the_ledgers_connections(counted: tuple[Runtime, Statements]) -> None:
     """The API under 20 clients at once holds 20 ledger connections at once. They stay in the pool for the next burst:
     a connection opened for one checkout and closed after costs a PostgreSQL backend started and stopped each time."""
     rt, _ = counted
     opened: list[object] = []
     sa.event.listen(rt.engine, "connect", lambda dbapi_conn, _record: opened.append(dbapi_conn))
-    barrier = threading.Barrier(20)
-
-    def hold() -> None:
-        with rt.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-            barrier.wait(timeout=30)  # all 20 at once, as a burst's intakes are
-
     for burst in range(3):
         before = len(opened)
-        threads = [threading.Thread(target=hold) for _ in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        assert not barrier.broken
+        _hold_at_once(rt.engine, 20)  # as a burst's intakes are
         if burst:
             assert len(opened) == before, f"burst {burst} opened {len(opened) - before} connections"
     assert rt.engine.pool.checkedin() >= 20  # type: ignore[attr-defined]
@@ -162,18 +168,7 @@ def test_after_a_quiet_spell_sequential_work_pings_one_connection(counted: tuple
         pings: list[object] = []
         ping = engine.dialect.do_ping
         monkeypatch.setattr(engine.dialect, "do_ping", lambda c, _p=ping, _l=pings: _l.append(c) or _p(c))
-        barrier = threading.Barrier(10)
-
-        def hold(engine: sa.Engine = engine, barrier: threading.Barrier = barrier) -> None:
-            with engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-                barrier.wait(timeout=30)  # ten connections in the pool
-
-        threads = [threading.Thread(target=hold) for _ in range(10)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        _hold_at_once(engine, 10)  # ten connections in the pool
         time.sleep(0.8)  # every pooled connection is now due a ping
         pings.clear()
         for _ in range(30):

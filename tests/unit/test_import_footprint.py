@@ -217,7 +217,6 @@ def test_the_head_revision_is_alembics(tmp_path: Path) -> None:
         engine.dispose()
 
 
-
 CHILD = """
 import sys
 from workers import supervisor
@@ -228,8 +227,11 @@ print(code, "pika" in sys.modules)
 
 def test_a_worker_child_on_redis_does_not_load_pika(env: dict[str, str]) -> None:
     """pika (2 MB a process) is RabbitMQ's client: a worker child on another broker runs, stops and would name an
-    unreachable broker without it (workers/supervisor._amqp_errors looks pika up only once its broker loaded it)."""
-    from workers import supervisor
+    unreachable broker without it (workers.app.broker_trouble tells a broker's error by its module)."""
+    import pika.exceptions
+    import redis
+
+    from workers.app import broker_trouble
 
     child = subprocess.Popen([sys.executable, "-c", CHILD], env={**env, "DSAR_SCHEMA_UPGRADED": "1"}, cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -243,5 +245,5 @@ def test_a_worker_child_on_redis_does_not_load_pika(env: dict[str, str]) -> None
     finally:
         child.kill()
     assert out.split() == ["0", "False"], err[-2000:]
-    assert supervisor._amqp_errors() == (() if "pika.exceptions" not in sys.modules else
-                                         (sys.modules["pika.exceptions"].AMQPError,))
+    assert broker_trouble(redis.ConnectionError()) and broker_trouble(pika.exceptions.AMQPConnectionError())
+    assert not broker_trouble(ConnectionError()) and not broker_trouble(ValueError())

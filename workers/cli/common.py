@@ -79,15 +79,12 @@ def errors_to_exit() -> Iterator[None]:
         click.echo(f"dsar: {exc}", err=True)
         sys.exit(EXIT_CONFIG if not exc.transient else EXIT_UNAVAILABLE)
     except Exception as exc:
+        from workers.app import broker_trouble
+
         if broker_trouble(exc):
             click.echo(f"dsar: broker unreachable ({type(exc).__name__})", err=True)
             sys.exit(EXIT_UNAVAILABLE)
         raise
-
-
-def broker_trouble(exc: BaseException) -> bool:
-    """The broker (Redis, RabbitMQ) or Dramatiq's client failed, not dsar."""
-    return type(exc).__module__.startswith(("redis", "dramatiq", "pika"))
 
 
 class RecordingWakeups:
@@ -102,6 +99,8 @@ class RecordingWakeups:
         try:
             fn(arg)
         except Exception as exc:
+            from workers.app import broker_trouble
+
             if not broker_trouble(exc):
                 raise
             self.failed = exc

@@ -90,7 +90,8 @@ def discover(connectors: dict[str, Connector], seed: Identities, max_rounds: int
                 if result.identities.add(ident):
                     new_types.add(ident.type)
                     result.learned_in_round[(ident.type, ident.value)] = round_no + 1
-        log.info("locate.round", round=round_no + 1, systems=len(due), new_identifier_types=len(new_types))
+        # debug: request.planned says how many rounds there were (issue 15: lines per request are a worker's CPU)
+        log.debug("locate.round", round=round_no + 1, systems=len(due), new_identifier_types=len(new_types))
     for name, n in result.refused.items():
         log.warning("locate.refused", system=name, identifiers=n, why="learned without provenance")
     return result

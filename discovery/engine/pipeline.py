@@ -774,7 +774,8 @@ def run_claimed(rt: Runtime, wake: Wakeups, claimed: Claimed) -> None:
             N_("gave up after {attempts} attempts: {error}"), attempts=attempts,
             error="the worker stopped before finishing each time")), request_id=request_id)
         return
-    log.info("task.start", request_id=request_id, task_id=task_id, system=system, action=action, attempt=attempts)
+    # debug: task.finish names the task too; a task that never finishes shows in `dsar status` and its lease
+    log.debug("task.start", request_id=request_id, task_id=task_id, system=system, action=action, attempt=attempts)
 
     status, error, result = TaskStatus.DONE, None, None
     keeper = LeaseKeeper(rt, task_id, lease)
@@ -1010,7 +1011,8 @@ def finish_task(rt: Runtime, wake: Wakeups, task_id: int, status: TaskStatus, er
         closed = req.status in CLOSED_BY_OPERATOR
     if closed:  # it ran on after the request was denied or cancelled: the receipt stays, staged data has no use
         rt.staging.discard(request_id)
-    log.info("task.finish", request_id=request_id, task_id=task_id, status=str(status))
+    log.info("task.finish", request_id=request_id, task_id=task_id, system=row.system, action=row.action,
+             status=str(status))
     run_task_hooks(rt, TaskOutcome(task_id, request_id, row.system, row.action, str(status), row.result))
     if merge_now:
         if merge_owner is not None:

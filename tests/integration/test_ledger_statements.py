@@ -9,6 +9,9 @@ more); the account database's own queries are the connector's, not counted.
 
 from __future__ import annotations
 
+import io
+import logging
+import sys
 import threading
 import time
 from collections import Counter
@@ -16,8 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
+import structlog
 
 from connectors import sql_pool
 from discovery.engine import db, pipeline
@@ -27,6 +32,7 @@ from discovery.engine.settings import load_settings
 from sandbox.people import JANE
 from tests.conftest import SECRET, seed_accounts, write_config
 from tests.helpers import SyncWakeups
+from workers import logs
 from workers.app import install_hooks
 
 pytestmark = pytest.mark.integration
@@ -88,6 +94,37 @@ def test_an_access_request_costs_the_ledger_few_statements(counted: tuple[Runtim
     # single statements in autocommit, PostgreSQL)
     assert stmts.transactions["submit"] == 0, seen
     assert stmts.transactions["worker"] <= 2, seen
+
+
+
+def test_an_access_request_writes_three_info_lines(counted: tuple[Runtime, Statements],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Log lines are a worker's CPU too (issue 15): at INFO an access is received (the API), then planned, its task
+    finished and the request completed, one line each (docs/deployment.md, "Logs"); DEBUG adds the discovery's
+    rounds and the task's start."""
+    rt, _stmts = counted
+    monkeypatch.setattr(logs, "_configure_stdlib", lambda quiet: None)  # the root handler keeps its stream
+    saved = structlog.get_config()
+    try:
+        intake, events = {}, {}
+        for level in (logging.INFO, logging.DEBUG):
+            err = io.StringIO()
+            monkeypatch.setattr(sys, "stderr", err)
+            logs.configure_logging("json", level=level)
+            sent = SyncWakeups(rt)
+            rid = pipeline.submit(rt, sent, "access", JANE.email, actor="test").request.id
+            intake[level] = [orjson.loads(line)["event"] for line in err.getvalue().splitlines()]
+            err.seek(0)
+            err.truncate()
+            pipeline.run_discovery(rt, pipeline.InlineWakeups(lambda: rt, sent), rid)  # the worker's part
+            lines = [orjson.loads(line) for line in err.getvalue().splitlines()]
+            assert all(line["request_id"] == rid for line in lines if "request_id" in line), lines
+            events[level] = Counter(line["event"] for line in lines)
+    finally:
+        structlog.configure(**saved)
+    assert intake == {logging.INFO: ["request.received"], logging.DEBUG: ["request.received"]}, intake
+    assert events[logging.INFO] == {"request.planned": 1, "task.finish": 1, "request.completed": 1}, events
+    assert events[logging.DEBUG] - events[logging.INFO] == {"locate.round": 1, "task.start": 1}, events
 
 
 def test_an_access_request_costs_the_account_database_one_count_and_no_transactions(

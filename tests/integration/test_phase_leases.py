@@ -304,7 +304,9 @@ def test_a_hanging_vendor_stalls_no_request_under_a_real_worker(
             errors = set(s.scalars(sa.select(SystemHit.error).where(SystemHit.system == "hangs")))
         assert planned == 6 and taken == 0  # every discovery ran once: the sweeper restarted none
         assert errors == {"locate timed out after 2s (worker.locate_timeout)"}
-        assert log_path.read_text().count("locate.round") == 6  # one round each; `hangs` is not asked again
+        # One round each (`hangs` is not asked again): request.planned says how many rounds a discovery took.
+        planned_lines = [line for line in log_path.read_text().splitlines() if "request.planned" in line]
+        assert len(planned_lines) == 6 and all(" rounds=1 " in f"{line} " for line in planned_lines), planned_lines
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)

@@ -37,7 +37,7 @@ from connectors.base import (
 from connectors.emails import normalise_email
 from connectors.redact import redact
 from connectors.sql_driver import execute, scalars
-from discovery.bundle.archive import ArchiveUnavailable, archive_store
+from discovery.bundle.archive import ArchiveStore, ArchiveUnavailable, archive_store
 from discovery.bundle.build import FORMAT as BUNDLE_FORMAT
 from discovery.bundle.build import BuiltBundle, SystemPart, build_bundle, staged_size
 from discovery.bundle.staging import safe_name
@@ -72,6 +72,7 @@ from discovery.engine.ledger_rows import (
     Identifier,
     add_audit,
     as_identities,
+    audit_details,
     claim_with_seed,
     complete_with_audit,
     identities_of,
@@ -547,13 +548,21 @@ def _release_request(rt: Runtime, request_id: str, owner: str) -> None:
 
 
 _Claim = tuple[AnyRow, list[Identifier], list[int], str | None]
+STOPPED_EACH_TIME = "the worker stopped before finishing each time"
+
+
+class _GaveUp(NamedTuple):
+    """A phase taken over more often than worker.max_attempts allows: each attempt stopped its worker."""
+
+    attempts: int
 
 
 def _claim_discovery(rt: Runtime, request_id: str, owner: str, now: datetime, claim: dict[str, Any],
-                     columns: tuple[str, ...]) -> _Claim | None:
+                     columns: tuple[str, ...]) -> _Claim | _GaveUp | None:
     """The claim in a transaction (every ledger; on PostgreSQL when the one-statement claim found the request no
     longer received): the request's row, its identifiers, and for a request planned already its pending tasks and
-    status (None: claimed here, to be discovered); None while another process holds a live discovery lease."""
+    status (None: claimed here, to be discovered); None while another process holds a live discovery lease; _GaveUp
+    (the lease taken, for the caller to fail the request) when this takeover is one attempt too many."""
     with rt.engine.begin() as conn:  # Core: no ORM session on the hot path (issue 15)
         req = move_request(conn, request_id, RequestStatus.RECEIVED, None, columns, **claim)
         if req is None:
@@ -572,10 +581,15 @@ def _claim_discovery(rt: Runtime, request_id: str, owner: str, now: datetime, cl
             log.info("request.discovery_busy", request_id=request_id)
             return None
         else:
-            if req.status == RequestStatus.DISCOVERING:
+            taken_over = req.status == RequestStatus.DISCOVERING
+            if taken_over:
                 log.warning("request.discovery_taken_over", request_id=request_id)
                 add_audit(conn, "request.discovery_taken_over", "worker", request_id, req.subject_hash)
             update_request(conn, request_id, **claim)
+            if taken_over:  # a discovery that stops its worker every time (out of memory ...) is not run for ever
+                attempts = 1 + len(audit_details(conn, request_id, "request.discovery_taken_over"))
+                if attempts > rt.settings.worker.max_attempts:
+                    return _GaveUp(attempts)
         seed = [Identifier(*r) for r in execute(conn, IDENTITIES_OF, {"request_id_": request_id})]
         return req, seed, pending, status
 
@@ -586,7 +600,7 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
     # worker died). A live lease means another process is discovering it right now: leave it alone.
     claim = {"status": RequestStatus.DISCOVERING, "lease_until": now + lease, "lease_owner": owner, "updated_at": now}
     columns = ("status", "lease_owner", "type", "systems", "confirm_others")
-    got: _Claim | None = None
+    got: _Claim | _GaveUp | None = None
     if rt.autocommit is not None:  # PostgreSQL: the usual case's claim and identifiers in one round trip
         with rt.autocommit.connect() as conn:
             fast = claim_with_seed(conn, request_id, RequestStatus.RECEIVED, columns, **claim)
@@ -596,6 +610,10 @@ def _discover_and_plan(rt: Runtime, wake: Wakeups, request_id: str, owner: str) 
         got = _claim_discovery(rt, request_id, owner, now, claim, columns)
         if got is None:  # another process is discovering it right now
             return
+    if isinstance(got, _GaveUp):
+        log.warning("request.discovery_abandoned", request_id=request_id, attempts=got.attempts)
+        fail_request(rt, request_id, f"discovery gave up after {got.attempts} attempts: {STOPPED_EACH_TIME}", owner)
+        return
     req, seed_rows, pending, status = got
     seed = as_identities(seed_rows)
     rtype = RequestType(req.type)
@@ -769,10 +787,10 @@ def run_claimed(rt: Runtime, wake: Wakeups, claimed: Claimed) -> None:
         # Taken over after expired leases more often than allowed: each attempt stopped the worker (killed,
         # out of memory). Give up rather than start it again for ever.
         log.warning("task.abandoned", request_id=request_id, task_id=task_id, system=system, attempts=attempts)
-        why = f"gave up after {attempts} attempts: the worker stopped before finishing each time"
+        why = f"gave up after {attempts} attempts: {STOPPED_EACH_TIME}"
         finish_task(rt, wake, task_id, TaskStatus.FAILED, why, _failure(note(
             N_("gave up after {attempts} attempts: {error}"), attempts=attempts,
-            error="the worker stopped before finishing each time")), request_id=request_id)
+            error=STOPPED_EACH_TIME)), request_id=request_id)
         return
     # debug: task.finish names the task too; a task that never finishes shows in `dsar status` and its lease
     log.debug("task.start", request_id=request_id, task_id=task_id, system=system, action=action, attempt=attempts)
@@ -1154,39 +1172,53 @@ def merge_inputs(rt: Runtime, conn: sa.Connection, req: AnyRow, tasks: list[AnyR
     return MergeInputs(request_type, lang, header, parts, failed, locate_failed, reported)
 
 
+class _MergeClaim(NamedTuple):
+    inputs: MergeInputs | None  # None: nothing to merge now (or given up)
+    dead: list[str]  # lease owners of earlier merges that lapsed: each may have stored a bundle nothing records
+    gave_up: int = 0  # taken over once too often (worker.max_attempts): the attempts, for the caller to fail it
+
+
 def _claim_merge(rt: Runtime, request_id: str, owner: str, claimed: bool, now: datetime,
-                 lease: timedelta) -> tuple[MergeInputs | None, str | None]:
-    """The merge's lease (taken here, or already ours when `claimed`) and what it builds the bundle from; None when
-    there is nothing to merge now. Also returns the owner of a merge taken over after its lease lapsed."""
-    dead = None
+                 lease: timedelta) -> _MergeClaim:
+    """The merge's lease (taken here, or already ours when `claimed`) and what it builds the bundle from."""
     with rt.engine.begin() as conn:
         req = lock_request(conn, request_id, lock=not claimed)
         if req is None:
             raise NotFoundError(f"unknown request {request_id}")
         if req.status != RequestStatus.MERGING:
-            return None, None  # not ready, or merged already by an earlier delivery
+            return _MergeClaim(None, [])  # not ready, or merged already by an earlier delivery
+        dead: list[str] = []
         if claimed:
             if req.lease_owner != owner:  # taken over meanwhile (our lease lapsed): the other merge goes on
                 log.warning("request.merge_superseded", request_id=request_id)
-                return None, None
+                return _MergeClaim(None, [])
         elif lease_is_live(req, now):
             log.info("request.merge_busy", request_id=request_id)
-            return None, None  # another process is merging it right now
+            return _MergeClaim(None, [])  # another process is merging it right now
         else:
-            dead = req.lease_owner  # a merge whose lease lapsed: it may have stored its bundle and died recording it
-            if dead is not None:
-                log.warning("request.merge_taken_over", request_id=request_id)
-                add_audit(conn, "request.merge_taken_over", "worker", request_id, req.subject_hash)
             update_request(conn, request_id, lease_until=now + lease, lease_owner=owner)
-        return merge_inputs(rt, conn, req), dead
+            if req.lease_owner is not None:  # a merge whose lease lapsed: it may have stored its bundle and died
+                log.warning("request.merge_taken_over", request_id=request_id)
+                add_audit(conn, "request.merge_taken_over", "worker", request_id, req.subject_hash,
+                          dead_owner=req.lease_owner)
+                # Every dead merge's, not only the last one's: a chain of them each left a bundle of its own.
+                dead = [d["dead_owner"] for d in audit_details(conn, request_id, "request.merge_taken_over",
+                                                                since_retry=False) if d.get("dead_owner")]
+                attempts = 1 + len(audit_details(conn, request_id, "request.merge_taken_over"))
+                if attempts > rt.settings.worker.max_attempts:  # it stops its worker every time: not for ever
+                    return _MergeClaim(None, dead, attempts)
+        return _MergeClaim(merge_inputs(rt, conn, req), dead)
 
 
 def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, str, int], None] | None,
            claimed: bool = False, inputs: MergeInputs | None = None) -> BuiltBundle | None:
     now, lease = _now(rt), _lease(rt)
-    dead = None
+    dead: list[str] = []
     if inputs is None:
-        inputs, dead = _claim_merge(rt, request_id, owner, claimed, now, lease)
+        inputs, dead, gave_up = _claim_merge(rt, request_id, owner, claimed, now, lease)
+        if gave_up:
+            _abandon_merge(rt, request_id, owner, gave_up, dead)
+            return None
     if inputs is None:
         return None
     request_type, lang, header, parts = inputs.request_type, inputs.lang, inputs.header, inputs.parts
@@ -1216,14 +1248,10 @@ def _merge(rt: Runtime, request_id: str, owner: str, progress: Callable[[str, st
         except Exception as exc:  # an orphan object, named in the log; the recorded bundle is untouched
             log.warning("request.orphan_bundle", request_id=request_id, error=one_line(exc))
         return None
-    if dead is not None:
-        # A merge killed between storing its bundle and recording it left a whole copy of the person's data that no
-        # ledger row names (bundle expiry would never find it): remove it. One still running finds itself
-        # superseded and removes its own.
-        try:
-            store.delete_uri(store.uri_for(bundle_key(request_id, dead)))
-        except Exception as exc:
-            log.warning("request.orphan_bundle", request_id=request_id, error=one_line(exc))
+    # A merge killed between storing its bundle and recording it left a whole copy of the person's data that no
+    # ledger row names (bundle expiry would never find it): remove each. One still running finds itself superseded
+    # and removes its own.
+    _delete_bundles(store, request_id, dead)
     rt.staging.discard(request_id)
     log.info("request.completed", request_id=request_id, status=ended.status, records=sum(built.counts.values()),
              bundle_size=built.size)
@@ -1272,24 +1300,48 @@ def merge_failed(rt: Runtime, request_id: str, error: str) -> bool:
             return False
         audit(s, "request.merge_failed", "worker", req, error=error[:500])
         s.flush()
-        retried = s.scalar(sa.select(sa.func.max(AuditEvent.id)).where(
-            AuditEvent.request_id == request_id, AuditEvent.event == "request.retried")) or 0
-        failures = s.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(  # since the last retry
-            AuditEvent.request_id == request_id, AuditEvent.event == "request.merge_failed",
-            AuditEvent.id > retried)) or 0
+        failures = len(audit_details(s.connection(), request_id, "request.merge_failed"))  # since the last retry
         if failures < rt.settings.worker.max_attempts:
             return False
-        req.status = RequestStatus.FAILED
-        req.error = f"the bundle could not be built after {failures} attempts: {error}"[:2000]
-        req.completed_at, req.open_key = _now(rt), None
-        req.lease_until = req.lease_owner = None
-        audit(s, "request.failed", "worker", req, error=error[:500])
-        report(s, rt, req, "request.finished")
-        ended = Ended.of(req)
+        ended = _fail_merging(s, rt, req, f"the bundle could not be built after {failures} attempts: {error}", error)
     rt.staging.discard(request_id)  # the request is closed: staged personal data has no further use
     log.error("request.failed", request_id=request_id, error=error)
     run_completion_hooks(rt, ended)
     return True
+
+
+def _abandon_merge(rt: Runtime, request_id: str, owner: str, attempts: int, dead: list[str]) -> None:
+    """Fail a request whose merge was taken over once too often (each attempt stopped its worker: a bundle too
+    big for its memory ...), under the lease the last takeover took; remove what the dead merges may have stored."""
+    why = f"the bundle could not be built after {attempts} attempts: {STOPPED_EACH_TIME}"
+    with rt.sessions.begin() as s:
+        req = s.get(Request, request_id, with_for_update=True)
+        if req is None or req.status != RequestStatus.MERGING or req.lease_owner != owner:
+            return  # moved on meanwhile (an operator closed it)
+        ended = _fail_merging(s, rt, req, why, why)
+    _delete_bundles(archive_store(rt.settings, rt.env), request_id, dead)
+    rt.staging.discard(request_id)
+    log.error("request.failed", request_id=request_id, error=why)
+    run_completion_hooks(rt, ended)
+
+
+def _fail_merging(s: Session, rt: Runtime, req: Request, error: str, audited: str) -> Ended:
+    """A merging request failed, audited and reported (in the caller's transaction)."""
+    req.status, req.error = RequestStatus.FAILED, error[:2000]
+    req.completed_at, req.open_key = _now(rt), None
+    req.lease_until = req.lease_owner = None
+    audit(s, "request.failed", "worker", req, error=audited[:500])
+    report(s, rt, req, "request.finished")
+    return Ended.of(req)
+
+
+def _delete_bundles(store: ArchiveStore, request_id: str, owners: list[str]) -> None:
+    """Remove the bundle each of these merges may have stored (under its own key) before it died; none is fine."""
+    for dead in dict.fromkeys(owners):
+        try:
+            store.delete_uri(store.uri_for(bundle_key(request_id, dead)))
+        except Exception as exc:  # an orphan object, named in the log; the recorded bundle is untouched
+            log.warning("request.orphan_bundle", request_id=request_id, error=one_line(exc))
 
 
 def ended_of(rt: Runtime, request: Ended | str) -> Ended:

@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.base import Identities, Record, TransientError
-from discovery.engine import db, pipeline
+from discovery.engine import db, lifecycle, pipeline
 from discovery.engine.ledger import OPEN_STATUSES, AuditEvent, Request, SystemHit, Task
 from discovery.engine.runtime import Runtime
 from discovery.engine.settings import load_settings
@@ -219,6 +219,95 @@ def test_a_second_merge_never_overwrites_the_recorded_bundle(
     assert names.count("request.completed") == 1 and names.count("request.merge_taken_over") == 1
     rt.close()
 
+
+
+class Died(BaseException):
+    """What a worker killed mid-phase (out of memory, SIGKILL) leaves: nothing after it runs, its lease stays."""
+
+
+def dies(*_args: object, **_kwargs: object) -> None:
+    raise Died
+
+
+def test_a_discovery_that_stops_its_worker_every_time_fails_after_max_attempts(
+        tmp_path: Path, pg_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = runtime(tmp_path, pg_database(), Fine("fine"), max_attempts=3)
+    wake = Recorded(rt)
+    request_id = pipeline.submit(rt, wake, "access", EMAIL).request.id
+    wake.queue.clear()
+    monkeypatch.setattr(pipeline, "discover", dies)
+    for _ in range(3):  # the first discovery and two takeovers: three attempts, each killed
+        with pytest.raises(Died):
+            pipeline.run_discovery(rt, wake, request_id)
+        assert request_row(rt, request_id).status == "discovering"
+        lapse(rt, request_id)
+    pipeline.run_discovery(rt, wake, request_id)  # a fourth would be one too many: the request fails instead
+    req = request_row(rt, request_id)
+    assert req.status == "failed" and req.lease_owner is None, (req.status, req.lease_owner)
+    assert req.error == "discovery gave up after 4 attempts: the worker stopped before finishing each time"
+    names = events(rt, request_id)
+    assert names.count("request.discovery_taken_over") == 3 and names[-1] == "request.failed", names
+    assert pipeline.sweep(rt, wake, stale_after=timedelta(0))["discover"] == 0  # nothing left to re-wake
+
+    # An operator's retry starts the count afresh: the discovery runs again (and, mended, completes).
+    monkeypatch.undo()
+    lifecycle.retry_request(rt, wake, request_id, None, "operator")
+    wake.queue.clear()
+    pipeline.run_discovery(rt, wake, request_id)
+    assert request_row(rt, request_id).status in ("running", "merging"), request_row(rt, request_id).status
+    rt.close()
+
+
+def test_a_merge_that_stops_its_worker_every_time_fails_and_leaves_no_bundle(
+        tmp_path: Path, pg_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = runtime(tmp_path, pg_database(), Fine("fine"), max_attempts=3)
+    wake = Recorded(rt)
+    request_id = pipeline.submit(rt, wake, "access", EMAIL).request.id
+    wake.drain()
+    assert request_row(rt, request_id).status == "merging"
+    archive = Path(rt.settings.archive.path)
+    # Each merge dies after storing its bundle, before recording it: three attempts, three unrecorded bundles.
+    monkeypatch.setattr(pipeline, "_record_bundle", dies)
+    for attempt in range(1, 4):
+        with pytest.raises(Died):
+            pipeline.merge_request(rt, request_id)
+        assert len(list(archive.glob(f"{request_id}-*.zip"))) == attempt
+        lapse(rt, request_id)
+    monkeypatch.undo()
+    assert pipeline.merge_request(rt, request_id) is None  # a fourth attempt would be one too many
+    req = request_row(rt, request_id)
+    assert req.status == "failed" and req.lease_owner is None and req.bundle_path is None
+    assert req.error == "the bundle could not be built after 4 attempts: the worker stopped before finishing each time"
+    assert not list(archive.glob(f"{request_id}-*")), list(archive.iterdir())  # every dead merge's bundle removed
+    assert not (Path(rt.settings.archive.staging_path) / request_id).exists()  # staged data: no further use
+    names = events(rt, request_id)
+    assert names.count("request.merge_taken_over") == 3 and names[-1] == "request.failed", names
+    assert pipeline.sweep(rt, wake, stale_after=timedelta(0))["merge"] == 0
+    rt.close()
+
+
+def test_a_merge_after_a_chain_of_dead_ones_removes_every_bundle_they_stored(
+        tmp_path: Path, pg_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = runtime(tmp_path, pg_database(), Fine("fine"))  # max_attempts 5: the third merge is allowed
+    wake = Recorded(rt)
+    request_id = pipeline.submit(rt, wake, "access", EMAIL).request.id
+    wake.drain()
+    archive = Path(rt.settings.archive.path)
+    monkeypatch.setattr(pipeline, "_record_bundle", dies)
+    for _ in range(2):  # two merges in a row die after storing their bundles
+        with pytest.raises(Died):
+            pipeline.merge_request(rt, request_id)
+        lapse(rt, request_id)
+    monkeypatch.undo()
+    assert len(list(archive.glob(f"{request_id}-*.zip"))) == 2
+    built = pipeline.merge_request(rt, request_id)
+    assert built is not None
+    req = request_row(rt, request_id)
+    assert req.status == "completed" and req.bundle_path == built.uri
+    stored = Path(urlsplit(req.bundle_path).path)
+    assert [p.name for p in archive.glob(f"{request_id}-*")] == [stored.name]  # both dead merges' copies gone
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == req.bundle_sha256
+    rt.close()
 
 def test_an_unreachable_system_spends_its_retry_budget_then_fails_with_one_line(
         tmp_path: Path, pg_database: Callable[[], str]) -> None:

@@ -127,7 +127,7 @@ def test_an_access_request_writes_three_info_lines(counted: tuple[Runtime, State
     assert events[logging.DEBUG] - events[logging.INFO] == {"locate.round": 1, "task.start": 1}, events
 
 
-def test_an_access_request_costs_the_account_database_one_count_and_no_transactions(
+def test_an_access_request_costs_the_account_database_one_count_no_transactions_and_no_pings(
         counted: tuple[Runtime, Statements]) -> None:
     """The SQL connector's reads: every entity's counts in one statement (not one per entity and reason), and no
     transaction around them on PostgreSQL (autocommit: no BEGIN and ROLLBACK round trips for a reader)."""

@@ -247,3 +247,26 @@ def test_a_worker_child_on_redis_does_not_load_pika(env: dict[str, str]) -> None
     assert out.split() == ["0", "False"], err[-2000:]
     assert broker_trouble(redis.ConnectionError()) and broker_trouble(pika.exceptions.AMQPConnectionError())
     assert not broker_trouble(ConnectionError()) and not broker_trouble(ValueError())
+
+
+def test_the_memory_floor_counts_only_what_dsars_processes_load(env: dict[str, str]) -> None:
+    """bench/bench_memory_floor.py sums what the libraries alone hold in each long-running process (issue 15): every
+    module it imports for a kind of process must be one that process loads, or the floor would overstate what dsar
+    cannot avoid."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_memory_floor", ROOT / "bench" / "bench_memory_floor.py")
+    assert spec is not None and spec.loader is not None
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    # production's ledger and broker (psycopg, redis), never reached: nothing here connects
+    on_redis = {**env, "DSAR_SCHEMA_UPGRADED": "1", "DSAR_BROKER_URL": "redis://127.0.0.1:1/0",
+                "DSAR_LEDGER_URL": "postgresql+psycopg://dsar@127.0.0.1:1/dsar"}
+    refuse = "from workers.logs import refuse_rich\nrefuse_rich()\n"
+    worker = modules_after(refuse + WORKER_CHILD + "app.ensure_broker()", on_redis)
+    # the API server: workers.serve.main imports uvicorn and builds the app; its first submission makes the broker
+    api = modules_after(refuse + "import uvicorn\nfrom workers.api import create_app\ncreate_app()\n"
+                        "from workers import app\napp.ensure_broker()", on_redis)
+    assert sorted(set(floor.STACK["worker"]) - worker) == []
+    assert sorted(set(floor.STACK["api"]) - api) == []
+    assert floor.STACK["supervisor"] == [] and floor.SHAPE == {"api": 1, "supervisor": 1, "worker": 2}

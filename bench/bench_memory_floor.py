@@ -6,15 +6,16 @@
 
 Each process kind is a fresh interpreter (this venv's Python) that imports only the third-party modules that kind of
 dsar process imports (the design card's stack: SQLAlchemy with its ORM, psycopg, pydantic, redis, Dramatiq; the API
-adds FastAPI and uvicorn), then reports its resident set (VmRSS), three times, the lowest kept. A floor, so it errs low: every module
-listed is one that kind of process holds once it runs (tests/unit/test_import_footprint.py checks that), and not
-every one it holds is listed. `rich` is refused as
-dsar's processes refuse it (workers/logs.refuse_rich). The sum is taken for the side-by-side harness's shape
+adds FastAPI and uvicorn), then reports its resident set (VmRSS), three times, the lowest kept. A floor, so it errs
+low: every module listed is one that kind of process holds once it runs (tests/unit/test_import_footprint.py checks
+that), and not every one it holds is listed. `rich` is refused as dsar's processes refuse it
+(workers/logs.refuse_rich). The sum is taken for the side-by-side harness's shape
 (../shared/peers/fides: `dsar serve` plus `dsar worker --processes 2`, i.e. the API, a supervisor and two worker
 processes) and compared with what dsar's own processes hold (`bench_shape.py` measures those).
 
-Issue 15 asked for a fifth of Fides' memory, summed RSS of every process: this is why that cannot be met with four
-processes on this stack. A benchmark, not a test: it writes down what it measures.
+Issue 15 asked for a fifth of Fides' memory, summed RSS of every process: this shows how little of that fifth the
+libraries leave for dsar's own code and working memory in four processes. A benchmark, not a test: it writes down
+what it measures.
 """
 
 from __future__ import annotations

@@ -283,6 +283,13 @@ def test_a_merge_that_stops_its_worker_every_time_fails_and_leaves_no_bundle(
     names = events(rt, request_id)
     assert names.count("request.merge_taken_over") == 3 and names[-1] == "request.failed", names
     assert pipeline.sweep(rt, wake, stale_after=timedelta(0))["merge"] == 0
+
+    # An operator's retry runs the exports and the merge again, its takeovers counted afresh.
+    lifecycle.retry_request(rt, wake, request_id, None, "operator")
+    wake.drain()
+    built = pipeline.merge_request(rt, request_id)
+    assert built is not None and request_row(rt, request_id).status == "completed"
+    assert [p.name for p in archive.glob(f"{request_id}-*")] == [Path(urlsplit(built.uri).path).name]
     rt.close()
 
 

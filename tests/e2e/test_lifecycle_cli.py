@@ -162,3 +162,38 @@ def test_token_extend_and_identity_verified_name_the_os_user_too(cli: dict[str, 
     assert [tuple(r) for r in rows] == [("api_token.created", me), ("api_token.revoked", "dpo-kari"),
                                         ("request.extended", me)]
     assert me not in ("", "operator")
+
+
+def test_request_expire_and_purge_name_who_ran_them(cli: dict[str, Any]) -> None:
+    """`request`, `bundles expire` and `ledger purge` record who ran them as every other command does (--actor, else
+    the OS user), not "cli": a submission and a deletion of personal data are someone's doing."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from discovery.engine.ledger import Request
+
+    blank = dsar(cli, "request", "access", "--email", JANE.email, "--actor", " ")
+    assert blank.returncode == 2 and "--actor must name who acts" in blank.stderr
+    done = dsar(cli, "request", "access", "--email", JANE.email, "--json", LOGNAME="kari", USER="kari")
+    assert done.returncode == 0, done.stderr
+    request_id = orjson.loads(done.stdout)["id"]
+    ledger = sa.create_engine(f"sqlite:///{cli['tmp'] / 'ledger.db'}")
+    try:
+        with ledger.begin() as conn:  # as if it had ended long ago: its bundle due to expire, its row to be purged
+            long_ago = datetime(2020, 1, 1, tzinfo=UTC)
+            conn.execute(sa.update(Request).where(Request.id == request_id).values(
+                completed_at=long_ago, bundle_expires_at=long_ago))
+        assert dsar(cli, "bundles", "expire", "--actor", "").returncode == 2
+        expired = dsar(cli, "bundles", "expire", "--json", LOGNAME="ola", USER="ola")
+        assert expired.returncode == 0 and orjson.loads(expired.stdout)["failed"] == 0, expired.stderr
+        assert dsar(cli, "ledger", "purge", "--actor", " ").returncode == 2
+        purged = dsar(cli, "ledger", "purge", "--actor", "dpo-kari", "--json")
+        assert purged.returncode == 0 and orjson.loads(purged.stdout)["requests"] == 1, purged.stderr
+        with ledger.connect() as conn:
+            rows = conn.execute(sa.text("SELECT event, actor FROM audit_events WHERE event IN ('request.received', "
+                                        "'bundle.expired', 'ledger.purged') ORDER BY id")).all()
+    finally:
+        ledger.dispose()
+    assert [tuple(r) for r in rows] == [("request.received", "kari"), ("bundle.expired", "ola"),
+                                        ("ledger.purged", "dpo-kari")]

@@ -13,6 +13,7 @@ from workers.cli.common import (
     EXIT_NOT_READY,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    actor_or_user,
     emit,
     errors_to_exit,
     fail,
@@ -70,14 +71,15 @@ def bundles_group() -> None:
 
 
 @bundles_group.command("expire")
+@click.option("--actor", help="Who does this, kept in the audit log (default: the OS user).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def expire_cmd(ctx: click.Context, as_json: bool) -> None:
+def expire_cmd(ctx: click.Context, actor: str | None, as_json: bool) -> None:
     """Delete bundles past their expiry (archive.retention_days after completion); audited. Workers do it too."""
     from discovery.engine.bundles import expire_bundles
 
     with errors_to_exit():
-        expired = expire_bundles(runtime(ctx), actor="cli")
+        expired = expire_bundles(runtime(ctx), actor=actor_or_user(actor))
         failed = [e for e in expired if not e.deleted]
 
         def human() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from workers.cli.common import emit, errors_to_exit, main, runtime
+from workers.cli.common import actor_or_user, emit, errors_to_exit, main, runtime
 
 
 @main.group("ledger")
@@ -14,9 +14,10 @@ def ledger_group() -> None:
 
 @ledger_group.command("purge")
 @click.option("--dry-run", is_flag=True, help="Count what would be blanked; change nothing.")
+@click.option("--actor", help="Who does this, kept in the audit log (default: the OS user).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def purge_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+def purge_cmd(ctx: click.Context, dry_run: bool, actor: str | None, as_json: bool) -> None:
     """Blank the e-mail and learned identifiers of requests that ended more than ledger.retention_days ago.
 
     The keyed hash of the e-mail stays (a repeat request is still recognised), and so do the receipts,
@@ -25,7 +26,7 @@ def purge_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     from discovery.engine.ledger_retention import purge
 
     with errors_to_exit():
-        result = purge(runtime(ctx), dry_run=dry_run, actor="cli")
+        result = purge(runtime(ctx), dry_run=dry_run, actor=actor_or_user(actor))
 
         def human() -> None:
             verb = "would blank" if dry_run else "blanked"

@@ -46,11 +46,12 @@ from workers.inprocess import in_process_worker_if_embedded
               help="Go ahead although the change touches records that also name other people (audited).")
 @click.option("--language", metavar="CODE",
               help="What the person is written to in: nb or en (default: the settings' requests.language).")
+@click.option("--actor", help="Who submits it, kept in the audit log (default: the OS user).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str | None, wait: bool, timeout: float,
                 dry_run: bool, systems: tuple[str, ...], confirm_others: str | None, language: str | None,
-                as_json: bool) -> None:
+                actor: str | None, as_json: bool) -> None:
     """Submit an access, portability, erasure, restriction or lift-restriction request.
 
     An erasure or restriction whose records also name other people is refused for that system
@@ -60,6 +61,7 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
     rtype = request_type.replace("-", "_")
     scope = list(systems) or None
     with errors_to_exit():
+        who = actor_or_user(actor)  # as every command that changes something: a blank --actor is refused first
         from connectors.emails import normalise_email
 
         normalise_email(email)  # refuse bad input before touching any service
@@ -83,7 +85,7 @@ def request_cmd(ctx: click.Context, request_type: str, email: str, ticket: str |
 
         with in_process_worker_if_embedded(app.is_embedded()):
             wake = RecordingWakeups(WAKE)
-            submitted = pipeline.submit(rt, wake, rtype, email, ticket, actor="cli", systems=scope,
+            submitted = pipeline.submit(rt, wake, rtype, email, ticket, actor=who, systems=scope,
                                         confirm_others=confirm_others, language=language)
             req = submitted.request
             if wake.failed is not None:  # written, but not handed to the broker: say so, and give the id

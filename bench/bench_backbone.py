@@ -50,6 +50,7 @@ from urllib.request import url2pathname
 import psycopg
 import sqlalchemy as sa
 from own_redis import broker_redis
+from procs import cmdline, cpu_seconds, machine_cpu, proc_kb, stat_fields, tree
 from psycopg import sql
 from stats import pct
 
@@ -112,66 +113,13 @@ def set_env(args: argparse.Namespace, broker: str) -> dict[str, str]:
 
 # -- worker process and its memory -----------------------------------------------------------
 
-def children_of(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            if ppid == pid:
-                kids.append(int(entry))
-    return kids
-
-
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children_of(p))
-    return out
-
-
-def cpu_seconds(root: int) -> float:
-    """utime + stime of a process tree, in seconds."""
-    total = 0
-    for pid in tree(root):
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/stat") as fh:
-                stat = fh.read()
-            fields = stat[stat.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = vals[3] + vals[4]  # idle + iowait
-    return sum(vals) - idle, sum(vals)
-
-
 def proc_status(pid: int) -> dict[str, Any] | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            fields = dict(line.split(":", 1) for line in fh if ":" in line)
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
+    cmd = cmdline(pid)
+    threads = next((f[17] for f in [stat_fields(pid)] if f), None)  # num_threads (field 20)
+    if not cmd or threads is None:
         return None
-
-    def kb(key: str) -> int:
-        return int(fields.get(key, "0 kB").split()[0])
-
-    pss = 0
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1])
-    return {"pid": pid, "rss_kb": kb("VmRSS"), "pss_kb": pss, "hwm_kb": kb("VmHWM"),
-            "threads": int(fields["Threads"].strip()), "cmd": cmd[:120]}
+    return {"pid": pid, "rss_kb": proc_kb(pid, "status", "VmRSS"), "pss_kb": proc_kb(pid, "smaps_rollup", "Pss"),
+            "hwm_kb": proc_kb(pid, "status", "VmHWM"), "threads": int(threads), "cmd": cmd}
 
 
 class RssSampler(threading.Thread):
@@ -196,7 +144,7 @@ class RssSampler(threading.Thread):
     def sample(self) -> None:
         total = 0
         if self.samples % 25 == 0 or not self._pids:  # walking /proc is the costly part: twice a second
-            self._pids = tree(self.root_pid)
+            self._pids = tree([self.root_pid])
         for pid in self._pids:
             st = proc_status(pid)
             if st is None or not st["cmd"]:  # gone, or caught mid-exec
@@ -212,7 +160,7 @@ class RssSampler(threading.Thread):
         self.samples += 1
 
     def hwm(self) -> list[dict[str, Any]]:
-        return [st for pid in tree(self.root_pid) if (st := proc_status(pid))]
+        return [st for pid in tree([self.root_pid]) if (st := proc_status(pid))]
 
     def stop(self) -> None:
         self._halt.set()
@@ -247,7 +195,7 @@ def wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 6
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
-    pids = tree(proc.pid)
+    pids = tree([proc.pid])
     proc.send_signal(signal.SIGTERM)  # dramatiq's main process forwards it to its workers
     try:
         proc.wait(timeout=20)
@@ -525,13 +473,15 @@ def explain_locate(bench: Bench, email: str, learned: list[tuple[str, str]]) -> 
     full = Identities([*seed, *(Identity(IdentityType(t), v, "accounts") for t, v in learned)])
     with conn.engine.connect() as c:  # type: ignore[attr-defined]
         for label, idents in (("round0_email", seed), ("round1_all_identifiers", full)):
+            vals = conn._bound(idents)  # type: ignore[attr-defined]  # the identifiers as the connector binds them
             for entity in conn.order:  # type: ignore[attr-defined]
-                reach = conn._reach(entity, idents, c)  # type: ignore[attr-defined]  # the connector's WHERE
+                reach = conn._reach(entity, vals, c)  # type: ignore[attr-defined]  # the connector's WHERE
                 if reach is None:
                     continue
                 cond = reach.mine
                 table = conn._table(entity, c)  # type: ignore[attr-defined]
-                stmt = sa.select(sa.func.count()).select_from(table).where(cond)
+                # the identifiers are bind parameters (`vals.params`): given to the statement, then written in
+                stmt = sa.select(sa.func.count()).select_from(table).where(cond).params(vals.params)
                 text = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
                 plan = [r[0] for r in c.execute(sa.text("EXPLAIN (ANALYZE, BUFFERS) " + text))]
                 out[f"{label}.{entity}"] = {
@@ -641,13 +591,13 @@ def run(args: argparse.Namespace, broker: str) -> int:
     try:
         result["worker_boot_s"] = round(wait_ready(proc, log_path), 2)
         sampler.phase = "idle_after_boot"
-        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        cpu0, t0 = cpu_seconds(tree([proc.pid])), time.perf_counter()
         time.sleep(args.idle_cpu_window)
         result["worker_idle_cpu_percent"] = round(
-            100 * (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0), 2)
+            100 * (cpu_seconds(tree([proc.pid])) - cpu0) / (time.perf_counter() - t0), 2)
 
         busy0, all0 = machine_cpu()
-        wcpu0 = cpu_seconds(proc.pid)
+        wcpu0 = cpu_seconds(tree([proc.pid]))
         sampler.phase = "warmup"
         warm = bench.one(next(take))
         result["warmup_first_request_ms"] = round(warm["total_s"] * 1000, 1)
@@ -685,13 +635,13 @@ def run(args: argparse.Namespace, broker: str) -> int:
                            "phases": {k: summary(v) for k, v in bench.phases(ids).items()}})
         result["burst"] = bursts
 
-        result["load_end_of_broker_runs"] = other_load({os.getpid(), *tree(proc.pid)})
+        result["load_end_of_broker_runs"] = other_load({os.getpid(), *tree([proc.pid])})
         busy1, all1 = machine_cpu()
         ncpu = os.cpu_count() or 1
         result["cpu_during_broker_runs"] = {
             "machine_busy_percent_of_all_cores": round(100 * (busy1 - busy0) / max(all1 - all0, 1), 1),
-            "worker_cpu_s": round(cpu_seconds(proc.pid) - wcpu0, 2),
-            "wall_s": round((all1 - all0) / ncpu / os.sysconf("SC_CLK_TCK"), 1),
+            "worker_cpu_s": round(cpu_seconds(tree([proc.pid])) - wcpu0, 2),
+            "wall_s": round((all1 - all0) / ncpu, 1),
             "requests": 1 + 2 * args.sequential + args.burst * args.burst_rounds,
         }
         c = result["cpu_during_broker_runs"]

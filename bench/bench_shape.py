@@ -48,6 +48,7 @@ from urllib.request import url2pathname
 import psycopg
 import requests
 from own_redis import free_port, own_redis
+from procs import cmdline, cpu_seconds, loadavg, machine_cpu, proc_kb, tree
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -56,7 +57,6 @@ PG = "postgresql://postgres@127.0.0.1:5432"
 SEED = 20261130  # sbs.py's: the same e-mails
 SECRET = "bench-shape-secret-key-012345678"  # 32 characters
 DSAR = str(Path(sys.executable).parent / "dsar")
-CLK = os.sysconf("SC_CLK_TCK")
 TERMINAL = {"completed", "completed_with_errors", "failed"}
 # run.sh's seed expressions (g = the row id), to put back what an earlier run's erasures masked
 RESTORE = """
@@ -90,58 +90,6 @@ def med(xs: list[float]) -> float | None:
     return round(statistics.median(xs), 4) if xs else None
 
 
-# -- /proc (as the peer's proctree.py) -----------------------------------------------------------------
-
-def _stat(pid: int) -> list[str]:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return []
-    return text[text.rindex(")") + 2:].split()
-
-
-def tree(roots: list[int]) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (f := _stat(int(entry))):
-            kids.setdefault(int(f[1]), []).append(int(entry))
-    out, todo = [], [r for r in roots if os.path.exists(f"/proc/{r}")]
-    while todo:
-        out.append(p := todo.pop())
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def cpu_s(pids: list[int]) -> float:
-    """utime+stime of these processes plus cutime+cstime (their children that exited and were reaped)."""
-    return sum(sum(int(x) for x in f[11:15]) for f in map(_stat, pids) if f) / CLK
-
-
-def proc_kb(pid: int, file: str, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/{file}") as fh:
-            return next((int(line.split()[1]) for line in fh if line.startswith(key + ":")), 0)
-    except OSError:
-        return 0
-
-
-def cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-    return raw.replace(f"{ROOT}/", "")[:100]
-
-
-def machine_cpu() -> tuple[float, float]:
-    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(vals) - vals[3] - vals[4]) / CLK, sum(vals) / CLK
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 class MemSampler(threading.Thread):
     """RSS of every process in the tree every 0.25 s, PSS every 1 s: peaks of the sums, per phase, per process."""
 
@@ -160,7 +108,7 @@ class MemSampler(threading.Thread):
                 got = {"rss": proc_kb(pid, "status", "VmRSS")}
                 if with_pss:
                     got["pss"] = proc_kb(pid, "smaps_rollup", "Pss")
-                mine = self.per_proc.setdefault(f"{pid} {cmdline(pid)}", {})
+                mine = self.per_proc.setdefault(f"{pid} {cmdline(pid, f'{ROOT}/')}", {})
                 for k, v in got.items():
                     sums[k] += v
                     mine[k] = max(mine.get(k, 0), v)
@@ -186,12 +134,12 @@ class Section:
 
     def __enter__(self) -> Section:
         self.sampler.phase = self.label
-        self.load, self.c0, self.m0 = loadavg(), cpu_s(tree(self.roots)), machine_cpu()
+        self.load, self.c0, self.m0 = loadavg(), cpu_seconds(tree(self.roots)), machine_cpu()
         self.t0 = time.perf_counter()
         return self
 
     def stats(self, n: int = 0) -> dict[str, Any]:
-        wall, m1, cpu = time.perf_counter() - self.t0, machine_cpu(), cpu_s(tree(self.roots)) - self.c0
+        wall, m1, cpu = time.perf_counter() - self.t0, machine_cpu(), cpu_seconds(tree(self.roots)) - self.c0
         return {"load_before": self.load, "load_after": loadavg(), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                 "cpu_per_request_s": round(cpu / n, 4) if n else None,
                 "machine_busy_s": round(m1[0] - self.m0[0], 3),

@@ -106,7 +106,6 @@ def add_audit(conn: sa.Connection, event: str, actor: str, request_id: str | Non
                                   "subject_hash": subject_hash, "details": details})
 
 
-
 def audit_details(conn: sa.Connection, request_id: str, event: str, since_retry: bool = True) -> list[dict[str, Any]]:
     """The details of this request's `event` audit rows, oldest first, rows this transaction wrote included; with
     `since_retry`, only those since an operator last retried it (`request.retried` starts such counts afresh). Off
@@ -116,6 +115,7 @@ def audit_details(conn: sa.Connection, request_id: str, event: str, since_retry:
         where.append(AUDIT.c.id > sa.select(sa.func.coalesce(sa.func.max(AUDIT.c.id), 0)).where(
             AUDIT.c.request_id == request_id, AUDIT.c.event == "request.retried").scalar_subquery())
     return [dict(d or {}) for d in conn.scalars(sa.select(AUDIT.c.details).where(*where).order_by(AUDIT.c.id))]
+
 
 class Identifier(NamedTuple):
     """A stored identifier's row (IDENTITIES_OF's columns)."""

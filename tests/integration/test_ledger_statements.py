@@ -96,7 +96,6 @@ def test_an_access_request_costs_the_ledger_few_statements(counted: tuple[Runtim
     assert stmts.transactions["worker"] <= 2, seen
 
 
-
 def test_an_access_request_writes_three_info_lines(counted: tuple[Runtime, Statements],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Log lines are a worker's CPU too (issue 15): at INFO an access is received (the API), then planned, its task

@@ -220,7 +220,6 @@ def test_a_second_merge_never_overwrites_the_recorded_bundle(
     rt.close()
 
 
-
 class Died(BaseException):
     """What a worker killed mid-phase (out of memory, SIGKILL) leaves: nothing after it runs, its lease stays."""
 
@@ -315,6 +314,7 @@ def test_a_merge_after_a_chain_of_dead_ones_removes_every_bundle_they_stored(
     assert [p.name for p in archive.glob(f"{request_id}-*")] == [stored.name]  # both dead merges' copies gone
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == req.bundle_sha256
     rt.close()
+
 
 def test_an_unreachable_system_spends_its_retry_budget_then_fails_with_one_line(
         tmp_path: Path, pg_database: Callable[[], str]) -> None:
